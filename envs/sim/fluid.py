@@ -1,0 +1,324 @@
+"""Fluid engine: SimPy keeps the event calendar; between events, queues evolve in closed form.
+
+Between two control-plane events (pod ready, crash, scale, scrape, decision, ...) the
+arrival rate at the entry is its mean over the segment and every service is a multi-server
+queue with ``c = ready pods x concurrency`` slots. One segment is solved for all services at
+once, vectorised, by a few Jacobi sweeps over the call graph (as many as the graph is deep):
+
+* arrivals flow down the graph: attempts at ``j`` = calls from admitted attempts of its
+  callers x expected attempts per call ``A_j = (1 - f_j^(r_j+1)) / (1 - f_j)``;
+* response times flow up: own wait and service, then every downstream call (its attempts,
+  their durations and the retry backoff); a worker slot is held for the own service only;
+* each service is M/G/c: Erlang-C wait probability with the Allen-Cunneen correction for the
+  holding-time variability, plus a fluid backlog ``B`` that grows at ``lambda - c/H`` when
+  offered load exceeds capacity, is capped by the queue limit (the excess is dropped), and
+  delays everyone behind it by ``B / (c/H)``;
+* the response time is moment-matched to a gamma law shifted by the backlog delay, which
+  gives timeouts ``P(R > T)``, latency quantiles and histogram buckets in closed form.
+
+Counters are expected values (floats). ``docs/queueing.md`` writes the formulas out and
+gives their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.scenarios.schema import Scenario
+from envs.sim import queueing as q
+from envs.sim.engine import DataPlaneReading, Engine
+from envs.sim.telemetry import LATENCY_BUCKETS_S
+
+_BOUNDS = np.array(LATENCY_BUCKETS_S)
+RHO_MAX = 0.97
+"""Utilisation at which the stationary (Erlang-C) part is capped; beyond, the backlog rules."""
+
+
+@dataclass
+class _Segment:
+    """Latency law of the attempts that finished in one segment (per service)."""
+
+    weight: np.ndarray
+    delay: np.ndarray
+    k: np.ndarray
+    theta: np.ndarray
+    mean: np.ndarray
+
+
+class FluidEngine(Engine):
+    """Fluid data plane; see the module docstring."""
+
+    fidelity = "fluid"
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario)
+        specs = scenario.topology.services
+        n = self.n
+        self.m0 = np.array([s.pod.service_time.mean for s in specs])
+        self.scv = np.array([s.pod.service_time.cv**2 for s in specs])
+        self.timeout = np.array(
+            [np.inf if s.pod.timeout_s is None else s.pod.timeout_s for s in specs]
+        )
+        self.retries = np.array([s.pod.retries for s in specs], dtype=np.float64)
+        self.backoff = np.array([s.pod.retry_backoff_s for s in specs])
+        self.qpp = np.array([s.pod.queue_per_pod for s in specs], dtype=np.float64)
+        index = {s.name: i for i, s in enumerate(specs)}
+        p = np.zeros((n, n))
+        calls = np.zeros((n, n))
+        for e in scenario.topology.edges:
+            p[index[e.src], index[e.dst]] = e.probability
+            calls[index[e.src], index[e.dst]] = e.calls
+        nfloor = np.floor(calls)
+        frac = calls - nfloor
+        self.p = p
+        self.nfloor = nfloor
+        self.frac = frac
+        self.em = p * calls  # E[calls from i to j per request at i]
+        em2 = p * (nfloor**2 + 2 * nfloor * frac + frac)
+        self.vm = em2 - self.em**2
+        self.em_t = np.ascontiguousarray(self.em.T)
+        self.has_edges = bool(self.em.any())
+        self.entry_vec = np.zeros(n)
+        self.entry_vec[self.entry] = 1.0
+        self.sweeps = _depth(scenario) + 1
+        # state
+        self._t = 0.0
+        self.backlog = np.zeros(n)
+        self.arrived = np.zeros(n)
+        self.completed = np.zeros(n)
+        self.failed = np.zeros(n)
+        self.dropped = np.zeros(n)
+        self.in_flight = np.zeros(n)
+        self.own_busy = np.zeros(n)
+        self.lq = np.zeros(n)
+        self.in_service = np.zeros(n)
+        # warm start of the fixed point
+        self.f = np.zeros(n)
+        self.drop = np.zeros(n)
+        self.lam = np.zeros(n)
+        self.d1 = self.m0.copy()
+        self.d2 = self.scv * self.m0**2
+        self._segments: list[_Segment] = []
+        # capacity (refreshed by capacity_changed)
+        self.c = np.zeros(n)
+        self.qcap = np.zeros(n)
+        self.m = self.m0.copy()
+        self.app_err = np.zeros(n)
+        self.shed = 0.0
+
+    # ------------------------------------------------------------------ hooks
+    def before_change(self) -> None:
+        """Integrate the data plane up to now with the capacity in force."""
+        self._integrate(float(self.env.now))
+
+    def capacity_changed(self) -> None:
+        """Re-read ready slots, versions and shedding."""
+        cp = self.cp
+        self.c = cp.ready * self.concurrency
+        self.qcap = cp.ready * self.qpp
+        self.m = self.m0 * cp.latency_factor
+        self.app_err = cp.app_error.copy()
+        self.shed = cp.shed_fraction
+
+    def pods_lost(self, service: int, lost_fraction: float) -> None:
+        """Fail the share of in-service attempts that the lost pod held."""
+        lost = self.in_service[service] * lost_fraction
+        lost = min(lost, self.in_flight[service])
+        self.in_flight[service] -= lost
+        self.in_service[service] -= lost
+        self.failed[service] += lost
+
+    def _start_data_plane(self) -> None:
+        """Nothing to start: the fluid state is integrated on demand."""
+
+    # ------------------------------------------------------------------ the model
+    def _integrate(self, t1: float) -> None:
+        t0 = self._t
+        dt = t1 - t0
+        if dt <= 1e-12:
+            return
+        self._t = t1
+        lam_ext = self.traffic.integral(t0, t1) / dt * (1.0 - self.shed)
+        c = self.c
+        m = self.m
+        r1 = self.retries + 1.0
+        b0 = self.backlog
+        qcap = self.qcap
+        has_pods = c > 0
+        f, drop, lam, d1, d2 = self.f, self.drop, self.lam, self.d1, self.d2
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            all_pods = bool(has_pods.all())
+            for _ in range(self.sweeps):
+                prev_lam, prev_d1 = lam, d1
+                fc = np.minimum(f, 1.0 - 1e-9)
+                attempts = (1.0 - fc**r1) / (1.0 - fc)
+                bo = _backoff_mean(fc, self.retries, self.backoff)
+                call_mean = attempts * (1.0 - drop) * d1 + bo
+                call_var = attempts * d2
+                ok_own = (1.0 - drop) * (1.0 - self.app_err)
+                if self.has_edges:
+                    down_mean = self.em @ call_mean
+                    down_var = self.em @ call_var + self.vm @ (call_mean**2)
+                    inflow = lam_ext * self.entry_vec + self.em_t @ (lam * ok_own)
+                else:
+                    down_mean = 0.0
+                    down_var = 0.0
+                    inflow = lam_ext * self.entry_vec
+                lam = inflow * attempts
+                mu = np.where(has_pods, c / m, 0.0)
+                # fluid backlog over the segment
+                net = lam - mu
+                if all_pods and not b0.any() and (net <= 0).all():
+                    # fast path: no backlog and none building up anywhere
+                    b1 = b0
+                    dropped_amt = b0
+                    drop = b0
+                    b_avg = b0
+                    delay = b0
+                else:
+                    grown = b0 + net * dt
+                    b1 = np.clip(grown, 0.0, qcap)
+                    dropped_amt = np.where(has_pods, np.maximum(grown - qcap, 0.0), lam * dt)
+                    drop = np.where(
+                        lam > 0, dropped_amt / (lam * dt), np.where(has_pods, 0.0, 1.0)
+                    )
+                    b_avg = _mean_backlog(b0, net, qcap, dt)
+                    delay = np.where(has_pods, b_avg / mu, np.inf)
+                    delay = np.where(b_avg > 0, delay, 0.0)
+                # stationary M/G/c part
+                lam_adm = lam * (1.0 - drop)
+                a = np.minimum(lam_adm * m, RHO_MAX * c)
+                cw = q.erlang_c(c, a)
+                # with a fluid backlog present, the backlog delay is the wait (no double count)
+                wq = np.where(
+                    has_pods & (a > 0) & (b_avg <= 0),
+                    cw * m / (c - a) * (1.0 + self.scv) / 2.0,
+                    0.0,
+                )
+                var_wq = np.where(cw > 0, 2.0 * wq * wq / cw - wq * wq, 0.0)
+                x_mean = wq + m + down_mean
+                x_var = var_wq + self.scv * m * m + down_var
+                k, theta = q.gamma_shape_scale(x_mean, x_var)
+                u = self.timeout - delay
+                p_to = np.where(np.isfinite(self.timeout), q.gamma_sf(u, k, theta), 0.0)
+                p_to = np.where(has_pods, p_to, 1.0)
+                d1 = np.where(
+                    np.isfinite(self.timeout),
+                    np.minimum(delay, self.timeout) + q.gamma_mean_min(u, k, theta),
+                    delay + x_mean,
+                )
+                d1 = np.where(has_pods, d1, np.where(np.isfinite(self.timeout), self.timeout, 0.0))
+                d2 = x_var * (1.0 - p_to)
+                if self.has_edges:
+                    phi = fc**r1
+                    g = (1.0 - self.p) + self.p * (1.0 - phi) ** self.nfloor * (
+                        1.0 - self.frac * phi
+                    )
+                    ds_ok = g.prod(axis=1)
+                else:
+                    ds_ok = 1.0
+                f_nd = p_to + (1.0 - p_to) * (1.0 - (1.0 - self.app_err) * ds_ok)
+                f = drop + (1.0 - drop) * f_nd
+                if np.array_equal(lam, prev_lam) and np.array_equal(d1, prev_d1):
+                    break  # converged (the usual case in steady state)
+            # commit the segment
+            admitted = lam_adm * dt
+            self.arrived += lam * dt
+            self.dropped += dropped_amt
+            target = np.where(has_pods, lam_adm * d1, 0.0)
+            in_flight1 = np.clip(target, 0.0, self.in_flight + admitted)
+            finished = self.in_flight + admitted - in_flight1
+            f_fin = np.where(has_pods, f_nd, 1.0)
+            self.failed += finished * f_fin  # with no pod left, all in flight fail
+            self.completed += finished * (1.0 - f_fin)
+            self.in_flight = in_flight1
+            served = np.minimum(lam_adm, mu)
+            self.own_busy += served * m * dt
+            self.in_service = np.minimum(served * m, c)
+            self.lq = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
+            self.backlog = np.where(has_pods, b1, 0.0)
+        self.f, self.drop, self.lam, self.d1, self.d2 = f, drop, lam, d1, d2
+        self._segments.append(_Segment(finished, np.minimum(delay, self.timeout), k, theta, d1))
+
+    # ------------------------------------------------------------------ scrape
+    def _read_data_plane(self) -> DataPlaneReading:
+        self._integrate(float(self.env.now))
+        n = self.n
+        segs = self._segments
+        self._segments = []
+        p50 = np.full(n, np.nan)
+        p95 = np.full(n, np.nan)
+        p99 = np.full(n, np.nan)
+        mean = np.full(n, np.nan)
+        hist = np.zeros((n, len(_BOUNDS)))
+        if segs:
+            w_tot = np.zeros(n)
+            acc = np.zeros((4, n))
+            for sg in segs:
+                w = np.where(np.isfinite(sg.weight), sg.weight, 0.0)
+                qs = [
+                    np.minimum(sg.delay + q.gamma_quantile(z, sg.k, sg.theta), self.timeout)
+                    for z in (0.5, 0.95, 0.99)
+                ]
+                acc += w * np.array([*qs, sg.mean])
+                w_tot += w
+                # histogram: P(min(d + X, T) <= le) per bucket
+                x = _BOUNDS[None, :] - sg.delay[:, None]
+                with np.errstate(invalid="ignore"):
+                    cdf = 1.0 - q.gamma_sf(x, sg.k[:, None], sg.theta[:, None])
+                cdf = np.where(_BOUNDS[None, :] >= self.timeout[:, None], 1.0, cdf)
+                cdf[:, -1] = 1.0
+                cdf = np.nan_to_num(cdf, nan=0.0)
+                hist += w[:, None] * np.diff(cdf, prepend=0.0, axis=1)
+            has = w_tot > 1e-9
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vals = acc / w_tot
+            p50 = np.where(has, vals[0], np.nan)
+            p95 = np.where(has, vals[1], np.nan)
+            p99 = np.where(has, vals[2], np.nan)
+            mean = np.where(has, vals[3], np.nan)
+        counters = np.stack([self.arrived, self.completed, self.failed, self.dropped], axis=1)
+        busy = self.own_busy
+        self.own_busy = np.zeros(n)
+        return DataPlaneReading(
+            counters, self.in_flight.copy(), self.lq.copy(), busy, p50, p95, p99, mean, hist
+        )
+
+
+def _backoff_mean(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Expected total backoff ``sum_{k=1..r} f^k * base * 2^(k-1)`` of one call."""
+    two_f = 2.0 * f
+    with np.errstate(divide="ignore", invalid="ignore"):
+        geo = np.where(np.abs(1.0 - two_f) > 1e-9, (1.0 - two_f**retries) / (1.0 - two_f), retries)
+    return base * f * geo
+
+
+def _mean_backlog(b0: np.ndarray, net: np.ndarray, cap: np.ndarray, dt: float) -> np.ndarray:
+    """Time-average of a backlog starting at ``b0`` with slope ``net``, clipped to [0, cap]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # growing: linear until it hits the cap
+        t_fill = np.where(net > 0, (cap - b0) / net, np.inf)
+        grow_avg = np.where(
+            t_fill >= dt,
+            b0 + net * dt / 2.0,
+            ((b0 + cap) / 2.0 * t_fill + cap * (dt - t_fill)) / dt,
+        )
+        # draining: linear until empty
+        t_empty = np.where(net < 0, b0 / -net, np.inf)
+        drain_avg = np.where(t_empty >= dt, b0 + net * dt / 2.0, b0 / 2.0 * t_empty / dt)
+    return np.maximum(np.where(net > 0, grow_avg, np.where(net < 0, drain_avg, b0)), 0.0)
+
+
+def _depth(scenario: Scenario) -> int:
+    """Length of the longest call chain (0 for a single service)."""
+    topo = scenario.topology
+    index = {s.name: i for i, s in enumerate(topo.services)}
+    children: list[list[int]] = [[] for _ in topo.services]
+    for e in topo.edges:
+        children[index[e.src]].append(index[e.dst])
+    depth = [0] * len(topo.services)
+    for i in reversed(topo.topological_order()):
+        depth[i] = max((depth[j] + 1 for j in children[i]), default=0)
+    return max(depth)

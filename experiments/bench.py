@@ -1,0 +1,550 @@
+"""``opsworld bench <suite>``: benchmarks with committed results.
+
+``opsworld bench sim`` (suite ``sim``) measures the simulator's speed, prints one JSON object
+and writes ``<results_dir>/sim_bench.json`` and ``<results_dir>/sim_bench.md`` (with
+``quick=true``: ``sim_bench_quick.*``, so a smoke run never overwrites the committed
+numbers). Figures (rates are the best of ``repeats`` runs of the same seeded workload):
+
+* ``fluid_steps_per_s`` / ``fluid_sim_seconds_per_wall_second`` (boutique) and
+  ``mesh40_fluid_steps_per_s`` / ``mesh40_fluid_sim_seconds_per_wall_second``: fluid engine,
+  static policy (no actions), 15 s decision steps: ``Simulator.reset()`` (not timed), then
+  ``Simulator.step([])`` until the horizon (one simulated day) or the wall budget;
+* ``request_level_requests_per_s``: request-level engine on an M/M/c scenario (one service,
+  Poisson arrivals, exponential service, no timeouts, retries or drops; ``c = pods x
+  concurrency``), requests counted from the telemetry counters of the last frame;
+* ``request_level_boutique_requests_per_s``: attempts at all services per wall second on
+  boutique at request level;
+* ``bare_simpy_requests_per_s``: the same M/M/c queue as a plain SimPy program in the
+  idiomatic style (a source process spawning one process per customer that requests a
+  ``simpy.Resource(capacity=c)``, holds an exponential service time and releases), same
+  ``c``, utilisation and number of customers;
+* ``request_level_vs_bare_ratio``: request level / bare SimPy.
+
+Suites live in :data:`SUITES` (name -> function); add one there and in ``BenchSuite``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import simpy
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from envs.scenarios.loader import load_scenario
+from envs.scenarios.schema import Scenario
+from envs.sim.simulator import Simulator
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+
+
+class BenchSuite(StrEnum):
+    """Benchmark suites (``opsworld bench <suite>``)."""
+
+    sim = "sim"
+
+
+@dataclass
+class SimSizes:
+    """Workload sizes of the ``sim`` suite (one set for full runs, one for ``quick=true``).
+
+    Attributes:
+        fluid_sim_s: Simulated seconds per fluid repeat (86400 = one day).
+        fluid_wall_budget_s: A fluid repeat stops after this much wall time.
+        mmc_customers: Customers in the M/M/c runs (bare SimPy and request level).
+        boutique_request_horizon_s: Simulated seconds of boutique at request level.
+    """
+
+    fluid_sim_s: float = 86400.0
+    fluid_wall_budget_s: float = 10.0
+    mmc_customers: int = 200_000
+    boutique_request_horizon_s: float = 60.0
+
+
+@dataclass
+class SimTargets:
+    """Targets the figures are checked against."""
+
+    fluid_steps_per_s: float = 10_000.0
+    request_level_vs_bare_ratio: float = 0.8
+
+
+@dataclass
+class SimSuiteConfig:
+    """Settings of the ``sim`` suite.
+
+    Attributes:
+        fluid_scenarios: Built-ins timed at fluid fidelity; the first gives the headline
+            ``fluid_*`` figures, the others ``<name>_fluid_*``.
+        decision_interval_s: Length of one fluid decision step.
+        request_scenario: Built-in timed at request level (all attempts counted).
+        mmc_servers: ``c``, the number of servers of the M/M/c queue.
+        mmc_pods: Pods of the request-level M/M/c service; ``mmc_servers / mmc_pods`` is the
+            per-pod concurrency.
+        mmc_rho: Utilisation ``lambda / (c mu)``.
+        mmc_mean_service_s: ``1 / mu``.
+        full: Sizes of a full run (``make bench``).
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        targets: Pass/miss thresholds.
+    """
+
+    fluid_scenarios: list[str] = field(default_factory=lambda: ["boutique", "mesh40"])
+    decision_interval_s: float = 15.0
+    request_scenario: str = "boutique"
+    mmc_servers: int = 8
+    mmc_pods: int = 2
+    mmc_rho: float = 0.8
+    mmc_mean_service_s: float = 0.02
+    full: SimSizes = field(default_factory=SimSizes)
+    quick: SimSizes = field(
+        default_factory=lambda: SimSizes(
+            fluid_sim_s=3600.0,
+            fluid_wall_budget_s=1.0,
+            mmc_customers=5_000,
+            boutique_request_horizon_s=15.0,
+        )
+    )
+    targets: SimTargets = field(default_factory=SimTargets)
+
+
+@dataclass
+class BenchConfig:
+    """Schema of ``configs/bench.yaml``.
+
+    Attributes:
+        suite: Which suite to run (``opsworld bench sim`` sets ``suite=sim``).
+        quick: Small sizes (seconds); results go to ``<suite>_bench_quick.*``.
+        repeats: Rates are the best of this many repeats.
+        seed: Seed of every benchmark workload.
+        results_dir: Folder for ``<suite>_bench.json`` and ``.md`` (relative to the cwd).
+        sim: Settings of the ``sim`` suite.
+    """
+
+    suite: BenchSuite = BenchSuite.sim
+    quick: bool = False
+    repeats: int = 3
+    seed: int = 0
+    results_dir: str = "experiments/results"
+    sim: SimSuiteConfig = field(default_factory=SimSuiteConfig)
+
+
+SCHEMA = BenchConfig
+"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+
+
+def to_config(cfg: DictConfig | BenchConfig | dict[str, Any]) -> BenchConfig:
+    """Validate a composed config (or a plain mapping) against :class:`BenchConfig`."""
+    if isinstance(cfg, BenchConfig):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BenchConfig), cfg))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad bench config: {err}") from None
+    assert isinstance(obj, BenchConfig)
+    if obj.repeats < 1:
+        raise ConfigError(f"repeats={obj.repeats}: must be >= 1")
+    return obj
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Timing:
+    """Best-of-repeats result of one measurement."""
+
+    rate: float
+    """Units per wall second, best repeat."""
+    units: float
+    """Units (steps, requests) done in the best repeat."""
+    wall_s: float
+    """Wall seconds of the best repeat."""
+    all_rates: list[float]
+
+
+def best_of(repeats: int, run: Callable[[], tuple[float, float]]) -> Timing:
+    """Call ``run() -> (units, wall_s)`` ``repeats`` times; keep the highest rate."""
+    results = [run() for _ in range(repeats)]
+    rates = [u / w if w > 0 else math.inf for u, w in results]
+    k = int(np.argmax(rates))
+    return Timing(rates[k], results[k][0], results[k][1], rates)
+
+
+def time_fluid(scenario: Scenario, wall_budget_s: float) -> tuple[float, float]:
+    """Decision steps done and wall seconds: ``reset()`` untimed, then ``step([])`` loops."""
+    sim = Simulator(scenario)
+    sim.reset()
+    steps = 0
+    start = time.perf_counter()
+    deadline = start + wall_budget_s
+    while not sim.done:
+        sim.step([])
+        steps += 1
+        if (steps & 15) == 0 and time.perf_counter() > deadline:
+            break
+    return float(steps), time.perf_counter() - start
+
+
+def time_request_level(scenario: Scenario) -> tuple[float, float]:
+    """Attempts arrived at all services (last frame's counters) and wall seconds."""
+    sim = Simulator(scenario)
+    last = sim.reset()
+    start = time.perf_counter()
+    while not sim.done:
+        frames = sim.step([])
+        if frames:
+            last = frames[-1]
+    wall = time.perf_counter() - start
+    return float(last.counter("arrived").sum()), wall
+
+
+def mmc_scenario(
+    servers: int,
+    pods: int,
+    rho: float,
+    mean_service_s: float,
+    customers: int,
+    seed: int,
+    decision_interval_s: float = 15.0,
+) -> Scenario:
+    """A one-service scenario equal to an M/M/c queue with ``c = servers``.
+
+    Poisson arrivals at ``lambda = rho c mu``, exponential service, FIFO, an unbounded queue
+    in effect (no drops), no timeouts, retries, errors, noise or autoscaling; the horizon
+    (whole decision intervals) holds about ``customers`` arrivals.
+    """
+    if servers % pods:
+        raise ConfigError(
+            f"sim.mmc_servers={servers} is not a multiple of sim.mmc_pods={pods}; "
+            "c = pods x concurrency must be whole"
+        )
+    lam = rho * servers / mean_service_s
+    return load_scenario(
+        {
+            "name": f"mmc{servers}",
+            "description": f"M/M/{servers} queue at rho={rho}",
+            "topology": {
+                "name": "mmc",
+                "entry": "server",
+                "services": [
+                    {
+                        "name": "server",
+                        "pod": {
+                            "concurrency": servers // pods,
+                            "queue_per_pod": 10_000_000,
+                            "service_time": {"mean": mean_service_s, "cv": 1.0, "kind": "gamma"},
+                            "memory_per_request_mb": 0.0,
+                            "timeout_s": None,
+                            "retries": 0,
+                            "error_rate": 0.0,
+                        },
+                        "replicas": {"initial": pods, "min": pods, "max": pods},
+                    }
+                ],
+            },
+            "traffic": {"base_rps": lam},
+            "horizon_s": decision_interval_s
+            * max(1, math.ceil(customers / lam / decision_interval_s)),
+            "decision_interval_s": decision_interval_s,
+            "fidelity": "request",
+            "seed": seed,
+        }
+    )
+
+
+def bare_simpy_mmc(
+    servers: int, rho: float, mean_service_s: float, customers: int, seed: int
+) -> tuple[float, float, float]:
+    """Plain-SimPy M/M/c, written the idiomatic way. Returns (customers, wall s, mean W)."""
+    rng = random.Random(seed)
+    mu = 1.0 / mean_service_s
+    lam = rho * servers * mu
+    env = simpy.Environment()
+    server = simpy.Resource(env, capacity=servers)
+    response: list[float] = []
+
+    def customer(env: simpy.Environment) -> Generator[simpy.Event, Any, None]:
+        arrive = env.now
+        with server.request() as req:
+            yield req
+            yield env.timeout(rng.expovariate(mu))
+        response.append(env.now - arrive)
+
+    def source(env: simpy.Environment) -> Generator[simpy.Event, Any, None]:
+        for _ in range(customers):
+            env.process(customer(env))
+            yield env.timeout(rng.expovariate(lam))
+
+    start = time.perf_counter()
+    env.process(source(env))
+    env.run()
+    wall = time.perf_counter() - start
+    return float(len(response)), wall, float(np.mean(response))
+
+
+def erlang_c_response(servers: int, rho: float, mean_service_s: float) -> float:
+    """Mean response time ``W = C(c, a) / (c mu - lambda) + 1 / mu`` of an M/M/c queue."""
+    c, mu = servers, 1.0 / mean_service_s
+    a = rho * c
+    term = a**c / math.factorial(c) / (1 - rho)
+    p_wait = term / (sum(a**k / math.factorial(k) for k in range(c)) + term)
+    return p_wait / (c * mu - rho * c * mu) + 1 / mu
+
+
+def run_sim_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
+    """Measure the ``sim`` suite; returns figures, targets and parameters."""
+    s = conf.sim
+    sizes = s.quick if conf.quick else s.full
+    figures: dict[str, float] = {}
+    details: dict[str, Any] = {}
+
+    for k, name in enumerate(s.fluid_scenarios):
+        sc = load_scenario(
+            name,
+            {
+                "fidelity": "fluid",
+                "seed": conf.seed,
+                "horizon_s": sizes.fluid_sim_s,
+                "decision_interval_s": s.decision_interval_s,
+            },
+        )
+        log.print(f"fluid {name}: up to {sizes.fluid_sim_s:g} sim s x {conf.repeats}")
+        t = best_of(conf.repeats, partial(time_fluid, sc, sizes.fluid_wall_budget_s))
+        prefix = "fluid" if k == 0 else f"{name}_fluid"
+        figures[f"{prefix}_steps_per_s"] = t.rate
+        figures[f"{prefix}_sim_seconds_per_wall_second"] = t.rate * s.decision_interval_s
+        details[f"{prefix}"] = {
+            "scenario": name,
+            "services": len(sc.service_names),
+            "steps": t.units,
+            "wall_s": t.wall_s,
+            "rates": t.all_rates,
+        }
+
+    n = sizes.mmc_customers
+    log.print(f"bare SimPy M/M/{s.mmc_servers}: {n} customers x {conf.repeats}")
+    bare_w: list[float] = []
+
+    def bare() -> tuple[float, float]:
+        served, wall, w = bare_simpy_mmc(
+            s.mmc_servers, s.mmc_rho, s.mmc_mean_service_s, n, conf.seed
+        )
+        bare_w.append(w)
+        return served, wall
+
+    tb = best_of(conf.repeats, bare)
+    figures["bare_simpy_requests_per_s"] = tb.rate
+
+    mmc = mmc_scenario(
+        s.mmc_servers,
+        s.mmc_pods,
+        s.mmc_rho,
+        s.mmc_mean_service_s,
+        n,
+        conf.seed,
+        s.decision_interval_s,
+    )
+    log.print(f"request level M/M/{s.mmc_servers}: {mmc.horizon_s:g} sim s x {conf.repeats}")
+    tr = best_of(conf.repeats, lambda: time_request_level(mmc))
+    figures["request_level_requests_per_s"] = tr.rate
+
+    bsc = load_scenario(
+        s.request_scenario,
+        {"fidelity": "request", "seed": conf.seed, "horizon_s": sizes.boutique_request_horizon_s},
+    )
+    log.print(f"request level {s.request_scenario}: {bsc.horizon_s:g} sim s x {conf.repeats}")
+    tbo = best_of(conf.repeats, lambda: time_request_level(bsc))
+    figures["request_level_boutique_requests_per_s"] = tbo.rate
+    figures["request_level_vs_bare_ratio"] = tr.rate / tb.rate
+
+    details["mmc"] = {
+        "c": s.mmc_servers,
+        "pods": s.mmc_pods,
+        "concurrency": s.mmc_servers // s.mmc_pods,
+        "rho": s.mmc_rho,
+        "mean_service_s": s.mmc_mean_service_s,
+        "arrival_rps": s.mmc_rho * s.mmc_servers / s.mmc_mean_service_s,
+        "customers": n,
+        "request_level_horizon_s": mmc.horizon_s,
+        "request_level_requests": tr.units,
+        "request_level_rates": tr.all_rates,
+        "bare_rates": tb.all_rates,
+        "bare_mean_response_s": float(np.mean(bare_w)),
+        "erlang_c_mean_response_s": erlang_c_response(
+            s.mmc_servers, s.mmc_rho, s.mmc_mean_service_s
+        ),
+    }
+    details["request_level_boutique"] = {
+        "scenario": s.request_scenario,
+        "horizon_s": bsc.horizon_s,
+        "attempts": tbo.units,
+        "wall_s": tbo.wall_s,
+        "rates": tbo.all_rates,
+    }
+    targets = {
+        "fluid_steps_per_s": s.targets.fluid_steps_per_s,
+        "request_level_vs_bare_ratio": s.targets.request_level_vs_bare_ratio,
+    }
+    return {"figures": figures, "targets": targets, "details": details}
+
+
+SUITES: dict[str, Callable[[BenchConfig, Console], dict[str, Any]]] = {
+    "sim": run_sim_suite,
+}
+"""Suite name -> function measuring it."""
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, OS and the versions that matter for the figures."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "simpy": metadata.version("simpy"),
+    }
+
+
+def command_line(conf: BenchConfig) -> str:
+    """The ``opsworld bench`` command that reproduces this run."""
+    words = ["opsworld", "bench", conf.suite.value]
+    if HydraConfig.initialized():
+        words += [o for o in HydraConfig.get().overrides.task if not o.startswith("suite=")]
+    elif conf.quick:
+        words.append("quick=true")
+    return " ".join(words)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.3g}" if abs(v) < 10 else f"{v:,.0f}"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The results as a Markdown page: figures with targets, command, date, machine."""
+    m = report["machine"]
+    lines = [
+        f"# `{report['suite']}` benchmark" + (" (quick sizes)" if report["quick"] else ""),
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Date: {report['date']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['os']}  ",
+        f"Versions: Python {m['python']}, numpy {m['numpy']}, simpy {m['simpy']}",
+        "",
+        f"Rates are the best of {report['repeats']} repeats, single process.",
+        "",
+        "| figure | value | target | status |",
+        "|---|---:|---:|---|",
+    ]
+    for name, value in report["figures"].items():
+        target = report["targets"].get(name)
+        status = report["status"].get(name, "")
+        lines.append(
+            f"| `{name}` | {_fmt(value)} | {'>= ' + _fmt(target) if target is not None else ''} "
+            f"| {status} |"
+        )
+    lines.append("")
+    lines.append("Parameters and per-repeat rates: see the JSON file next to this one.")
+    return "\n".join(lines) + "\n"
+
+
+def bench(
+    cfg: DictConfig | BenchConfig | dict[str, Any], log: Console | None = None
+) -> dict[str, Any]:
+    """Run one suite, write ``<suite>_bench[_quick].json`` and ``.md``; return the report.
+
+    Args:
+        cfg: A config composed from ``configs/bench.yaml`` (or anything :func:`to_config`
+            accepts).
+        log: Where progress lines go (default: stderr, so stdout carries only the JSON).
+    """
+    conf = to_config(cfg)
+    log = log if log is not None else Console(stderr=True)
+    suite = conf.suite.value
+    if suite not in SUITES:
+        raise ConfigError(f"suite={suite}: unknown suite; one of {sorted(SUITES)}")
+    start = time.perf_counter()
+    measured = SUITES[suite](conf, log)
+    status = {
+        name: "pass" if measured["figures"][name] >= target else "miss"
+        for name, target in measured["targets"].items()
+    }
+    report: dict[str, Any] = {
+        "suite": suite,
+        "quick": conf.quick,
+        "command": command_line(conf),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "repeats": conf.repeats,
+        "figures": measured["figures"],
+        "targets": measured["targets"],
+        "status": status,
+        "details": measured["details"],
+        "bench_wall_s": time.perf_counter() - start,
+    }
+    out = Path(conf.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{suite}_bench" + ("_quick" if conf.quick else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(to_markdown(report))
+    report["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bench")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        report = bench(cfg)
+    except ConfigError as err:
+        print(f"opsworld bench: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    print(json.dumps(report))
+
+
+def main() -> None:
+    """Console entry: register the schema, then let Hydra parse ``sys.argv``."""
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

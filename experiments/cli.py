@@ -1,0 +1,163 @@
+"""The ``opsworld`` console script: ``opsworld <command> [hydra overrides...]``.
+
+Each command is a thin Hydra entry point in ``experiments/`` (``experiments/<command>.py``)
+with a ``main()`` that registers its config schema and calls its ``@hydra.main`` function.
+The dispatcher rewrites ``sys.argv`` so Hydra sees only the command's own arguments, and
+adds three conveniences before Hydra parses them:
+
+* a command may take one positional word (``opsworld bench sim`` means ``suite=sim``);
+* an override of an unknown top-level key fails at once with exit code 2, the key, the
+  closest known key and the list of options (Hydra's own message would suggest ``+key=``,
+  which the schema would reject anyway);
+* ``scenario_overrides.<path>=<value>`` is passed on as ``++scenario_overrides.<path>=...``
+  so that any scenario field can be overridden without knowing Hydra's ``+`` syntax.
+
+Adding a command is one line in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+"""Absolute path of the repository's ``configs/`` folder (Hydra's ``config_path``)."""
+
+PROG = "opsworld"
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``opsworld`` sub-command.
+
+    Attributes:
+        module: Import path of the entry-point module; it defines ``main()`` (runs Hydra on
+            ``sys.argv``) and ``SCHEMA`` (the dataclass of its config, for key checks).
+        help: One line shown by ``opsworld --help``.
+        positional: Config key that a leading bare word sets (``bench sim`` -> ``suite=sim``).
+    """
+
+    module: str
+    help: str
+    positional: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "simulate": Command(
+        "experiments.simulate",
+        "run one scenario under a policy; write telemetry, timeline.png, summary.json",
+    ),
+    "bench": Command(
+        "experiments.bench",
+        "measure simulator speed (suite: sim); write experiments/results/<suite>_bench.*",
+        positional="suite",
+    ),
+    # Later: "train", "evaluate", "serve", "shadow" -- one line each.
+}
+
+EXIT_USAGE = 2
+
+
+def usage() -> str:
+    """The top-level help text: usage and the commands with one line each."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"usage: {PROG} <command> [key=value ...]",
+        "",
+        "opsworld: a world model for cloud operations (simulator, RL, policy server).",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()),
+        "",
+        f"Run '{PROG} <command> --help' for a command's options. Options are Hydra overrides,",
+        f"e.g. '{PROG} simulate scenario=chain3 fidelity=request horizon_s=600 out=runs/x'.",
+    ]
+    return "\n".join(lines)
+
+
+def _top_key(override: str) -> str | None:
+    """Top-level config key set by a plain ``key=value`` override, else None.
+
+    Returns None for flags (``--cfg``), explicit Hydra appends/deletes (``+k=``, ``~k``),
+    ``hydra.*`` settings and words without ``=``.
+    """
+    if override.startswith(("-", "+", "~")) or "=" not in override:
+        return None
+    key = override.split("=", 1)[0].split("@", 1)[0]
+    top = key.split(".", 1)[0].split("/", 1)[0]
+    return None if top == "hydra" else top
+
+
+def check_overrides(command: str, args: Sequence[str], known: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` for an override of a key that ``command`` does not have."""
+    for arg in args:
+        top = _top_key(arg)
+        if top is None or top in known:
+            continue
+        close = difflib.get_close_matches(top, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"unknown option '{top}' in '{arg}'; {hint}"
+            f"'{PROG} {command}' takes: {', '.join(known)} "
+            f"(see '{PROG} {command} --help')"
+        )
+
+
+def rewrite_args(cmd: Command, args: Sequence[str]) -> list[str]:
+    """Map a leading positional word to ``<positional>=<word>`` and scenario overrides to ``++``."""
+    out = list(args)
+    if cmd.positional and out and "=" not in out[0] and not out[0].startswith("-"):
+        out[0] = f"{cmd.positional}={out[0]}"
+    return [f"++{a}" if a.startswith("scenario_overrides.") and "=" in a else a for a in out]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch ``opsworld <command> [overrides...]`` to the command's Hydra entry point.
+
+    Args:
+        argv: Arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 2 for a usage error (unknown command or option);
+        Hydra exits by itself (status 1) when composing or running the config fails.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(
+            f"{PROG}: unknown command '{name}'; commands: {', '.join(COMMANDS)}\n\n{usage()}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    cmd = COMMANDS[name]
+    module = importlib.import_module(cmd.module)
+    known = [f.name for f in dataclasses.fields(module.SCHEMA)]
+    rest = rewrite_args(cmd, rest)
+    try:
+        check_overrides(name, rest, known)
+    except ConfigError as err:
+        print(f"{PROG} {name}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    saved = sys.argv
+    sys.argv = [f"{PROG} {name}", *rest]
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
