@@ -1,0 +1,1 @@
+"""opsworld agents: baselines and learned policies behind one Policy protocol."""

@@ -1,0 +1,1 @@
+"""Hydra config groups (YAML) for the opsworld commands."""

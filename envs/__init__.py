@@ -1,0 +1,1 @@
+"""opsworld environments: the simulator, scenarios and (later) Gymnasium wrappers."""

@@ -149,11 +149,6 @@ def test_step_rejects_an_invalid_action_before_time_moves() -> None:
     assert list(sim.engine.cp.desired) == [2, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Engine.advance applies actions one by one: a valid action before an invalid one "
-    "is already scheduled when the step raises",
-)
 def test_step_with_an_invalid_action_applies_none_of_the_batch() -> None:
     sim = Simulator(SC)
     sim.reset()
@@ -163,11 +158,6 @@ def test_step_with_an_invalid_action_applies_none_of_the_batch() -> None:
     assert f15.service("a")["replicas_desired"] == 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validate_action rejects bool replicas for Scale but not a bool node for "
-    "DrainNode: DrainNode(True) drains node 1",
-)
 def test_drain_node_rejects_a_bool_index() -> None:
     with pytest.raises(InvalidActionError, match=r"drain_node\.node"):
         validate_action(DrainNode(True), SC)
@@ -190,7 +180,7 @@ def test_scale_up_takes_effect_after_actuation_delay_and_pods_after_startup(
     delay: float,
 ) -> None:
     _, cp, env = start(scenario(actuation_delay_s=delay))
-    cp.apply(Scale("a", 4))
+    cp.apply([Scale("a", 4)])
     assert cp.desired[0] == 2  # validated now, carried out later
     if delay > 0:
         settle(env, delay - EPS)
@@ -221,11 +211,11 @@ def test_scale_shows_in_telemetry() -> None:
 def test_scale_down_terminates_not_ready_pods_first() -> None:
     _, cp, env = start(scenario())
     original = uids(cp)
-    cp.apply(Scale("a", 4))  # two pods starting from t = 2 until t = 22
+    cp.apply([Scale("a", 4)])  # two pods starting from t = 2 until t = 22
     settle(env, 10.0)
     starting = [p.uid for p in cp._live(0) if p.state == PodState.STARTING]
     assert len(starting) == 2
-    cp.apply(Scale("a", 2))  # carried out at t = 12
+    cp.apply([Scale("a", 2)])  # carried out at t = 12
     settle(env, 12.0)
     assert uids(cp) == original
     assert int(cp.ready[0]) == 2 and int(cp.starting[0]) == 0
@@ -238,7 +228,7 @@ def test_scale_down_terminates_not_ready_pods_first() -> None:
 
 def test_scale_down_of_ready_pods_removes_newest_and_frees_node_after_grace() -> None:
     _, cp, env = start(scenario(service("a", initial=4), cluster={"nodes": 1}))
-    cp.apply(Scale("a", 1))
+    cp.apply([Scale("a", 1)])
     settle(env, 2.0)
     assert uids(cp) == [0]
     assert int(cp.ready[0]) == 1
@@ -258,7 +248,7 @@ def test_rolling_restart_replaces_every_pod_within_surge_and_unavailability(
 ) -> None:
     _, cp, env = start(scenario(service("a", initial=desired)))
     old = set(uids(cp))
-    cp.apply(Restart("a"))
+    cp.apply([Restart("a")])
     max_surge = max(1, math.ceil(0.25 * desired))
     min_ready = desired - math.floor(0.25 * desired)
     settle(env, 2.0 - EPS)
@@ -278,7 +268,7 @@ def test_rolling_restart_replaces_every_pod_within_surge_and_unavailability(
 def test_rolling_restart_timeline_of_four_pods() -> None:
     # surge 1, max unavailable 1; polls every second; new pods take 20 s
     _, cp, env = start(scenario(service("a", initial=4)))
-    cp.apply(Restart("a"))
+    cp.apply([Restart("a")])
     settle(env, 2.0)  # 1 new pod created, 1 old ready pod terminated
     assert int(cp.ready[0]) == 3 and len(cp._live(0)) == 4
     settle(env, 3.0)  # the surge pod
@@ -349,7 +339,7 @@ def test_rollback_without_history_is_invalid() -> None:
     with pytest.raises(InvalidActionError, match="no previous revision"):
         sim.step([Rollback("a")])
     with pytest.raises(InvalidActionError, match="rollback a: no previous revision"):
-        cp.apply(Rollback("a"))
+        cp.apply([Rollback("a")])
 
 
 def test_rollback_pops_the_deploy_history() -> None:
@@ -411,7 +401,7 @@ def test_shed_all_traffic_leaves_entry_idle() -> None:
 def test_drain_node_moves_its_pods_to_other_nodes() -> None:
     _, cp, env = start(scenario())  # pods 0 and 1 spread over nodes 0 and 1
     assert [cp.pods[u].node for u in (0, 1)] == [0, 1]
-    cp.apply(DrainNode(0))
+    cp.apply([DrainNode(0)])
     settle(env, 2.0)
     assert cp.nodes[0].state == NodeState.CORDONED
     assert cp.pods[0].state == PodState.TERMINATING
@@ -428,9 +418,9 @@ def test_drain_node_moves_its_pods_to_other_nodes() -> None:
 
 def test_drained_node_takes_no_new_pods() -> None:
     _, cp, env = start(scenario())
-    cp.apply(DrainNode(1))
+    cp.apply([DrainNode(1)])
     settle(env, 2.0)
-    cp.apply(Scale("a", 6))
+    cp.apply([Scale("a", 6)])
     settle(env, 30.0)
     assert int(cp.ready[0]) == 6
     assert {p.node for p in cp._live(0)} == {0}
@@ -455,7 +445,7 @@ def test_drain_unknown_node_lists_ready_nodes() -> None:
         sim.step([DrainNode(5)])
     sim.step([DrainNode(1)])
     with pytest.raises(InvalidActionError, match=r"ready nodes are \[0, 2\]"):
-        cp.apply(DrainNode(7))
+        cp.apply([DrainNode(7)])
 
 
 def test_drain_provisioning_node_is_invalid() -> None:
@@ -471,15 +461,9 @@ def test_drain_provisioning_node_is_invalid() -> None:
     sim.step()  # node 1 requested at t = 10, ready at t = 100
     assert cp.nodes[1].state == NodeState.PROVISIONING
     with pytest.raises(InvalidActionError, match=r"drain_node 1: .*ready nodes are \[0\]"):
-        cp.apply(DrainNode(1))
+        cp.apply([DrainNode(1)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DrainNode is validated at apply time but carried out after the actuation delay; "
-    "a node the autoscaler removed meanwhile is revived as CORDONED and removed twice, so "
-    "_live_nodes (and the cost rate) drop below the nodes really up",
-)
 def test_drain_of_a_node_removed_before_actuation_is_harmless() -> None:
     sc = scenario(
         service("a", initial=1),
@@ -491,7 +475,7 @@ def test_drain_of_a_node_removed_before_actuation_is_harmless() -> None:
     )
     _, cp, env = start(sc)
     settle(env, 9.0)
-    cp.apply(DrainNode(1))  # valid now; node 1 is empty and is removed at t = 10
+    cp.apply([DrainNode(1)])  # valid now; node 1 is empty and is removed at t = 10
     settle(env, 10.0)
     assert cp.nodes[1].state == NodeState.GONE
     settle(env, 15.0)  # drain carried out at t = 11

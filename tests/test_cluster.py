@@ -197,7 +197,7 @@ def test_pod_without_cpu_room_stays_pending_until_capacity_frees() -> None:
     settle(env, 100.0)
     assert pending.state == PodState.PENDING and pending.node == -1
     # scale a to 3 at t=100: terminating at 102, unbound after the 5 s grace (107)
-    cp.apply(Scale("a", 3))
+    cp.apply([Scale("a", 3)])
     settle(env, 102.0)
     assert int(cp.ready[0]) == 3 and pending.state == PodState.PENDING
     settle(env, 107.0 - EPS)
@@ -258,7 +258,7 @@ def autoscaled(initial: int = 4, nodes: int = 1, node_cpu: float = 2.0, **au: An
 
 def test_autoscaler_adds_a_node_at_first_poll_after_scale_up_delay() -> None:
     _, cp, env = start(autoscaled())
-    cp.apply(Scale("a", 6))  # two pods pending from t = 2
+    cp.apply([Scale("a", 6)])  # two pods pending from t = 2
     settle(env, 2.0)
     assert int(cp.n_pending[0]) == 2
     # poll at t=10: pending 8 s < 10 s, nothing; poll at t=20: one 2-core node is enough
@@ -345,7 +345,7 @@ def test_autoscaler_removes_node_emptied_by_scale_down() -> None:
     sc = autoscaled(initial=2, nodes=2, min_nodes=1, scale_down_unneeded_s=60.0)
     _, cp, env = start(sc)
     assert [cp.pods[u].node for u in sorted(cp.pods)] == [0, 1]
-    cp.apply(Scale("a", 1))
+    cp.apply([Scale("a", 1)])
     settle(env, 7.0)
     assert not cp.nodes[1].pods and cp.nodes[1].empty_since == 7.0
     settle(env, 70.0 - EPS)  # polls every 10 s: first with 60 s empty is t = 70
@@ -547,12 +547,6 @@ def test_request_level_crash_fails_requests_in_service() -> None:
     assert f30.service("a")["restarts"] == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RequestEngine.pods_lost dooms round(in_service * lost_fraction) attempts with "
-    "Python's round: a lone attempt on one of two pods (0.5) is never lost, so losses are "
-    "biased low at low load",
-)
 def test_request_level_crash_loses_a_lone_attempt_half_the_time_over_two_pods() -> None:
     lost = 0.0
     for seed in range(20):
@@ -591,15 +585,7 @@ def backlogged_then_scaled_to_zero(fidelity: str) -> list[Telemetry]:
 @pytest.mark.parametrize(
     "fidelity",
     [
-        pytest.param(
-            "fluid",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="FluidEngine._integrate fails the lost backlog twice: once inside "
-                "`finished` (in_flight, which includes the backlog, drains to 0) and again "
-                "as `lost_backlog`",
-            ),
-        ),
+        pytest.param("fluid"),
         "request",
     ],
 )
@@ -615,14 +601,7 @@ def test_counters_conserve_attempts_when_a_backlogged_service_loses_all_pods(
     "fidelity",
     [
         "fluid",
-        pytest.param(
-            "request",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RequestEngine: attempts queued at a service whose ready pods all go "
-                "away wait in the SlotPool queue forever (never counted, in_flight stays up)",
-            ),
-        ),
+        pytest.param("request"),
     ],
 )
 def test_queued_attempts_fail_when_a_service_loses_all_pods(fidelity: str) -> None:

@@ -1,0 +1,1 @@
+"""Scenario schema, built-in scenarios and the loader."""

@@ -132,7 +132,7 @@ def describe(scenario: Scenario) -> str:
 
     One block per service, in the order of ``topology.services``::
 
-        frontend  300.0 rps, 5 ms, 2 pods x 8 slots, load 0.47
+        frontend  300.0 rps, 5 ms, 2 pods x 2 slots, load 0.38
           -> api       p=1 calls=1
 
     Rates and loads are those of :func:`flow_rates` and :func:`offered_load` at
@@ -154,7 +154,8 @@ def describe(scenario: Scenario) -> str:
         pods = f"{s.replicas.initial} pod{'s' if s.replicas.initial != 1 else ''}"
         lines.append(
             f"{s.name:<{width}}  {lam[s.name]:.1f} rps, {s.pod.service_time.mean * 1000:g} ms, "
-            f"{pods} x {s.pod.concurrency} slots, load {load[s.name]:.2f}"
+            f"{pods} x {s.pod.concurrency} slot{'s' if s.pod.concurrency != 1 else ''}, "
+            f"load {load[s.name]:.2f}"
         )
         for e in topo.edges:
             if e.src == s.name:
@@ -340,9 +341,9 @@ def _mesh40() -> dict[str, Any]:
     times 1-20 ms (cv 1) growing with depth. At the default rate (``_MESH_RPS``) each
     service gets the worker slots that give an offered load nearest 0.45 (at most 4 a pod,
     on the fewest pods; one slot at least); a service whose load would still be below
-    ``_MESH_MIN_LOAD`` (too little traffic even for one slot) is made slower until it
-    reaches it. Calls to a service time out after 25 of its queueing-free response times
-    (own service plus every call), with one retry.
+    ``_MESH_MIN_LOAD`` (too little traffic for even one slot, or a little more than one
+    slot takes) is made slower until it reaches it. Calls to a service time out after 25
+    of its queueing-free response times (own service plus every call), with one retry.
     """
     rng = np.random.default_rng(_MESH_SEED)
     layers: list[list[str]] = [

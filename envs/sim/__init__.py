@@ -1,0 +1,1 @@
+"""The cluster simulator: control plane, fluid and request-level engines, telemetry."""

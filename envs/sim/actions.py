@@ -95,6 +95,8 @@ def validate_action(action: object, scenario: Scenario) -> Action:
             )
     if isinstance(action, ShedLoad) and not 0.0 <= action.fraction <= 1.0:
         raise InvalidActionError(f"shed_load.fraction must be in [0, 1], got {action.fraction}")
-    if isinstance(action, DrainNode) and (not isinstance(action.node, int) or action.node < 0):
+    if isinstance(action, DrainNode) and (
+        not isinstance(action.node, int) or isinstance(action.node, bool) or action.node < 0
+    ):
         raise InvalidActionError(f"drain_node.node must be a node index >= 0, got {action.node}")
     return action

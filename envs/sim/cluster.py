@@ -217,6 +217,8 @@ class ControlPlane:
             self._schedule()
 
     def _remove_node(self, node: Node) -> None:
+        if node.state == NodeState.GONE:
+            return
         self._account()
         node.state = NodeState.GONE
         self._live_nodes -= 1
@@ -224,6 +226,8 @@ class ControlPlane:
     def drain(self, index: int) -> None:
         """Cordon node ``index`` and evict its pods; replacements are scheduled elsewhere."""
         node = self.nodes[index]
+        if node.state in (NodeState.GONE, NodeState.PROVISIONING):
+            return  # removed (or not up) since the drain was requested: nothing to drain
         node.state = NodeState.CORDONED
         for uid in sorted(node.pods):
             self._terminate(self.pods[uid], lost=False)
@@ -510,28 +514,37 @@ class ControlPlane:
                         live.remove(node)
 
     # ------------------------------------------------------------------ actions
-    def apply(self, action: Action) -> None:
-        """Validate ``action`` now and carry it out after the actuation delay."""
+    def check(self, actions: list[Action]) -> None:
+        """Raise :class:`InvalidActionError` if any of ``actions`` cannot be applied now."""
+        rollbacks: dict[str, int] = {}
+        for action in actions:
+            self._check_one(action, rollbacks)
+
+    def apply(self, actions: list[Action]) -> None:
+        """Check all ``actions``, then carry each out after the actuation delay (all or none)."""
+        self.check(actions)
+        for action in actions:
+            if not isinstance(action, Noop):
+                self.env.process(self._actuate(action))
+
+    def _check_one(self, action: Action, rollbacks: dict[str, int]) -> None:
         validate_action(action, self.sc)
         if isinstance(action, Rollback):
             s = self.sc.service_names.index(action.service)
-            if not self.history[s]:
+            rollbacks[action.service] = rollbacks.get(action.service, 0) + 1
+            if len(self.history[s]) < rollbacks[action.service]:
                 raise InvalidActionError(
                     f"rollback {action.service}: no previous revision to roll back to "
                     "(the service has not been deployed since the start)"
                 )
-        if isinstance(action, DrainNode):
-            if action.node >= len(self.nodes) or self.nodes[action.node].state in (
-                NodeState.GONE,
-                NodeState.PROVISIONING,
-            ):
-                live = [n.index for n in self.nodes if n.state == NodeState.READY]
-                raise InvalidActionError(
-                    f"drain_node {action.node}: no such ready node; ready nodes are {live}"
-                )
-        if isinstance(action, Noop):
-            return
-        self.env.process(self._actuate(action))
+        if isinstance(action, DrainNode) and (
+            action.node >= len(self.nodes)
+            or self.nodes[action.node].state in (NodeState.GONE, NodeState.PROVISIONING)
+        ):
+            live = [n.index for n in self.nodes if n.state == NodeState.READY]
+            raise InvalidActionError(
+                f"drain_node {action.node}: no such ready node; ready nodes are {live}"
+            )
 
     def _actuate(self, action: Action) -> Generator[Any, Any, None]:
         delay = self.sc.actuation_delay_s

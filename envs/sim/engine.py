@@ -129,8 +129,7 @@ class Engine(abc.ABC):
 
     def advance(self, actions: list[Action]) -> list[Telemetry]:
         """Apply ``actions``, run one decision interval, return the frames scraped."""
-        for a in actions:
-            self.cp.apply(a)
+        self.cp.apply(actions)
         target = min(self.now + self.sc.decision_interval_s, self.sc.horizon_s)
         frames = []
         while self._next_scrape <= target + _EPS:

@@ -101,6 +101,8 @@ class FluidEngine(Engine):
         self.d1 = self.m0.copy()
         self.d2 = self.scv * self.m0**2
         self._segments: list[_Segment] = []
+        self._law_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._law_value: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         # capacity (refreshed by capacity_changed)
         self.c = np.zeros(n)
         self.qcap = np.zeros(n)
@@ -181,9 +183,7 @@ class FluidEngine(Engine):
                     grown = b0 + net * dt
                     b1 = np.clip(grown, 0.0, qcap)
                     dropped_amt = np.where(has_pods, np.maximum(grown - qcap, 0.0), lam * dt)
-                    drop = np.where(
-                        lam > 0, dropped_amt / (lam * dt), np.where(has_pods, 0.0, 1.0)
-                    )
+                    drop = np.where(lam > 0, dropped_amt / (lam * dt), np.where(has_pods, 0.0, 1.0))
                     b_avg = _mean_backlog(b0, net, qcap, dt)
                     delay = np.where(has_pods, b_avg / mu, np.inf)
                     delay = np.where(b_avg > 0, delay, 0.0)
@@ -227,7 +227,12 @@ class FluidEngine(Engine):
             admitted = lam_adm * dt
             self.arrived += lam * dt
             self.dropped += dropped_amt
-            target = np.where(has_pods, lam_adm * d1, 0.0)
+            # Little's law in steady state; with a backlog, servers run flat out and the
+            # backlog itself is in flight; callers that timed out no longer count
+            target = np.where(
+                b_avg > 0, np.minimum(lam_adm, mu) * np.maximum(d1 - delay, 0.0) + b1, lam_adm * d1
+            )
+            target = np.where(has_pods, np.minimum(target, lam_adm * self.timeout), 0.0)
             in_flight1 = np.clip(target, 0.0, self.in_flight + admitted)
             finished = self.in_flight + admitted - in_flight1
             f_fin = np.where(has_pods, f_nd, 1.0)
@@ -258,20 +263,11 @@ class FluidEngine(Engine):
             acc = np.zeros((4, n))
             for sg in segs:
                 w = np.where(np.isfinite(sg.weight), sg.weight, 0.0)
-                qs = [
-                    np.minimum(sg.delay + q.gamma_quantile(z, sg.k, sg.theta), self.timeout)
-                    for z in (0.5, 0.95, 0.99)
-                ]
-                acc += w * np.array([*qs, sg.mean])
+                quants, pmf = self._law(sg)
+                acc[:3] += w * quants
+                acc[3] += w * sg.mean
                 w_tot += w
-                # histogram: P(min(d + X, T) <= le) per bucket
-                x = _BOUNDS[None, :] - sg.delay[:, None]
-                with np.errstate(invalid="ignore"):
-                    cdf = 1.0 - q.gamma_sf(x, sg.k[:, None], sg.theta[:, None])
-                cdf = np.where(_BOUNDS[None, :] >= self.timeout[:, None], 1.0, cdf)
-                cdf[:, -1] = 1.0
-                cdf = np.nan_to_num(cdf, nan=0.0)
-                hist += w[:, None] * np.diff(cdf, prepend=0.0, axis=1)
+                hist += w[:, None] * pmf
             has = w_tot > 1e-9
             with np.errstate(invalid="ignore", divide="ignore"):
                 vals = acc / w_tot
@@ -285,6 +281,36 @@ class FluidEngine(Engine):
         return DataPlaneReading(
             counters, self.in_flight.copy(), self.lq.copy(), busy, p50, p95, p99, mean, hist
         )
+
+    def _law(self, sg: _Segment) -> tuple[np.ndarray, np.ndarray]:
+        """Quantiles (p50, p95, p99) and bucket probabilities of ``min(d + X, T)``.
+
+        Cached: in steady state consecutive segments have the same law.
+        """
+        key = self._law_key
+        if (
+            key is not None
+            and np.array_equal(key[0], sg.k)
+            and np.array_equal(key[1], sg.theta)
+            and np.array_equal(key[2], sg.delay)
+        ):
+            return self._law_value
+        quants = np.array(
+            [
+                np.minimum(sg.delay + q.gamma_quantile(z, sg.k, sg.theta), self.timeout)
+                for z in (0.5, 0.95, 0.99)
+            ]
+        )
+        x = _BOUNDS[None, :] - sg.delay[:, None]
+        with np.errstate(invalid="ignore"):
+            cdf = 1.0 - q.gamma_sf(x, sg.k[:, None], sg.theta[:, None])
+        cdf = np.where(_BOUNDS[None, :] >= self.timeout[:, None], 1.0, cdf)
+        cdf[:, -1] = 1.0
+        cdf = np.nan_to_num(cdf, nan=0.0)
+        pmf = np.diff(cdf, prepend=0.0, axis=1)
+        self._law_key = (sg.k, sg.theta, sg.delay)
+        self._law_value = (quants, pmf)
+        return quants, pmf
 
 
 def _backoff_mean(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:

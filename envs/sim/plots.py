@@ -3,7 +3,7 @@
 :func:`plot_timeline` draws stacked panels on a matplotlib ``Figure`` rendered by the Agg canvas
 (no display, no pyplot global state):
 
-1. entry request rate (shaded: the scenario's traffic bursts);
+1. entry request rate (shaded: the scenario's traffic bursts, ramps included);
 2. p99 latency per service, log scale; the entry service bold, SLO targets dashed;
 3. error rate per service, with the entry's allowed error rate dashed;
 4. ready replicas per service (solid) and desired replicas (dashed);
@@ -147,9 +147,10 @@ def plot_timeline(
         fontsize=12,
     )
 
-    for b in scenario.traffic.bursts:
+    for b in scenario.traffic.bursts:  # ramp up from at_s, hold to at_s + duration_s, ramp down
+        end = b.at_s + b.duration_s + b.ramp_s
         for ax in axes:
-            ax.axvspan(b.at_s / div, (b.at_s + b.duration_s) / div, color="orange", alpha=0.08)
+            ax.axvspan(b.at_s / div, end / div, color="orange", alpha=0.08)
 
     rps = _series(frames, "rps")
     ax_rps.plot(t, rps[:, entry], color=colours[entry], lw=1.8, label=f"{names[entry]} (entry)")

@@ -18,6 +18,7 @@ ready pod, or the queue is full). Latency is recorded for completed and failed a
 from __future__ import annotations
 
 from collections.abc import Generator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,17 @@ class SlotPool(simpy.Resource):
         self._capacity = capacity
         if grew:
             self._trigger_put(None)
+
+    def flush(self) -> None:
+        """Fail every queued request (its process sees :class:`_Flushed`)."""
+        queued = list(self.put_queue)
+        self.put_queue.clear()
+        for req in queued:
+            req.fail(_Flushed())
+
+
+class _Flushed(Exception):
+    """Thrown into attempts that were queued at a service whose last pod went away."""
 
 
 class _Sampler:
@@ -129,6 +141,8 @@ class RequestEngine(Engine):
             self._ready[s] = ready
             self._qcap[s] = ready * self._qpp[s]
             self.pools[s].set_capacity(ready * self._k[s])
+            if ready == 0 and self.pools[s].put_queue:
+                self.pools[s].flush()
             self._lat_factor[s] = float(cp.latency_factor[s])
             self._err[s] = float(cp.app_error[s])
         self._shed = cp.shed_fraction
@@ -136,7 +150,8 @@ class RequestEngine(Engine):
     def pods_lost(self, service: int, lost_fraction: float) -> None:
         """Doom a random ``lost_fraction`` of the attempts in service at ``service``."""
         users = self.pools[service].users
-        k = round(len(users) * lost_fraction)
+        x = len(users) * lost_fraction
+        k = min(int(x) + (1 if self._uniform() < x - int(x) else 0), len(users))
         if k <= 0:
             return
         picks = self.data_rng.choice(len(users), size=k, replace=False)
@@ -193,9 +208,7 @@ class RequestEngine(Engine):
                 done = self.env.event()
                 self.env.process(self._attempt(s, done))
                 timer = self.env.timeout(timeout)
-                timer.callbacks.append(
-                    lambda _e, d=done, s=s, t0=self.env.now: self._expire(d, s, t0)
-                )
+                timer.callbacks.append(partial(self._expire, done, s, self.env.now))
                 ok = yield done
             if ok:
                 return True
@@ -206,7 +219,7 @@ class RequestEngine(Engine):
             if backoff > 0:
                 yield self.env.timeout(backoff)
 
-    def _expire(self, done: simpy.Event, s: int, t0: float) -> None:
+    def _expire(self, done: simpy.Event, s: int, t0: float, _timer: simpy.Event) -> None:
         """The caller's timeout fired: the attempt fails now if it has not finished."""
         if not done.triggered:
             self._failed[s] += 1
@@ -227,7 +240,16 @@ class RequestEngine(Engine):
                 done.succeed(False)
             return False
         req = pool.request()
-        yield req
+        try:
+            yield req
+        except _Flushed:
+            # every pod went away while the attempt queued: connection reset
+            if done is None or not done.triggered:
+                self._failed[s] += 1
+                self._lat[s].append(env.now - t0)
+                if done is not None:
+                    done.succeed(False)
+            return False
         sampler = self._svc_sampler[s]
         own = self._svc_mean[s] * self._lat_factor[s]
         if sampler is not None:
