@@ -23,6 +23,7 @@ gives their sources.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,7 @@ class FluidEngine(Engine):
         self.timeout = np.array(
             [np.inf if s.pod.timeout_s is None else s.pod.timeout_s for s in specs]
         )
+        self.finite_timeout = np.isfinite(self.timeout)
         self.retries = np.array([s.pod.retries for s in specs], dtype=np.float64)
         self.backoff = np.array([s.pod.retry_backoff_s for s in specs])
         self.qpp = np.array([s.pod.queue_per_pod for s in specs], dtype=np.float64)
@@ -101,6 +103,8 @@ class FluidEngine(Engine):
         self.d1 = self.m0.copy()
         self.d2 = self.scv * self.m0**2
         self._segments: list[_Segment] = []
+        self._cap_version = 0
+        self._steady: tuple[float, int, tuple[Any, ...]] | None = None
         self._law_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._law_value: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         # capacity (refreshed by capacity_changed)
@@ -123,6 +127,7 @@ class FluidEngine(Engine):
         self.m = self.m0 * cp.latency_factor
         self.app_err = cp.app_error.copy()
         self.shed = cp.shed_fraction
+        self._cap_version += 1
 
     def pods_lost(self, service: int, lost_fraction: float) -> None:
         """Fail the share of in-service attempts that the lost pod held."""
@@ -150,9 +155,24 @@ class FluidEngine(Engine):
         qcap = self.qcap
         has_pods = c > 0
         f, drop, lam, d1, d2 = self.f, self.drop, self.lam, self.d1, self.d2
+        steady = self._steady
+        if (
+            steady is not None
+            and steady[0] == lam_ext
+            and steady[1] == self._cap_version
+            and not b0.any()
+        ):
+            # nothing changed since a converged, backlog-free segment: same solution
+            sweeps = 0
+            (lam_adm, mu, b1, b_avg, delay, dropped_amt, wq, k, theta, f_nd) = steady[2]
+        else:
+            sweeps = self.sweeps
+            self._steady = None
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             all_pods = bool(has_pods.all())
-            for _ in range(self.sweeps):
+            converged = False
+            fast = False
+            for _ in range(sweeps):
                 prev_lam, prev_d1 = lam, d1
                 fc = np.minimum(f, 1.0 - 1e-9)
                 attempts = (1.0 - fc**r1) / (1.0 - fc)
@@ -172,7 +192,8 @@ class FluidEngine(Engine):
                 mu = np.where(has_pods, c / m, 0.0)
                 # fluid backlog over the segment
                 net = lam - mu
-                if all_pods and not b0.any() and (net <= 0).all():
+                fast = all_pods and not b0.any() and bool((net <= 0).all())
+                if fast:
                     # fast path: no backlog and none building up anywhere
                     b1 = b0
                     dropped_amt = b0
@@ -202,14 +223,14 @@ class FluidEngine(Engine):
                 x_var = var_wq + self.scv * m * m + down_var
                 k, theta = q.gamma_shape_scale(x_mean, x_var)
                 u = self.timeout - delay
-                p_to = np.where(np.isfinite(self.timeout), q.gamma_sf(u, k, theta), 0.0)
+                p_to = np.where(self.finite_timeout, q.gamma_sf(u, k, theta), 0.0)
                 p_to = np.where(has_pods, p_to, 1.0)
                 d1 = np.where(
-                    np.isfinite(self.timeout),
+                    self.finite_timeout,
                     np.minimum(delay, self.timeout) + q.gamma_mean_min(u, k, theta),
                     delay + x_mean,
                 )
-                d1 = np.where(has_pods, d1, np.where(np.isfinite(self.timeout), self.timeout, 0.0))
+                d1 = np.where(has_pods, d1, np.where(self.finite_timeout, self.timeout, 0.0))
                 d2 = x_var * (1.0 - p_to)
                 if self.has_edges:
                     phi = fc**r1
@@ -222,7 +243,14 @@ class FluidEngine(Engine):
                 f_nd = p_to + (1.0 - p_to) * (1.0 - (1.0 - self.app_err) * ds_ok)
                 f = drop + (1.0 - drop) * f_nd
                 if np.array_equal(lam, prev_lam) and np.array_equal(d1, prev_d1):
+                    converged = True
                     break  # converged (the usual case in steady state)
+            if converged and fast:
+                self._steady = (
+                    lam_ext,
+                    self._cap_version,
+                    (lam_adm, mu, b1, b_avg, delay, dropped_amt, wq, k, theta, f_nd),
+                )
             # commit the segment
             admitted = lam_adm * dt
             self.arrived += lam * dt
@@ -232,7 +260,8 @@ class FluidEngine(Engine):
             target = np.where(
                 b_avg > 0, np.minimum(lam_adm, mu) * np.maximum(d1 - delay, 0.0) + b1, lam_adm * d1
             )
-            target = np.where(has_pods, np.minimum(target, lam_adm * self.timeout), 0.0)
+            cap_to = np.where(self.finite_timeout, lam_adm * self.timeout, np.inf)
+            target = np.where(has_pods, np.minimum(target, cap_to), 0.0)
             in_flight1 = np.clip(target, 0.0, self.in_flight + admitted)
             finished = self.in_flight + admitted - in_flight1
             f_fin = np.where(has_pods, f_nd, 1.0)
@@ -253,14 +282,19 @@ class FluidEngine(Engine):
         n = self.n
         segs = self._segments
         self._segments = []
-        p50 = np.full(n, np.nan)
-        p95 = np.full(n, np.nan)
-        p99 = np.full(n, np.nan)
-        mean = np.full(n, np.nan)
-        hist = np.zeros((n, len(_BOUNDS)))
-        if segs:
+        if not segs:
+            vals = np.full((4, n), np.nan)
+            hist = np.zeros((n, len(_BOUNDS)))
+        elif len(segs) == 1:  # the usual case: no event between two scrapes
+            sg = segs[0]
+            w = np.where(np.isfinite(sg.weight), sg.weight, 0.0)
+            quants, pmf = self._law(sg)
+            vals = np.where(w > 1e-9, np.vstack([quants, sg.mean]), np.nan)
+            hist = w[:, None] * pmf
+        else:  # finished-weighted average of the segments' statistics
             w_tot = np.zeros(n)
             acc = np.zeros((4, n))
+            hist = np.zeros((n, len(_BOUNDS)))
             for sg in segs:
                 w = np.where(np.isfinite(sg.weight), sg.weight, 0.0)
                 quants, pmf = self._law(sg)
@@ -268,13 +302,9 @@ class FluidEngine(Engine):
                 acc[3] += w * sg.mean
                 w_tot += w
                 hist += w[:, None] * pmf
-            has = w_tot > 1e-9
             with np.errstate(invalid="ignore", divide="ignore"):
-                vals = acc / w_tot
-            p50 = np.where(has, vals[0], np.nan)
-            p95 = np.where(has, vals[1], np.nan)
-            p99 = np.where(has, vals[2], np.nan)
-            mean = np.where(has, vals[3], np.nan)
+                vals = np.where(w_tot > 1e-9, acc / w_tot, np.nan)
+        p50, p95, p99, mean = vals
         counters = np.stack([self.arrived, self.completed, self.failed, self.dropped], axis=1)
         busy = self.own_busy
         self.own_busy = np.zeros(n)
