@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Four simulated hours of Online Boutique at fluid fidelity, static replicas, with a 2.5x
-# flash crowd from 1:30 to 2:00 and 10% traffic noise; takes a few seconds.
+# flash crowd from 1:30 (5 min ramps, 30 min hold) and 10% traffic noise; takes seconds.
 DEMO_OUT ?= outputs/demo
 demo: $(STAMP)
 	$(BIN)/opsworld simulate scenario=boutique fidelity=fluid policy=static horizon_s=14400 \
@@ -40,7 +40,7 @@ lint: $(STAMP)
 type: $(STAMP)
 	$(BIN)/mypy
 
-# Simulator speed; writes experiments/results/sim_bench.{json,md} (~1-2 min).
+# Simulator speed; writes experiments/results/sim_bench.{json,md} (under two minutes).
 bench: $(STAMP)
 	$(BIN)/opsworld bench sim
 

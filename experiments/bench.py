@@ -75,8 +75,8 @@ class SimSizes:
 
     fluid_sim_s: float = 86400.0
     fluid_wall_budget_s: float = 10.0
-    mmc_customers: int = 200_000
-    boutique_request_horizon_s: float = 60.0
+    mmc_customers: int = 500_000
+    boutique_request_horizon_s: float = 120.0
 
 
 @dataclass

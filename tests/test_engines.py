@@ -237,9 +237,9 @@ def test_fluid_matches_request_level_chain3(util: float) -> None:
 
 @pytest.mark.parametrize("util", [0.2, 0.5, 0.9])
 def test_fluid_matches_request_level_boutique(util: float) -> None:
-    sc = at_utilisation(_builtin("boutique"), util, horizon_s=90.0, seed=5)
+    sc = at_utilisation(_builtin("boutique"), util, horizon_s=240.0, seed=5)
     fluid, request = compare(sc)
-    _assert_close(fluid, request, span=90.0 - 15.0)
+    _assert_close(fluid, request, span=240.0 - 15.0)
 
 
 @pytest.mark.parametrize(("name", "util"), [("chain3", 1.3), ("boutique", 1.5)])

@@ -251,25 +251,27 @@ def _chain3() -> dict[str, Any]:
 # fmt: off
 _BOUTIQUE = (
     # name                    ms    conc  repl  cpu   mem_mb  timeout  retries
-    ("frontend",              10.0, 2,    3,    0.5,  256.0,  None,    0),
-    ("adservice",             6.0,  2,    1,    0.5,  512.0,  0.2,     1),
+    ("frontend",              12.0, 2,    3,    0.5,  256.0,  None,    0),
+    ("adservice",             5.0,  2,    1,    0.5,  512.0,  0.2,     1),
     ("recommendationservice", 12.0, 2,    2,    0.5,  512.0,  0.4,     1),
     ("productcatalogservice", 3.0,  2,    2,    0.25, 256.0,  0.2,     2),
     ("cartservice",           5.0,  2,    1,    0.25, 512.0,  0.3,     1),
     ("redis-cart",            1.2,  1,    1,    0.25, 1024.0, 0.1,     2),
-    ("shippingservice",       5.0,  1,    1,    0.25, 256.0,  0.2,     1),
+    ("shippingservice",       8.0,  2,    1,    0.25, 256.0,  0.3,     1),
     ("currencyservice",       2.0,  2,    2,    0.25, 256.0,  0.1,     2),
-    ("checkoutservice",       20.0, 1,    1,    0.5,  256.0,  3.0,     1),
-    ("paymentservice",        25.0, 1,    1,    0.25, 256.0,  1.0,     1),
-    ("emailservice",          20.0, 1,    1,    0.25, 256.0,  0.5,     1),
+    ("checkoutservice",       40.0, 2,    1,    0.5,  256.0,  3.0,     1),
+    ("paymentservice",        80.0, 4,    1,    0.25, 256.0,  1.5,     1),
+    ("emailservice",          70.0, 4,    1,    0.25, 256.0,  1.0,     1),
 )
 # Per frontend request (a page view), most are browsing: every page converts prices (3
 # currency calls) and lists products (1.5 catalog calls); 60% show an ad, half show
 # recommendations, half the cart, 20% quote shipping, 8% place an order. An order reads and
 # empties the cart, reads its products, quotes and ships, converts, charges and mails.
-# Payment and email stand for external systems and are the slowest leaves. At 250 page views
-# per second orders come at 20/s, so checkout, payment and email each get one single-slot
-# pod; redis is single-threaded (one slot) too.
+# Payment and email stand for external systems (I/O bound: slow, several calls in flight).
+# At 250 page views per second orders come at 20/s, so checkout, payment and email get one
+# pod each; redis is single-threaded (one slot). The frontend, the largest pool, is the
+# busiest: scaled up (``envs.sim.validation.at_utilisation``) the small pools stay well
+# below it, where both engines agree.
 _BOUTIQUE_EDGES = (
     # src                     dst                      probability  calls
     ("frontend",              "currencyservice",       1.0,         3.0),
@@ -305,9 +307,9 @@ def _boutique() -> dict[str, Any]:
             "edges": [_edge(*row) for row in _BOUTIQUE_EDGES],
         },
         "traffic": {"base_rps": 250.0},
-        # Normal frontend p99 is about 250-290 ms (fluid-request; mean 54 ms): the 8% of
-        # page views that place an order take about 170 ms more.
-        "slos": {"frontend": {"p99_latency_s": 0.75, "error_rate": 0.01}},
+        # Normal frontend p99 is about 370 ms (fluid; 440 ms at request level; mean 62 ms),
+        # set by the 8% of page views that place an order (checkout takes about 250 ms).
+        "slos": {"frontend": {"p99_latency_s": 1.0, "error_rate": 0.01}},
         **_COMMON,
     }
 
