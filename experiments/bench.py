@@ -9,6 +9,9 @@ numbers). Figures (rates are the best of ``repeats`` runs of the same seeded wor
   ``mesh40_fluid_steps_per_s`` / ``mesh40_fluid_sim_seconds_per_wall_second``: fluid engine,
   static policy (no actions), 15 s decision steps: ``Simulator.reset()`` (not timed), then
   ``Simulator.step([])`` until the horizon (one simulated day) or the wall budget;
+* ``fluid_varying_traffic_steps_per_s``: boutique again with diurnal and noisy traffic, so
+  no segment can reuse the previous one's solution (the constant-traffic figure above
+  benefits from that reuse);
 * ``request_level_requests_per_s``: request-level engine on an M/M/c scenario (one service,
   Poisson arrivals, exponential service, no timeouts, retries or drops; ``c = pods x
   concurrency``), requests counted from the telemetry counters of the last frame;
@@ -51,7 +54,8 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from envs.scenarios.loader import load_scenario
-from envs.scenarios.schema import Scenario
+from envs.scenarios.schema import Diurnal, Noise, Scenario
+from envs.sim import validation
 from envs.sim.simulator import Simulator
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
 
@@ -230,11 +234,9 @@ def mmc_scenario(
     seed: int,
     decision_interval_s: float = 15.0,
 ) -> Scenario:
-    """A one-service scenario equal to an M/M/c queue with ``c = servers``.
+    """The validation M/M/c scenario (:func:`envs.sim.validation.mmc_scenario`).
 
-    Poisson arrivals at ``lambda = rho c mu``, exponential service, FIFO, an unbounded queue
-    in effect (no drops), no timeouts, retries, errors, noise or autoscaling; the horizon
-    (whole decision intervals) holds about ``customers`` arrivals.
+    Its horizon (whole decision intervals) holds about ``customers`` arrivals.
     """
     if servers % pods:
         raise ConfigError(
@@ -242,37 +244,16 @@ def mmc_scenario(
             "c = pods x concurrency must be whole"
         )
     lam = rho * servers / mean_service_s
-    return load_scenario(
-        {
-            "name": f"mmc{servers}",
-            "description": f"M/M/{servers} queue at rho={rho}",
-            "topology": {
-                "name": "mmc",
-                "entry": "server",
-                "services": [
-                    {
-                        "name": "server",
-                        "pod": {
-                            "concurrency": servers // pods,
-                            "queue_per_pod": 10_000_000,
-                            "service_time": {"mean": mean_service_s, "cv": 1.0, "kind": "gamma"},
-                            "memory_per_request_mb": 0.0,
-                            "timeout_s": None,
-                            "retries": 0,
-                            "error_rate": 0.0,
-                        },
-                        "replicas": {"initial": pods, "min": pods, "max": pods},
-                    }
-                ],
-            },
-            "traffic": {"base_rps": lam},
-            "horizon_s": decision_interval_s
-            * max(1, math.ceil(customers / lam / decision_interval_s)),
-            "decision_interval_s": decision_interval_s,
-            "fidelity": "request",
-            "seed": seed,
-        }
-    )
+    horizon = decision_interval_s * max(1, math.ceil(customers / lam / decision_interval_s))
+    return validation.mmc_scenario(
+        rho,
+        servers=servers,
+        mean_service_s=mean_service_s,
+        pods=pods,
+        horizon_s=horizon,
+        seed=seed,
+        fidelity="request",
+    ).model_copy(update={"decision_interval_s": decision_interval_s})
 
 
 def bare_simpy_mmc(
@@ -343,6 +324,29 @@ def run_sim_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
             "wall_s": t.wall_s,
             "rates": t.all_rates,
         }
+        if k == 0:
+            # the same scenario with traffic that changes every second (diurnal + noise):
+            # no segment repeats the last, so every step solves the fixed point afresh
+            varying = sc.model_copy(
+                update={
+                    "traffic": sc.traffic.model_copy(
+                        update={
+                            "diurnal": Diurnal(amplitude=0.5),
+                            "noise": Noise(cv=0.1, tau_s=60.0),
+                        }
+                    )
+                }
+            )
+            log.print(f"fluid {name} with diurnal + noise traffic")
+            tv = best_of(conf.repeats, partial(time_fluid, varying, sizes.fluid_wall_budget_s))
+            figures["fluid_varying_traffic_steps_per_s"] = tv.rate
+            details["fluid_varying_traffic"] = {
+                "scenario": name,
+                "traffic": "diurnal amplitude 0.5 + noise cv 0.1, tau 60 s",
+                "steps": tv.units,
+                "wall_s": tv.wall_s,
+                "rates": tv.all_rates,
+            }
 
     n = sizes.mmc_customers
     log.print(f"bare SimPy M/M/{s.mmc_servers}: {n} customers x {conf.repeats}")

@@ -1,7 +1,7 @@
 """Fluid vs request-level agreement table and plot (``docs/fidelity.md``).
 
 Run: ``.venv/bin/python -m experiments.fidelity_report [--horizon 300] [--out docs]``.
-Writes ``<out>/fidelity_table.md`` (included by ``docs/fidelity.md``) and
+Writes ``<out>/fidelity_table.md`` (paste it into ``docs/fidelity.md``) and
 ``<out>/img/fidelity.png``.
 """
 
