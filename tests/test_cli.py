@@ -294,7 +294,7 @@ def test_mmc_scenario_is_mmc() -> None:
     svc = sc.topology.services[0]
     assert len(sc.topology.services) == 1 and not sc.topology.edges
     assert svc.replicas.initial * svc.pod.concurrency == 8
-    assert svc.replicas.min == svc.replicas.max == 2
+    assert svc.replicas.initial == 2
     assert svc.pod.service_time.cv == 1.0 and svc.pod.service_time.kind == "gamma"
     assert svc.pod.timeout_s is None and svc.pod.retries == 0 and svc.pod.error_rate == 0
     assert sc.traffic.base_rps == pytest.approx(320.0) and sc.traffic.noise is None

@@ -275,6 +275,183 @@ class SLO(_Strict):
     """Allowed error fraction (the error budget); 0.01 is a 99% availability target."""
 
 
+class _Fault(_Strict):
+    """Common fields of every fault: when it starts and, optionally, how long it lasts."""
+
+    at_s: NonNegFloat
+    """Onset, seconds from the start."""
+    duration_s: PositiveFloat | None = None
+    """How long the cause lasts; None: until a mitigation removes it."""
+
+
+class PodCrashFault(_Fault):
+    """Pod crash, or crash loop.
+
+    Containers of ``pods`` pods crash; with ``crash_loop`` they crash again ``run_s`` after
+    every start (CrashLoopBackOff) until the pods are replaced (restart or rollback).
+    """
+
+    kind: Literal["pod_crash"] = "pod_crash"
+    service: str
+    pods: Annotated[int, Field(ge=1)] = 1
+    crash_loop: bool = False
+    run_s: PositiveFloat = 5.0
+
+
+class MemoryLeakFault(_Fault):
+    """Memory leak ending in OOM kills.
+
+    A deploy of a version that leaks ``leak_mb_per_s`` per pod; pods are OOM-killed at
+    their memory limit and restart, and leak again, until rolled back.
+    """
+
+    kind: Literal["memory_leak"] = "memory_leak"
+    service: str
+    leak_mb_per_s: PositiveFloat = 1.0
+
+
+class CpuHogFault(_Fault):
+    """CPU hog (noisy neighbour) on a node.
+
+    A noisy neighbour on node ``node``: pods there serve ``slowdown`` x slower until moved
+    off it (drain the node) or the hog stops.
+    """
+
+    kind: Literal["cpu_hog"] = "cpu_hog"
+    node: Annotated[int, Field(ge=0)] = 0
+    slowdown: Annotated[float, Field(gt=1)] = 3.0
+
+
+class BadDeployFault(_Fault):
+    """Bad deploy.
+
+    A rolling update to a version with a higher error rate and/or latency; rollback ends
+    it.
+    """
+
+    kind: Literal["bad_deploy"] = "bad_deploy"
+    service: str
+    error_rate: Fraction = 0.2
+    latency_factor: Annotated[float, Field(ge=1)] = 1.0
+
+
+class SlowDependencyFault(_Fault):
+    """Slow dependency.
+
+    ``service`` (a dependency, e.g. a database behind it) gets ``latency_factor`` x slower;
+    its callers time out and retry. Scaling the slow service out restores its capacity.
+    """
+
+    kind: Literal["slow_dependency"] = "slow_dependency"
+    service: str
+    latency_factor: Annotated[float, Field(gt=1)] = 4.0
+
+
+class RetryStormFault(_Fault):
+    """Retry storm (metastable overload).
+
+    Clients of ``service`` start retrying aggressively (``timeout_s``, ``retries``) and a
+    ``trigger_s`` slowdown tips it into overload that outlives the trigger (metastable),
+    until load is shed or capacity added.
+    """
+
+    kind: Literal["retry_storm"] = "retry_storm"
+    service: str
+    trigger_s: PositiveFloat = 60.0
+    latency_factor: Annotated[float, Field(gt=1)] = 5.0
+    timeout_s: PositiveFloat = 0.1
+    retries: Annotated[int, Field(ge=1, le=50)] = 4
+
+
+class NodeFailureFault(_Fault):
+    """Node ``node`` dies: its pods are lost and rescheduled where capacity allows."""
+
+    kind: Literal["node_failure"] = "node_failure"
+    node: Annotated[int, Field(ge=0)] = 0
+
+
+class NetworkFault(_Fault):
+    """Network degradation between two services.
+
+    Calls from ``src`` to ``dst`` are lost with probability ``loss`` and delayed by
+    ``delay_s``; replacing ``src``'s pods (a restart) moves them off the bad path.
+    """
+
+    kind: Literal["network"] = "network"
+    src: str
+    dst: str
+    loss: Fraction = 0.1
+    delay_s: NonNegFloat = 0.05
+
+
+class MisconfigurationFault(_Fault):
+    """Misconfiguration pushed to a service.
+
+    A bad config push. ``scale_to_zero``: replicas set to 0 (scale back up to end it);
+    ``memory_limit``: memory limit at ``factor`` x normal use (OOM loop; rollback ends it);
+    ``cpu_limit``: CPU limit at ``factor`` x the request (throttled; rollback ends it).
+    """
+
+    kind: Literal["misconfiguration"] = "misconfiguration"
+    service: str
+    mode: Literal["scale_to_zero", "memory_limit", "cpu_limit"] = "scale_to_zero"
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.3
+
+
+class FlashCrowdFault(_Fault):
+    """Traffic rises to ``factor`` x normal within ``ramp_s`` and stays for ``duration_s``."""
+
+    kind: Literal["flash_crowd"] = "flash_crowd"
+    factor: Annotated[float, Field(gt=1)] = 4.0
+    ramp_s: NonNegFloat = 30.0
+    duration_s: PositiveFloat | None = 900.0
+
+
+class TelemetryFault(_Fault):
+    """Telemetry fault.
+
+    Observation faults (the cluster itself is fine). ``gap``: no scrape succeeds;
+    ``delay``: metrics arrive ``delay_scrapes`` scrapes late; ``noise``: gauges carry
+    multiplicative noise of ``noise_cv``; ``missing_service``: ``service``'s metrics vanish.
+    """
+
+    kind: Literal["telemetry"] = "telemetry"
+    mode: Literal["gap", "delay", "noise", "missing_service"] = "gap"
+    service: str | None = None
+    delay_scrapes: Annotated[int, Field(ge=1, le=20)] = 2
+    noise_cv: Annotated[float, Field(gt=0, le=2)] = 0.3
+    duration_s: PositiveFloat | None = 300.0
+
+
+Fault = Annotated[
+    PodCrashFault
+    | MemoryLeakFault
+    | CpuHogFault
+    | BadDeployFault
+    | SlowDependencyFault
+    | RetryStormFault
+    | NodeFailureFault
+    | NetworkFault
+    | MisconfigurationFault
+    | FlashCrowdFault
+    | TelemetryFault,
+    Field(discriminator="kind"),
+]
+FAULT_KINDS: tuple[str, ...] = (
+    "pod_crash",
+    "memory_leak",
+    "cpu_hog",
+    "bad_deploy",
+    "slow_dependency",
+    "retry_storm",
+    "node_failure",
+    "network",
+    "misconfiguration",
+    "flash_crowd",
+    "telemetry",
+)
+
+
 class Scenario(_Strict):
     """A complete, reproducible simulation: topology, cluster, traffic, timing, SLOs, seed."""
 
@@ -292,6 +469,8 @@ class Scenario(_Strict):
     """SLOs by service name; services not named have no SLO. Default: the entry service."""
     seed: int = 0
     fidelity: Literal["fluid", "request"] = "fluid"
+    faults: list[Fault] = []
+    """Incidents injected into the run (``docs/incidents.md``); several may overlap."""
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -310,6 +489,31 @@ class Scenario(_Strict):
                 "decision_interval_s must be a whole multiple of scrape_interval_s "
                 f"(got {self.decision_interval_s} and {self.scrape_interval_s})"
             )
+        edges = {(e.src, e.dst) for e in self.topology.edges}
+        for i, f in enumerate(self.faults):
+            for attr in ("service", "src", "dst"):
+                name = getattr(f, attr, None)
+                if name is not None and name not in names:
+                    raise ValueError(
+                        f"faults.{i}.{attr}: unknown service {name!r}; one of {sorted(names)}"
+                    )
+            if isinstance(f, NetworkFault) and (f.src, f.dst) not in edges:
+                raise ValueError(
+                    f"faults.{i}: no call edge {f.src} -> {f.dst} in the topology; "
+                    "a network fault degrades an existing call path"
+                )
+            node = getattr(f, "node", None)
+            if node is not None and node >= self.cluster.nodes:
+                raise ValueError(
+                    f"faults.{i}.node: node {node} does not exist at the start "
+                    f"(cluster.nodes = {self.cluster.nodes}; nodes are numbered from 0)"
+                )
+            if isinstance(f, TelemetryFault) and f.mode == "missing_service" and not f.service:
+                raise ValueError(f"faults.{i}.service: mode missing_service needs a service")
+            if f.at_s >= self.horizon_s:
+                raise ValueError(
+                    f"faults.{i}.at_s ({f.at_s}) is not before the horizon ({self.horizon_s})"
+                )
         if self.horizon_s < self.decision_interval_s:
             raise ValueError(
                 f"horizon_s ({self.horizon_s}) is shorter than one decision interval "

@@ -72,6 +72,10 @@ class Version:
     number: int
     latency_factor: float = 1.0
     error_rate: float = 0.0
+    leak_mb_per_s: float = 0.0
+    """Memory each container of this version leaks per second."""
+    memory_limit_mb: float | None = None
+    """Memory limit of this version's pods; None: the pod spec's."""
 
 
 @dataclass(eq=False)
@@ -88,6 +92,10 @@ class Pod:
     backoff_s: float = 0.0
     started_t: float = 0.0
     pending_since: float = 0.0
+    crash_loop_s: float | None = None
+    """Set by a crash-loop fault: the container crashes this long after every start."""
+    bad_path: bool = False
+    """Set by a network fault: this pod's calls take the degraded path."""
     epoch: int = 0
     """Bumped on every state change; stale timers compare it and do nothing."""
 
@@ -104,6 +112,8 @@ class Node:
     mem_used: float = 0.0
     pods: set[int] = field(default_factory=set)
     empty_since: float = 0.0
+    slowdown: float = 1.0
+    """Noisy-neighbour slowdown of the pods on this node (1: none)."""
 
 
 class DataPlaneHooks(Protocol):
@@ -155,6 +165,13 @@ class ControlPlane:
         self.restarts = np.zeros(n, dtype=np.int64)
         self.latency_factor = np.ones(n)
         self.app_error = np.array([s.pod.error_rate for s in self.specs], dtype=np.float64)
+        self.service_slowdown = np.ones(n)
+        """Slowdown of a service as a whole (a slow dependency behind it)."""
+        self.bad_path_fraction = np.zeros(n)
+        """Share of a service's ready pods whose outgoing calls take a degraded network path."""
+        self.oom_kills = np.zeros(n, dtype=np.int64)
+        self.leaking = False
+        """True once any version that leaks memory was deployed."""
         # cost accounting (integrated on every change)
         self._acct_t = 0.0
         self.pod_seconds = 0.0
@@ -222,6 +239,18 @@ class ControlPlane:
         self._account()
         node.state = NodeState.GONE
         self._live_nodes -= 1
+
+    def fail_node(self, index: int) -> None:
+        """Node ``index`` dies: its pods are lost at once and replaced elsewhere."""
+        node = self.nodes[index]
+        if node.state == NodeState.GONE:
+            return
+        for uid in sorted(node.pods):
+            pod = self.pods[uid]
+            self._terminate(pod, lost=True)
+        self._remove_node(node)
+        for s in range(self.n_services):
+            self._reconcile(s)
 
     def drain(self, index: int) -> None:
         """Cordon node ``index`` and evict its pods; replacements are scheduled elsewhere."""
@@ -318,6 +347,45 @@ class ControlPlane:
         pod.started_t = self.env.now
         self._refresh_effects()
         self.hooks.capacity_changed()
+        self._arm_container(pod)
+
+    def _arm_container(self, pod: Pod) -> None:
+        """Schedule the death of a freshly started container: OOM kill or crash loop."""
+        v = self.versions[pod.service][pod.template[0]]
+        spec = self.specs[pod.service].pod
+        limit = v.memory_limit_mb if v.memory_limit_mb is not None else spec.memory_limit_mb
+        oom_in: float | None = None
+        if limit <= spec.memory_base_mb:
+            oom_in = 1.0  # cannot even start within its limit
+        elif v.leak_mb_per_s > 0:
+            oom_in = (limit - spec.memory_base_mb) / v.leak_mb_per_s
+        crash_in = pod.crash_loop_s
+        if oom_in is not None and (crash_in is None or oom_in <= crash_in):
+            self.env.process(self._die_after(pod, pod.epoch, oom_in, oom=True))
+        elif crash_in is not None:
+            self.env.process(self._die_after(pod, pod.epoch, crash_in, oom=False))
+
+    def _die_after(
+        self, pod: Pod, epoch: int, delay: float, oom: bool
+    ) -> Generator[Any, Any, None]:
+        yield self.env.timeout(delay)
+        if pod.epoch != epoch or pod.state != PodState.READY:
+            return
+        if oom:
+            self.oom_kills[pod.service] += 1
+        self.crash(pod)
+
+    def memory_mb(self, s: int) -> float:
+        """Resident memory of service ``s``'s ready pods now (base plus any leak)."""
+        spec = self.specs[s].pod
+        now = self.env.now
+        total = 0.0
+        for u in self.by_service[s]:
+            pod = self.pods[u]
+            if pod.state == PodState.READY:
+                leak = self.versions[s][pod.template[0]].leak_mb_per_s
+                total += spec.memory_base_mb + leak * (now - pod.started_t)
+        return total
 
     def _set_state(self, pod: Pod, state: PodState) -> None:
         old = pod.state
@@ -391,6 +459,20 @@ class ControlPlane:
         self.by_service[pod.service].discard(pod.uid)
         del self.pods[pod.uid]
 
+    def live_pods(self, s: int) -> list[Pod]:
+        """Pods of service ``s`` that are not terminating, in uid order."""
+        return self._live(s)
+
+    def reconcile(self, s: int) -> None:
+        """Create or delete pods of ``s`` toward its desired count now."""
+        self._reconcile(s)
+
+    def running_version(self, s: int, version: int) -> bool:
+        """Whether ``version`` of service ``s`` is still deployed or has live pods."""
+        return self.current_version[s] == version or any(
+            p.template[0] == version for p in self._live(s)
+        )
+
     def _live(self, s: int) -> list[Pod]:
         return [
             self.pods[u]
@@ -415,29 +497,52 @@ class ControlPlane:
                 self._terminate(pod, lost=False)
 
     def _refresh_effects(self) -> None:
-        """Ready-pod-weighted latency factor and error rate per service (version mix)."""
+        """Recompute per-service serving effects, averaged over ready pods.
+
+        Latency factor (version x node slowdown x service slowdown), error rate (version
+        mix) and the share of pods whose calls take a degraded network path.
+        """
         for s in range(self.n_services):
             n = 0
             lat = 0.0
             err = 0.0
+            bad = 0
             for u in self.by_service[s]:
                 pod = self.pods[u]
                 if pod.state == PodState.READY:
                     v = self.versions[s][pod.template[0]]
                     n += 1
-                    lat += v.latency_factor
+                    lat += v.latency_factor * self.nodes[pod.node].slowdown
                     err += v.error_rate
+                    bad += pod.bad_path
             base = self.specs[s].pod.error_rate
-            self.latency_factor[s] = lat / n if n else 1.0
+            self.latency_factor[s] = (lat / n if n else 1.0) * self.service_slowdown[s]
             self.app_error[s] = min(1.0, base + (err / n if n else 0.0))
+            self.bad_path_fraction[s] = bad / n if n else 0.0
+
+    def refresh(self) -> None:
+        """Recompute serving effects after a fault changed them, and tell the data plane."""
+        self.hooks.before_change()
+        self._refresh_effects()
+        self.hooks.capacity_changed()
 
     def _recount(self) -> None:
         self._refresh_effects()
 
     # ------------------------------------------------------------------ rollouts
-    def deploy(self, s: int, latency_factor: float = 1.0, error_rate: float = 0.0) -> int:
+    def deploy(
+        self,
+        s: int,
+        latency_factor: float = 1.0,
+        error_rate: float = 0.0,
+        leak_mb_per_s: float = 0.0,
+        memory_limit_mb: float | None = None,
+    ) -> int:
         """Roll out a new version of service ``s``; returns its version number."""
-        v = Version(len(self.versions[s]), latency_factor, error_rate)
+        v = Version(
+            len(self.versions[s]), latency_factor, error_rate, leak_mb_per_s, memory_limit_mb
+        )
+        self.leaking = self.leaking or leak_mb_per_s > 0
         self.versions[s].append(v)
         self.history[s].append(self.current_version[s])
         self.current_version[s] = v.number

@@ -20,6 +20,7 @@ import simpy
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action
 from envs.sim.cluster import ControlPlane
+from envs.sim.faults import FaultInjector, traffic_with_faults
 from envs.sim.telemetry import (
     CLUSTER_FIELDS,
     COUNTER_FIELDS,
@@ -63,10 +64,11 @@ class Engine(abc.ABC):
         self.sc = scenario
         self.env = simpy.Environment()
         seq = np.random.SeedSequence(scenario.seed)
-        traffic_seq, control_seq, data_seq = seq.spawn(3)
+        traffic_seq, control_seq, data_seq, fault_seq = seq.spawn(4)
         self.traffic = TrafficModel(
-            scenario.traffic, scenario.horizon_s, np.random.default_rng(traffic_seq)
+            traffic_with_faults(scenario), scenario.horizon_s, np.random.default_rng(traffic_seq)
         )
+        self.fault_rng = np.random.default_rng(fault_seq)
         self.control_rng = np.random.default_rng(control_seq)
         self.data_rng = np.random.default_rng(data_seq)
         self.names: tuple[str, ...] = tuple(scenario.service_names)
@@ -85,12 +87,15 @@ class Engine(abc.ABC):
             [slos[n].p99_latency_s if n in slos else np.nan for n in self.names]
         )
         self.slo_err = np.array([slos[n].error_rate if n in slos else np.nan for n in self.names])
+        self.edge_faults: dict[tuple[int, int], tuple[float, float]] = {}
+        """Degraded call edges ``(src, dst) -> (loss, delay_s)`` (network faults)."""
         self.violation_s = np.zeros(self.n)
         self.hist_cum = np.zeros((self.n, len(LATENCY_BUCKETS_S)))
         self._prev_counters = np.zeros((self.n, len(COUNTER_FIELDS)))
         self._last_scrape = 0.0
         self._next_scrape = 0.0
         self.cp = ControlPlane(self.env, scenario, self.control_rng, self)
+        self.faults = FaultInjector(self)
 
     # ------------------------------------------------------------------ hooks
     @abc.abstractmethod
@@ -104,6 +109,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def pods_lost(self, service: int, lost_fraction: float) -> None:
         """A ready pod died: fail ``lost_fraction`` of the requests in service there."""
+
+    @abc.abstractmethod
+    def set_call_policy(self, service: int, timeout_s: float | None, retries: int) -> None:
+        """Callers of ``service`` use this timeout and retry count from now on."""
 
     @abc.abstractmethod
     def _start_data_plane(self) -> None:
@@ -169,8 +178,12 @@ class Engine(abc.ABC):
         v[:, _F["p99"]] = r.p99
         v[:, _F["mean_latency"]] = r.mean_latency
         v[:, _F["cpu_request"]] = ready * self.cpu_req
-        v[:, _F["memory_usage_mb"]] = ready * self.mem_base + self.mem_per_req * np.minimum(
-            r.in_flight, ready * 1e9
+        if cp.leaking:
+            resident = np.array([cp.memory_mb(s) for s in range(self.n)])
+        else:
+            resident = ready * self.mem_base
+        v[:, _F["memory_usage_mb"]] = np.where(
+            ready > 0, resident + self.mem_per_req * r.in_flight, np.nan
         )
         v[:, _F["memory_request_mb"]] = ready * self.mem_req
         v[:, _F["replicas_desired"]] = cp.desired
@@ -178,6 +191,7 @@ class Engine(abc.ABC):
         v[:, _F["replicas_pending"]] = cp.n_pending
         v[:, _F["replicas_starting"]] = cp.starting
         v[:, _F["restarts"]] = cp.restarts
+        v[:, _F["oom_kills"]] = cp.oom_kills
         v[:, _F["backlog"]] = r.backlog
         v[:, _F["in_flight"]] = r.in_flight
         v[:, _F["deploy_version"]] = cp.current_version
@@ -205,7 +219,7 @@ class Engine(abc.ABC):
         assert cl.shape == (len(CLUSTER_FIELDS),)
         self._prev_counters = r.counters.copy()
         self._last_scrape = now
-        return Telemetry(
+        frame = Telemetry(
             t=now,
             services=self.names,
             values=v,
@@ -216,6 +230,10 @@ class Engine(abc.ABC):
             cluster=cl,
             cluster_mask=np.ones(len(CLUSTER_FIELDS), dtype=bool),
         )
+        if not self.faults.faults:
+            return frame
+        self.faults.poll()
+        return self.faults.observe(frame)
 
 
 def make_engine(scenario: Scenario) -> Engine:

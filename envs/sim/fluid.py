@@ -113,6 +113,8 @@ class FluidEngine(Engine):
         self.m = self.m0.copy()
         self.app_err = np.zeros(n)
         self.shed = 0.0
+        self.net_loss = np.zeros(n)
+        self.net_delay = np.zeros(n)
 
     # ------------------------------------------------------------------ hooks
     def before_change(self) -> None:
@@ -127,6 +129,27 @@ class FluidEngine(Engine):
         self.m = self.m0 * cp.latency_factor
         self.app_err = cp.app_error.copy()
         self.shed = cp.shed_fraction
+        self.net_loss = np.zeros(self.n)
+        self.net_delay = np.zeros(self.n)
+        if self.edge_faults:
+            # share of each callee's calls that take a degraded path, weighted by call rate
+            rate = np.maximum(self.lam, 1e-12)[:, None] * self.em
+            inflow = rate.sum(axis=0)
+            for (src, dst), (loss, delay) in self.edge_faults.items():
+                w = rate[src, dst] * cp.bad_path_fraction[src] / max(inflow[dst], 1e-300)
+                self.net_loss[dst] += w * loss
+                self.net_delay[dst] += w * delay
+        self._cap_version += 1
+
+    def set_call_policy(self, service: int, timeout_s: float | None, retries: int) -> None:
+        """Callers of ``service`` use this timeout and retry count from now on."""
+        self.before_change()
+        self.timeout = self.timeout.copy()
+        self.timeout[service] = np.inf if timeout_s is None else timeout_s
+        self.finite_timeout = np.isfinite(self.timeout)
+        self.retries = self.retries.copy()
+        self.retries[service] = retries
+        self._law_key = None
         self._cap_version += 1
 
     def pods_lost(self, service: int, lost_fraction: float) -> None:
@@ -177,7 +200,7 @@ class FluidEngine(Engine):
                 fc = np.minimum(f, 1.0 - 1e-9)
                 attempts = (1.0 - fc**r1) / (1.0 - fc)
                 bo = _backoff_mean(fc, self.retries, self.backoff)
-                call_mean = attempts * (1.0 - drop) * d1 + bo
+                call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
                 call_var = attempts * d2
                 ok_own = (1.0 - drop) * (1.0 - self.app_err)
                 if self.has_edges:
@@ -241,6 +264,7 @@ class FluidEngine(Engine):
                 else:
                     ds_ok = 1.0
                 f_nd = p_to + (1.0 - p_to) * (1.0 - (1.0 - self.app_err) * ds_ok)
+                f_nd = 1.0 - (1.0 - f_nd) * (1.0 - self.net_loss)
                 f = drop + (1.0 - drop) * f_nd
                 if np.array_equal(lam, prev_lam) and np.array_equal(d1, prev_d1):
                     converged = True

@@ -128,6 +128,7 @@ class RequestEngine(Engine):
         self._own_busy = [0.0] * n
         self._lat: list[list[float]] = [[] for _ in range(n)]
         self._doomed: set[int] = set()
+        self._edge_fault: list[dict[int, tuple[float, float, float]]] = [{} for _ in range(n)]
 
     # ------------------------------------------------------------------ hooks
     def before_change(self) -> None:
@@ -146,6 +147,17 @@ class RequestEngine(Engine):
             self._lat_factor[s] = float(cp.latency_factor[s])
             self._err[s] = float(cp.app_error[s])
         self._shed = cp.shed_fraction
+        for (src, dst), (loss, delay) in self.edge_faults.items():
+            share = float(cp.bad_path_fraction[src])
+            if share > 0:
+                self._edge_fault[src][dst] = (share, loss, delay)
+            else:
+                self._edge_fault[src].pop(dst, None)
+
+    def set_call_policy(self, service: int, timeout_s: float | None, retries: int) -> None:
+        """Callers of ``service`` use this timeout and retry count from now on."""
+        self._timeout[service] = timeout_s
+        self._retries[service] = retries
 
     def pods_lost(self, service: int, lost_fraction: float) -> None:
         """Doom a random ``lost_fraction`` of the attempts in service at ``service``."""
@@ -196,12 +208,33 @@ class RequestEngine(Engine):
         yield from self._call(s)
 
     # ------------------------------------------------------------------ calls
-    def _call(self, s: int) -> Generator[simpy.Event, Any, bool]:
-        """Call service ``s`` with its timeout and retries; True if an attempt succeeded."""
+    def _call(
+        self, s: int, path: tuple[float, float, float] | None = None
+    ) -> Generator[simpy.Event, Any, bool]:
+        """Call service ``s`` with its timeout and retries; True if an attempt succeeded.
+
+        ``path`` is ``(share on the bad path, loss, delay)`` when a network fault degrades
+        this call edge.
+        """
         retries = self._retries[s]
         timeout = self._timeout[s]
         k = 0
         while True:
+            if path is not None and self._uniform() < path[0]:
+                if path[2] > 0:
+                    yield self.env.timeout(path[2])
+                if self._uniform() < path[1]:  # lost on the way: a connection error
+                    self._arrived[s] += 1
+                    self._failed[s] += 1
+                    self._lat[s].append(path[2])
+                    ok = False
+                    if k >= retries:
+                        return False
+                    backoff = self._backoff[s] * (1 << k)
+                    k += 1
+                    if backoff > 0:
+                        yield self.env.timeout(backoff)
+                    continue
             if timeout is None:
                 ok = yield from self._attempt(s, None)
             else:
@@ -268,8 +301,9 @@ class RequestEngine(Engine):
                 if prob < 1.0 and self._uniform() >= prob:
                     continue
                 calls = n_calls + (1 if frac > 0 and self._uniform() < frac else 0)
+                path = self._edge_fault[s].get(child) if self._edge_fault[s] else None
                 for _ in range(calls):
-                    if not (yield from self._call(child)):
+                    if not (yield from self._call(child, path)):
                         ok = False
         if done is None or not done.triggered:
             if ok:

@@ -32,6 +32,7 @@ SERVICE_FIELDS: tuple[str, ...] = (
     "replicas_pending",  # created, not scheduled (no node capacity)
     "replicas_starting",  # scheduled, not ready yet
     "restarts",  # cumulative container restarts
+    "oom_kills",  # cumulative containers killed for exceeding their memory limit
     "backlog",  # requests waiting for a worker slot (end of interval)
     "in_flight",  # requests waiting or in service whose caller still waits
     "deploy_version",
