@@ -9,6 +9,7 @@ to the next one, returning the frames scraped on the way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from agents.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action
 from envs.sim.engine import Engine, make_engine
+from envs.sim.faults import FaultRecord
 from envs.sim.telemetry import Telemetry
 
 
@@ -30,6 +32,18 @@ class SimResult:
     frames: list[Telemetry]
     actions: list[tuple[float, Action]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    decisions: list[Decision] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision point: when, what the policy saw, what it did."""
+
+    t: float
+    missing_fraction: float
+    """Share of the per-service gauges that were missing (NaN) in the frame decided on."""
+    n_actions: int
 
 
 class Simulator:
@@ -96,13 +110,23 @@ class Simulator:
         frames = [frame]
         log: list[tuple[float, Action]] = []
         state = policy.reset(1)
+        decisions: list[Decision] = []
         while not self.done:
-            acts, state, _ = policy.act(frames[-1], state)
+            seen = frames[-1]
+            acts, state, _ = policy.act(seen, state)
+            decisions.append(Decision(self.now, 1.0 - float(seen.mask.mean()), len(acts)))
             log.extend((self.now, a) for a in acts)
             frames.extend(self.step(acts))
             if progress is not None:
                 progress(self.now, self.scenario.horizon_s)
-        return SimResult(self.scenario, frames, log, summarize(self.scenario, frames))
+        return SimResult(
+            self.scenario,
+            frames,
+            log,
+            summarize(self.scenario, frames),
+            decisions,
+            [dataclasses.replace(r) for r in self.engine.faults.records],
+        )
 
 
 def summarize(scenario: Scenario, frames: list[Telemetry]) -> dict[str, Any]:
