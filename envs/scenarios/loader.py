@@ -217,6 +217,8 @@ def format_validation_error(
             msg = msg.removeprefix("Value error, ")
             loc = _attribute(loc, msg)
         field = ".".join(str(p) for p in loc)
+        if field:  # a model check that names its field already: say it once
+            msg = msg.removeprefix(f"{field}: ")
         where = f"scenario field {field!r}" if field else "scenario"
         where += _subject(loc, raw)
         line = f"{where}: {msg}"
