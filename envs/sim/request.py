@@ -220,22 +220,17 @@ class RequestEngine(Engine):
         timeout = self._timeout[s]
         k = 0
         while True:
+            lost = False
             if path is not None and self._uniform() < path[0]:
                 if path[2] > 0:
                     yield self.env.timeout(path[2])
-                if self._uniform() < path[1]:  # lost on the way: a connection error
-                    self._arrived[s] += 1
-                    self._failed[s] += 1
-                    self._lat[s].append(path[2])
-                    ok = False
-                    if k >= retries:
-                        return False
-                    backoff = self._backoff[s] * (1 << k)
-                    k += 1
-                    if backoff > 0:
-                        yield self.env.timeout(backoff)
-                    continue
-            if timeout is None:
+                lost = self._uniform() < path[1]
+            if lost:  # lost on the way: a connection error at the callee
+                self._arrived[s] += 1
+                self._failed[s] += 1
+                self._lat[s].append(path[2] if path is not None else 0.0)
+                ok = False
+            elif timeout is None:
                 ok = yield from self._attempt(s, None)
             else:
                 done = self.env.event()
