@@ -1,0 +1,450 @@
+"""Gymnasium environments over the cluster simulator.
+
+Three environments share one base (:class:`ClusterEnv`): the simulator, the observation
+encoding (:class:`envs.gym.encoder.ObsEncoder`), the reward and the episode logic; they
+differ in their action space. Each class docstring is that environment's spec
+(``docs/envs.md`` is checked against it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.gym.encoder import BOUND, CLUSTER_FEATURES, SERVICE_FEATURES, TIME_FEATURES, ObsEncoder
+from envs.scenarios.loader import load_scenario
+from envs.scenarios.schema import Scenario
+from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.sim.cluster import NodeState
+from envs.sim.simulator import Simulator
+from envs.sim.telemetry import Telemetry
+
+SCALE_DELTAS: tuple[int, ...] = (-2, -1, 0, 1, 2)
+"""Replica changes a scaling dimension can ask for (index 2 = keep)."""
+SERVICE_REMEDIATIONS: tuple[str, ...] = ("restart", "rollback", "scale_up")
+SHED_LEVELS: tuple[float, ...] = (0.0, 0.25, 0.5)
+DISRUPTIVE = (Restart, Rollback, DrainNode)
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    """Weights of the reward's components (all penalties, see the env docstrings)."""
+
+    slo: float = 1.0
+    cost: float = 0.2
+    disruption: float = 0.05
+
+
+class ClusterEnv(gym.Env[Any, Any]):
+    """Base class: see :class:`AutoscaleEnv` for the shared spec."""
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium's convention)
+
+    def __init__(
+        self,
+        scenario: str | Path | Scenario | Sequence[str | Path | Scenario] = "boutique",
+        fidelity: str = "fluid",
+        obs: str = "box",
+        reward_weights: RewardWeights | dict[str, float] | None = None,
+        scenario_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        specs: list[str | Path | Scenario] = (
+            list(scenario) if isinstance(scenario, list | tuple) else [scenario]  # type: ignore[list-item]
+        )
+        if not specs:
+            raise ValueError("scenario: give at least one scenario (name, path or Scenario)")
+        self.scenarios = [
+            load_scenario(s, scenario_overrides) if not isinstance(s, Scenario) else s
+            for s in specs
+        ]
+        base = self.scenarios[0]
+        for sc in self.scenarios[1:]:
+            if sc.service_names != base.service_names:
+                raise ValueError(
+                    f"scenario: {sc.name!r} has services {sc.service_names}, but "
+                    f"{base.name!r} has {base.service_names}; one env needs one topology"
+                )
+        if fidelity not in ("fluid", "request"):
+            raise ValueError(f"fidelity must be 'fluid' or 'request', got {fidelity!r}")
+        if obs not in ("box", "dict"):
+            raise ValueError(f"obs must be 'box' or 'dict', got {obs!r}")
+        self.fidelity = fidelity
+        self.obs_kind = obs
+        if isinstance(reward_weights, dict):
+            reward_weights = RewardWeights(**reward_weights)
+        self.weights = reward_weights or RewardWeights()
+        self.services = tuple(base.service_names)
+        self.encoder = ObsEncoder(self.services)
+        self.specs = base.topology.services
+        self.n_nodes = base.cluster.nodes
+        s, f, c = len(self.services), len(SERVICE_FEATURES), len(CLUSTER_FEATURES)
+        big = BOUND
+        if obs == "box":
+            n_val = s * f + c
+            low = np.concatenate([np.full(n_val, -big), -np.ones(4), np.zeros(n_val)])
+            high = np.concatenate([np.full(n_val, big), np.ones(4), np.ones(n_val)])
+            self.observation_space: spaces.Space[Any] = spaces.Box(
+                low.astype(np.float32), high.astype(np.float32), dtype=np.float32
+            )
+        else:
+            self.observation_space = spaces.Dict(
+                {
+                    "values": spaces.Box(-big, big, (s, f), np.float32),
+                    "mask": spaces.Box(0.0, 1.0, (s, f), np.float32),
+                    "cluster": spaces.Box(-big, big, (c,), np.float32),
+                    "cluster_mask": spaces.Box(0.0, 1.0, (c,), np.float32),
+                    "time": spaces.Box(-1.0, 1.0, (len(TIME_FEATURES),), np.float32),
+                }
+            )
+        self.sim: Simulator | None = None
+        self._frame: Telemetry | None = None
+        self._last_viol = np.zeros(s)
+        self._slo_mask = np.zeros(s, dtype=bool)
+        self._base_cost_rate = 1.0
+        self._last_cost = 0.0
+
+    # ------------------------------------------------------------------ actions
+    def decode(self, action: Any) -> list[Action]:
+        """Translate an element of ``action_space`` into simulator actions."""
+        raise NotImplementedError
+
+    def _scaling(self, deltas: np.ndarray) -> list[Action]:
+        cp = self._sim.engine.cp
+        out: list[Action] = []
+        for i, k in enumerate(deltas):
+            delta = SCALE_DELTAS[int(k)]
+            if delta == 0:
+                continue
+            r = self.specs[i].replicas
+            target = int(np.clip(cp.desired[i] + delta, r.min, r.max))
+            if target != cp.desired[i]:
+                out.append(Scale(self.services[i], target))
+        return out
+
+    @property
+    def n_remediations(self) -> int:
+        """Size of the remediation choice (no-op included)."""
+        return (
+            1 + len(SERVICE_REMEDIATIONS) * len(self.services) + len(SHED_LEVELS) + (self.n_nodes)
+        )
+
+    def _remediation(self, k: int) -> list[Action]:
+        if k == 0:
+            return []
+        k -= 1
+        n_svc = len(SERVICE_REMEDIATIONS) * len(self.services)
+        if k < n_svc:
+            svc, what = divmod(k, len(SERVICE_REMEDIATIONS))
+            name = self.services[svc]
+            kind = SERVICE_REMEDIATIONS[what]
+            if kind == "restart":
+                return [Restart(name)]
+            if kind == "rollback":
+                return [Rollback(name)]
+            cp = self._sim.engine.cp
+            return [Scale(name, min(cp.desired[svc] + 1, self.specs[svc].replicas.max))]
+        k -= n_svc
+        if k < len(SHED_LEVELS):
+            return [ShedLoad(SHED_LEVELS[k])]
+        return [DrainNode(k - len(SHED_LEVELS))]
+
+    def _remediation_mask(self) -> np.ndarray:
+        cp = self._sim.engine.cp
+        mask = np.ones(self.n_remediations, dtype=bool)
+        for svc in range(len(self.services)):
+            base = 1 + svc * len(SERVICE_REMEDIATIONS)
+            mask[base + 1] = bool(cp.history[svc])  # rollback needs a previous version
+            mask[base + 2] = cp.desired[svc] < self.specs[svc].replicas.max
+        base = 1 + len(SERVICE_REMEDIATIONS) * len(self.services)
+        for j, level in enumerate(SHED_LEVELS):
+            mask[base + j] = abs(level - cp.shed_fraction) > 1e-9
+        base += len(SHED_LEVELS)
+        for node in range(self.n_nodes):
+            ok = node < len(cp.nodes) and cp.nodes[node].state == NodeState.READY
+            mask[base + node] = ok
+        return mask
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions (True = valid), flat as sb3-contrib's MaskablePPO reads them."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ gym API
+    @property
+    def _sim(self) -> Simulator:
+        if self.sim is None:
+            raise RuntimeError("call reset() before step()")
+        return self.sim
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Start an episode on a scenario drawn from the env's scenarios.
+
+        ``options={"scenario": i}`` picks scenario ``i`` instead of drawing one.
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        idx = options.get("scenario")
+        if idx is None:
+            idx = int(self.np_random.integers(len(self.scenarios)))
+        sc = self.scenarios[int(idx)]
+        sim_seed = int(self.np_random.integers(2**31 - 1))
+        self.sim = Simulator(sc, fidelity=self.fidelity, seed=sim_seed)
+        frame = self.sim.reset()
+        self._frame = frame
+        eng = self.sim.engine
+        self._last_viol = eng.violation_s.copy()
+        self._slo_mask = ~np.isnan(eng.slo_p99)
+        self._base_cost_rate = max(eng.cp.cost_rate, 1e-9)
+        self._last_cost = 0.0
+        info = {"scenario": sc.name, "sim_seed": sim_seed, "t": frame.t}
+        return self._observe(frame), info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Apply ``action``, run one decision interval, return the Gymnasium 5-tuple."""
+        assert self.action_space.contains(action), f"invalid action {action!r}"
+        sim = self._sim
+        actions = self.decode(action)
+        frames = sim.step(actions)
+        frame = frames[-1] if frames else self._frame
+        assert frame is not None
+        self._frame = frame
+        reward, parts = self._reward(actions)
+        truncated = sim.done
+        info = {
+            "t": sim.now,
+            "actions": [repr(a) for a in actions],
+            "reward_components": parts,
+        }
+        return self._observe(frame), reward, False, truncated, info
+
+    # ------------------------------------------------------------------ reward
+    def _reward(self, actions: list[Action]) -> tuple[float, dict[str, float]]:
+        eng = self._sim.engine
+        dt = self._sim.scenario.decision_interval_s
+        viol = eng.violation_s
+        n_slo = max(int(self._slo_mask.sum()), 1)
+        slo = float(np.sum((viol - self._last_viol)[self._slo_mask])) / (dt * n_slo)
+        self._last_viol = viol.copy()
+        cost_total = eng.cp.accounting()[2]
+        cost = (cost_total - self._last_cost) / (self._base_cost_rate * dt / 3600.0)
+        self._last_cost = cost_total
+        disruptive = sum(
+            isinstance(a, DISRUPTIVE) or (isinstance(a, ShedLoad) and a.fraction > 0)
+            for a in actions
+        )
+        w = self.weights
+        parts = {
+            "slo_violation": slo,
+            "cost": cost,
+            "disruption": float(disruptive),
+        }
+        reward = -(w.slo * slo + w.cost * cost + w.disruption * disruptive)
+        return float(reward), parts
+
+    def _observe(self, frame: Telemetry) -> Any:
+        if self.obs_kind == "box":
+            return self.encoder.encode(frame)
+        return self.encoder.encode_dict(frame)
+
+
+_SPEC_COMMON = """
+    ## Observation Space
+
+    Built by :class:`envs.gym.encoder.ObsEncoder` from the last telemetry frame of the step.
+    With ``obs="box"`` (default) a ``Box(-100, 100, (2*(S*F + C) + 4,), float32)`` laid out
+    as ``[values (S*F), cluster (C), time (4), mask (S*F + C)]``; with ``obs="dict"`` a
+    ``Dict`` of ``values (S, F)``, ``mask (S, F)``, ``cluster (C,)``, ``cluster_mask (C,)``,
+    ``time (4,)``. ``S`` is the number of services (topology order), ``F = 14`` per-service
+    and ``C = 5`` cluster features:
+
+    | index | name | unit (before symlog) | min | max |
+    |---|---|---|---|---|
+    | f0 | rps | attempts / s | 0 | inf |
+    | f1 | error_rate | fraction | 0 | 1 |
+    | f2 | p50 | s | 0 | inf |
+    | f3 | p99 | s | 0 | inf |
+    | f4 | cpu_util | usage / request | 0 | inf |
+    | f5 | memory_usage_mb | MB | 0 | inf |
+    | f6 | replicas_desired | pods | 0 | inf |
+    | f7 | replicas_ready | pods | 0 | inf |
+    | f8 | replicas_starting | pods | 0 | inf |
+    | f9 | replicas_pending | pods | 0 | inf |
+    | f10 | restarts | cumulative count | 0 | inf |
+    | f11 | oom_kills | cumulative count | 0 | inf |
+    | f12 | backlog | attempts | 0 | inf |
+    | f13 | deploy_version | integer | 0 | inf |
+    | c0 | nodes_ready | nodes | 0 | inf |
+    | c1 | nodes_provisioning | nodes | 0 | inf |
+    | c2 | pods_unschedulable | pods | 0 | inf |
+    | c3 | cost_rate_per_hour | currency / h | 0 | inf |
+    | c4 | shed_fraction | fraction | 0 | 1 |
+    | t0-t3 | day_sin, day_cos, week_sin, week_cos | - | -1 | 1 |
+
+    Values pass through ``symlog``. A missing value (telemetry gap, a service with no
+    ready pod, the first frame's rates) is 0 with mask 0; observed values have mask 1.
+
+    ## Rewards
+
+    Per step of ``decision_interval_s`` seconds, a sum of penalties (components in
+    ``info["reward_components"]``)::
+
+        r = -(w_slo * slo_violation + w_cost * cost + w_disruption * disruption)
+
+    * ``slo_violation``: seconds of SLO violation in the step over all services with an SLO,
+      divided by the step length and their number (0 = all SLOs met, 1 = all broken);
+    * ``cost``: spend in the step over the spend of the initial cluster in the same time
+      (1 = as expensive as the start);
+    * ``disruption``: number of disruptive actions (restart, rollback, drain, shedding > 0).
+
+    Defaults ``w_slo = 1``, ``w_cost = 0.2``, ``w_disruption = 0.05``
+    (:class:`RewardWeights`). SLO violation and cost come from the ground truth, never from
+    degraded telemetry.
+
+    ## Starting State
+
+    ``reset(seed=...)`` draws a scenario from ``scenario`` (uniformly; or
+    ``options={"scenario": i}``) and a simulator seed from the env's generator, and returns
+    the frame at t = 0 (rates unknown: masked).
+
+    ## Episode End
+
+    * Termination: never (a cluster has no terminal state); ``terminated`` is always False.
+    * Truncation: at the scenario's horizon (``horizon_s / decision_interval_s`` steps; the
+      registered ``max_episode_steps`` is 240, one hour of the default scenario).
+
+    ## Arguments
+
+    * ``scenario``: built-in name, YAML path, :class:`Scenario`, or a list of them sharing one
+      topology (default ``"boutique"``).
+    * ``fidelity``: ``"fluid"`` (default) or ``"request"``.
+    * ``obs``: ``"box"`` (default) or ``"dict"``.
+    * ``reward_weights``: :class:`RewardWeights` or a dict of its fields.
+    * ``scenario_overrides``: dotted-key overrides applied to named scenarios.
+
+    ## Version History
+
+    * v0: first version.
+"""
+
+
+class AutoscaleEnv(ClusterEnv):
+    """Scale every service of a microservice cluster.
+
+    ## Description
+
+    A simulated Kubernetes cluster of microservices (``envs/sim``) serves traffic that may
+    carry incidents. Every ``decision_interval_s`` (15 s by default) the agent sees the
+    latest telemetry and changes each service's replica count; the episode rewards meeting
+    the SLOs cheaply.
+
+    ## Action Space
+
+    ``MultiDiscrete([5] * S)``: one entry per service (topology order); entry ``k`` asks for
+    ``SCALE_DELTAS[k] = (-2, -1, 0, +1, +2)[k]`` replicas relative to the current desired
+    count, clamped to the service's ``[min, max]``. New pods become ready after their
+    start-up time; a scale request reaches the cluster after ``actuation_delay_s``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action_space = spaces.MultiDiscrete([len(SCALE_DELTAS)] * len(self.services))
+
+    def decode(self, action: Any) -> list[Action]:
+        """Per-service replica deltas -> Scale actions."""
+        return self._scaling(np.asarray(action))
+
+    def action_masks(self) -> np.ndarray:
+        """All scaling choices are valid (they are clamped)."""
+        return np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool)
+
+
+class RemediateEnv(ClusterEnv):
+    """Remediate incidents in a microservice cluster, one action per step.
+
+    ## Description
+
+    As :class:`AutoscaleEnv`, but each step the agent picks one remediation (or nothing),
+    as an on-call engineer would. Replica counts otherwise stay where the scenario or
+    earlier actions put them.
+
+    ## Action Space
+
+    ``Discrete(1 + 3*S + 3 + N)`` where ``N`` is the initial node count:
+
+    | index | action |
+    |---|---|
+    | 0 | no-op |
+    | 1 + 3*s | restart service ``s`` (rolling) |
+    | 2 + 3*s | roll back service ``s`` (masked when it has no previous version) |
+    | 3 + 3*s | scale service ``s`` up by one replica (masked at its max) |
+    | 1 + 3*S + j | shed ``(0, 0.25, 0.5)[j]`` of external traffic (masked at the level in force) |
+    | 4 + 3*S + n | drain node ``n`` (masked unless ready) |
+
+    ``action_masks()`` returns the valid actions for sb3-contrib's ``MaskablePPO``; an
+    action that is masked out is still accepted and becomes a no-op.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action_space = spaces.Discrete(self.n_remediations)
+
+    def decode(self, action: Any) -> list[Action]:
+        """One remediation index -> at most one action (masked choices do nothing)."""
+        k = int(action)
+        if not self._remediation_mask()[k]:
+            return []
+        return self._remediation(k)
+
+    def action_masks(self) -> np.ndarray:
+        """Valid remediation indices (True = valid)."""
+        return self._remediation_mask()
+
+
+class ClusterOpsEnv(ClusterEnv):
+    """Scale every service and remediate incidents, together.
+
+    ## Description
+
+    The union of :class:`AutoscaleEnv` and :class:`RemediateEnv`: each step sets every
+    service's replica delta and picks one remediation.
+
+    ## Action Space
+
+    ``MultiDiscrete([5] * S + [R])`` with ``R = 1 + 3*S + 3 + N``: the first ``S`` entries
+    are :class:`AutoscaleEnv`'s deltas, the last :class:`RemediateEnv`'s index. When both
+    touch the same service's replicas the remediation's scale-up wins.
+    ``action_masks()`` concatenates the per-dimension masks (MaskablePPO's MultiDiscrete
+    layout).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action_space = spaces.MultiDiscrete(
+            [len(SCALE_DELTAS)] * len(self.services) + [self.n_remediations]
+        )
+
+    def decode(self, action: Any) -> list[Action]:
+        """Deltas, then the remediation; a later Scale of the same service replaces one."""
+        a = np.asarray(action)
+        scaling = self._scaling(a[:-1])
+        k = int(a[-1])
+        extra = self._remediation(k) if self._remediation_mask()[k] else []
+        touched = {x.service for x in extra if isinstance(x, Scale)}
+        return [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)] + extra
+
+    def action_masks(self) -> np.ndarray:
+        """Scaling dims all valid, then the remediation mask."""
+        return np.concatenate(
+            [np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool), self._remediation_mask()]
+        )
+
+
+for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv):
+    _env.__doc__ = (_env.__doc__ or "").rstrip() + "\n" + _SPEC_COMMON
