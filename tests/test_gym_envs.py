@@ -1,0 +1,209 @@
+"""Gymnasium environments: contracts (check_env), determinism, vector envs, actions, reward."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.vec_env import SubprocVecEnv
+
+import envs.gym as og
+from envs.gym.encoder import SERVICE_FEATURES, ObsEncoder, symexp, symlog
+from envs.scenarios.loader import load_scenario
+from envs.sim.actions import Restart, Rollback, Scale, ShedLoad
+from envs.sim.simulator import Simulator
+
+IDS = sorted(og.ENV_IDS)
+SHORT = {"scenario": "chain3", "scenario_overrides": {"horizon_s": 300}}
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("obs", ["box", "dict"])
+def test_registered_envs_pass_both_checkers(env_id: str, obs: str) -> None:
+    env = gym.make(env_id, obs=obs, **SHORT)
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=False)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_same_seed_same_trajectory(env_id: str) -> None:
+    def rollout(seed: int) -> tuple[np.ndarray, list[float]]:
+        env = gym.make(env_id, **SHORT)
+        env.action_space.seed(seed)
+        obs, _ = env.reset(seed=seed)
+        seen, rewards = [obs], []
+        for _ in range(12):
+            obs, r, *_ = env.step(env.action_space.sample())
+            seen.append(obs)
+            rewards.append(r)
+        return np.stack(seen), rewards
+
+    a, ra = rollout(3)
+    b, rb = rollout(3)
+    c, _ = rollout(4)
+    np.testing.assert_array_equal(a, b)
+    assert ra == rb
+    assert not np.array_equal(a, c)
+
+
+def test_episode_truncates_at_the_horizon_and_never_terminates() -> None:
+    env = gym.make("opsworld/Autoscale-v0", **SHORT)
+    env.reset(seed=0)
+    keep = np.full(3, 2)
+    steps = 0
+    truncated = False
+    while not truncated:
+        _, _, terminated, truncated, _ = env.step(keep)
+        assert not terminated
+        steps += 1
+        assert steps <= 300 // 15
+    assert steps == 300 // 15
+
+
+def test_registration_sets_max_episode_steps() -> None:
+    env = gym.make("opsworld/Remediate-v0", **SHORT)
+    assert env.spec is not None and env.spec.max_episode_steps == og.MAX_EPISODE_STEPS
+
+
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_gymnasium_vector_envs(vector: str) -> None:
+    cls = gym.vector.SyncVectorEnv if vector == "sync" else gym.vector.AsyncVectorEnv
+    venv = cls([lambda: gym.make("opsworld/Autoscale-v0", **SHORT) for _ in range(2)])
+    obs, _ = venv.reset(seed=[1, 2])
+    assert obs.shape == (2, og.AutoscaleEnv(**SHORT).encoder.size)
+    obs, rew, term, trunc, _ = venv.step(venv.action_space.sample())
+    assert rew.shape == (2,) and not term.any() and not trunc.any()
+    venv.close()
+
+
+def _make_remediate():  # type: ignore[no-untyped-def]
+    return og.RemediateEnv(**SHORT)
+
+
+def test_sb3_subproc_vec_env_reads_masks() -> None:
+    venv = SubprocVecEnv([_make_remediate, _make_remediate])
+    venv.reset()
+    masks = np.stack(venv.env_method("action_masks"))
+    assert masks.shape == (2, og.RemediateEnv(**SHORT).n_remediations)
+    venv.step(np.array([0, 0]))
+    venv.close()
+
+
+# ---------------------------------------------------------------- actions
+def test_autoscale_deltas_are_clamped_scale_actions() -> None:
+    env = og.AutoscaleEnv(**SHORT)
+    env.reset(seed=0)
+    sc = env.scenarios[0]
+    desired = [s.replicas.initial for s in sc.topology.services]
+    acts = env.decode(np.array([4, 2, 0]))
+    assert acts[0] == Scale("frontend", min(desired[0] + 2, sc.topology.services[0].replicas.max))
+    assert acts[1] == Scale("db", max(desired[2] - 2, sc.topology.services[2].replicas.min))
+    assert len(acts) == 2  # api kept
+
+
+def test_remediation_indices_and_masks() -> None:
+    env = og.RemediateEnv(**SHORT)
+    env.reset(seed=0)
+    n_svc = 3
+    assert env.action_space.n == 1 + 3 * n_svc + 3 + env.n_nodes
+    mask = env.action_masks()
+    assert mask[0]
+    assert mask[1] and env.decode(1) == [Restart("frontend")]
+    assert not mask[2] and env.decode(2) == []  # rollback without history is masked: no-op
+    assert env.decode(3) == [
+        Scale("frontend", env.scenarios[0].topology.services[0].replicas.initial + 1)
+    ]
+    shed = 1 + 3 * n_svc
+    assert not mask[shed]  # shedding 0 is what is in force
+    assert env.decode(shed + 2) == [ShedLoad(0.5)]
+    # after a deploy, rollback becomes valid
+    env.sim.engine.cp.deploy(1, error_rate=0.5)  # type: ignore[union-attr]
+    assert env.action_masks()[1 + 3 * 1 + 1]
+    assert env.decode(1 + 3 * 1 + 1) == [Rollback("api")]
+
+
+def test_clusterops_masks_concatenate_the_dimensions() -> None:
+    env = og.ClusterOpsEnv(**SHORT)
+    env.reset(seed=0)
+    mask = env.action_masks()
+    assert mask.shape == (5 * 3 + env.n_remediations,)
+    assert mask[: 5 * 3].all()
+
+
+# ---------------------------------------------------------------- reward
+def test_reward_is_minus_weighted_cost_when_slos_hold() -> None:
+    env = og.AutoscaleEnv(**SHORT)
+    env.reset(seed=0)
+    _, r, _, _, info = env.step(np.full(3, 2))
+    parts = info["reward_components"]
+    assert parts["slo_violation"] == 0.0 and parts["disruption"] == 0.0
+    assert parts["cost"] == pytest.approx(1.0)  # the initial cluster, unchanged
+    assert r == pytest.approx(-0.2 * parts["cost"])
+
+
+def test_reward_counts_slo_violation_fraction() -> None:
+    env = og.AutoscaleEnv(
+        scenario="chain3",
+        scenario_overrides={
+            "horizon_s": 300,
+            "faults": [
+                {"kind": "misconfiguration", "service": "api", "at_s": 0, "mode": "scale_to_zero"}
+            ],
+        },
+    )
+    env.reset(seed=0)
+    for _ in range(3):
+        _, r, _, _, info = env.step(np.full(3, 2))
+    assert info["reward_components"]["slo_violation"] == 1.0  # every second of the step
+    assert r < -1.0
+
+
+# ---------------------------------------------------------------- encoder
+def test_encoder_masks_missing_values_and_never_writes_nan() -> None:
+    sc = load_scenario("chain3", {"horizon_s": 60})
+    sim = Simulator(sc)
+    first = sim.reset()
+    enc = ObsEncoder(tuple(sc.service_names))
+    d = enc.encode_dict(first)
+    rps = SERVICE_FEATURES.index("rps")
+    assert (d["mask"][:, rps] == 0).all() and (d["values"][:, rps] == 0).all()
+    ready = SERVICE_FEATURES.index("replicas_ready")
+    assert (d["mask"][:, ready] == 1).all()
+    np.testing.assert_allclose(d["values"][:, ready], symlog(first["replicas_ready"]), rtol=1e-6)
+    flat = enc.encode(sim.step([])[-1])
+    assert np.isfinite(flat).all() and flat.dtype == np.float32 and flat.shape == (enc.size,)
+
+
+def test_encoder_spec_round_trip_and_version_check() -> None:
+    enc = ObsEncoder(("a", "b"))
+    assert ObsEncoder.from_spec(enc.spec()) == enc
+    with pytest.raises(ValueError, match="version"):
+        ObsEncoder.from_spec({**enc.spec(), "version": 99})
+    with pytest.raises(ValueError, match="unknown telemetry fields"):
+        ObsEncoder(("a",), service_features=("nope",))
+
+
+def test_symlog_round_trip() -> None:
+    x = np.array([-1e6, -3.5, 0.0, 0.2, 1e9])
+    np.testing.assert_allclose(symexp(symlog(x)), x, rtol=1e-12)
+
+
+def test_env_rejects_bad_arguments_with_the_field_named() -> None:
+    with pytest.raises(ValueError, match="fidelity"):
+        og.AutoscaleEnv(scenario="chain3", fidelity="warp")
+    with pytest.raises(ValueError, match="obs"):
+        og.AutoscaleEnv(scenario="chain3", obs="pixels")
+    with pytest.raises(ValueError, match="one topology"):
+        og.AutoscaleEnv(scenario=["chain3", "boutique"])
+
+
+def test_docs_envs_page_matches_the_docstrings() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "envs.md").read_text()
+    for cls in (og.AutoscaleEnv, og.RemediateEnv, og.ClusterOpsEnv):
+        doc = "\n".join(line.strip() for line in (cls.__doc__ or "").splitlines())
+        text = "\n".join(line.strip() for line in page.splitlines())
+        assert doc.strip() in text, f"docs/envs.md is out of date for {cls.__name__}"
