@@ -33,6 +33,9 @@ from envs.sim.engine import DataPlaneReading, Engine
 from envs.sim.telemetry import LATENCY_BUCKETS_S
 
 _BOUNDS = np.array(LATENCY_BUCKETS_S)
+FIXED_POINT_RTOL = 1e-3
+"""A segment's fixed point stops once a sweep moves arrivals and response times less than this
+(relative); the queueing approximations themselves are good to a few percent."""
 RHO_MAX = 0.97
 """Utilisation at which the stationary (Erlang-C) part is capped; beyond, the backlog rules."""
 
@@ -104,6 +107,7 @@ class FluidEngine(Engine):
         self.d2 = self.scv * self.m0**2
         self._segments: list[_Segment] = []
         self._cap_version = 0
+        self._lam_ext_prev = 0.0
         self._steady: tuple[float, int, tuple[Any, ...]] | None = None
         self._law_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._law_value: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
@@ -189,8 +193,15 @@ class FluidEngine(Engine):
             sweeps = 0
             (lam_adm, mu, b1, b_avg, delay, dropped_amt, wq, k, theta, f_nd) = steady[2]
         else:
-            sweeps = self.sweeps
+            # from a cold start arrivals need `depth` sweeps to reach the leaves, then
+            # response times need `depth` more to climb back up
+            sweeps = self.sweeps if self._lam_ext_prev > 0 else 2 * self.sweeps
             self._steady = None
+            if self._lam_ext_prev > 0 and lam_ext > 0:
+                # arrivals are linear in the external rate for given failure probabilities:
+                # start from the previous solution scaled to the new rate
+                lam = lam * (lam_ext / self._lam_ext_prev)
+        self._lam_ext_prev = lam_ext
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             all_pods = bool(has_pods.all())
             converged = False
@@ -268,7 +279,11 @@ class FluidEngine(Engine):
                 f = drop + (1.0 - drop) * f_nd
                 if np.array_equal(lam, prev_lam) and np.array_equal(d1, prev_d1):
                     converged = True
-                    break  # converged (the usual case in steady state)
+                    break  # exactly converged (the usual case in steady state)
+                if (np.abs(lam - prev_lam) <= FIXED_POINT_RTOL * np.abs(lam)).all() and (
+                    np.abs(d1 - prev_d1) <= FIXED_POINT_RTOL * np.abs(d1)
+                ).all():
+                    break  # converged to well below the model's own error
             if converged and fast:
                 self._steady = (
                     lam_ext,
