@@ -39,6 +39,7 @@ from scipy import stats
 from envs.scenarios.schema import Scenario, TelemetryFault
 from envs.sim.actions import DrainNode, Noop, Restart, Rollback, Scale, ShedLoad
 from envs.sim.telemetry import (
+    CLUSTER_INDEX,
     COUNTER_FIELDS,
     FIELD_INDEX,
     LATENCY_BUCKETS_S,
@@ -148,7 +149,7 @@ class EpisodeScore:
             "error_budget_burn": self.error_budget_burn,
             "p99_mean_s": self.p99_mean_s,
             "p99_max_s": self.p99_max_s,
-            "cost": self.cost,
+            "cost": self.cost if math.isfinite(self.cost) else None,
             "time_to_mitigate_s": self.time_to_mitigate_s,
             "mitigated": float(self.mitigated) if has_fault else None,
             "relapsed": None if self.relapsed is None else float(self.relapsed),
@@ -223,7 +224,6 @@ def score_episode(result: SimResult) -> EpisodeScore:
     dt = tl.t_end - tl.t_start
     viol_min = float(np.sum(dt[tl.violating])) / 60.0
 
-    entry = sc.topology.entry
     p99_entry = entry_p99(result, tl)
     finite = p99_entry[np.isfinite(p99_entry)]
 
@@ -308,18 +308,14 @@ def slo_timeline(result: SimResult) -> SloTimeline:
         finished = d[:, _C["completed"]] + bad
         with np.errstate(invalid="ignore", divide="ignore"):
             err[i] = np.where(finished > 0, bad / finished, np.nan)
-        gauge = cur.values[rows, p99_col]
-        observed = cur.mask[rows, p99_col]
-        if _trusted(cur, degraded) and observed.all():
-            p99[i] = gauge
+        if _trusted(cur, degraded):
+            # the engine's exact p99; NaN where nothing finished (the histogram delta is
+            # empty there too)
+            p99[i] = cur.values[rows, p99_col]
         else:
             from_hist[i] = True
             hist = np.clip(cur.histogram[rows] - prev.histogram[rows], 0.0, None)
             p99[i] = histogram_quantile(0.99, _BOUNDS, hist)
-            # A clean frame may still miss p99 for a service that finished nothing: the
-            # histogram delta is empty there too, so NaN stays NaN.
-            if _trusted(cur, degraded):
-                p99[i] = np.where(observed, gauge, p99[i])
     with np.errstate(invalid="ignore"):
         svc_bad = (p99 > p99_slo) | (err > err_slo)
     return SloTimeline(
@@ -330,7 +326,7 @@ def slo_timeline(result: SimResult) -> SloTimeline:
         error_rate=err,
         from_histogram=from_hist,
         service_violating=svc_bad,
-        violating=svc_bad.any(axis=1) if k else np.zeros(n_int, dtype=bool),
+        violating=np.asarray(svc_bad.any(axis=1), dtype=bool),
     )
 
 
@@ -354,7 +350,7 @@ def entry_p99(result: SimResult, timeline: SloTimeline | None = None) -> np.ndar
     out = np.full(len(frames) - 1, np.nan)
     for i in range(len(frames) - 1):
         prev, cur = frames[i], frames[i + 1]
-        if _trusted(cur, degraded) and cur.mask[row, col]:
+        if _trusted(cur, degraded):
             out[i] = cur.values[row, col]
         else:
             hist = np.clip(cur.histogram[row] - prev.histogram[row], 0.0, None)
@@ -382,9 +378,7 @@ def error_budget_burn(scenario: Scenario, frames: Sequence[Telemetry]) -> float:
         failed = float(d[_C["failed"]] + d[_C["dropped"]])
         bad += failed
         allowed += slo.error_rate * (float(d[_C["completed"]]) + failed)
-    if allowed <= 0:
-        return 0.0 if bad <= 0 else math.inf
-    return bad / allowed
+    return bad / allowed if allowed > 0 else 0.0  # failures are finished: bad > 0 => allowed > 0
 
 
 def episode_cost(frames: Sequence[Telemetry], horizon_s: float | None = None) -> float:
@@ -401,8 +395,8 @@ def episode_cost(frames: Sequence[Telemetry], horizon_s: float | None = None) ->
         horizon_s: End of the episode, s (default: the last frame's time).
     """
     end = frames[-1].t if horizon_s is None else float(horizon_s)
-    ci_total = _cluster_index("cost_total")
-    ci_rate = _cluster_index("cost_rate_per_hour")
+    ci_total = CLUSTER_INDEX["cost_total"]
+    ci_rate = CLUSTER_INDEX["cost_rate_per_hour"]
     for f in reversed(frames):
         if f.cluster_mask[ci_total]:
             total = float(f.cluster[ci_total])
@@ -423,9 +417,7 @@ def fault_windows(result: SimResult) -> list[tuple[float, float]]:
     horizon = float(result.scenario.horizon_s)
     if result.faults:
         return [
-            (float(r.onset), float(r.end) if r.end is not None else horizon)
-            for r in result.faults
-            if r.started or r.onset < horizon
+            (float(r.onset), float(r.end) if r.end is not None else horizon) for r in result.faults
         ]
     out = []
     for f in result.scenario.faults:
@@ -526,8 +518,11 @@ def count_disruptive(result: SimResult) -> int:
 
 
 def lost_telemetry(frame: Telemetry) -> bool:
-    """Whether a frame lost telemetry: a gauge of :data:`ALWAYS_OBSERVED` or a cluster gauge
-    is missing (a gap, a vanished service, a delay with no history yet)."""
+    """Whether a frame lost telemetry.
+
+    True when a gauge of :data:`ALWAYS_OBSERVED` or a cluster gauge is missing: a gap, a
+    vanished service, a delay with no history yet.
+    """
     return bool((~frame.mask[:, _ALWAYS_IDX]).any() or (~frame.cluster_mask).any())
 
 
@@ -547,12 +542,6 @@ def unknown_state_rate(result: SimResult) -> float:
         frame = by_t.get(round(d.t, 6))
         unknown += int(lost_telemetry(frame)) if frame is not None else 1
     return unknown / len(result.decisions)
-
-
-def _cluster_index(name: str) -> int:
-    from envs.sim.telemetry import CLUSTER_INDEX
-
-    return CLUSTER_INDEX[name]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,13 @@
+"""Baseline deciders: the exact Kubernetes HPA and a runbook of SRE remediations on top of it.
+
+* :mod:`agents.baselines.hpa`: :class:`HPAPolicy`, the HPA controller's algorithm
+  (``replica_calculator.go`` and ``horizontal.go``) over simulator telemetry.
+* :mod:`agents.baselines.runbook`: :class:`RunbookPolicy`, rule-based incident remediation
+  (restart, rollback, shed load, scale) with the HPA scaling underneath.
+
+``docs/baselines.md`` gives the algorithms, the telemetry mapping and the rules table.
+"""
+
+from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ResourceMetric, ScalingPolicy
+
+__all__ = ["HPABehavior", "HPAConfig", "HPAPolicy", "ResourceMetric", "ScalingPolicy"]
