@@ -3,11 +3,20 @@
 * :mod:`agents.baselines.hpa`: :class:`HPAPolicy`, the HPA controller's algorithm
   (``replica_calculator.go`` and ``horizontal.go``) over simulator telemetry.
 * :mod:`agents.baselines.runbook`: :class:`RunbookPolicy`, rule-based incident remediation
-  (restart, rollback, shed load, scale) with the HPA scaling underneath.
+  (restart, rollback, shed load, scale back from zero) with the HPA scaling underneath.
 
 ``docs/baselines.md`` gives the algorithms, the telemetry mapping and the rules table.
 """
 
 from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ResourceMetric, ScalingPolicy
+from agents.baselines.runbook import RunbookConfig, RunbookPolicy
 
-__all__ = ["HPABehavior", "HPAConfig", "HPAPolicy", "ResourceMetric", "ScalingPolicy"]
+__all__ = [
+    "HPABehavior",
+    "HPAConfig",
+    "HPAPolicy",
+    "ResourceMetric",
+    "RunbookConfig",
+    "RunbookPolicy",
+    "ScalingPolicy",
+]

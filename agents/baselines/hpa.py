@@ -111,7 +111,8 @@ class ResourceMetric(_Strict):
 
     resource: Literal["cpu", "memory"] = "cpu"
     target_utilization: Annotated[int, Field(gt=0)] = 70
-    """Kubernetes has no default target; 70% is this project's choice (see the docs)."""
+    """70% is this project's choice; Kubernetes defaults an HPA without metrics to CPU 80%
+    (``DefaultCPUUtilization``) and recommends nothing (see ``docs/baselines.md``)."""
 
 
 ReplicaBound = Annotated[int, Field(ge=1)]
@@ -148,12 +149,9 @@ class HPAConfig(_Strict):
         kinds = [m.resource for m in self.metrics]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"metrics: each resource at most once, got {kinds}")
-        if isinstance(self.min_replicas, int) and isinstance(self.max_replicas, int):
-            if self.min_replicas > self.max_replicas:
-                raise ValueError(
-                    f"min_replicas ({self.min_replicas}) must be <= max_replicas "
-                    f"({self.max_replicas})"
-                )
+        lo, hi = self.min_replicas, self.max_replicas
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            raise ValueError(f"min_replicas ({lo}) must be <= max_replicas ({hi})")
         if self.services is not None and len(set(self.services)) != len(self.services):
             raise ValueError(f"services: duplicate names in {list(self.services)}")
         return self
@@ -425,9 +423,7 @@ class ScaleEvent:
     outdated: bool = False
 
 
-def replicas_change_per_period(
-    period_s: float, events: Sequence[ScaleEvent], now: float
-) -> int:
+def replicas_change_per_period(period_s: float, events: Sequence[ScaleEvent], now: float) -> int:
     """``getReplicasChangePerPeriod``: sum of the changes strictly after ``now - period``."""
     cutoff = now - period_s
     return sum(e.change for e in events if e.t > cutoff)
@@ -744,11 +740,10 @@ def reconcile(
             if proposal == 0 or calc.replicas > proposal:
                 proposal = calc.replicas
         if invalid >= len(pods_by_metric) or (invalid > 0 and proposal < current):
-            return (
-                current,
-                state,
-                Reconciliation(current, current, None, None, "FailedGetMetrics", None, tuple(outcomes)),
+            failed = Reconciliation(
+                current, current, None, None, "FailedGetMetrics", None, tuple(outcomes)
             )
+            return current, state, failed
         metric_replicas = proposal
         stabilized, history, stab_reason = stabilize_recommendation(
             state.recommendations,
@@ -916,12 +911,16 @@ class HPAPolicy:
     ) -> None:
         self.config = config if config is not None else HPAConfig()
         scenario = scenario_or_services if isinstance(scenario_or_services, Scenario) else None
-        names = (
-            list(scenario.service_names) if scenario is not None else list(scenario_or_services)
+        names: list[str] = (
+            list(scenario.service_names)
+            if scenario is not None
+            else [str(n) for n in scenario_or_services]
         )
         if not names:
             raise ValueError("HPAPolicy needs the scenario or the service names")
-        scaled = list(self.config.services) if self.config.services is not None else names
+        scaled: list[str] = (
+            list(self.config.services) if self.config.services is not None else names
+        )
         unknown = [s for s in scaled if s not in names]
         if unknown:
             raise ValueError(f"HPAConfig.services: unknown services {unknown}; one of {names}")
@@ -968,31 +967,31 @@ class HPAPolicy:
         services = dict(state.services)
         report: dict[str, Any] = {}
         for name in self.services:
-            desired, services[name], rec = self.reconcile_service(
+            rec, services[name] = self.reconcile_service(
                 obs, name, services.get(name, ServiceState())
             )
             if rec is None:
                 report[name] = {"reason": "FailedGetScale", "desired": None}
                 continue
             report[name] = rec.as_dict()
-            if desired != rec.current:
-                actions.append(Scale(name, desired))
+            if rec.desired != rec.current:
+                actions.append(Scale(name, rec.desired))
         new_state = HPAState(services, obs.t + self.config.sync_period_s)
         return actions, new_state, {"hpa_synced": True, "hpa": report}
 
     def reconcile_service(
         self, obs: Telemetry, name: str, state: ServiceState
-    ) -> tuple[int | None, ServiceState, Reconciliation | None]:
+    ) -> tuple[Reconciliation | None, ServiceState]:
         """Reconcile one service's HPA on ``obs`` (None when its replica count is unknown)."""
         s = obs.services.index(name)
         current_v = _value(obs, "replicas_desired", s)
         if current_v is None:
-            return None, state, None  # the scale subresource could not be read
+            return None, state  # the scale subresource could not be read
         current = round(current_v)
         lo, hi = self.bounds[name]
         pods = [(m, pods_from_telemetry(obs, name, m.resource)) for m in self.config.metrics]
-        desired, state, rec = reconcile(state, obs.t, current, pods, lo, hi, self.config)
-        return desired, state, rec
+        _, state, rec = reconcile(state, obs.t, current, pods, lo, hi, self.config)
+        return rec, state
 
 
 def _bound(value: int | dict[str, int] | None, name: str, default: int | None, what: str) -> int:
@@ -1007,4 +1006,3 @@ def _bound(value: int | dict[str, int] | None, name: str, default: int | None, w
             "policy from the scenario, whose replicas bounds are the defaults)"
         )
     return default
-

@@ -508,6 +508,13 @@ class Scenario(_Strict):
                     f"faults.{i}.node: node {node} does not exist at the start "
                     f"(cluster.nodes = {self.cluster.nodes}; nodes are numbered from 0)"
                 )
+            if f.duration_s is not None and isinstance(
+                f, MemoryLeakFault | BadDeployFault | MisconfigurationFault
+            ):
+                raise ValueError(
+                    f"faults.{i}.duration_s: a {f.kind} lasts until it is undone (rolled back "
+                    "or scaled back up), not for a set time; remove duration_s"
+                )
             if isinstance(f, TelemetryFault) and f.mode == "missing_service" and not f.service:
                 raise ValueError(f"faults.{i}.service: mode missing_service needs a service")
             if f.at_s >= self.horizon_s:

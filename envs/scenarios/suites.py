@@ -1,6 +1,6 @@
 """Scenario suites: named lists of incidents to train on (``train``) and to judge by (``holdout``).
 
-A suite is a YAML file (``configs/suite/<name>.yaml``)::
+A suite is a YAML file (``configs/suites/<name>.yaml``)::
 
     name: train
     description: ...
@@ -25,6 +25,9 @@ A suite is a YAML file (``configs/suite/<name>.yaml``)::
           pods: [1, 2]
         faults:
           - {kind: pod_crash, service: "${service}", at_s: 480, pods: "${pods}"}
+
+Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``&name``) that
+entries reuse as ``overrides: *name``.
 
 ``${var}`` is replaced in every string of the entry (id, base, description, override keys
 and values, faults): a string that is exactly ``${var}`` takes the matrix value with its
@@ -59,8 +62,8 @@ from envs.scenarios.builtin import BUILTIN_SCENARIOS, builtin_scenario
 from envs.scenarios.loader import ScenarioError, apply_overrides, load_raw, validate
 from envs.scenarios.schema import Scenario
 
-SUITE_DIR = Path(__file__).resolve().parents[2] / "configs" / "suite"
-"""The repository's ``configs/suite/`` folder: where named suites live."""
+SUITE_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
+"""The repository's ``configs/suites/`` folder: where named suites live."""
 
 SUITE_NAMES: tuple[str, ...] = ("train", "holdout")
 """Suites shipped with opsworld (``load_suite("train")``)."""
@@ -225,7 +228,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     """Load and validate a suite: ``train``, ``holdout``, or a path to a suite YAML file.
 
     Args:
-        name_or_path: A shipped suite name (``configs/suite/<name>.yaml``) or a file path.
+        name_or_path: A shipped suite name (``configs/suites/<name>.yaml``) or a file path.
 
     Returns:
         The suite with every entry expanded and validated.
@@ -262,8 +265,9 @@ def build_suite(
         SuiteError: For any problem, naming the entry id and field.
     """
     folder = folder if folder is not None else Path.cwd()
+    body = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
-        spec = SuiteSpec.model_validate(dict(data))
+        spec = SuiteSpec.model_validate(body)
     except ValidationError as exc:
         raise SuiteError(f"suite {source}: {_pydantic_lines(exc)}") from exc
     where = f"suite {spec.name!r}"

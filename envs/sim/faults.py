@@ -118,10 +118,12 @@ class FaultInjector:
         self.records[i].started = True
         self._start(i)
         if isinstance(f, RetryStormFault):
-            yield env.timeout(f.trigger_s)
+            trigger = f.trigger_s if f.duration_s is None else min(f.trigger_s, f.duration_s)
+            yield env.timeout(trigger)
             self._end_trigger(i)
-            if f.duration_s is not None and f.duration_s > f.trigger_s:
-                yield env.timeout(f.duration_s - f.trigger_s)
+            if f.duration_s is not None:
+                if f.duration_s > trigger:
+                    yield env.timeout(f.duration_s - trigger)
                 self._stop(i)
         elif f.duration_s is not None:
             yield env.timeout(f.duration_s)

@@ -3,18 +3,19 @@
 Between two control-plane events (pod ready, crash, scale, scrape, decision, ...) the
 arrival rate at the entry is its mean over the segment and every service is a multi-server
 queue with ``c = ready pods x concurrency`` slots. One segment is solved for all services at
-once, vectorised, by a few Jacobi sweeps over the call graph (as many as the graph is deep):
+once, vectorised, by a few Jacobi sweeps over the call graph (see ``docs/queueing.md``):
 
 * arrivals flow down the graph: attempts at ``j`` = calls from admitted attempts of its
   callers x expected attempts per call ``A_j = (1 - f_j^(r_j+1)) / (1 - f_j)``;
 * response times flow up: own wait and service, then every downstream call (its attempts,
   their durations and the retry backoff); a worker slot is held for the own service only;
 * each service is M/G/c: Erlang-C wait probability with the Allen-Cunneen correction for the
-  holding-time variability, plus a fluid backlog ``B`` that grows at ``lambda - c/H`` when
-  offered load exceeds capacity, is capped by the queue limit (the excess is dropped), and
-  delays everyone behind it by ``B / (c/H)``;
-* the response time is moment-matched to a gamma law shifted by the backlog delay, which
-  gives timeouts ``P(R > T)``, latency quantiles and histogram buckets in closed form.
+  service-time variability, plus a fluid backlog ``B`` that grows at ``lambda - mu`` when
+  offered load exceeds the capacity ``mu = c / E[S]``, is capped by the queue limit (the
+  excess is dropped), and delays everyone behind it by the sum of ``B`` departures (mean
+  ``B / mu``, variance ``B / mu^2``);
+* the response time is moment-matched to a gamma law, which gives timeouts ``P(R > T)``,
+  latency quantiles and histogram buckets in closed form.
 
 Counters are expected values (floats). ``docs/queueing.md`` writes the formulas out and
 gives their sources.
@@ -107,6 +108,7 @@ class FluidEngine(Engine):
         self.d2 = self.scv * self.m0**2
         self._segments: list[_Segment] = []
         self._cap_version = 0
+        self._no_shift = np.zeros(n)
         self._lam_ext_prev = 0.0
         self._steady: tuple[float, int, tuple[Any, ...]] | None = None
         self._law_key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -234,14 +236,16 @@ class FluidEngine(Engine):
                     drop = b0
                     b_avg = b0
                     delay = b0
+                    delay_var = b0
                 else:
                     grown = b0 + net * dt
                     b1 = np.clip(grown, 0.0, qcap)
                     dropped_amt = np.where(has_pods, np.maximum(grown - qcap, 0.0), lam * dt)
                     drop = np.where(lam > 0, dropped_amt / (lam * dt), np.where(has_pods, 0.0, 1.0))
                     b_avg = _mean_backlog(b0, net, qcap, dt)
-                    delay = np.where(has_pods, b_avg / mu, np.inf)
-                    delay = np.where(b_avg > 0, delay, 0.0)
+                    # FIFO behind B attempts: a sum of B exponential departures at rate mu
+                    delay = np.where(has_pods & (b_avg > 0), b_avg / mu, 0.0)
+                    delay_var = np.where(has_pods & (b_avg > 0), b_avg / (mu * mu), 0.0)
                 # stationary M/G/c part
                 lam_adm = lam * (1.0 - drop)
                 a = np.minimum(lam_adm * m, RHO_MAX * c)
@@ -253,16 +257,13 @@ class FluidEngine(Engine):
                     0.0,
                 )
                 var_wq = np.where(cw > 0, 2.0 * wq * wq / cw - wq * wq, 0.0)
-                x_mean = wq + m + down_mean
-                x_var = var_wq + self.scv * m * m + down_var
+                x_mean = delay + wq + m + down_mean
+                x_var = delay_var + var_wq + self.scv * m * m + down_var
                 k, theta = q.gamma_shape_scale(x_mean, x_var)
-                u = self.timeout - delay
-                p_to = np.where(self.finite_timeout, q.gamma_sf(u, k, theta), 0.0)
+                p_to = np.where(self.finite_timeout, q.gamma_sf(self.timeout, k, theta), 0.0)
                 p_to = np.where(has_pods, p_to, 1.0)
                 d1 = np.where(
-                    self.finite_timeout,
-                    np.minimum(delay, self.timeout) + q.gamma_mean_min(u, k, theta),
-                    delay + x_mean,
+                    self.finite_timeout, q.gamma_mean_min(self.timeout, k, theta), x_mean
                 )
                 d1 = np.where(has_pods, d1, np.where(self.finite_timeout, self.timeout, 0.0))
                 d2 = x_var * (1.0 - p_to)
@@ -313,7 +314,7 @@ class FluidEngine(Engine):
             self.lq = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog = np.where(has_pods, b1, 0.0)
         self.f, self.drop, self.lam, self.d1, self.d2 = f, drop, lam, d1, d2
-        self._segments.append(_Segment(finished, np.minimum(delay, self.timeout), k, theta, d1))
+        self._segments.append(_Segment(finished, self._no_shift, k, theta, d1))
 
     # ------------------------------------------------------------------ scrape
     def _read_data_plane(self) -> DataPlaneReading:

@@ -147,12 +147,11 @@ class RequestEngine(Engine):
             self._lat_factor[s] = float(cp.latency_factor[s])
             self._err[s] = float(cp.app_error[s])
         self._shed = cp.shed_fraction
+        self._edge_fault = [{} for _ in range(self.n)]
         for (src, dst), (loss, delay) in self.edge_faults.items():
             share = float(cp.bad_path_fraction[src])
             if share > 0:
                 self._edge_fault[src][dst] = (share, loss, delay)
-            else:
-                self._edge_fault[src].pop(dst, None)
 
     def set_call_policy(self, service: int, timeout_s: float | None, retries: int) -> None:
         """Callers of ``service`` use this timeout and retry count from now on."""
