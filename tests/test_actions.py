@@ -361,38 +361,45 @@ def test_rollback_pops_the_deploy_history() -> None:
 # ------------------------------------------------------------------------------ shed load
 
 
-def test_fluid_shed_load_halves_entry_rps_exactly() -> None:
+def test_fluid_shed_load_halves_entry_throughput_and_counts_the_shed_as_dropped() -> None:
     sim = Simulator(scenario(rps=10.0))
     sim.reset()
     f15, f30, f45 = steps(sim, 3, [ShedLoad(0.5)])
-    # shedding starts at t = 2: 2 s at 10 rps, then 13 s at 5 rps
-    assert f15.service("a")["rps"] == pytest.approx((2 * 10.0 + 13 * 5.0) / 15.0, rel=1e-12)
-    assert f30.service("a")["rps"] == pytest.approx(5.0, rel=1e-12)
-    assert f45.service("a")["rps"] == pytest.approx(5.0, rel=1e-12)
+    # shedding starts at t = 2: 2 s at 10 rps served, then 13 s at 5 rps served
+    served = (2 * 10.0 + 13 * 5.0) / 15.0
+    # (throughput also moves with the requests in flight: Little's law, so not exact)
+    assert f15.service("a")["throughput"] == pytest.approx(served, rel=0.01)
+    assert f15.service("a")["rps"] == pytest.approx(10.0, rel=1e-12)  # offered, shed included
+    assert f30.service("a")["throughput"] == pytest.approx(5.0, rel=0.01)
+    assert f30.service("a")["error_rate"] == pytest.approx(0.5, rel=1e-9)  # users see errors
+    assert f45.counter("dropped")[0] == pytest.approx(13 * 5.0 + 30 * 5.0, rel=1e-12)
     assert f30.cluster_value("shed_fraction") == 0.5
     (f60,) = sim.step([ShedLoad(0.0)])
-    assert f60.service("a")["rps"] == pytest.approx((2 * 5.0 + 13 * 10.0) / 15.0, rel=1e-12)
+    assert f60.service("a")["throughput"] == pytest.approx((2 * 5.0 + 13 * 10.0) / 15.0, rel=0.01)
     assert f60.cluster_value("shed_fraction") == 0.0
 
 
-def test_request_level_shed_load_halves_entry_rps_within_sampling_error() -> None:
+def test_request_level_shed_load_halves_entry_throughput_within_sampling_error() -> None:
     sc = scenario(rps=20.0, fidelity="request", actuation_delay_s=0.0)
     sim = Simulator(sc)
     sim.reset()
-    frames = steps(sim, 4, [ShedLoad(0.5)])  # 60 s at 10 rps expected
-    arrived = frames[-1].counter("arrived")[0]
-    # Poisson(1200) thinned by 1/2: mean 600, sd sqrt(600) ~ 24.5
-    assert abs(arrived - 600.0) < 4 * math.sqrt(600.0)
+    frames = steps(sim, 4, [ShedLoad(0.5)])  # 60 s at 10 rps served expected
+    completed = frames[-1].counter("completed")[0]
+    dropped = frames[-1].counter("dropped")[0]
+    # Poisson(1200) thinned by 1/2: mean 600, sd sqrt(600) ~ 24.5, for each part
+    assert abs(completed - 600.0) < 4 * math.sqrt(600.0)
+    assert abs(dropped - 600.0) < 4 * math.sqrt(600.0)
     assert frames[-1].cluster_value("shed_fraction") == 0.5
 
 
 def test_shed_all_traffic_leaves_entry_idle() -> None:
     sim = Simulator(scenario(actuation_delay_s=0.0))
     sim.reset()
-    _, f30 = steps(sim, 2, [ShedLoad(1.0)])
-    assert f30.service("a")["rps"] == 0.0
-    assert math.isnan(f30.service("a")["p99"])
-    assert f30.counter("dropped")[0] == 0.0  # shed at the ingress, never arrived
+    f15, f30 = steps(sim, 2, [ShedLoad(1.0)])
+    assert f30.service("a")["throughput"] == 0.0
+    assert f30.service("a")["error_rate"] == 1.0
+    assert math.isnan(f30.service("a")["p99"])  # nothing was served
+    assert f30.counter("completed")[0] == f15.counter("completed")[0]
 
 
 # ------------------------------------------------------------------------------ drain node

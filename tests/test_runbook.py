@@ -130,7 +130,8 @@ def test_retry_storm_sheds_load_and_the_overload_ends() -> None:
     assert np.nanmax(entry_err[-20:]) <= 0.01  # the overload is over
     hpa_only = run(sc, HPAPolicy(HPAConfig(), sc))
     assert violation(hpa_only) > 1000.0
-    assert violation(res) < violation(hpa_only) / 5
+    # shed requests count as errors, so the minutes spent shedding are violations too
+    assert violation(res) < violation(hpa_only) / 3
 
 
 def test_scale_to_zero_is_scaled_back() -> None:

@@ -34,6 +34,7 @@ the disruptive rules fire until ``resume_scrapes`` complete frames have followed
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agents.baselines.hpa import HPAConfig, HPAPolicy, HPAState
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action, Restart, Rollback, Scale, ShedLoad
-from envs.sim.telemetry import CLUSTER_INDEX, Telemetry
+from envs.sim.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
 
 _EPS = 1e-9
 _SAMPLE_FIELDS = (
@@ -240,6 +241,7 @@ class RunbookPolicy:
                 f"got {type(state).__name__}"
             )
         rules = self.rules
+        obs = _served_view(obs, self.services.index(self.entry))
         t = obs.t
         missing = sum(1 for s in self.services if not _observed(obs, "replicas_desired", s))
         if missing >= rules.gap_fraction * len(self.services):
@@ -729,6 +731,23 @@ class RunbookPolicy:
 def _observed(obs: Telemetry, field_name: str, service: str) -> bool:
     s = obs.services.index(service)
     return bool(obs.observed(field_name)[s]) and math.isfinite(float(obs[field_name][s]))
+
+
+def _served_view(obs: Telemetry, entry: int) -> Telemetry:
+    """The frame as the entry service itself sees it while traffic is being shed.
+
+    Shed requests count as dropped at the entry (users get errors), so under shedding the
+    entry's ``rps`` and ``error_rate`` include them. The rules judge the service by the
+    traffic it actually serves: ``rps * (1 - shed)`` and ``(error_rate - shed) / (1 - shed)``.
+    """
+    shed = obs.cluster_value("shed_fraction")
+    if not obs.cluster_mask[CLUSTER_INDEX["shed_fraction"]] or not 0 < shed < 1:
+        return obs
+    values = obs.values.copy()
+    rps, err = FIELD_INDEX["rps"], FIELD_INDEX["error_rate"]
+    values[entry, rps] = values[entry, rps] * (1.0 - shed)
+    values[entry, err] = max(0.0, (values[entry, err] - shed) / (1.0 - shed))
+    return dataclasses.replace(obs, values=values)
 
 
 def _get(obs: Telemetry, field_name: str, service: str) -> float | None:

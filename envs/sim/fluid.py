@@ -176,7 +176,12 @@ class FluidEngine(Engine):
         if dt <= 1e-12:
             return
         self._t = t1
-        lam_ext = self.traffic.integral(t0, t1) / dt * (1.0 - self.shed)
+        offered = self.traffic.integral(t0, t1)
+        if self.shed > 0:
+            # shed at the ingress: rejected user requests, counted as dropped at the entry
+            self.arrived[self.entry] += offered * self.shed
+            self.dropped[self.entry] += offered * self.shed
+        lam_ext = offered / dt * (1.0 - self.shed)
         c = self.c
         m = self.m
         r1 = self.retries + 1.0

@@ -200,7 +200,10 @@ class RequestEngine(Engine):
             if t > env.now:
                 yield env.timeout(t - env.now)
             if self._shed > 0 and uniform() < self._shed:
-                continue  # shed at the ingress: never reaches the entry service
+                # shed at the ingress: a rejected user request, counted as dropped at the entry
+                self._arrived[entry] += 1
+                self._dropped[entry] += 1
+                continue
             env.process(self._client(entry))
 
     def _client(self, s: int) -> Generator[simpy.Event, Any, None]:
