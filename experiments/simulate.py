@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from agents.baselines.hpa import HPAConfig, HPAPolicy
+from agents.baselines.runbook import RunbookPolicy
 from agents.policy import Policy, StaticPolicy
 from envs.scenarios.loader import ScenarioError, load_scenario
 from envs.scenarios.schema import Scenario
@@ -80,6 +82,22 @@ class StaticPolicyConfig(PolicyConfig):
 
 
 @dataclass
+class HPAPolicyConfig(PolicyConfig):
+    """``policy=hpa``: the Kubernetes HPA on CPU utilisation (``docs/baselines.md``)."""
+
+    name: str = "hpa"
+    target_cpu_utilization: int = 70
+
+
+@dataclass
+class RunbookPolicyConfig(PolicyConfig):
+    """``policy=runbook``: runbook remediation with the HPA scaling underneath."""
+
+    name: str = "runbook"
+    target_cpu_utilization: int = 70
+
+
+@dataclass
 class SimulateConfig:
     """Schema of ``configs/simulate.yaml``; a wrong key or type fails at composition.
 
@@ -112,10 +130,22 @@ SCHEMA = SimulateConfig
 
 PolicyFactory = Callable[[PolicyConfig, Scenario], Policy]
 
+def _hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
+    target = getattr(cfg, "target_cpu_utilization", 70)
+    return HPAPolicy(HPAConfig.cpu(target), scenario)
+
+
+def _runbook(cfg: PolicyConfig, scenario: Scenario) -> Policy:
+    target = getattr(cfg, "target_cpu_utilization", 70)
+    return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(target))
+
+
 POLICIES: dict[str, PolicyFactory] = {
     "static": lambda cfg, scenario: StaticPolicy(),
+    "hpa": _hpa,
+    "runbook": _runbook,
 }
-"""Policy name -> factory. Add HPA and friends here plus ``configs/policy/<name>.yaml``."""
+"""Policy name -> factory; each has a ``configs/policy/<name>.yaml``."""
 
 
 def register_configs() -> None:
@@ -123,6 +153,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateConfig)
     cs.store(group="schema/policy", name="static", node=StaticPolicyConfig)
+    cs.store(group="schema/policy", name="hpa", node=HPAPolicyConfig)
+    cs.store(group="schema/policy", name="runbook", node=RunbookPolicyConfig)
 
 
 def check_policy(cfg: PolicyConfig) -> None:
