@@ -23,7 +23,16 @@ numbers). Figures (rates are the best of ``repeats`` runs of the same seeded wor
   ``c``, utilisation and number of customers;
 * ``request_level_vs_bare_ratio``: request level / bare SimPy.
 
-Suites live in :data:`SUITES` (name -> function); add one there and in ``BenchSuite``.
+``opsworld bench incidents`` (suite ``incidents``) times the incident suite runner
+(``experiments/suite_runner.py``): the static policy over every entry of the ``holdout``
+suite x 3 seeds on 2 worker processes (``quick=true``: 4 entries x 1 seed), and writes
+``incidents_bench[_quick].json`` / ``.md`` with the wall time, runs, runs per second, the
+target (wall time <= 120 s) and the aggregate score table (``docs/scoring.md``).
+
+Suites live in :data:`SUITES` (name -> function); add one there and in ``BenchSuite``. A
+suite returns ``figures`` and ``targets`` (met when the figure is at least the target, or
+at most it for names in ``lower_is_better``), ``details``, and optionally ``method`` (the
+line saying how figures were measured) and ``markdown`` (extra sections for the page).
 """
 
 from __future__ import annotations
@@ -53,17 +62,21 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
+from agents.policy import Policy, StaticPolicy
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Diurnal, Noise, Scenario
+from envs.scenarios.suites import SuiteError, load_suite
 from envs.sim import validation
 from envs.sim.simulator import Simulator
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.suite_runner import RunScore, run_suite
 
 
 class BenchSuite(StrEnum):
     """Benchmark suites (``opsworld bench <suite>``)."""
 
     sim = "sim"
+    incidents = "incidents"
 
 
 @dataclass
@@ -130,6 +143,42 @@ class SimSuiteConfig:
 
 
 @dataclass
+class IncidentSizes:
+    """Workload sizes of the ``incidents`` suite.
+
+    Attributes:
+        entries: Run the first this many entries of the suite (0: all).
+        seeds: Replicates per entry (replicate indices ``0 .. seeds-1``).
+    """
+
+    entries: int = 0
+    seeds: int = 3
+
+
+@dataclass
+class IncidentsSuiteConfig:
+    """Settings of the ``incidents`` suite.
+
+    Attributes:
+        suite: Scenario suite to run (``configs/suites/<suite>.yaml``, or a path).
+        policy: Policy to run (a key of :data:`POLICIES`).
+        workers: Worker processes (1: in-process).
+        fidelity: Simulator fidelity.
+        full: Sizes of a full run.
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        target_wall_s: A full run must take at most this many wall seconds.
+    """
+
+    suite: str = "holdout"
+    policy: str = "static"
+    workers: int = 2
+    fidelity: str = "fluid"
+    full: IncidentSizes = field(default_factory=IncidentSizes)
+    quick: IncidentSizes = field(default_factory=lambda: IncidentSizes(entries=4, seeds=1))
+    target_wall_s: float = 120.0
+
+
+@dataclass
 class BenchConfig:
     """Schema of ``configs/bench.yaml``.
 
@@ -140,6 +189,7 @@ class BenchConfig:
         seed: Seed of every benchmark workload.
         results_dir: Folder for ``<suite>_bench.json`` and ``.md`` (relative to the cwd).
         sim: Settings of the ``sim`` suite.
+        incidents: Settings of the ``incidents`` suite.
     """
 
     suite: BenchSuite = BenchSuite.sim
@@ -148,6 +198,7 @@ class BenchConfig:
     seed: int = 0
     results_dir: str = "experiments/results"
     sim: SimSuiteConfig = field(default_factory=SimSuiteConfig)
+    incidents: IncidentsSuiteConfig = field(default_factory=IncidentsSuiteConfig)
 
 
 SCHEMA = BenchConfig
@@ -415,8 +466,99 @@ def run_sim_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
     return {"figures": figures, "targets": targets, "details": details}
 
 
+POLICIES: dict[str, Callable[[], Policy]] = {"static": StaticPolicy}
+"""Policies the ``incidents`` suite can run, by name (module-level factories: picklable)."""
+
+
+def run_incidents_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
+    """Time :func:`~experiments.suite_runner.run_suite` on a scenario suite; scores too."""
+    c = conf.incidents
+    sizes = c.quick if conf.quick else c.full
+    if c.policy not in POLICIES:
+        raise ConfigError(f"incidents.policy={c.policy}: unknown policy; one of {sorted(POLICIES)}")
+    if c.workers < 1 or sizes.seeds < 1 or sizes.entries < 0:
+        raise ConfigError(
+            "incidents: workers and seeds must be >= 1 and entries >= 0 (0: all), got "
+            f"workers={c.workers}, seeds={sizes.seeds}, entries={sizes.entries}"
+        )
+    if c.fidelity not in ("fluid", "request"):
+        raise ConfigError(f"incidents.fidelity={c.fidelity}: one of fluid, request")
+    try:
+        suite = load_suite(c.suite)
+    except SuiteError as err:
+        raise ConfigError(f"incidents.suite={c.suite}: {err}") from None
+    if sizes.entries:
+        suite = suite.subset(first=sizes.entries)
+    total = len(suite) * sizes.seeds
+    seeds = f"{sizes.seeds} seed{'s' if sizes.seeds != 1 else ''}"
+    log.print(
+        f"incidents: {c.policy} policy on {len(suite)} {suite.name} entries x {seeds} "
+        f"= {total} runs, {c.workers} worker(s)"
+    )
+
+    def tick(done: int, n: int, run: RunScore) -> None:
+        if done == n or done % 20 == 0:
+            log.print(f"  {done}/{n} runs")
+
+    result = run_suite(
+        suite,
+        POLICIES[c.policy],
+        range(sizes.seeds),
+        workers=c.workers,
+        fidelity=c.fidelity,
+        progress=tick,
+        bootstrap_seed=conf.seed,
+    )
+    figures = {
+        "wall_s": result.wall_s,
+        "runs": float(len(result.runs)),
+        "runs_per_s": result.runs_per_s,
+    }
+    targets = {} if conf.quick else {"wall_s": c.target_wall_s}
+    as_dict = result.to_dict()
+    details = {
+        "suite": suite.name,
+        "entries": len(suite),
+        "seeds": sizes.seeds,
+        "policy": result.policy,
+        "workers": result.workers,
+        "fidelity": c.fidelity,
+        "summary": as_dict["summary"],
+        "per_run": as_dict["per_run"],
+    }
+    method = (
+        f"One timed run of the `{suite.name}` suite: {len(suite)} entries x {seeds}, "
+        f"`{result.policy}` policy, {c.fidelity} fidelity, {result.workers} worker "
+        "process(es), pool start-up included."
+    )
+    markdown = "\n".join(
+        [
+            "## Scores",
+            "",
+            "Aggregate over all runs: mean and interquartile mean (IQM) with seeded bootstrap "
+            "95% CIs; n/a counts runs where the metric does not apply. Definitions: "
+            "[docs/scoring.md](../../docs/scoring.md).",
+            "",
+            result.summary_markdown(),
+            "",
+            "Per entry (mean over seeds):",
+            "",
+            result.entries_markdown(),
+        ]
+    )
+    return {
+        "figures": figures,
+        "targets": targets,
+        "lower_is_better": ["wall_s"],
+        "details": details,
+        "method": method,
+        "markdown": markdown,
+    }
+
+
 SUITES: dict[str, Callable[[BenchConfig, Console], dict[str, Any]]] = {
     "sim": run_sim_suite,
+    "incidents": run_incidents_suite,
 }
 """Suite name -> function measuring it."""
 
@@ -474,20 +616,25 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['os']}  ",
         f"Versions: Python {m['python']}, numpy {m['numpy']}, simpy {m['simpy']}",
         "",
-        f"Rates are the best of {report['repeats']} repeats, single process.",
+        report.get("method")
+        or f"Rates are the best of {report['repeats']} repeats, single process.",
         "",
         "| figure | value | target | status |",
         "|---|---:|---:|---|",
     ]
+    lower = set(report.get("lower_is_better", []))
     for name, value in report["figures"].items():
         target = report["targets"].get(name)
+        sign = "<= " if name in lower else ">= "
         status = report["status"].get(name, "")
         lines.append(
-            f"| `{name}` | {_fmt(value)} | {'>= ' + _fmt(target) if target is not None else ''} "
+            f"| `{name}` | {_fmt(value)} | {sign + _fmt(target) if target is not None else ''} "
             f"| {status} |"
         )
     lines.append("")
     lines.append("Parameters and per-repeat rates: see the JSON file next to this one.")
+    if report.get("markdown"):
+        lines += ["", report["markdown"]]
     return "\n".join(lines) + "\n"
 
 
@@ -508,10 +655,12 @@ def bench(
         raise ConfigError(f"suite={suite}: unknown suite; one of {sorted(SUITES)}")
     start = time.perf_counter()
     measured = SUITES[suite](conf, log)
-    status = {
-        name: "pass" if measured["figures"][name] >= target else "miss"
-        for name, target in measured["targets"].items()
-    }
+    lower = set(measured.get("lower_is_better", []))
+    status = {}
+    for name, target in measured["targets"].items():
+        value = measured["figures"][name]
+        met = value <= target if name in lower else value >= target
+        status[name] = "pass" if met else "miss"
     report: dict[str, Any] = {
         "suite": suite,
         "quick": conf.quick,
@@ -525,11 +674,14 @@ def bench(
         "details": measured["details"],
         "bench_wall_s": time.perf_counter() - start,
     }
+    for key in ("lower_is_better", "method"):
+        if key in measured:
+            report[key] = measured[key]
     out = Path(conf.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{suite}_bench" + ("_quick" if conf.quick else "")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(to_markdown(report))
+    (out / f"{stem}.md").write_text(to_markdown({**report, "markdown": measured.get("markdown")}))
     report["files"] = [str(out / f"{stem}.json"), str(out / f"{stem}.md")]
     return report
 

@@ -61,6 +61,7 @@ COMMANDS: dict[str, Command] = {
         "measure simulator speed (suite: sim); write experiments/results/<suite>_bench.*",
         positional="suite",
     ),
+    "train": Command("experiments.train", "train an SB3 agent on an env; write model.zip, metrics"),
     # Later: "train", "evaluate", "serve", "shadow" -- one line each.
 }
 

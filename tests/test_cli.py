@@ -146,8 +146,8 @@ def test_simulate_scenario_overrides(composer, tmp_path: Path) -> None:
 
 def test_simulate_rejects_bad_policy_and_scenario_before_running(tmp_path: Path) -> None:
     base = {"scenario": "chain3", "out": str(tmp_path / "x"), "horizon_s": 60}
-    with pytest.raises(ConfigError, match=r"policy.*'hpa'.*\['static'\]"):
-        sim_mod.simulate({**base, "policy": {"name": "hpa"}})
+    with pytest.raises(ConfigError, match=r"policy.*'oracle'.*\['hpa', 'runbook', 'static'\]"):
+        sim_mod.simulate({**base, "policy": {"name": "oracle"}})
     with pytest.raises(ConfigError, match=r"traffic\.base_rsp.*did you mean 'base_rps'"):
         sim_mod.simulate({**base, "scenario_overrides": {"traffic": {"base_rsp": 5}}})
     with pytest.raises(ConfigError, match="unknown built-in scenario 'nope'"):
@@ -242,7 +242,7 @@ def test_console_script_help_and_unknown_command() -> None:
     [
         ("fidelity=warp", 1, ["fidelity", "fluid, request"]),
         ("fidelty=request", 2, ["unknown option 'fidelty'", "did you mean 'fidelity'"]),
-        ("policy=hpa", 1, ["policy/hpa", "static"]),
+        ("policy=oracle", 1, ["policy/oracle", "static"]),
         ("horizon_s=soon", 1, ["horizon_s"]),
         ("scenario_overrides.traffic.base_rsp=5", 2, ["traffic.base_rsp", "base_rps"]),
     ],
@@ -335,3 +335,40 @@ def test_console_script_bench_quick(tmp_path: Path) -> None:
     md = (tmp_path / "sim_bench_quick.md").read_text()
     assert report["command"] in md and "| `fluid_steps_per_s` |" in md and ">= 10,000" in md
     assert not (tmp_path / "sim_bench.json").exists()  # quick never overwrites full results
+
+
+def test_bench_incidents_quick_in_process(tmp_path: Path) -> None:
+    report = bench_mod.bench(
+        {"suite": "incidents", "quick": True, "results_dir": str(tmp_path)}, log=None
+    )
+    figures = report["figures"]
+    assert figures["runs"] == 4 and report["details"]["entries"] == 4
+    assert report["details"]["seeds"] == 1 and report["details"]["workers"] == 2
+    assert figures["wall_s"] > 0
+    assert figures["runs_per_s"] == pytest.approx(4 / figures["wall_s"])
+    assert report["targets"] == {} and report["lower_is_better"] == ["wall_s"]
+    assert report["command"] == "opsworld bench incidents quick=true"
+    summary = report["details"]["summary"]
+    assert summary["slo_violation_min"]["n"] == 4 and "iqm_ci" in summary["cost"]
+    assert len(report["details"]["per_run"]) == 4
+    on_disk = json.loads((tmp_path / "incidents_bench_quick.json").read_text())
+    assert on_disk["figures"] == figures
+    md = (tmp_path / "incidents_bench_quick.md").read_text()
+    assert "| `wall_s` |" in md and "## Scores" in md and "| `time_to_mitigate_s` |" in md
+    assert not (tmp_path / "incidents_bench.json").exists()  # quick never overwrites
+
+
+def test_bench_incidents_target_is_an_upper_bound(tmp_path: Path) -> None:
+    cfg = {
+        "suite": "incidents",
+        "results_dir": str(tmp_path),
+        "incidents": {"full": {"entries": 1, "seeds": 1}, "workers": 1, "target_wall_s": 1e-9},
+    }
+    report = bench_mod.bench(cfg, log=None)
+    assert report["targets"] == {"wall_s": 1e-9} and report["status"] == {"wall_s": "miss"}
+    assert "| `wall_s` |" in (tmp_path / "incidents_bench.md").read_text()
+    assert "<= 1e-09" in (tmp_path / "incidents_bench.md").read_text()
+    with pytest.raises(ConfigError, match=r"incidents\.policy=hpa"):
+        bench_mod.bench({**cfg, "incidents": {"policy": "hpa"}}, log=None)
+    with pytest.raises(ConfigError, match=r"incidents\.suite=nope.*unknown suite"):
+        bench_mod.bench({**cfg, "incidents": {"suite": "nope"}}, log=None)

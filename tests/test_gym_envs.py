@@ -168,10 +168,12 @@ def test_encoder_masks_missing_values_and_never_writes_nan() -> None:
     enc = ObsEncoder(tuple(sc.service_names))
     d = enc.encode_dict(first)
     rps = SERVICE_FEATURES.index("rps")
-    assert (d["mask"][:, rps] == 0).all() and (d["values"][:, rps] == 0).all()
+    assert (d["mask"][:, rps] == 0).all() and (d["service_values"][:, rps] == 0).all()
     ready = SERVICE_FEATURES.index("replicas_ready")
     assert (d["mask"][:, ready] == 1).all()
-    np.testing.assert_allclose(d["values"][:, ready], symlog(first["replicas_ready"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        d["service_values"][:, ready], symlog(first["replicas_ready"]), rtol=1e-6
+    )
     flat = enc.encode(sim.step([])[-1])
     assert np.isfinite(flat).all() and flat.dtype == np.float32 and flat.shape == (enc.size,)
 

@@ -11,8 +11,9 @@ disagree. Encoding is a pure function of one frame:
 * time of day and of week as sine/cosine pairs.
 
 The flat (``Box``) layout is ``[values (S*F), cluster (C), time (4), mask (S*F + C)]``; the
-``Dict`` layout has ``values (S, F)``, ``mask (S, F)``, ``cluster (C,)``, ``cluster_mask
-(C,)`` and ``time (4,)``.
+``Dict`` layout has ``service_values (S, F)``, ``mask (S, F)``, ``cluster (C,)``, ``cluster_mask
+(C,)`` and ``time (4,)`` (not ``values``: SB3's ``MultiInputPolicy`` keeps one extractor
+per key in a ``torch.nn.ModuleDict``, where that name clashes with ``ModuleDict.values``).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class ObsEncoder:
         vals = np.clip(symlog(np.nan_to_num(raw)), -BOUND, BOUND)
         cvals = np.clip(symlog(np.nan_to_num(craw)), -BOUND, BOUND)
         return {
-            "values": np.where(mask, vals, 0.0).astype(np.float32),
+            "service_values": np.where(mask, vals, 0.0).astype(np.float32),
             "mask": mask.astype(np.float32),
             "cluster": np.where(cmask, cvals, 0.0).astype(np.float32),
             "cluster_mask": cmask.astype(np.float32),
@@ -154,7 +155,13 @@ class ObsEncoder:
         """The flat layout, shape ``(size,)``, float32."""
         d = self.encode_dict(frame)
         out = np.concatenate(
-            [d["values"].ravel(), d["cluster"], d["time"], d["mask"].ravel(), d["cluster_mask"]]
+            [
+                d["service_values"].ravel(),
+                d["cluster"],
+                d["time"],
+                d["mask"].ravel(),
+                d["cluster_mask"],
+            ]
         )
         assert out.shape == (self.size,), (out.shape, self.size)
         return out

@@ -95,7 +95,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         else:
             self.observation_space = spaces.Dict(
                 {
-                    "values": spaces.Box(-big, big, (s, f), np.float32),
+                    "service_values": spaces.Box(-big, big, (s, f), np.float32),
                     "mask": spaces.Box(0.0, 1.0, (s, f), np.float32),
                     "cluster": spaces.Box(-big, big, (c,), np.float32),
                     "cluster_mask": spaces.Box(0.0, 1.0, (c,), np.float32),
@@ -260,7 +260,7 @@ _SPEC_COMMON = """
     Built by :class:`envs.gym.encoder.ObsEncoder` from the last telemetry frame of the step.
     With ``obs="box"`` (default) a ``Box(-100, 100, (2*(S*F + C) + 4,), float32)`` laid out
     as ``[values (S*F), cluster (C), time (4), mask (S*F + C)]``; with ``obs="dict"`` a
-    ``Dict`` of ``values (S, F)``, ``mask (S, F)``, ``cluster (C,)``, ``cluster_mask (C,)``,
+    ``Dict`` of ``service_values (S, F)``, ``mask (S, F)``, ``cluster (C,)``, ``cluster_mask (C,)``,
     ``time (4,)``. ``S`` is the number of services (topology order), ``F = 14`` per-service
     and ``C = 5`` cluster features:
 

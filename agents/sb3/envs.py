@@ -1,0 +1,194 @@
+"""Building the opsworld Gymnasium envs for SB3: ids, kwargs, seeds and vectorisation.
+
+* :func:`env_kwargs`: the constructor kwargs of ``envs.gym`` envs from a :class:`TrainConfig`
+  (the same for training, evaluation and :class:`agents.sb3.policy.SB3Policy`);
+* :func:`env_seeds`: independent per-env seeds drawn from the run seed with
+  ``numpy.random.SeedSequence`` (run seed 1's first env never equals run seed 0's second);
+* :func:`make_vec_env`: SB3 ``DummyVecEnv`` / ``SubprocVecEnv`` of ``Monitor``-wrapped envs,
+  each seeded once at creation (its own generator then drives every later episode), wrapped
+  in ``VecNormalize`` (observations; rewards only if asked) over ``VecCheckNan`` (a NaN
+  or infinite observation, reward or action raises at once). Evaluation envs are always
+  ``DummyVecEnv``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecCheckNan,
+    VecEnv,
+    VecNormalize,
+)
+
+import envs.gym  # noqa: F401  (registers the opsworld ids)
+from agents.sb3.config import EnvName, SB3ConfigError, TrainConfig, VecEnvKind
+from envs.scenarios.loader import ScenarioError, load_scenario
+
+ENV_IDS: dict[EnvName, str] = {
+    EnvName.autoscale: "opsworld/Autoscale-v0",
+    EnvName.remediate: "opsworld/Remediate-v0",
+    EnvName.ops: "opsworld/ClusterOps-v0",
+}
+"""``env.name`` -> registered Gymnasium id."""
+
+EVAL_STREAM = 1
+"""SeedSequence spawn key of the evaluation envs (training envs use stream 0)."""
+
+FORKSERVER_PRELOAD: tuple[str, ...] = (
+    "stable_baselines3.common.vec_env.subproc_vec_env",
+    "agents.sb3.envs",
+)
+"""Modules the forkserver imports once for all ``SubprocVecEnv`` workers."""
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to the dotted keys that ``load_scenario`` takes.
+
+    Lists and empty mappings are leaves (they replace the scenario's value whole).
+    """
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers and tuples to plain dicts/lists (picklable, YAML-free)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def brief_space(space: spaces.Space[Any]) -> str:
+    """A short description of a space for messages (a Box's bounds would fill the screen)."""
+    if isinstance(space, spaces.Box):
+        return f"Box{space.shape}"
+    if isinstance(space, spaces.Dict):
+        return f"Dict({', '.join(space.spaces)})"
+    return str(space)
+
+
+def env_kwargs(conf: TrainConfig) -> dict[str, Any]:
+    """Constructor kwargs of the env that ``conf`` trains on."""
+    w = conf.env.reward_weights
+    return {
+        "scenario": conf.scenario,
+        "fidelity": conf.env.fidelity.value,
+        "obs": conf.env.obs.value,
+        "reward_weights": {"slo": w.slo, "cost": w.cost, "disruption": w.disruption},
+        "scenario_overrides": flatten(_plain(conf.scenario_overrides)),
+    }
+
+
+def check_scenario(conf: TrainConfig) -> None:
+    """Load the run's scenario once, so that a bad one fails before any env process starts.
+
+    Raises:
+        SB3ConfigError: Naming ``scenario`` / ``scenario_overrides`` and the problem.
+    """
+    try:
+        load_scenario(conf.scenario, env_kwargs(conf)["scenario_overrides"])
+    except ScenarioError as err:
+        raise SB3ConfigError(f"scenario={conf.scenario} (with scenario_overrides): {err}") from None
+
+
+def _make(env_id: str, kwargs: dict[str, Any], max_steps: int | None) -> gym.Env[Any, Any]:
+    extra: dict[str, Any] = {"max_episode_steps": max_steps} if max_steps is not None else {}
+    env: gym.Env[Any, Any] = gym.make(env_id, **kwargs, **extra)
+    return env
+
+
+def make_env(conf: TrainConfig) -> gym.Env[Any, Any]:
+    """One env of ``conf`` as SB3 sees it (TimeLimit, Dict keys renamed), not reset."""
+    return _make(ENV_IDS[conf.env.name], env_kwargs(conf), conf.env.max_episode_steps)
+
+
+def env_seeds(seed: int, n: int, stream: int = 0) -> list[int]:
+    """``n`` independent 31-bit env seeds derived from the run ``seed``.
+
+    Args:
+        seed: The run seed.
+        n: How many envs.
+        stream: 0 for training envs, :data:`EVAL_STREAM` for evaluation envs.
+    """
+    root = np.random.SeedSequence([seed, stream])
+    return [int(child.generate_state(1)[0] >> 1) for child in root.spawn(n)]
+
+
+def _build(env_id: str, kwargs: dict[str, Any], seed: int, max_steps: int | None) -> gym.Env:
+    """Factory run inside the (sub)process: make, wrap in Monitor, seed once.
+
+    Unpickling it in a worker imports this module, which registers the opsworld ids.
+    """
+    env = Monitor(_make(env_id, kwargs, max_steps))
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    return env
+
+
+def env_factories(conf: TrainConfig, seeds: Sequence[int]) -> list[Callable[[], gym.Env]]:
+    """Picklable env constructors, one per seed."""
+    kwargs = env_kwargs(conf)
+    env_id = ENV_IDS[conf.env.name]
+    return [partial(_build, env_id, kwargs, int(s), conf.env.max_episode_steps) for s in seeds]
+
+
+def make_vec_env(conf: TrainConfig, seeds: Sequence[int], *, training: bool) -> VecNormalize:
+    """Vectorised, normalised envs of ``conf``, one per seed.
+
+    Args:
+        conf: The run config.
+        seeds: One seed per env (see :func:`env_seeds`).
+        training: True for the training envs (statistics update, rewards normalised if
+            ``env.normalize_reward``); False for evaluation (frozen statistics, raw rewards).
+
+    Returns:
+        ``VecNormalize`` over ``DummyVecEnv`` or ``SubprocVecEnv`` (see ``vec_env``).
+    """
+    fns = env_factories(conf, seeds)
+    kind = conf.vec_env
+    subproc = kind == VecEnvKind.subproc or (kind == VecEnvKind.auto and len(fns) > 1)
+    venv: VecEnv = subproc_vec_env(fns) if subproc and training else DummyVecEnv(fns)
+    return wrap_normalize(conf, VecCheckNan(venv, raise_exception=True), training=training)
+
+
+def subproc_vec_env(fns: Sequence[Callable[[], gym.Env]]) -> SubprocVecEnv:
+    """``SubprocVecEnv`` on SB3's default start method, with a warm forkserver.
+
+    With ``forkserver`` (Linux), the server process imports :data:`FORKSERVER_PRELOAD`
+    once, so each worker forks with SB3, torch and the simulator already imported (about
+    0.1 s for four workers instead of seconds each). This sets the process-wide forkserver
+    preload list, which only takes effect before the server first starts.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        mp.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+        return SubprocVecEnv(list(fns), start_method="forkserver")
+    return SubprocVecEnv(list(fns), start_method="spawn")
+
+
+def wrap_normalize(conf: TrainConfig, venv: VecEnv, *, training: bool) -> VecNormalize:
+    """``VecNormalize`` as the run config asks (obs only unless ``env.normalize_reward``)."""
+    return VecNormalize(
+        venv,
+        training=training,
+        norm_obs=conf.env.normalize_obs,
+        norm_reward=conf.env.normalize_reward and training,
+        clip_obs=conf.env.clip_obs,
+        gamma=conf.agent.gamma,
+    )

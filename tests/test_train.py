@@ -1,0 +1,419 @@
+"""``opsworld train``: every valid agent/env pair, outputs, determinism, SB3Policy, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from agents.policy import Policy
+from agents.sb3.config import (
+    AGENT_SCHEMAS,
+    EnvConfig,
+    EnvName,
+    LoggerConfig,
+    LoggerKind,
+    PPOConfig,
+    TrainConfig,
+    WandbLoggerConfig,
+    check_config,
+)
+from agents.sb3.envs import ENV_IDS, check_scenario, env_seeds, make_env
+from agents.sb3.policy import ControlBelief, SB3Policy, control_view, load_run_config
+from envs.gym.envs import ClusterOpsEnv, RemediateEnv
+from envs.scenarios.loader import load_scenario
+from envs.sim.actions import DrainNode, validate_action
+from envs.sim.simulator import Simulator
+from experiments import train as train_mod
+from experiments.cli import CONFIG_DIR, ConfigError
+
+OPSWORLD = Path(sys.executable).with_name("opsworld")
+REPO = Path(__file__).resolve().parents[1]
+RUN_FILES = ("model.zip", "vecnormalize.pkl", "config.yaml", "metrics.json")
+VALID = [
+    ("ppo", "autoscale"),
+    ("ppo", "remediate"),
+    ("ppo", "ops"),
+    ("maskable_ppo", "remediate"),
+    ("maskable_ppo", "ops"),
+    ("dqn", "remediate"),
+    ("a2c", "autoscale"),
+]
+# chain3 with a bad deploy of api (rollback becomes valid) and a one-minute telemetry gap
+INCIDENT = {
+    "horizon_s": 300,
+    "faults": [
+        {"kind": "bad_deploy", "service": "api", "at_s": 45, "error_rate": 0.3},
+        {"kind": "telemetry", "mode": "gap", "at_s": 120, "duration_s": 60},
+    ],
+}
+
+Composer = Callable[..., DictConfig]
+
+
+@pytest.fixture(scope="module")
+def composer() -> Iterator[Composer]:
+    """``compose(overrides)`` of configs/train.yaml, as Hydra's own tests do."""
+    train_mod.register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+
+        def _compose(*overrides: str) -> DictConfig:
+            return compose(config_name="train", overrides=list(overrides))
+
+        yield _compose
+    GlobalHydra.instance().clear()
+
+
+def _metrics(run: Path) -> dict[str, Any]:
+    return json.loads((run / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_every_group_option_and_overlay_composes(composer: Composer) -> None:
+    for agent, env in VALID:
+        conf = train_mod.to_config(composer(f"agent={agent}", f"env={env}"))
+        check_config(conf)
+        assert conf.agent.algo == agent and conf.env.name == env
+    for logger in ("none", "csv", "tensorboard", "wandb"):
+        conf = train_mod.to_config(composer(f"logger={logger}"))
+        check_config(conf)
+        assert conf.logger.kind == logger
+    for experiment in sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")):
+        for debug in ((), ("debug=default",)):
+            conf = train_mod.to_config(composer(f"experiment={experiment}", *debug))
+            assert conf.experiment == experiment
+            check_config(conf)
+            check_scenario(conf)
+    debug = train_mod.to_config(composer("debug=default", "agent=dqn", "env=remediate"))
+    assert debug.debug == "default" and debug.scenario == "chain3"
+    assert debug.agent.learning_starts < debug.total_timesteps  # type: ignore[attr-defined]
+    # a command-line override beats the debug overlay's per-agent sizes
+    ppo = train_mod.to_config(composer("debug=default", "agent.n_steps=32"))
+    assert ppo.agent.n_steps == 32 and ppo.agent.n_epochs == 2  # type: ignore[attr-defined]
+
+
+def test_yaml_defaults_match_the_schemas(composer: Composer) -> None:
+    """configs/ and the dataclass defaults agree (no silent drift)."""
+    for algo, schema in AGENT_SCHEMAS.items():
+        yaml_agent = OmegaConf.to_container(composer(f"agent={algo}").agent)
+        assert yaml_agent == OmegaConf.to_container(OmegaConf.structured(schema())), algo
+    for name in EnvName:
+        yaml_env = OmegaConf.to_container(composer(f"env={name}").env)
+        assert yaml_env == OmegaConf.to_container(OmegaConf.structured(EnvConfig(name=name)))
+    wandb = OmegaConf.to_container(composer("logger=wandb").logger)
+    assert wandb == OmegaConf.to_container(OmegaConf.structured(WandbLoggerConfig()))
+    root = OmegaConf.to_container(composer())
+    default = OmegaConf.to_container(
+        OmegaConf.structured(
+            TrainConfig(
+                agent=PPOConfig(),
+                env=EnvConfig(name=EnvName.autoscale),
+                logger=LoggerConfig(kind=LoggerKind.csv),
+            )
+        )
+    )
+    assert isinstance(root, dict) and isinstance(default, dict)
+    assert str(root.pop("out")).startswith("outputs/train/") and default.pop("out")
+    assert root == default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("agent=dqn", "env=autoscale"), r"agent=dqn needs a Discrete action space.*env=remediate"),
+        (("agent=dqn", "env=ops"), r"agent=dqn .*env=ops is MultiDiscrete"),
+        (("agent=maskable_ppo", "env=autoscale"), r"agent=maskable_ppo needs action masks"),
+        (
+            ("env=ops", "env.obs=dict", "agent.policy=MlpPolicy"),
+            r"env.obs=dict .* need agent.policy=MultiInputPolicy",
+        ),
+        (("agent.policy=MultiInputPolicy",), r"agent.policy=MultiInputPolicy needs .*env.obs=dict"),
+        (("agent.batch_size=1000",), r"agent.batch_size=1000 must be in"),
+        (("n_envs=0",), r"n_envs must be >= 1"),
+        (("scenario=nope",), r"scenario=nope"),
+        (("resume=/no/such/checkpoint.zip",), r"resume=/no/such/checkpoint.zip: no such file"),
+    ],
+)
+def test_invalid_runs_fail_at_start_naming_the_field(
+    composer: Composer, tmp_path: Path, overrides: tuple[str, ...], match: str
+) -> None:
+    out = tmp_path / "run"
+    cfg = composer("debug=default", f"out={out}", *overrides)
+    with pytest.raises(ConfigError, match=match):
+        train_mod.train(cfg)
+    assert not out.exists()  # failed before writing anything
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (("agent.n_stepz=3",), "n_stepz"),
+        (("agent=dqn", "env=remediate", "agent.n_steps=3"), "n_steps"),
+        (("env.obs=boxx",), "env.obs"),
+        (("logger.project=x",), "project"),
+    ],
+)
+def test_schema_rejects_unknown_keys_and_bad_values(
+    composer: Composer, overrides: tuple[str, ...], field: str
+) -> None:
+    with pytest.raises(Exception, match=field):
+        train_mod.to_config(composer(*overrides))
+
+
+def test_plain_mapping_needs_a_known_algorithm() -> None:
+    with pytest.raises(ConfigError, match=r"agent.algo='sac' is not known"):
+        train_mod.to_config({"agent": {"algo": "sac"}})
+    with pytest.raises(ConfigError, match="n_stepz"):
+        train_mod.to_config({"agent": {"algo": "ppo", "n_stepz": 3}, "env": {"name": "ops"}})
+
+
+# --------------------------------------------------------------------------- runs
+
+
+class Recorder:
+    """Wraps a Policy and keeps every ``info`` it returns."""
+
+    def __init__(self, policy: SB3Policy) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.infos: list[dict[str, Any]] = []
+
+    def reset(self, n: int = 1) -> Any:
+        return self.policy.reset(n)
+
+    def act(self, obs: Any, state: Any) -> tuple[list[Any], Any, dict[str, Any]]:
+        actions, state, info = self.policy.act(obs, state)
+        self.infos.append(info)
+        return actions, state, info
+
+
+@pytest.mark.parametrize(
+    ("agent", "env", "obs"), [(a, e, "box") for a, e in VALID] + [("maskable_ppo", "ops", "dict")]
+)
+def test_valid_combination_trains_saves_and_serves(
+    composer: Composer, tmp_path: Path, agent: str, env: str, obs: str
+) -> None:
+    run = tmp_path / "run"
+    cfg = composer("debug=default", f"agent={agent}", f"env={env}", f"env.obs={obs}", f"out={run}")
+    returned = train_mod.train(cfg)
+    for name in RUN_FILES:
+        assert (run / name).stat().st_size > 0, name
+    metrics = _metrics(run)
+    assert metrics == json.loads(json.dumps(returned))
+    assert metrics["agent"] == agent and metrics["env"] == env
+    assert metrics["env_id"] == ENV_IDS[metrics["env"]] and metrics["vec_env"] == "dummy"
+    assert metrics["timesteps"] == metrics["trained_timesteps"] == 256
+    assert metrics["episodes"] >= 10  # 20-step episodes
+    for key in ("eval_mean_reward", "eval_std_reward", "wall_time_s", "steps_per_s"):
+        assert isinstance(metrics[key], float) and math.isfinite(metrics[key]), key
+    assert metrics["eval_mean_reward"] < 0 <= metrics["eval_std_reward"]  # penalties only
+    assert metrics["steps_per_s"] > 0 and metrics["best_eval_mean_reward"] is not None
+    # checkpoints with their statistics, best model with its statistics, eval log, csv log
+    for steps in (128, 256):
+        assert (run / "checkpoints" / f"model_{steps}_steps.zip").is_file()
+        assert (run / "checkpoints" / f"model_vecnormalize_{steps}_steps.pkl").is_file()
+    assert (run / "best" / "best_model.zip").is_file()
+    assert (run / "best" / "vecnormalize.pkl").is_file()
+    assert (run / "eval" / "evaluations.npz").is_file()
+    header = set((run / "logs" / "progress.csv").read_text().splitlines()[0].split(","))
+    assert {"env/ep_reward", "env/ep_slo_violation", "env/ep_cost", "eval/mean_reward"} <= header
+
+    # the resolved config round-trips and names what ran
+    conf = load_run_config(run)
+    assert conf.agent.algo == agent and conf.env.name == env and conf.env.obs == obs
+    assert conf.out == str(run) and conf.debug == "default"
+
+    # VecNormalize statistics reload onto a fresh env and carry what training saw
+    stats = VecNormalize.load(str(run / "vecnormalize.pkl"), DummyVecEnv([lambda: make_env(conf)]))
+    rms: Any = stats.obs_rms if obs == "box" else stats.obs_rms["service_values"]  # type: ignore[index]
+    assert rms.count > 256 and np.isfinite(rms.var).all()
+    stats.close()
+
+    # SB3Policy runs the trained agent in the simulator through an incident and a
+    # telemetry gap; the simulator itself refuses any invalid action
+    policy = Recorder(SB3Policy(run))
+    assert isinstance(policy.policy, Policy) and policy.name == f"sb3-{agent}"
+    scenario = load_scenario("chain3", INCIDENT)
+    result = Simulator(scenario).run(policy)
+    assert len(result.decisions) == len(policy.infos) == 20
+    for _, action in result.actions:
+        validate_action(action, scenario)
+        assert not isinstance(action, DrainNode)  # allow_drain=False masks draining
+    if agent == "maskable_ppo":
+        assert all(i["masked_out"] is False and i["n_valid"] >= 1 for i in policy.infos)
+
+
+def test_determinism_same_seed_same_run(composer: Composer, tmp_path: Path) -> None:
+    def run(seed: int, name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        out = tmp_path / name
+        cfg = composer(
+            "debug=default", "logger=none", "checkpoint_freq=0", f"seed={seed}", f"out={out}"
+        )
+        metrics = train_mod.train(cfg)
+        return metrics, PPO.load(out / "model.zip").policy.state_dict()
+
+    m1, p1 = run(0, "a")
+    m2, p2 = run(0, "b")
+    _, p3 = run(1, "c")
+    keys = ("eval_mean_reward", "eval_std_reward", "best_eval_mean_reward", "episodes")
+    assert {k: m1[k] for k in keys} == {k: m2[k] for k in keys}
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+    assert not all(torch.equal(p1[k], p3[k]) for k in p1)
+    assert not (tmp_path / "a" / "logs").exists()  # logger=none writes no files
+    # per-env seeds come from the run seed and never overlap across neighbouring runs
+    assert len(set(env_seeds(0, 4)) | set(env_seeds(1, 4)) | set(env_seeds(0, 1, 1))) == 9
+
+
+def test_resume_best_model_and_many_streams(composer: Composer, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    train_mod.train(composer("debug=default", "total_timesteps=128", f"out={first}"))
+    ckpt = first / "checkpoints" / "model_128_steps.zip"
+    out = tmp_path / "resumed"
+    metrics = train_mod.train(composer("debug=default", f"resume={ckpt}", f"out={out}"))
+    assert metrics["timesteps"] == 256 and metrics["trained_timesteps"] == 128
+    assert metrics["resumed_from"] == str(ckpt)
+    with pytest.raises(ConfigError, match="raise total_timesteps"):
+        train_mod.train(composer("debug=default", f"resume={out}", f"out={tmp_path / 'x'}"))
+    wrong = ("env=remediate", "total_timesteps=512", f"resume={out}", f"out={tmp_path / 'y'}")
+    with pytest.raises(ConfigError, match=r"cannot continue it as agent=ppo on env=remediate"):
+        train_mod.train(composer("debug=default", *wrong))
+
+    policy = SB3Policy(out, model="best/best_model.zip", vecnormalize="best/vecnormalize.pkl")
+    states = policy.reset(2)
+    assert isinstance(states, list) and len(states) == 2
+    frame = Simulator(load_scenario("chain3", {"horizon_s": 60})).reset()
+    _, state, info = policy.act(frame, states[0])
+    assert isinstance(state, ControlBelief) and state.desired == (2, 2, 2)
+    assert len(info["action"]) == 3 and info["masked_out"] is False
+
+
+def test_subproc_vec_env_with_two_envs(composer: Composer, tmp_path: Path) -> None:
+    cfg = composer("debug=default", "n_envs=2", "logger=none", "eval.freq=0", f"out={tmp_path}")
+    metrics = train_mod.train(cfg)
+    assert metrics["vec_env"] == "subproc" and metrics["n_envs"] == 2
+    assert metrics["timesteps"] == 256
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_tensorboard_and_wandb_loggers(
+    composer: Composer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logger: str
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = composer(
+        "debug=default", f"logger={logger}", "eval.freq=0", "checkpoint_freq=0", f"out={tmp_path}"
+    )
+    metrics = train_mod.train(cfg)
+    assert metrics["best_eval_mean_reward"] is None  # no periodic evaluation
+    assert list((tmp_path / "logs").glob("**/events.out.tfevents.*"))
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@pytest.mark.parametrize("env_cls", [RemediateEnv, ClusterOpsEnv])
+def test_control_view_matches_the_env_along_a_trajectory(env_cls: type) -> None:
+    """With complete telemetry, masks and decoded actions equal the env's own (drains aside)."""
+    kwargs = {"scenario": "chain3", "scenario_overrides": {**INCIDENT, "horizon_s": 600}}
+    real, twin = env_cls(**kwargs), env_cls(**kwargs)
+    real.reset(seed=3)
+    rng = np.random.default_rng(3)
+    belief = ControlBelief.initial([s.replicas.initial for s in real.specs])
+    n_rem = real.n_remediations
+    drains = np.zeros(n_rem, dtype=bool)
+    drains[n_rem - real.n_nodes :] = True
+    seen_rollback = False
+    done = False
+    while not done:
+        belief = belief.update(real._frame)
+        if not np.isnan(belief.deploy_version).any():  # outside the telemetry gap
+            twin.sim = control_view(belief, real.n_nodes, allow_drain=False)
+            want, got = real.action_masks(), twin.action_masks()
+            rem_want, rem_got = want[-n_rem:], got[-n_rem:]
+            assert (rem_want[~drains] == rem_got[~drains]).all(), real.sim.now
+            assert not rem_got[drains].any()
+            seen_rollback |= bool(rem_got[2 + 3 * 1])  # roll back api
+            for _ in range(8):
+                a = real.action_space.sample()
+                k = int(np.asarray(a).ravel()[-1])
+                if drains[k]:
+                    continue
+                assert twin.decode(a) == real.decode(a)
+        a = real.action_space.sample()
+        if isinstance(real, RemediateEnv) and rng.random() < 0.2:
+            a = 2 + 3 * 1  # roll back api now and then
+        _, _, _, done, _ = real.step(a)
+    assert seen_rollback
+
+
+def test_belief_keeps_last_values_through_a_gap_and_masks_rollback() -> None:
+    sim = Simulator(load_scenario("chain3", INCIDENT))
+    frames = [sim.reset()]
+    while not sim.done:
+        frames.extend(sim.step([]))
+    belief = ControlBelief.initial([1, 1, 1])
+    for frame in frames:
+        before = belief
+        belief = belief.update(frame)
+        if np.isnan(frame["replicas_desired"]).all():  # the gap
+            assert belief.desired == before.desired == (2, 2, 2)
+            assert np.isnan(belief.deploy_version).all()
+            view = control_view(belief, 3, allow_drain=True)
+            assert view.engine.cp.history == [[], [], []] and view.engine.cp.nodes == []
+        elif frame.t >= 120:
+            assert belief.deploy_version[1] > 0  # api was deployed at 45 s
+            assert control_view(belief, 3, allow_drain=True).engine.cp.history[1] == [0]
+    assert any(np.isnan(f["replicas_desired"]).all() for f in frames)
+    # draining: only with allow_drain, and only up to the ready-node count
+    assert len(control_view(belief, 3, allow_drain=True).engine.cp.nodes) == 3
+    assert control_view(belief, 3, allow_drain=False).engine.cp.nodes == []
+
+
+# --------------------------------------------------------------------------- console
+
+
+def _opsworld(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    assert OPSWORLD.exists(), f"console script missing: {OPSWORLD} (run make venv)"
+    env = {**os.environ, "WANDB_MODE": "disabled", "COLUMNS": "200"}
+    return subprocess.run(
+        [str(OPSWORLD), *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_console_script_debug_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _opsworld("train", "debug=default", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert _metrics(out)["timesteps"] == 256
+    assert "opsworld train: ppo on opsworld/Autoscale-v0" in proc.stdout
+    bad = _opsworld("train", "agent=dqn", "debug=default", f"out={tmp_path / 'bad'}", cwd=tmp_path)
+    assert bad.returncode == 2 and "agent=dqn needs a Discrete action space" in bad.stderr
+
+
+def test_console_script_multirun_one_dir_per_job(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = _opsworld("train", "-m", "seed=0,1", "debug=default", f"out={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for job, seed in (("0", 0), ("1", 1)):
+        run = out / job
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["seed"] == seed and config["out"] == str(run)
+        assert _metrics(run)["seed"] == seed
+        assert (run / "model.zip").is_file()
