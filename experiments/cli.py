@@ -58,11 +58,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "bench": Command(
         "experiments.bench",
-        "measure simulator speed (suite: sim); write experiments/results/<suite>_bench.*",
+        "benchmarks (suites: sim, incidents); write experiments/results/<suite>_bench.*",
         positional="suite",
     ),
     "train": Command("experiments.train", "train an SB3 agent on an env; write model.zip, metrics"),
-    # Later: "train", "evaluate", "serve", "shadow" -- one line each.
+    # Later: "evaluate", "serve", "shadow" -- one line each.
 }
 
 EXIT_USAGE = 2
