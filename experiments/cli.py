@@ -62,7 +62,8 @@ COMMANDS: dict[str, Command] = {
         positional="suite",
     ),
     "train": Command("experiments.train", "train an SB3 agent on an env; write model.zip, metrics"),
-    # Later: "evaluate", "serve", "shadow" -- one line each.
+    "evaluate": Command("experiments.evaluate", "score policies on a suite; write results, Pareto"),
+    # Later: "serve", "shadow" -- one line each.
 }
 
 EXIT_USAGE = 2

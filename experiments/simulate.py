@@ -98,6 +98,15 @@ class RunbookPolicyConfig(PolicyConfig):
 
 
 @dataclass
+class TunedHPAPolicyConfig(PolicyConfig):
+    """``policy=tuned_hpa``: the HPA with grid-searched knobs (``agents/baselines/tuned.py``)."""
+
+    name: str = "tuned_hpa"
+    target_cpu_utilization: int = 70
+    scale_down_stabilization_s: int = 300
+
+
+@dataclass
 class SimulateConfig:
     """Schema of ``configs/simulate.yaml``; a wrong key or type fails at composition.
 
@@ -130,6 +139,7 @@ SCHEMA = SimulateConfig
 
 PolicyFactory = Callable[[PolicyConfig, Scenario], Policy]
 
+
 def _hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
     target = getattr(cfg, "target_cpu_utilization", 70)
     return HPAPolicy(HPAConfig.cpu(target), scenario)
@@ -140,10 +150,20 @@ def _runbook(cfg: PolicyConfig, scenario: Scenario) -> Policy:
     return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(target))
 
 
+def _tuned_hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
+    from agents.baselines.tuned import TunedHPASettings, make_hpa
+
+    settings = TunedHPASettings(
+        getattr(cfg, "target_cpu_utilization", 70), getattr(cfg, "scale_down_stabilization_s", 300)
+    )
+    return make_hpa(settings, scenario)
+
+
 POLICIES: dict[str, PolicyFactory] = {
     "static": lambda cfg, scenario: StaticPolicy(),
     "hpa": _hpa,
     "runbook": _runbook,
+    "tuned_hpa": _tuned_hpa,
 }
 """Policy name -> factory; each has a ``configs/policy/<name>.yaml``."""
 
@@ -155,6 +175,7 @@ def register_configs() -> None:
     cs.store(group="schema/policy", name="static", node=StaticPolicyConfig)
     cs.store(group="schema/policy", name="hpa", node=HPAPolicyConfig)
     cs.store(group="schema/policy", name="runbook", node=RunbookPolicyConfig)
+    cs.store(group="schema/policy", name="tuned_hpa", node=TunedHPAPolicyConfig)
 
 
 def check_policy(cfg: PolicyConfig) -> None:

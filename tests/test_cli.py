@@ -146,7 +146,8 @@ def test_simulate_scenario_overrides(composer, tmp_path: Path) -> None:
 
 def test_simulate_rejects_bad_policy_and_scenario_before_running(tmp_path: Path) -> None:
     base = {"scenario": "chain3", "out": str(tmp_path / "x"), "horizon_s": 60}
-    with pytest.raises(ConfigError, match=r"policy.*'oracle'.*\['hpa', 'runbook', 'static'\]"):
+    known = r"\['hpa', 'runbook', 'static', 'tuned_hpa'\]"
+    with pytest.raises(ConfigError, match=r"policy.*'oracle'.*" + known):
         sim_mod.simulate({**base, "policy": {"name": "oracle"}})
     with pytest.raises(ConfigError, match=r"traffic\.base_rsp.*did you mean 'base_rps'"):
         sim_mod.simulate({**base, "scenario_overrides": {"traffic": {"base_rsp": 5}}})

@@ -267,9 +267,7 @@ class FluidEngine(Engine):
                 k, theta = q.gamma_shape_scale(x_mean, x_var)
                 p_to = np.where(self.finite_timeout, q.gamma_sf(self.timeout, k, theta), 0.0)
                 p_to = np.where(has_pods, p_to, 1.0)
-                d1 = np.where(
-                    self.finite_timeout, q.gamma_mean_min(self.timeout, k, theta), x_mean
-                )
+                d1 = np.where(self.finite_timeout, q.gamma_mean_min(self.timeout, k, theta), x_mean)
                 d1 = np.where(has_pods, d1, np.where(self.finite_timeout, self.timeout, 0.0))
                 d2 = x_var * (1.0 - p_to)
                 if self.has_edges:

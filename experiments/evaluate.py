@@ -1,0 +1,440 @@
+"""``opsworld evaluate``: score one or more policies on a scenario suite, in parallel.
+
+``opsworld evaluate policy=hpa suite=holdout seeds=3 out=runs/eval`` runs the policy on every
+entry of the suite x ``seeds`` replicates (:func:`experiments.suite_runner.run_one` in a
+process pool; fluid fidelity by default), scores each run with
+:func:`envs.scenarios.scoring.score_episode` and writes to ``out``:
+
+* ``<policy>/results.json`` and ``<policy>/results.md``: every run's score, per-entry means
+  and the aggregate (mean and IQM with bootstrap 95 % CIs), as
+  :class:`~experiments.suite_runner.SuiteResult` renders them;
+* ``summary.json`` and ``summary.md``: the aggregate of every policy side by side;
+* ``pareto.png``: mean cost vs mean SLO-violation minutes, one point per policy, with the
+  95 % CIs of both means as error bars;
+* ``timelines/<policy>/<entry>.png``: the timeline (:func:`envs.sim.plots.plot_timeline`) of
+  replicate 0 of the first ``timelines`` entries;
+* ``config.yaml``: this run's resolved config.
+
+``policy`` is a built-in name (``static``, ``hpa``, ``tuned_hpa``, ``runbook``; knobs from
+``configs/policy/<name>.yaml``) or an ``opsworld train`` run dir, loaded with
+:class:`agents.sb3.policy.SB3Policy` (pickles: trusted dirs only). ``policies=[static,hpa]``
+evaluates several (it replaces ``policy``). The baselines need the entry's scenario, which
+:func:`~experiments.suite_runner.run_suite`'s argument-less factory cannot give, so this
+module feeds :func:`~experiments.suite_runner.run_one` a picklable per-entry factory
+(``functools.partial(build_policy, spec, scenario)``) from its own pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import yaml
+from hydra.core.config_store import ConfigStore
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from agents.policy import Policy
+from envs.scenarios.schema import Scenario
+from envs.scenarios.scoring import aggregate
+from envs.scenarios.suites import Suite, SuiteError, load_suite
+from envs.sim.plots import plot_timeline
+from envs.sim.simulator import Simulator
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.simulate import (
+    POLICIES,
+    Fidelity,
+    HPAPolicyConfig,
+    PolicyConfig,
+    RunbookPolicyConfig,
+    StaticPolicyConfig,
+    TunedHPAPolicyConfig,
+    make_policy,
+)
+from experiments.suite_runner import RunScore, SuiteResult, run_one
+
+POLICY_DIR = Path(CONFIG_DIR) / "policy"
+"""``configs/policy/``: the knobs of the built-in policies."""
+
+SCHEMAS: dict[str, type[PolicyConfig]] = {
+    "static": StaticPolicyConfig,
+    "hpa": HPAPolicyConfig,
+    "runbook": RunbookPolicyConfig,
+    "tuned_hpa": TunedHPAPolicyConfig,
+}
+
+
+@dataclass
+class EvaluateConfig:
+    """Schema of ``configs/evaluate.yaml``; a wrong key or type fails at composition.
+
+    Attributes:
+        policy: A built-in policy name or an ``opsworld train`` run dir (trusted only).
+        policies: Several of those; when non-empty it replaces ``policy``.
+        suite: ``train``, ``holdout`` or a suite YAML path.
+        seeds: Replicates per entry (replicate indices ``0 .. seeds-1``).
+        workers: Worker processes (1: in this process).
+        fidelity: Simulator fidelity.
+        limit: Evaluate only the first ``limit`` entries (None: all).
+        timelines: Timeline PNGs per policy (replicate 0 of the first entries).
+        out: Output folder.
+    """
+
+    policy: str = "static"
+    policies: list[str] = field(default_factory=list)
+    suite: str = "holdout"
+    seeds: int = 1
+    workers: int = 2
+    fidelity: Fidelity = Fidelity.fluid
+    limit: int | None = None
+    timelines: int = 3
+    out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+
+
+SCHEMA = EvaluateConfig
+"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_config(cfg: DictConfig | EvaluateConfig | Mapping[str, Any]) -> EvaluateConfig:
+    """Validate a composed config (or a plain mapping) against :class:`EvaluateConfig`."""
+    if isinstance(cfg, EvaluateConfig):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), cfg))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad evaluate config: {err}") from None
+    assert isinstance(obj, EvaluateConfig)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# policies
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy to build per scenario (picklable).
+
+    Attributes:
+        label: Name used for output folders and tables.
+        config: Built-in policy config (None for a trained run dir).
+        run_dir: ``opsworld train`` run dir (None for a built-in).
+    """
+
+    label: str
+    config: PolicyConfig | None = None
+    run_dir: str | None = None
+
+
+_SB3_CACHE: dict[str, Policy] = {}
+
+
+def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
+    """A fresh policy for one run on ``scenario`` (a trained model loads once per process)."""
+    if spec.config is not None:
+        return make_policy(spec.config, scenario)
+    assert spec.run_dir is not None
+    if spec.run_dir not in _SB3_CACHE:
+        from agents.sb3.policy import SB3Policy
+
+        _SB3_CACHE[spec.run_dir] = SB3Policy(spec.run_dir)
+    return _SB3_CACHE[spec.run_dir]
+
+
+def load_policy_config(name: str) -> PolicyConfig:
+    """The built-in policy ``name`` with its knobs from ``configs/policy/<name>.yaml``."""
+    schema = SCHEMAS.get(name, PolicyConfig)
+    path = POLICY_DIR / f"{name}.yaml"
+    values: dict[str, Any] = {}
+    if path.exists():
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values.pop("defaults", None)
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"policy={name}: bad {path}: {err}") from None
+    assert isinstance(obj, PolicyConfig)
+    return obj
+
+
+def resolve_policy(name: str, key: str = "policy") -> PolicySpec:
+    """A :class:`PolicySpec` for a built-in name or a trained run dir.
+
+    Raises:
+        ConfigError: Naming ``key`` for an unknown name or a dir that is not a train run.
+    """
+    if name in POLICIES:
+        return PolicySpec(name, config=load_policy_config(name))
+    path = Path(name)
+    if not path.is_dir():
+        raise ConfigError(
+            f"{key}={name!r} is neither a known policy ({sorted(POLICIES)}) nor a trained "
+            "run dir (an 'opsworld train' output folder)"
+        )
+    missing = [
+        f for f in ("config.yaml", "model.zip", "vecnormalize.pkl") if not (path / f).exists()
+    ]
+    if missing:
+        raise ConfigError(
+            f"{key}={name!r}: not an 'opsworld train' run dir (missing {', '.join(missing)})"
+        )
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "trained"
+    return PolicySpec(f"sb3-{label}", run_dir=str(path.resolve()))
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def run_policy(
+    suite: Suite,
+    spec: PolicySpec,
+    replicates: Sequence[int],
+    workers: int,
+    fidelity: str,
+    progress: Callable[[int, int, RunScore], None] | None = None,
+) -> SuiteResult:
+    """Run ``spec`` on every entry x replicate of ``suite`` (in a spawn pool when workers>1)."""
+    tasks = [
+        (
+            e.id,
+            e.scenario,
+            k,
+            e.run_seed(k),
+            fidelity,
+            functools.partial(build_policy, spec, e.scenario),
+        )
+        for e in suite.entries
+        for k in replicates
+    ]
+    workers = max(1, min(workers, len(tasks)))
+    start = time.perf_counter()
+    done: dict[int, RunScore] = {}
+    if workers == 1:
+        for i, task in enumerate(tasks):
+            done[i] = run_one(*task)
+            if progress is not None:
+                progress(len(done), len(tasks), done[i])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures: dict[Future[RunScore], int] = {
+                pool.submit(run_one, *task): i for i, task in enumerate(tasks)
+            }
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in finished:
+                    failure = fut.exception()
+                    if failure is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise failure
+                    done[futures[fut]] = fut.result()
+                    if progress is not None:
+                        progress(len(done), len(tasks), done[futures[fut]])
+    runs = [done[i] for i in range(len(tasks))]
+    return SuiteResult(
+        suite=suite.name,
+        policy=spec.label,
+        fidelity=fidelity,
+        replicates=list(replicates),
+        runs=runs,
+        summary=aggregate([r.score for r in runs]),
+        wall_s=time.perf_counter() - start,
+        workers=workers,
+        entries=suite.ids,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
+    """Mean cost vs mean SLO-violation minutes per policy, with 95 % CI error bars."""
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    for r in results:
+        cost, slo = r.summary["cost"], r.summary["slo_violation_min"]
+        if cost.mean is None or slo.mean is None:
+            continue
+        xerr = (
+            [[cost.mean - cost.mean_ci[0]], [cost.mean_ci[1] - cost.mean]] if cost.mean_ci else None
+        )
+        yerr = [[slo.mean - slo.mean_ci[0]], [slo.mean_ci[1] - slo.mean]] if slo.mean_ci else None
+        ax.errorbar(cost.mean, slo.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=4, label=r.policy)
+        ax.annotate(r.policy, (cost.mean, slo.mean), textcoords="offset points", xytext=(6, 6))
+    suite = results[0].suite if results else ""
+    ax.set_xlabel("mean cost per episode")
+    ax.set_ylabel("mean SLO-violation minutes per episode")
+    ax.set_title(f"suite {suite}: cost vs SLO violation (95% CI)")
+    ax.grid(True, alpha=0.3)
+    if results:
+        ax.legend(loc="best")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def summary_markdown(results: Sequence[SuiteResult]) -> str:
+    """The aggregates of every policy side by side (mean [95% CI])."""
+    metrics = ("slo_violation_min", "error_budget_burn", "cost", "mitigated", "time_to_mitigate_s")
+    lines = [
+        "| policy | runs | " + " | ".join(f"`{m}` mean [95% CI]" for m in metrics) + " |",
+        "|---|---:|" + "---|" * len(metrics),
+    ]
+    for r in results:
+        cells = []
+        for m in metrics:
+            s = r.summary[m]
+            ci = f" [{s.mean_ci[0]:.3g}, {s.mean_ci[1]:.3g}]" if s.mean_ci else ""
+            cells.append("" if s.mean is None else f"{s.mean:.3g}{ci}")
+        lines.append(f"| `{r.policy}` | {len(r.runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_timelines(
+    suite: Suite, spec: PolicySpec, fidelity: str, n: int, folder: Path
+) -> list[Path]:
+    """Rerun replicate 0 of the first ``n`` entries in-process and plot each timeline."""
+    paths = []
+    for e in suite.entries[: max(0, n)]:
+        policy = build_policy(spec, e.scenario)
+        result = Simulator(e.scenario, fidelity=fidelity, seed=e.run_seed(0)).run(policy)
+        paths.append(
+            plot_timeline(result.frames, e.scenario, folder / f"{e.id}.png", actions=result.actions)
+        )
+    return paths
+
+
+def evaluate(
+    cfg: DictConfig | EvaluateConfig | Mapping[str, Any],
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate the configured policies and write the outputs of the module docstring.
+
+    Returns:
+        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...]}``.
+
+    Raises:
+        ConfigError: Before anything runs, naming the field (policy, policies, suite, seeds,
+            workers, limit, timelines).
+    """
+    conf = to_config(cfg)
+    names = list(conf.policies) or [conf.policy]
+    key = "policies" if len(names) > 1 else "policy"  # `policy=X` arrives as policies=['X']
+    specs = [resolve_policy(n, key) for n in names]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{key}={names}: a policy appears twice")
+    try:
+        suite = load_suite(conf.suite)
+    except (SuiteError, OSError) as err:
+        raise ConfigError(f"suite={conf.suite}: {err}") from None
+    for name, value, low in (("seeds", conf.seeds, 1), ("workers", conf.workers, 1)):
+        if value < low:
+            raise ConfigError(f"{name}={value}: must be >= {low}")
+    if conf.limit is not None:
+        if conf.limit < 1:
+            raise ConfigError(f"limit={conf.limit}: must be >= 1 (or null for all entries)")
+        suite = suite.subset(first=conf.limit)
+    if conf.timelines < 0:
+        raise ConfigError(f"timelines={conf.timelines}: must be >= 0")
+    fidelity = conf.fidelity.value
+    out = Path(conf.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True))
+
+    results: list[SuiteResult] = []
+    files: list[Path] = []
+    for spec in specs:
+        if log is not None:
+            log(
+                f"evaluate: {spec.label} on {suite.name} "
+                f"({len(suite)} entries x {conf.seeds} seeds)"
+            )
+        res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity)
+        results.append(res)
+        folder = out / spec.label
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(res.to_json())
+        (folder / "results.md").write_text(res.to_markdown())
+        files += [folder / "results.json", folder / "results.md"]
+        files += write_timelines(
+            suite, spec, fidelity, conf.timelines, out / "timelines" / spec.label
+        )
+
+    summary = {
+        "suite": suite.name,
+        "fidelity": fidelity,
+        "seeds": conf.seeds,
+        "entries": len(suite),
+        "policies": {r.policy: {k: v.as_dict() for k, v in r.summary.items()} for r in results},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = summary_markdown(results)
+    (out / "summary.md").write_text(
+        f"# Evaluation on suite `{suite.name}`\n\n{len(suite)} entries x {conf.seeds} seed(s), "
+        f"{fidelity} fidelity. Definitions: docs/scoring.md.\n\n{table}\n\n![Pareto](pareto.png)\n"
+    )
+    files += [out / "summary.json", out / "summary.md", plot_pareto(results, out / "pareto.png")]
+    if log is not None:
+        log(table)
+        log(f"wrote {len(files)} files to {out}")
+    return {
+        "out": str(out),
+        "results": {r.policy: r.to_dict() for r in results},
+        "files": [str(f) for f in files],
+    }
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except ConfigError as err:
+        print(f"opsworld evaluate: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def rewrite_policy_arg(args: Sequence[str]) -> list[str]:
+    """``policy=X`` -> ``policies=['X']``.
+
+    ``configs/policy/`` is a Hydra config group, so Hydra would read ``policy=X`` as a group
+    choice (and fail: this config has no ``policy`` group in its defaults list).
+    """
+    out = []
+    for a in args:
+        if a.startswith("policy="):
+            value = a.split("=", 1)[1].replace("\\", "\\\\").replace("'", "\\'")
+            a = f"policies=['{value}']"
+        out.append(a)
+    return out
+
+
+def main() -> None:
+    """Console entry: register the schemas, then let Hydra parse ``sys.argv``."""
+    register_configs()
+    sys.argv = [sys.argv[0], *rewrite_policy_arg(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
