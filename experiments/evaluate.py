@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +60,7 @@ from experiments.simulate import (
     TunedHPAPolicyConfig,
     make_policy,
 )
-from experiments.suite_runner import RunScore, SuiteResult, run_one
+from experiments.suite_runner import RunScore, SuiteResult, execute
 
 POLICY_DIR = Path(CONFIG_DIR) / "policy"
 """``configs/policy/``: the knobs of the built-in policies."""
@@ -225,31 +223,7 @@ def run_policy(
     ]
     workers = max(1, min(workers, len(tasks)))
     start = time.perf_counter()
-    done: dict[int, RunScore] = {}
-    if workers == 1:
-        for i, task in enumerate(tasks):
-            done[i] = run_one(*task)
-            if progress is not None:
-                progress(len(done), len(tasks), done[i])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures: dict[Future[RunScore], int] = {
-                pool.submit(run_one, *task): i for i, task in enumerate(tasks)
-            }
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    failure = fut.exception()
-                    if failure is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise failure
-                    done[futures[fut]] = fut.result()
-                    if progress is not None:
-                        progress(len(done), len(tasks), done[futures[fut]])
-    runs = [done[i] for i in range(len(tasks))]
+    runs = execute(tasks, workers, progress)
     return SuiteResult(
         suite=suite.name,
         policy=spec.label,

@@ -234,6 +234,44 @@ def run_one(
     return RunScore(entry_id, replicate, seed, score, time.perf_counter() - start)
 
 
+def execute(
+    tasks: Sequence[tuple[Any, ...]],
+    workers: int,
+    progress: Callable[[int, int, RunScore], None] | None = None,
+) -> list[RunScore]:
+    """Run each task (the arguments of :func:`run_one`) and return the scores in task order.
+
+    ``workers == 1`` runs in this process; otherwise a spawn pool of ``workers`` processes.
+    The first failure cancels the rest and is raised.
+    """
+    done: dict[int, RunScore] = {}
+    if workers == 1:
+        for i, task in enumerate(tasks):
+            done[i] = run_one(*task)
+            if progress is not None:
+                progress(len(done), len(tasks), done[i])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures: dict[Future[RunScore], int] = {
+                pool.submit(run_one, *task): i for i, task in enumerate(tasks)
+            }
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in finished:
+                    failure = fut.exception()
+                    if failure is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise failure
+                    i = futures[fut]
+                    done[i] = fut.result()
+                    if progress is not None:
+                        progress(len(done), len(tasks), done[i])
+    return [done[i] for i in range(len(tasks))]
+
+
 def run_suite(
     suite: Suite,
     policy_factory: PolicyFactory,
@@ -296,33 +334,8 @@ def run_suite(
             ) from exc
 
     start = time.perf_counter()
-    done: dict[int, RunScore] = {}
-    if workers == 1:
-        for i, task in enumerate(tasks):
-            done[i] = run_one(*task)
-            if progress is not None:
-                progress(len(done), len(tasks), done[i])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures: dict[Future[RunScore], int] = {
-                pool.submit(run_one, *task): i for i, task in enumerate(tasks)
-            }
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    failure = fut.exception()
-                    if failure is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise failure
-                    i = futures[fut]
-                    done[i] = fut.result()
-                    if progress is not None:
-                        progress(len(done), len(tasks), done[i])
+    runs = execute(tasks, workers, progress)
     wall = time.perf_counter() - start
-    runs = [done[i] for i in range(len(tasks))]
     return SuiteResult(
         suite=suite.name,
         policy=policy_name,
