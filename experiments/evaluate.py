@@ -84,6 +84,8 @@ class EvaluateConfig:
         seeds: Replicates per entry (replicate indices ``0 .. seeds-1``).
         workers: Worker processes (1: in this process).
         fidelity: Simulator fidelity.
+        topology: Evaluate only the entries on this topology (e.g. ``chain3``; None: all). A
+            trained policy fits one topology: its observation size depends on it.
         limit: Evaluate only the first ``limit`` entries (None: all).
         timelines: Timeline PNGs per policy (replicate 0 of the first entries).
         out: Output folder.
@@ -95,6 +97,7 @@ class EvaluateConfig:
     seeds: int = 1
     workers: int = 2
     fidelity: Fidelity = Fidelity.fluid
+    topology: str | None = None
     limit: int | None = None
     timelines: int = 3
     out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
@@ -325,6 +328,15 @@ def evaluate(
     for name, value, low in (("seeds", conf.seeds, 1), ("workers", conf.workers, 1)):
         if value < low:
             raise ConfigError(f"{name}={value}: must be >= {low}")
+    if conf.topology is not None:
+        keep = [e.id for e in suite.entries if e.scenario.topology.name == conf.topology]
+        if not keep:
+            names = sorted({e.scenario.topology.name for e in suite.entries})
+            raise ConfigError(
+                f"topology={conf.topology}: no entry of suite {suite.name!r} uses it; "
+                f"its topologies are {names}"
+            )
+        suite = suite.subset(keep)
     if conf.limit is not None:
         if conf.limit < 1:
             raise ConfigError(f"limit={conf.limit}: must be >= 1 (or null for all entries)")

@@ -142,7 +142,19 @@ def test_evaluate_rejects_bad_config_naming_the_field(tmp_path: Path) -> None:
         ev.evaluate({**base, "limit": 0}, log=None)
     with pytest.raises(ConfigError, match=r"fidelity"):
         ev.evaluate({**base, "fidelity": "warp"}, log=None)
+    with pytest.raises(ConfigError, match=r"topology=atlantis.*\['boutique', 'chain3'\]"):
+        ev.evaluate({**base, "limit": None, "topology": "atlantis"}, log=None)
     assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_topology_keeps_only_that_topologys_entries(tmp_path: Path) -> None:
+    cfg = {"suite": "holdout", "topology": "mesh40", "limit": 1, "workers": 1, "timelines": 0}
+    out = tmp_path / "mesh"
+    ev.evaluate({**cfg, "policy": "static", "out": str(out)}, log=None)
+    data = json.loads((out / "static" / "results.json").read_text())
+    ids = {run["entry"] for run in data["per_run"]}
+    mesh = [e.id for e in load_suite("holdout").entries if e.scenario.topology.name == "mesh40"]
+    assert ids == {mesh[0]}
 
 
 def test_console_script_runs(tmp_path: Path) -> None:
