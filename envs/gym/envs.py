@@ -201,7 +201,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         eng = self.sim.engine
         self._last_viol = eng.violation_s.copy()
         self._slo_mask = ~np.isnan(eng.slo_p99)
-        self._base_cost_rate = max(eng.cp.cost_rate, 1e-9)
+        self._base_cost_rate = max(eng.cp.allocated_cost_rate, 1e-9)
         self._last_cost = 0.0
         info = {"scenario": sc.name, "sim_seed": sim_seed, "t": frame.t}
         return self._observe(frame), info
@@ -232,7 +232,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         n_slo = max(int(self._slo_mask.sum()), 1)
         slo = float(np.sum((viol - self._last_viol)[self._slo_mask])) / (dt * n_slo)
         self._last_viol = viol.copy()
-        cost_total = eng.cp.accounting()[2]
+        cost_total = eng.cp.allocated_cost()
         cost = (cost_total - self._last_cost) / (self._base_cost_rate * dt / 3600.0)
         self._last_cost = cost_total
         disruptive = sum(
@@ -299,8 +299,12 @@ _SPEC_COMMON = """
 
     * ``slo_violation``: seconds of SLO violation in the step over all services with an SLO,
       divided by the step length and their number (0 = all SLOs met, 1 = all broken);
-    * ``cost``: spend in the step over the spend of the initial cluster in the same time
-      (1 = as expensive as the start);
+    * ``cost``: spend attributed to the pods in the step (their CPU requests at the node's
+      price per core, as FinOps tools allocate a bill) over that of the initial pods in the
+      same time (1 = as many pods as at the start, 2 = twice as many cores). The node bill
+      itself does not move when pods scale within fixed nodes, so it would make
+      over-provisioning free; an agent trained on it learned to scale everything to its
+      maximum;
     * ``disruption``: number of disruptive actions (restart, rollback, drain, shedding > 0).
 
     Defaults ``w_slo = 1``, ``w_cost = 0.2``, ``w_disruption = 0.05``

@@ -178,6 +178,9 @@ class ControlPlane:
         self.node_seconds = 0.0
         self.cost_total = 0.0
         self._bound_pods = 0
+        self._bound_cores = 0.0
+        self.core_seconds = 0.0
+        """Cumulative CPU cores requested by pods bound to nodes, times seconds."""
         self._pod_cost_rate = 0.0  # per hour, surcharges of bound pods
         self._live_nodes = 0
         for _ in range(scenario.cluster.nodes):
@@ -199,6 +202,7 @@ class ControlPlane:
         dt = now - self._acct_t
         if dt > 0:
             self.pod_seconds += self._bound_pods * dt
+            self.core_seconds += self._bound_cores * dt
             self.node_seconds += self._live_nodes * dt
             self.cost_total += dt / 3600.0 * self.cost_rate
             self._acct_t = now
@@ -207,6 +211,28 @@ class ControlPlane:
     def cost_rate(self) -> float:
         """Current spend per hour: live nodes plus per-pod surcharges."""
         return self._live_nodes * self.sc.cluster.cost_per_node_hour + self._pod_cost_rate
+
+    @property
+    def core_price_per_hour(self) -> float:
+        """Price of one requested core-hour: the node price over the node's cores."""
+        return self.sc.cluster.cost_per_node_hour / self.sc.cluster.node_cpu
+
+    @property
+    def allocated_cost_rate(self) -> float:
+        """Spend per hour attributed to the pods by their CPU requests (as FinOps tools do)."""
+        return self._bound_cores * self.core_price_per_hour + self._pod_cost_rate
+
+    def allocated_cost(self) -> float:
+        """Cumulative spend attributed to pods by their CPU requests (plus pod surcharges).
+
+        Unlike the node bill (``cost_total``), it moves with every pod added or removed,
+        also while the node count stays fixed.
+        """
+        self._account()
+        surcharge = (
+            self.cost_total - self.node_seconds / 3600.0 * self.sc.cluster.cost_per_node_hour
+        )
+        return self.core_seconds / 3600.0 * self.core_price_per_hour + max(surcharge, 0.0)
 
     def accounting(self) -> tuple[float, float, float]:
         """``(pod_seconds, node_hours, cost_total)`` up to now."""
@@ -301,6 +327,7 @@ class ControlPlane:
         self.pending.remove(pod.uid)
         self.n_pending[pod.service] -= 1
         self._bound_pods += 1
+        self._bound_cores += spec.cpu_request
         self._pod_cost_rate += self.specs[pod.service].cost_per_pod_hour
         return True
 
@@ -317,6 +344,7 @@ class ControlPlane:
             node.empty_since = self.env.now
         pod.node = -1
         self._bound_pods -= 1
+        self._bound_cores -= spec.cpu_request
         self._pod_cost_rate -= self.specs[pod.service].cost_per_pod_hour
 
     def _schedule(self) -> None:

@@ -213,6 +213,7 @@ class Engine(abc.ABC):
                 pod_s,
                 node_h,
                 cp.shed_fraction,
+                cp.allocated_cost(),
             ],
             dtype=np.float64,
         )

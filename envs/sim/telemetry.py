@@ -53,6 +53,7 @@ CLUSTER_FIELDS: tuple[str, ...] = (
     "pod_seconds",  # cumulative pod-seconds (pods bound to a node)
     "node_hours",  # cumulative node-hours (incl. provisioning)
     "shed_fraction",  # fraction of external traffic shed at the ingress
+    "allocated_cost_total",  # cumulative spend attributed to pods by their CPU requests
 )
 CLUSTER_INDEX: dict[str, int] = {f: i for i, f in enumerate(CLUSTER_FIELDS)}
 
