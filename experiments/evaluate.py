@@ -9,7 +9,7 @@ process pool; fluid fidelity by default), scores each run with
   and the aggregate (mean and IQM with bootstrap 95 % CIs), as
   :class:`~experiments.suite_runner.SuiteResult` renders them;
 * ``summary.json`` and ``summary.md``: the aggregate of every policy side by side;
-* ``pareto.png``: mean cost vs mean SLO-violation minutes, one point per policy, with the
+* ``pareto.png``: mean allocated cost vs mean SLO-violation minutes, one point per policy, with the
   95 % CIs of both means as error bars;
 * ``timelines/<policy>/<entry>.png``: the timeline (:func:`envs.sim.plots.plot_timeline`) of
   replicate 0 of the first ``timelines`` entries;
@@ -249,7 +249,7 @@ def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
     for r in results:
-        cost, slo = r.summary["cost"], r.summary["slo_violation_min"]
+        cost, slo = r.summary["allocated_cost"], r.summary["slo_violation_min"]
         if cost.mean is None or slo.mean is None:
             continue
         xerr = (
@@ -259,7 +259,7 @@ def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
         ax.errorbar(cost.mean, slo.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=4, label=r.policy)
         ax.annotate(r.policy, (cost.mean, slo.mean), textcoords="offset points", xytext=(6, 6))
     suite = results[0].suite if results else ""
-    ax.set_xlabel("mean cost per episode")
+    ax.set_xlabel("mean allocated cost per episode (pods' CPU requests at node price)")
     ax.set_ylabel("mean SLO-violation minutes per episode")
     ax.set_title(f"suite {suite}: cost vs SLO violation (95% CI)")
     ax.grid(True, alpha=0.3)
@@ -272,7 +272,13 @@ def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
 
 def summary_markdown(results: Sequence[SuiteResult]) -> str:
     """The aggregates of every policy side by side (mean [95% CI])."""
-    metrics = ("slo_violation_min", "error_budget_burn", "cost", "mitigated", "time_to_mitigate_s")
+    metrics = (
+        "slo_violation_min",
+        "error_budget_burn",
+        "allocated_cost",
+        "mitigated",
+        "time_to_mitigate_s",
+    )
     lines = [
         "| policy | runs | " + " | ".join(f"`{m}` mean [95% CI]" for m in metrics) + " |",
         "|---|---:|" + "---|" * len(metrics),

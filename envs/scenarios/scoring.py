@@ -132,6 +132,9 @@ class EpisodeScore:
     disruptive_actions: int
     actions_without_fault: int
     unknown_state_rate: float
+    allocated_cost: float = math.nan
+    """Spend attributed to the pods by their CPU requests (``allocated_cost_total``): moves
+    with scaling even when the node count (and so ``cost``, the node bill) does not."""
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict."""
@@ -150,6 +153,7 @@ class EpisodeScore:
             "p99_mean_s": self.p99_mean_s,
             "p99_max_s": self.p99_max_s,
             "cost": self.cost if math.isfinite(self.cost) else None,
+            "allocated_cost": (self.allocated_cost if math.isfinite(self.allocated_cost) else None),
             "time_to_mitigate_s": self.time_to_mitigate_s,
             "mitigated": float(self.mitigated) if has_fault else None,
             "relapsed": None if self.relapsed is None else float(self.relapsed),
@@ -166,6 +170,7 @@ METRICS: tuple[str, ...] = (
     "p99_mean_s",
     "p99_max_s",
     "cost",
+    "allocated_cost",
     "time_to_mitigate_s",
     "mitigated",
     "relapsed",
@@ -241,6 +246,7 @@ def score_episode(result: SimResult) -> EpisodeScore:
         p99_mean_s=float(finite.mean()) if finite.size else None,
         p99_max_s=float(finite.max()) if finite.size else None,
         cost=episode_cost(frames, sc.horizon_s),
+        allocated_cost=episode_allocated_cost(frames, sc.horizon_s),
         time_to_mitigate_s=ttm,
         mitigated=mitigated,
         impacted=impacted,
@@ -404,6 +410,21 @@ def episode_cost(frames: Sequence[Telemetry], horizon_s: float | None = None) ->
                 return total
             rate = float(f.cluster[ci_rate]) if f.cluster_mask[ci_rate] else 0.0
             return total + rate * (end - f.t) / 3600.0
+    return math.nan
+
+
+def episode_allocated_cost(frames: Sequence[Telemetry], horizon_s: float | None = None) -> float:
+    """Spend attributed to pods over the episode (``allocated_cost_total`` of the last frame).
+
+    When a telemetry gap hides the end, the last observed value scaled by ``end / t`` (its
+    average rate carried to the end). NaN when no frame observed it.
+    """
+    end = frames[-1].t if horizon_s is None else float(horizon_s)
+    ci = CLUSTER_INDEX["allocated_cost_total"]
+    for f in reversed(frames):
+        if f.cluster_mask[ci]:
+            total = float(f.cluster[ci])
+            return total if f.t >= end - _EPS or f.t <= 0 else total * end / f.t
     return math.nan
 
 
