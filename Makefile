@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/opsworld evaluate 'policies=[$(DEMO_OUT)/train,hpa,tuned_hpa,runbook,static]' \
 		suite=demo seeds=2 out=$(DEMO_OUT)/eval
 	@echo "Table:     $(DEMO_OUT)/eval/summary.md"
-	@echo "Pareto:    $(DEMO_OUT)/eval/pareto.png  (cost vs SLO-violation minutes, 95% CIs)"
+	@echo "Pareto:    $(DEMO_OUT)/eval/pareto.png  (allocated cost vs SLO-violation minutes, 95% CIs)"
 	@echo "Timelines: $(DEMO_OUT)/eval/timelines/<policy>/<incident>.png"
 	@echo "Model:     $(DEMO_OUT)/train/model.zip  (+ vecnormalize.pkl, metrics.json)"
 

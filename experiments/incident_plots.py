@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from agents.policy import Policy, StaticPolicy
+from agents.policy import Policy, ScriptedPolicy, StaticPolicy
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
@@ -56,23 +56,6 @@ HEADROOM = {
 """chain3 with twice the api and db pods (a 3x flash crowd then overloads only the frontend)."""
 FULL_CLUSTER = {"cluster.node_cpu": 1.5}
 """Three 1.5-core nodes: chain3's six pods fill them, leaving no room for a replacement."""
-
-
-class ScriptedPolicy:
-    """Takes fixed actions at fixed decision times (seconds from the start); nothing else."""
-
-    name = "scripted"
-
-    def __init__(self, script: Mapping[float, Sequence[Action]]) -> None:
-        self.script = {round(t): list(a) for t, a in script.items()}
-
-    def reset(self, n: int = 1) -> None:
-        """No state."""
-        return None
-
-    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
-        """The actions scripted for the frame's time (none for other frames)."""
-        return list(self.script.get(round(obs.t), [])), state, {}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any, get_args
 import numpy as np
 import pytest
 
-from agents.policy import StaticPolicy
+from agents.policy import ScriptedPolicy, StaticPolicy
 from envs.scenarios.loader import ScenarioError, load_scenario
 from envs.scenarios.schema import FAULT_KINDS, Fault, Scenario
 from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
@@ -49,23 +49,6 @@ HEADROOM = {
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-class ScriptedPolicy:
-    """Takes fixed actions at fixed decision times (seconds); nothing otherwise."""
-
-    name = "scripted"
-
-    def __init__(self, script: Mapping[float, Sequence[Action]]) -> None:
-        self.script = {round(t): list(a) for t, a in script.items()}
-
-    def reset(self, n: int = 1) -> None:
-        """No state."""
-        return None
-
-    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
-        """The actions scripted for the frame's time."""
-        return list(self.script.get(round(obs.t), [])), state, {}
 
 
 @dataclass
