@@ -44,7 +44,7 @@ from rich.table import Table
 from agents.baselines.hpa import HPAConfig, HPAPolicy
 from agents.baselines.runbook import RunbookPolicy
 from agents.policy import Policy, StaticPolicy
-from envs.scenarios.loader import ScenarioError, load_scenario
+from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action
 from envs.sim.export import SUFFIXES, write_telemetry
@@ -206,21 +206,6 @@ def to_config(cfg: DictConfig | SimulateConfig | Mapping[str, Any]) -> SimulateC
         raise ConfigError(f"bad simulate config: {err}") from None
     assert isinstance(obj, SimulateConfig)
     return obj
-
-
-def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``).
-
-    Lists and empty mappings are leaves: they replace the scenario's value whole.
-    """
-    out: dict[str, Any] = {}
-    for k, v in nested.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def scenario_overrides(conf: SimulateConfig) -> dict[str, Any]:

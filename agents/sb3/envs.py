@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import (
 
 import envs.gym  # noqa: F401  (registers the opsworld ids)
 from agents.sb3.config import EnvName, SB3ConfigError, TrainConfig, VecEnvKind
-from envs.scenarios.loader import ScenarioError, load_scenario
+from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 
 ENV_IDS: dict[EnvName, str] = {
     EnvName.autoscale: "opsworld/Autoscale-v0",
@@ -49,21 +49,6 @@ FORKSERVER_PRELOAD: tuple[str, ...] = (
     "agents.sb3.envs",
 )
 """Modules the forkserver imports once for all ``SubprocVecEnv`` workers."""
-
-
-def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to the dotted keys that ``load_scenario`` takes.
-
-    Lists and empty mappings are leaves (they replace the scenario's value whole).
-    """
-    out: dict[str, Any] = {}
-    for k, v in nested.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _plain(value: Any) -> Any:

@@ -315,6 +315,22 @@ def _resolve(
     return raw
 
 
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to the dotted keys that :func:`load_scenario` takes.
+
+    ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``. Lists and empty mappings are leaves: they replace
+    the scenario's value whole.
+    """
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     """``top`` over ``base``: mappings merge recursively, everything else (lists too) replaces.
 
