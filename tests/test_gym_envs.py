@@ -209,3 +209,45 @@ def test_docs_envs_page_matches_the_docstrings() -> None:
         doc = "\n".join(line.strip() for line in (cls.__doc__ or "").splitlines())
         text = "\n".join(line.strip() for line in page.splitlines())
         assert doc.strip() in text, f"docs/envs.md is out of date for {cls.__name__}"
+
+
+def test_action_feature_matrix_matches_the_encoded_actions() -> None:
+    """``onehot(a) @ M`` equals the features of the actions ``a`` decodes to (unclamped)."""
+    auto = og.envs.AutoscaleEnv(scenario="boutique")
+    auto.reset(seed=3)
+    m = auto.action_feature_matrix()
+    s = len(auto.services)
+    assert m.shape == (5 * s, 3 * s + 3)
+    up = np.full(s, 3)  # +1 everywhere: no service starts at its max
+    onehot = np.concatenate([np.eye(5)[k] for k in up])
+    desired = auto.sim.engine.cp.desired.copy()
+    feats = auto.action_encoder.encode(auto.decode(up), desired)
+    np.testing.assert_allclose(onehot @ m, feats, atol=1e-6)
+    _, _, _, _, info = auto.step(up)
+    np.testing.assert_array_equal(info["action_features"], feats)
+
+    rem = og.envs.RemediateEnv(scenario="boutique")
+    rem.reset(seed=3)
+    m = rem.action_feature_matrix()
+    mask = rem.action_masks()
+    for k in range(rem.action_space.n):
+        if not mask[k]:
+            continue
+        feats = rem.action_encoder.encode(rem.decode(k), rem.sim.engine.cp.desired)
+        np.testing.assert_allclose(np.eye(rem.action_space.n)[k] @ m, feats, atol=1e-6)
+
+    ops = og.envs.ClusterOpsEnv(scenario="boutique")
+    assert ops.action_feature_matrix().shape == (5 * s + rem.action_space.n, 3 * s + 3)
+
+
+def test_step_actions_takes_simulator_actions() -> None:
+    env = og.envs.RemediateEnv(scenario="chain3")
+    env.reset(seed=0)
+    _, _, _, _, info = env.step_actions([Scale("api", 4), Restart("db"), ShedLoad(0.25)])
+    f = info["action_features"].reshape(-1)
+    s = len(env.services)
+    per = f[: 3 * s].reshape(s, 3)
+    api, db = env.services.index("api"), env.services.index("db")
+    assert per[db, 1] == 1.0 and per[api, 1] == 0.0
+    assert f[-3:].tolist() == [1.0, 0.25, 0.0]
+    assert env.frame.t == env.sim.now

@@ -172,3 +172,55 @@ def time_features(t: float) -> np.ndarray:
     day = 2 * np.pi * (t % 86400.0) / 86400.0
     week = 2 * np.pi * (t % 604800.0) / 604800.0
     return np.array([np.sin(day), np.cos(day), np.sin(week), np.cos(week)], dtype=np.float32)
+
+
+ACTION_SERVICE_FEATURES: tuple[str, ...] = ("scale", "restart", "rollback")
+ACTION_CLUSTER_FEATURES: tuple[str, ...] = ("shed_set", "shed_fraction", "drain")
+
+
+@dataclass(frozen=True)
+class ActionEncoder:
+    """Encodes the simulator actions taken at one decision as a float32 vector.
+
+    The world model reads actions in this form whatever policy took them (HPA, runbook,
+    SB3, Dreamer), so it can learn from all of them. Layout ``[services (S*3), cluster (3)]``:
+
+    * per service: ``scale`` = ``symlog(new desired - old desired)`` (0 when not scaled),
+      ``restart`` and ``rollback`` (0/1);
+    * cluster: ``shed_set`` (1 when a ShedLoad was issued), ``shed_fraction`` (its level),
+      ``drain`` (1 when a node was drained).
+
+    Args:
+        services: Service names in topology order.
+    """
+
+    services: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        """Length of the vector, ``3 S + 3``."""
+        return len(ACTION_SERVICE_FEATURES) * len(self.services) + len(ACTION_CLUSTER_FEATURES)
+
+    def encode(self, actions: Any, desired: Any) -> np.ndarray:
+        """Vector for ``actions`` (a list of simulator actions) given the desired replicas
+        per service (topology order) when they were taken."""
+        from envs.sim.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
+
+        index = {name: i for i, name in enumerate(self.services)}
+        k = len(ACTION_SERVICE_FEATURES)
+        out = np.zeros(self.size, dtype=np.float32)
+        svc = out[: k * len(self.services)].reshape(len(self.services), k)
+        for a in actions:
+            if isinstance(a, Scale):
+                i = index[a.service]
+                svc[i, 0] = symlog(np.float64(a.replicas - int(desired[i])))
+            elif isinstance(a, Restart):
+                svc[index[a.service], 1] = 1.0
+            elif isinstance(a, Rollback):
+                svc[index[a.service], 2] = 1.0
+            elif isinstance(a, ShedLoad):
+                out[-3] = 1.0
+                out[-2] = a.fraction
+            elif isinstance(a, DrainNode):
+                out[-1] = 1.0
+        return out

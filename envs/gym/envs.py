@@ -17,7 +17,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.gym.encoder import BOUND, CLUSTER_FEATURES, SERVICE_FEATURES, TIME_FEATURES, ObsEncoder
+from envs.gym.encoder import (
+    BOUND,
+    CLUSTER_FEATURES,
+    SERVICE_FEATURES,
+    TIME_FEATURES,
+    ActionEncoder,
+    ObsEncoder,
+    symlog,
+)
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
@@ -81,6 +89,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         self.weights = reward_weights or RewardWeights()
         self.services = tuple(base.service_names)
         self.encoder = ObsEncoder(self.services)
+        self.action_encoder = ActionEncoder(self.services)
         self.specs = base.topology.services
         self.n_nodes = base.cluster.nodes
         s, f, c = len(self.services), len(SERVICE_FEATURES), len(CLUSTER_FEATURES)
@@ -174,6 +183,38 @@ class ClusterEnv(gym.Env[Any, Any]):
         """Valid actions (True = valid), flat as sb3-contrib's MaskablePPO reads them."""
         raise NotImplementedError
 
+    def action_feature_matrix(self) -> np.ndarray:
+        """``M`` with ``onehot(action) @ M`` = the action's :class:`ActionEncoder` features,
+        ignoring clamps and masks (which need the cluster's state).
+
+        ``onehot`` concatenates one one-hot per action dimension (MultiDiscrete) or is one
+        one-hot (Discrete). A world model imagines with this linear map.
+        """
+        raise NotImplementedError
+
+    def _scaling_matrix(self) -> np.ndarray:
+        s, n = len(self.services), len(SCALE_DELTAS)
+        m = np.zeros((s * n, self.action_encoder.size), dtype=np.float32)
+        for i in range(s):
+            for k, d in enumerate(SCALE_DELTAS):
+                m[i * n + k, 3 * i] = symlog(np.float64(d))
+        return m
+
+    def _remediation_matrix(self) -> np.ndarray:
+        s, r = len(self.services), len(SERVICE_REMEDIATIONS)
+        m = np.zeros((self.n_remediations, self.action_encoder.size), dtype=np.float32)
+        for svc in range(s):
+            base = 1 + svc * r
+            m[base + 0, 3 * svc + 1] = 1.0  # restart
+            m[base + 1, 3 * svc + 2] = 1.0  # rollback
+            m[base + 2, 3 * svc] = symlog(np.float64(1.0))  # scale up by one
+        base = 1 + r * s
+        for j, level in enumerate(SHED_LEVELS):
+            m[base + j, -3] = 1.0
+            m[base + j, -2] = level
+        m[base + len(SHED_LEVELS) :, -1] = 1.0
+        return m
+
     # ------------------------------------------------------------------ gym API
     @property
     def _sim(self) -> Simulator:
@@ -206,11 +247,27 @@ class ClusterEnv(gym.Env[Any, Any]):
         info = {"scenario": sc.name, "sim_seed": sim_seed, "t": frame.t}
         return self._observe(frame), info
 
+    @property
+    def frame(self) -> Telemetry:
+        """The latest telemetry frame (what a :class:`~agents.policy.Policy` decides on)."""
+        if self._frame is None:
+            raise RuntimeError("call reset() first")
+        return self._frame
+
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Apply ``action``, run one decision interval, return the Gymnasium 5-tuple."""
         assert self.action_space.contains(action), f"invalid action {action!r}"
+        return self.step_actions(self.decode(action))
+
+    def step_actions(
+        self, actions: Sequence[Action]
+    ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """As :meth:`step`, with simulator actions (e.g. from a baseline policy) instead of
+        an element of ``action_space``; ``info["action_features"]`` encodes them with
+        :class:`~envs.gym.encoder.ActionEncoder`."""
         sim = self._sim
-        actions = self.decode(action)
+        actions = list(actions)
+        features = self.action_encoder.encode(actions, sim.engine.cp.desired)
         frames = sim.step(actions)
         frame = frames[-1] if frames else self._frame
         assert frame is not None
@@ -221,6 +278,7 @@ class ClusterEnv(gym.Env[Any, Any]):
             "t": sim.now,
             "actions": [repr(a) for a in actions],
             "reward_components": parts,
+            "action_features": features,
         }
         return self._observe(frame), reward, False, truncated, info
 
@@ -368,6 +426,10 @@ class AutoscaleEnv(ClusterEnv):
         """All scaling choices are valid (they are clamped)."""
         return np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool)
 
+    def action_feature_matrix(self) -> np.ndarray:
+        """See :meth:`ClusterEnv.action_feature_matrix`."""
+        return self._scaling_matrix()
+
 
 class RemediateEnv(ClusterEnv):
     """Remediate incidents in a microservice cluster, one action per step.
@@ -410,6 +472,10 @@ class RemediateEnv(ClusterEnv):
         """Valid remediation indices (True = valid)."""
         return self._remediation_mask()
 
+    def action_feature_matrix(self) -> np.ndarray:
+        """See :meth:`ClusterEnv.action_feature_matrix`."""
+        return self._remediation_matrix()
+
 
 class ClusterOpsEnv(ClusterEnv):
     """Scale every service and remediate incidents, together.
@@ -448,6 +514,10 @@ class ClusterOpsEnv(ClusterEnv):
         return np.concatenate(
             [np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool), self._remediation_mask()]
         )
+
+    def action_feature_matrix(self) -> np.ndarray:
+        """See :meth:`ClusterEnv.action_feature_matrix`."""
+        return np.concatenate([self._scaling_matrix(), self._remediation_matrix()])
 
 
 for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv):
