@@ -1,0 +1,310 @@
+"""Forecasting: metrics against hand computations, naive forecasters, forecast() with a tiny
+untrained world model, episode collection, and the fit / evaluate entry points end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from agents.world_model.forecast_metrics import (
+    abs_error,
+    brier,
+    coverage,
+    crps,
+    crps_samples,
+    empirical_quantiles,
+    interval_levels,
+    mae,
+    reliability,
+)
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_crps_of_a_point_forecast_is_the_absolute_error() -> None:
+    y = np.array([0.0, 1.5, -2.0, np.nan])
+    point = np.array([1.0, 1.0, 1.0, 1.0])
+    samples = np.repeat(point[:, None], 7, axis=1)
+    c = crps_samples(samples, y)
+    np.testing.assert_allclose(c[:3], [1.0, 0.5, 3.0])
+    assert np.isnan(c[3])
+    assert crps(samples, y) == pytest.approx(mae(point, y)) == pytest.approx(1.5)
+
+
+def test_crps_of_standard_normal_at_zero() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(200_000)
+    expected = (math.sqrt(2.0) - 1.0) / math.sqrt(math.pi)  # 0.2337
+    assert crps_samples(x[None], np.zeros(1))[0] == pytest.approx(expected, abs=3e-3)
+
+
+def test_crps_two_member_ensemble_by_hand() -> None:
+    # E|X - y| = (|0 - 1| + |2 - 1|) / 2 = 1; E|X - X'| / 2 = (0 + 2 + 2 + 0) / 4 / 2 = 0.5
+    assert crps_samples(np.array([[2.0, 0.0]]), np.array([1.0]))[0] == pytest.approx(0.5)
+    # y outside: E|X - y| = (3 + 1) / 2 = 2, minus 0.5
+    assert crps_samples(np.array([[0.0, 2.0]]), np.array([3.0]))[0] == pytest.approx(1.5)
+
+
+def test_crps_shape_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="do not match"):
+        crps_samples(np.zeros((3, 4)), np.zeros(2))
+
+
+def test_mae_skips_missing_truths() -> None:
+    assert mae(np.array([1.0, 2.0, 3.0]), np.array([2.0, np.nan, 1.0])) == pytest.approx(1.5)
+    assert math.isnan(mae(np.array([1.0]), np.array([np.nan])))
+    np.testing.assert_allclose(abs_error(np.array([1.0]), np.array([-1.0])), [2.0])
+
+
+def test_coverage_of_a_known_interval() -> None:
+    y = np.array([0.0, 0.5, 1.0, 1.5, 2.0, np.nan])
+    assert coverage(np.zeros(6), np.ones(6), y) == pytest.approx(3 / 5)  # ends included
+    # a standard normal's central 90% interval covers about 90% of normal draws
+    rng = np.random.default_rng(1)
+    draws = rng.standard_normal(100_000)
+    assert coverage(np.full(draws.size, -1.6449), np.full(draws.size, 1.6449), draws) == (
+        pytest.approx(0.9, abs=0.005)
+    )
+    assert interval_levels(0.9) == (0.05, 0.95)
+    assert interval_levels(0.8) == (0.1, 0.9)
+
+
+def test_brier_and_reliability_by_hand() -> None:
+    p = np.array([0.0, 0.1, 0.9, 1.0, 0.5])
+    o = np.array([0.0, 1.0, 1.0, 1.0, 0.0])
+    # (0 + 0.81 + 0.01 + 0 + 0.25) / 5
+    assert brier(p, o) == pytest.approx(1.07 / 5)
+    rel = reliability(p, o, n_bins=2)
+    np.testing.assert_allclose(rel.edges, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(rel.count, [2, 3])  # 0.5 falls in the upper bin
+    np.testing.assert_allclose(rel.mean_p, [0.05, 0.8])
+    np.testing.assert_allclose(rel.frequency, [0.5, 2 / 3])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        brier(np.array([1.2]), np.array([1.0]))
+    empty = reliability(np.array([0.05]), np.array([1.0]), n_bins=2)
+    assert np.isnan(empty.mean_p[1]) and empty.as_dict()["mean_p"][1] is None
+
+
+def test_empirical_quantiles_axis() -> None:
+    x = np.arange(101, dtype=float)[None, :].repeat(2, 0)  # [2, 101]
+    q = empirical_quantiles(x, (0.1, 0.5, 0.9))
+    assert q.shape == (2, 3)
+    np.testing.assert_allclose(q[0], [10.0, 50.0, 90.0])
+
+
+# --------------------------------------------------------------------------------------------
+# naive forecasters
+
+
+def test_persistence_and_seasonal_points_on_a_hand_series() -> None:
+    from agents.world_model.forecast import NaiveForecaster
+
+    y = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])[:, None]  # [T, S=1]
+    pers = NaiveForecaster("persistence", horizon=2)
+    np.testing.assert_allclose(pers.point(y, [3])[0, :, 0], [4.0, 4.0])
+    seas = NaiveForecaster("seasonal", horizon=3, fallback_season=2)
+    # y[t + h - m ceil(h / m)], t = 3, m = 2: rows 2, 3, 4 - 2 = 2
+    np.testing.assert_allclose(seas.point(y, [3])[0, :, 0], [3.0, 4.0, 3.0])
+    # the traffic period (3 steps) is used once the history (t + 1 = 4 rows) covers it
+    np.testing.assert_allclose(seas.point(y, [3], period_steps=3)[0, :, 0], [2.0, 3.0, 4.0])
+    # ... and not before (t + 1 = 2 rows < 3): the fallback season
+    np.testing.assert_allclose(seas.point(y, [1], period_steps=3)[0, :, 0], [1.0, 2.0, 1.0])
+    # missing values: the last observed one persists
+    gappy = np.array([1.0, 2.0, np.nan, np.nan])[:, None]
+    np.testing.assert_allclose(pers.point(gappy, [3])[0, :, 0], [2.0, 2.0])
+
+
+def test_naive_residual_quantiles_and_samples() -> None:
+    from agents.world_model.forecast import NaiveForecaster
+
+    # constant series: every residual is 0, draws equal the point
+    flat = {"rps": np.full((30, 2), 5.0)}
+    nf = NaiveForecaster("persistence", horizon=3).fit([flat], [None])
+    assert nf.residuals["rps"].shape == (3, 2, nf.levels.size)
+    np.testing.assert_allclose(nf.residuals["rps"], 0.0)
+    draws = nf.samples("rps", flat["rps"], [10, 20])
+    assert draws.shape == (2, nf.levels.size, 3, 2)
+    np.testing.assert_allclose(draws, 5.0)
+    # y = e^t - 1 is linear in symlog space: the h-step residual is exactly h
+    t = np.arange(12, dtype=float)
+    ramp = {"rps": np.expm1(t)[:, None]}
+    nf = NaiveForecaster("persistence", horizon=2).fit([ramp], [None], warmup=2)
+    np.testing.assert_allclose(nf.residuals["rps"][:, 0, :], [[1.0] * 50, [2.0] * 50], atol=1e-9)
+    with pytest.raises(KeyError, match="not fitted"):
+        nf.samples("p99", ramp["rps"], [3])
+
+
+def test_naive_forecaster_round_trips(tmp_path) -> None:
+    from agents.world_model.forecast import NaiveForecaster
+
+    rng = np.random.default_rng(0)
+    nf = NaiveForecaster("seasonal", horizon=4, fallback_season=3).fit(
+        [{"p99": rng.random((40, 3))}], [None]
+    )
+    back = NaiveForecaster.load(nf.save(tmp_path / "n.npz"))
+    assert (back.kind, back.horizon, back.fallback_season) == ("seasonal", 4, 3)
+    np.testing.assert_array_equal(back.residuals["p99"], nf.residuals["p99"])
+
+
+def test_naive_violation_by_hand() -> None:
+    from agents.world_model.forecast import NaiveViolation
+
+    v = np.array([0, 0, 1, 0, 0, 0, 0], dtype=float)
+    # origins 0..4; outcomes (violation in t+1..t+2): 1, 1, 0, 0, 0; violating now: t = 2
+    np.testing.assert_allclose(NaiveViolation.outcomes(v, range(5), 2), [1, 1, 0, 0, 0])
+    nv = NaiveViolation.fit([v], horizon=2)
+    assert (nv.p_if_violating, nv.p_if_not, nv.base_rate) == (0.0, 0.5, 0.4)
+    np.testing.assert_allclose(nv.predict(v, [1, 2]), [0.5, 0.0])
+
+
+# --------------------------------------------------------------------------------------------
+# forecast() with a tiny untrained world model
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    import torch
+
+    from agents.world_model import ObsLayout, WorldModel, WorldModelConfig
+    from agents.world_model.data import run_episode
+    from envs.gym.envs import ClusterOpsEnv
+    from envs.scenarios.loader import load_scenario
+
+    torch.manual_seed(0)
+    scenario = load_scenario("chain3", {"horizon_s": 600})
+    env = ClusterOpsEnv(scenario=scenario)
+    layout = ObsLayout.from_encoder(env.encoder)
+    cfg = WorldModelConfig.preset("tiny", deter=32, hidden=16, stoch=4, classes=4, units=16)
+    model = WorldModel(layout, env.action_encoder.size, cfg)
+    episode = run_episode(scenario, "explore", seed=3)
+    return model, episode, env.services, scenario
+
+
+def test_forecast_shapes_ordering_and_probability(tiny_setup) -> None:
+    from agents.world_model.forecast import METRICS, forecast
+
+    model, ep, services, _ = tiny_setup
+    h = 5
+    levels = (0.05, 0.1, 0.5, 0.9, 0.95)
+    fc = forecast(
+        model,
+        ep["obs"][:12],
+        ep["action"][:12],
+        ep["action"][12 : 12 + h],
+        services=services,
+        n_samples=16,
+        quantiles=levels,
+        slo_p99=[0.25, np.nan, np.nan],
+        keep_samples=True,
+    )
+    assert fc.horizon == h and fc.quantiles == levels
+    for m in METRICS:
+        q = fc[m]
+        assert q.shape == (h, len(services), len(levels))
+        assert np.all(np.diff(q, axis=-1) >= 0), m
+        assert np.all(q >= 0), m
+        assert fc.samples is not None and fc.samples[m].shape == (16, h, len(services))
+    assert np.all(fc.error_rate <= 1.0)
+    assert 0.0 <= fc.p_violation <= 1.0
+    assert fc.p_p99_over_slo is not None and 0.0 <= fc.p_p99_over_slo <= 1.0
+    np.testing.assert_array_equal(fc.quantile("rps", 0.5), fc.rps[..., 2])
+    again = forecast(
+        model,
+        ep["obs"][:12],
+        ep["action"][:12],
+        ep["action"][12 : 12 + h],
+        services=services,
+        n_samples=16,
+        quantiles=levels,
+    )
+    np.testing.assert_array_equal(again.p99, fc.p99)  # same seed, same forecast
+    with pytest.raises(ValueError, match="ascending"):
+        forecast(
+            model,
+            ep["obs"][:3],
+            ep["action"][:3],
+            ep["action"][3:5],
+            services=services,
+            quantiles=(0.9, 0.1),
+        )
+
+
+def test_forecast_batch_matches_single_origin_forecast_layout(tiny_setup) -> None:
+    from agents.world_model.forecast import forecast_batch
+
+    model, ep, services, _ = tiny_setup
+    origins = [5, 9]
+    planned = np.stack([ep["action"][t + 1 : t + 4] for t in origins])
+    sf = forecast_batch(
+        model, ep["obs"], ep["action"], origins, planned, n_services=len(services), n_samples=8
+    )
+    assert sf.samples["p99"].shape == (2, 8, 3, len(services))
+    assert sf.p_violation.shape == (2,)
+    assert np.all((sf.p_violation >= 0) & (sf.p_violation <= 1))
+
+
+def test_calibration_scales_spread_around_the_median() -> None:
+    from agents.world_model.forecast import Calibration, fit_calibration
+
+    rng = np.random.default_rng(0)
+    b, n, h, s = 400, 200, 2, 1
+    # draws from N(0, 1) in symlog space; truths twice as spread: the 90% scale is about 2
+    z = rng.standard_normal((b, n, h, s))
+    y = 2.0 * rng.standard_normal((b, h, s))
+    symexp = lambda x: np.sign(x) * np.expm1(np.abs(x))
+    cal = fit_calibration({"p99": symexp(z)}, {"p99": symexp(y)}, level=0.9)
+    assert cal.scale["p99"] == pytest.approx([2.0, 2.0], rel=0.15)
+    back = Calibration.from_json(cal.to_json())
+    assert back.scale == cal.scale and back.level == 0.9
+    ident = Calibration({"p99": [1.0, 1.0]})
+    np.testing.assert_allclose(ident.apply("p99", z), z)
+    with pytest.raises(ValueError, match="refit"):
+        Calibration({"p99": [1.0]}).apply("p99", z)
+
+
+# --------------------------------------------------------------------------------------------
+# episode collection
+
+
+def test_run_episode_follows_the_contract(tiny_setup) -> None:
+    from agents.world_model.data import EPISODE_KEYS
+
+    _, ep, services, scenario = tiny_setup
+    steps = int(scenario.horizon_s / scenario.decision_interval_s)
+    assert set(ep) == set(EPISODE_KEYS)
+    assert ep["obs"].shape[0] == steps + 1 and ep["obs"].dtype == np.float32
+    assert ep["action"].shape == (steps + 1, 3 * len(services) + 3)
+    np.testing.assert_array_equal(ep["action"][0], 0.0)
+    assert ep["is_first"][0] == 1.0 and ep["is_first"][1:].sum() == 0.0
+    np.testing.assert_array_equal(ep["cont"], 1.0)
+    assert ep["reward"][0] == 0.0 and set(np.unique(ep["violation"])) <= {0.0, 1.0}
+
+
+def test_collect_is_seeded_and_round_trips(tmp_path) -> None:
+    from agents.world_model.data import Collection, collect
+    from envs.scenarios.suites import load_suite
+
+    suite = load_suite("train")
+    entries = [e for e in suite.entries if e.scenario.topology.name == "chain3"][:1]
+    a = collect(entries, behaviours=("explore", "runbook"), workers=1, progress=False)
+    b = collect(entries, behaviours=("explore",), workers=1, progress=False)
+    assert [m.behaviour for m in a.meta] == ["explore", "runbook"]
+    np.testing.assert_array_equal(a.episodes[0]["obs"], b.episodes[0]["obs"])
+    np.testing.assert_array_equal(a.episodes[0]["action"], b.episodes[0]["action"])
+    assert np.abs(a.episodes[0]["action"]).sum() > 0  # the explorer acts
+    back = Collection.load(a.save(tmp_path / "c.npz"))
+    assert back.meta == a.meta
+    for x, y in zip(a.episodes, back.episodes, strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    with pytest.raises(ValueError, match="behaviours"):
+        collect(entries, behaviours=("nope",), workers=1)
+    mixed = [
+        suite.entries[0],
+        next(e for e in suite.entries if e.scenario.topology.name == "boutique"),
+    ]
+    with pytest.raises(ValueError, match="topolog"):
+        collect(mixed, workers=1)
