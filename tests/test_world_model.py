@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +284,220 @@ def test_block_gru_with_one_block_is_a_dense_gru() -> None:
     assert gru.in_h.dense_weight().shape == (8, 24)
     out = gru(torch.randn(5, 6), torch.zeros(5, 8))
     assert out.shape == (5, 8) and out.abs().max() < 1.0
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_overfits_two_fixed_sequences() -> None:
+    """Two fixed random sequences of 16 steps: after 150 updates (lr 1e-2) the decoder's
+    Gaussian NLL per observed value falls from ~1.7 to below 0 (fitting only the values'
+    N(0, 1) marginal cannot go below 1.42), and the violation head memorises random labels."""
+    from agents.world_model.trainer import WorldModelTrainer
+
+    cfg = TINY.model_copy(update={"lr": 1e-2})
+    trainer = WorldModelTrainer(make_model(cfg), cfg, seed=0)
+    batch = make_batch(2, 16, seed=3)
+    first = trainer.step(batch)
+    for _ in range(149):
+        last = trainer.step(batch)
+    assert first["wm/dec_nll_per_value"] > 1.4
+    assert last["wm/dec_nll_per_value"] < 0.0
+    assert last["wm/viol"] < 0.05
+    assert last["wm/loss"] < first["wm/loss"] - 50
+
+
+def test_same_seed_same_losses() -> None:
+    from agents.world_model.trainer import WorldModelTrainer
+
+    def run(seed: int) -> list[float]:
+        trainer = WorldModelTrainer(make_model(seed=seed), TINY, seed=seed)
+        return [trainer.step(make_batch(2, 8, seed=i))["wm/loss"] for i in range(3)]
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_nan_guard_on_poisoned_batch() -> None:
+    from agents.world_model.trainer import NonFiniteError, WorldModelTrainer
+
+    trainer = WorldModelTrainer(make_model(), TINY, seed=0)
+    trainer.step(make_batch(2, 8))
+    before, opt_before = _weights(trainer.model), trainer.optimizer.state_dict()["state"][0]
+    exp_avg = opt_before["exp_avg"].clone()
+    bad = make_batch(2, 8, seed=1)
+    bad["obs"][1, 4, 7] = np.nan
+    with pytest.raises(NonFiniteError, match=r"at step 1") as err:
+        trainer.step(bad)
+    e = err.value
+    assert "dec" in e.terms and e.step == 1
+    assert e.batch_stats["obs"]["nan"] == 1 and e.batch_stats["reward"]["nan"] == 0
+    assert "obs: min" in str(e) and "nan 1" in str(e)
+    after = _weights(trainer.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(trainer.optimizer.state_dict()["state"][0]["exp_avg"], exp_avg)
+    assert trainer.steps == 1
+    trainer.step(make_batch(2, 8, seed=2))  # still trains afterwards
+    assert trainer.steps == 2
+
+
+def test_nan_guard_on_infinite_loss_names_the_term() -> None:
+    """A huge but finite observed value (1e30; the ObsEncoder clips at 100) makes only the
+    decoder NLL infinite: the error names ``dec`` (and the total) and nothing moves."""
+    from agents.world_model.trainer import NonFiniteError, WorldModelTrainer
+
+    trainer = WorldModelTrainer(make_model(), TINY, seed=0)
+    trainer.step(make_batch(2, 8))
+    before = _weights(trainer.model)
+    bad = make_batch(2, 8, seed=1)
+    bad["obs"][0, 3, 0] = 1e30
+    bad["obs"][0, 3, ObsLayout(S).mask.start] = 1.0
+    with pytest.raises(NonFiniteError, match="non-finite world-model dec, loss at step 1") as err:
+        trainer.step(bad)
+    assert err.value.terms == ["dec", "loss"]
+    assert err.value.values["dec"] == float("inf")
+    assert err.value.batch_stats["obs"]["max"] == pytest.approx(1e30)
+    assert all(torch.equal(before[k], v) for k, v in _weights(trainer.model).items())
+    assert trainer.steps == 1
+
+
+def test_nan_guard_on_gradient_norm() -> None:
+    from agents.world_model.trainer import NonFiniteError, WorldModelTrainer
+
+    trainer = WorldModelTrainer(make_model(), TINY, seed=0)
+    before = _weights(trainer.model)
+    w = trainer.model.encoder.layers[0].linear.weight
+    w.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(NonFiniteError, match="grad_norm at step 0"):
+        trainer.step(make_batch(2, 8))
+    assert all(torch.equal(before[k], v) for k, v in _weights(trainer.model).items())
+    assert all(p.grad is None for p in trainer.model.parameters())
+    assert not trainer.optimizer.state
+
+
+def _episodes(n: int, length: int, seed: int, ep0: int = 0) -> list[dict[str, np.ndarray]]:
+    eps = []
+    for i in range(n):
+        batch = make_batch(1, length, seed=seed + i)
+        ep = {k: v[0] for k, v in batch.items()}
+        ep["ep"] = np.full(length, ep0 + i, np.int64)  # marker to check the invariant
+        eps.append(ep)
+    return eps
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """k + k steps with a save/load in between (trainer and replay) == 2k steps, bit for bit."""
+    from agents.world_model.replay import Replay
+    from agents.world_model.trainer import WorldModelTrainer, load_model
+
+    k = 3
+
+    def fresh() -> tuple[WorldModelTrainer, Replay]:
+        replay = Replay(capacity=200, seq_len=8, seed=7)
+        for ep in _episodes(3, 30, seed=0):
+            replay.add(ep)
+        return WorldModelTrainer(make_model(seed=1), TINY, seed=2), replay
+
+    trainer, replay = fresh()
+    straight = [trainer.step(replay.sample(2))["wm/loss"] for _ in range(2 * k)]
+    weights = _weights(trainer.model)
+
+    trainer, replay = fresh()
+    resumed = [trainer.step(replay.sample(2))["wm/loss"] for _ in range(k)]
+    trainer.save(tmp_path / "wm.pt")
+    replay.save(tmp_path / "replay.npz")
+    for _ in range(2):  # diverge, to show that load() restores everything
+        trainer.step(replay.sample(2))
+    torch.rand(3)
+
+    trainer2 = WorldModelTrainer(make_model(seed=99), TINY, seed=99)
+    trainer2.load(tmp_path / "wm.pt")
+    replay2 = Replay.from_file(tmp_path / "replay.npz")
+    assert trainer2.steps == k and len(replay2) == 90
+    resumed += [trainer2.step(replay2.sample(2))["wm/loss"] for _ in range(k)]
+    assert resumed == straight
+    after = _weights(trainer2.model)
+    assert all(torch.equal(weights[n], after[n]) for n in weights)
+    # the checkpoint holds tensors and primitives only and rebuilds the model alone
+    state = torch.load(tmp_path / "wm.pt", weights_only=True)
+    assert state["steps"] == k
+    model = load_model(tmp_path / "wm.pt")
+    assert model.cfg == TINY and model.layout == ObsLayout(S)
+
+
+def test_checkpoint_refuses_another_shape(tmp_path: Path) -> None:
+    from agents.world_model.trainer import WorldModelTrainer
+
+    WorldModelTrainer(make_model(), TINY).save(tmp_path / "wm.pt")
+    other = TINY.model_copy(update={"deter": 32})
+    with pytest.raises(ValueError, match="deter"):
+        WorldModelTrainer(make_model(other), other).load(tmp_path / "wm.pt")
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_replay_boundaries_and_seeding(cross: bool) -> None:
+    from agents.world_model.replay import Replay
+
+    def filled(seed: int) -> Replay:
+        replay = Replay(capacity=100, seq_len=10, seed=seed, cross_episodes=cross)
+        lengths = [25, 6, 40, 12, 30]  # 113 steps: the first episode is dropped
+        for i, n in enumerate(lengths):
+            replay.add(_episodes(1, n, seed=10 * i, ep0=i)[0])
+        return replay
+
+    replay = filled(3)
+    assert len(replay) == 6 + 40 + 12 + 30 and replay.num_episodes == 4
+    batch = replay.sample(500)
+    assert batch["obs"].shape == (500, 10, ObsLayout(S).obs_size)
+    assert batch["is_first"].shape == batch["ep"].shape == (500, 10)
+    ep = batch["ep"]
+    assert 0 not in ep  # evicted
+    changes = ep[:, 1:] != ep[:, :-1]
+    # a sequence crosses into another episode only where that episode's first row is
+    assert (batch["is_first"][:, 1:][changes] == 1).all()
+    assert (np.diff(ep, axis=1) >= 0).all()  # in the order they were added
+    if cross:
+        assert changes.any()  # the 6-step episode can only be reached by crossing
+        assert 1 in ep
+    else:
+        assert not changes.any() and 1 not in ep  # too short to hold a sequence
+        assert (batch["is_first"][:, 1:] == 0).all()
+    # rows are consecutive rows of the stored episodes
+    for b in range(20):
+        for t in range(10):
+            e = replay.episodes[int(ep[b, t]) - 1]
+            assert np.any(np.all(e["obs"] == batch["obs"][b, t], axis=1))
+    # seeded: same seed, same sequences; another seed, others
+    again = filled(3).sample(500)
+    assert all(np.array_equal(batch[k], again[k]) for k in batch)
+    assert not np.array_equal(filled(4).sample(500)["obs"], batch["obs"])
+
+
+def test_replay_state_round_trip_and_checks(tmp_path: Path) -> None:
+    from agents.world_model.replay import Replay
+
+    replay = Replay(capacity=50, seq_len=5, seed=1)
+    for ep in _episodes(2, 20, seed=0):
+        replay.add(ep)
+    replay.sample(3)
+    replay.save(tmp_path / "r.npz")
+    copy = Replay.from_file(tmp_path / "r.npz")
+    a, b = replay.sample(4), copy.sample(4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    bad = _episodes(1, 10, seed=5)[0]
+    bad["is_first"][0] = 0.0
+    with pytest.raises(ValueError, match="is_first"):
+        replay.add(bad)
+    with pytest.raises(KeyError, match="violation"):
+        replay.add({k: v for k, v in _episodes(1, 10, seed=5)[0].items() if k != "violation"})
+    with pytest.raises(ValueError, match="cross_episodes"):
+        short = Replay(capacity=50, seq_len=30, seed=0)
+        short.add(_episodes(1, 10, seed=0)[0])
+        short.sample(1)
