@@ -335,14 +335,10 @@ def evaluate(
         if value < low:
             raise ConfigError(f"{name}={value}: must be >= {low}")
     if conf.topology is not None:
-        keep = [e.id for e in suite.entries if e.scenario.topology.name == conf.topology]
-        if not keep:
-            names = sorted({e.scenario.topology.name for e in suite.entries})
-            raise ConfigError(
-                f"topology={conf.topology}: no entry of suite {suite.name!r} uses it; "
-                f"its topologies are {names}"
-            )
-        suite = suite.subset(keep)
+        try:
+            suite = suite.on_topology(conf.topology)
+        except SuiteError as err:
+            raise ConfigError(f"topology={conf.topology}: {err}") from None
     if conf.limit is not None:
         if conf.limit < 1:
             raise ConfigError(f"limit={conf.limit}: must be >= 1 (or null for all entries)")

@@ -79,8 +79,12 @@ def _summary_table(metrics: Mapping[str, Any]) -> Table:
     table = Table(title=f"opsworld train: {metrics['agent']} on {metrics['env_id']}")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
+    trained_on = metrics["scenario"]
+    if metrics.get("suite") is not None:
+        n = len(metrics["scenarios"])
+        trained_on = f"suite {metrics['suite']}, {metrics['topology']} ({n} scenarios)"
     rows = [
-        ("scenario / seed", f"{metrics['scenario']} / {metrics['seed']}"),
+        ("scenario / seed", f"{trained_on} / {metrics['seed']}"),
         ("envs", f"{metrics['n_envs']} ({metrics['vec_env']})"),
         ("timesteps", f"{metrics['timesteps']:,}"),
         ("env steps / s", f"{metrics['steps_per_s']:,.0f}" if metrics["steps_per_s"] else "n/a"),

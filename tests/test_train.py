@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -35,8 +35,9 @@ from agents.sb3.config import (
 )
 from agents.sb3.envs import ENV_IDS, check_scenario, env_seeds, make_env
 from agents.sb3.policy import ControlBelief, SB3Policy, control_view, load_run_config
-from envs.gym.envs import ClusterOpsEnv, RemediateEnv
+from envs.gym.envs import ClusterEnv, ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
+from envs.scenarios.suites import load_suite
 from envs.sim.actions import DrainNode, validate_action
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
@@ -150,6 +151,17 @@ def test_yaml_defaults_match_the_schemas(composer: Composer) -> None:
         (("n_envs=0",), r"n_envs must be >= 1"),
         (("scenario=nope",), r"scenario=nope"),
         (("resume=/no/such/checkpoint.zip",), r"resume=/no/such/checkpoint.zip: no such file"),
+        (("suite=train",), r"suite=train needs topology=<name>"),
+        (("topology=chain3",), r"topology=chain3 only picks entries of a suite: set suite="),
+        (
+            ("suite=train", "topology=mesh40"),
+            r"suite=train, topology=mesh40: no entry .* topologies are \['boutique', 'chain3'\]",
+        ),
+        (("suite=nope", "topology=chain3"), r"suite=nope, topology=chain3: unknown suite 'nope'"),
+        (
+            ("suite=train", "topology=chain3", "++scenario_overrides.horizon_s=300"),
+            r"(?s)suite=train entry 'chain3-.*' with scenario_overrides: .*faults.0.at_s",
+        ),
     ],
 )
 def test_invalid_runs_fail_at_start_naming_the_field(
@@ -259,6 +271,39 @@ def test_valid_combination_trains_saves_and_serves(
         assert not isinstance(action, DrainNode)  # allow_drain=False masks draining
     if agent == "maskable_ppo":
         assert all(i["masked_out"] is False and i["n_valid"] >= 1 for i in policy.infos)
+
+
+def test_suite_training_draws_the_topologys_train_entries(
+    composer: Composer, tmp_path: Path
+) -> None:
+    run = tmp_path / "suite"
+    cfg = composer("debug=default", "suite=train", "topology=chain3", "logger=none", f"out={run}")
+    metrics = train_mod.train(cfg)
+    chain3 = load_suite("train").on_topology("chain3")
+    assert metrics["suite"] == "train" and metrics["topology"] == "chain3"
+    assert metrics["scenario"] is None and metrics["scenarios"] == chain3.ids
+    assert metrics["timesteps"] == 256 and metrics["episodes"] >= 10
+
+    conf = load_run_config(run)
+    assert (conf.suite, conf.topology) == ("train", "chain3")
+    env = cast(ClusterEnv, make_env(conf).unwrapped)
+    assert [sc.name for sc in env.scenarios] == chain3.ids
+    assert env.scenarios == [e.scenario for e in chain3]  # faults and traffic kept as written
+    env.reset(seed=0)
+    drawn = set()
+    for _ in range(20):  # one entry per episode, from the env's own generator
+        env.reset()
+        assert env.sim is not None
+        drawn.add(env.sim.scenario.name)
+    assert len(drawn) > 1 and drawn <= set(chain3.ids)
+
+    # the trained policy runs a holdout chain3 incident (shortened to 10 minutes)
+    entry = load_suite("holdout").on_topology("chain3").entries[0]
+    scenario = load_scenario(entry.scenario, {"horizon_s": 600})
+    result = Simulator(scenario, seed=entry.run_seed(0)).run(SB3Policy(run))
+    assert len(result.decisions) == 40
+    for _, action in result.actions:
+        validate_action(action, scenario)
 
 
 def test_determinism_same_seed_same_run(composer: Composer, tmp_path: Path) -> None:

@@ -325,7 +325,12 @@ class TrainConfig:
         agent: The algorithm and its hyperparameters (group ``agent``).
         env: The environment (group ``env``).
         logger: Where metrics go (group ``logger``).
-        scenario: Built-in scenario (``chain3``, ``boutique``, ``mesh40``) or a YAML path.
+        scenario: Built-in scenario (``chain3``, ``boutique``, ``mesh40``) or a YAML path;
+            unused when ``suite`` is set.
+        suite: Train on a scenario suite (``train`` or a suite YAML path) instead of
+            ``scenario``: the entries on ``topology``, one drawn per episode.
+        topology: With ``suite``: the topology whose entries to train on (``chain3``,
+            ``boutique``, ...); a policy fits one topology (its observation size).
         scenario_overrides: Nested overrides of scenario fields, e.g.
             ``scenario_overrides.traffic.noise={cv: 0.1, tau_s: 60}``.
         seed: Run seed: seeds torch, the model, and (through ``SeedSequence``) every env.
@@ -349,6 +354,8 @@ class TrainConfig:
     env: EnvConfig = MISSING
     logger: LoggerConfig = MISSING
     scenario: str = "boutique"
+    suite: str | None = None
+    topology: str | None = None
     scenario_overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     total_timesteps: int = 200_000
@@ -453,6 +460,16 @@ def check_config(conf: TrainConfig) -> None:
         raise SB3ConfigError(
             "agent.policy=MultiInputPolicy needs Dict observations: set env.obs=dict, or "
             "agent.policy=MlpPolicy (or null)"
+        )
+    if conf.suite is not None and conf.topology is None:
+        raise SB3ConfigError(
+            f"suite={conf.suite} needs topology=<name> (e.g. topology=chain3): a policy fits "
+            "one topology, since its observation size depends on the services"
+        )
+    if conf.topology is not None and conf.suite is None:
+        raise SB3ConfigError(
+            f"topology={conf.topology} only picks entries of a suite: set suite=train (or a "
+            "suite YAML path) too, or drop topology and choose the scenario with scenario=..."
         )
     _positive(conf.total_timesteps, "total_timesteps")
     _positive(conf.n_envs, "n_envs")

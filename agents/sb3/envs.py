@@ -1,7 +1,9 @@
 """Building the opsworld Gymnasium envs for SB3: ids, kwargs, seeds and vectorisation.
 
 * :func:`env_kwargs`: the constructor kwargs of ``envs.gym`` envs from a :class:`TrainConfig`
-  (the same for training, evaluation and :class:`agents.sb3.policy.SB3Policy`);
+  (the same for training, evaluation and :class:`agents.sb3.policy.SB3Policy`): one
+  ``scenario``, or with ``suite`` and ``topology`` the list of that suite's entries on that
+  topology (:func:`suite_scenarios`; the env draws one per episode);
 * :func:`env_seeds`: independent per-env seeds drawn from the run seed with
   ``numpy.random.SeedSequence`` (run seed 1's first env never equals run seed 0's second);
 * :func:`make_vec_env`: SB3 ``DummyVecEnv`` / ``SubprocVecEnv`` of ``Monitor``-wrapped envs,
@@ -33,6 +35,8 @@ from stable_baselines3.common.vec_env import (
 import envs.gym  # noqa: F401  (registers the opsworld ids)
 from agents.sb3.config import EnvName, SB3ConfigError, TrainConfig, VecEnvKind
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
+from envs.scenarios.schema import Scenario
+from envs.scenarios.suites import SuiteError, load_suite
 
 ENV_IDS: dict[EnvName, str] = {
     EnvName.autoscale: "opsworld/Autoscale-v0",
@@ -69,26 +73,76 @@ def brief_space(space: spaces.Space[Any]) -> str:
     return str(space)
 
 
+def suite_scenarios(conf: TrainConfig) -> list[Scenario]:
+    """The entries of ``conf.suite`` on ``conf.topology``, with ``scenario_overrides`` applied.
+
+    The filter is :meth:`envs.scenarios.suites.Suite.on_topology`, the one that
+    ``opsworld evaluate topology=...`` uses.
+
+    Raises:
+        SB3ConfigError: ``suite`` or ``topology`` unset, an unknown or broken suite, no entry
+            on ``topology`` (the message lists the suite's topologies), or overrides that
+            break an entry; the message names the field.
+    """
+    if conf.suite is None or conf.topology is None:
+        raise SB3ConfigError(
+            f"suite={conf.suite}, topology={conf.topology}: training on a suite needs both"
+        )
+    try:
+        suite = load_suite(conf.suite).on_topology(conf.topology)
+    except (SuiteError, OSError) as err:
+        raise SB3ConfigError(f"suite={conf.suite}, topology={conf.topology}: {err}") from None
+    overrides = flatten(_plain(conf.scenario_overrides))
+    scenarios = []
+    for entry in suite:
+        try:
+            scenarios.append(load_scenario(entry.scenario, overrides))
+        except ScenarioError as err:
+            raise SB3ConfigError(
+                f"suite={conf.suite} entry {entry.id!r} with scenario_overrides: {err}"
+            ) from None
+    return scenarios
+
+
 def env_kwargs(conf: TrainConfig) -> dict[str, Any]:
-    """Constructor kwargs of the env that ``conf`` trains on."""
+    """Constructor kwargs of the env that ``conf`` trains on.
+
+    ``scenario`` is ``conf.scenario`` with ``scenario_overrides``, or with ``conf.suite`` the
+    list of :func:`suite_scenarios` (overrides already applied).
+    """
     w = conf.env.reward_weights
+    overrides = flatten(_plain(conf.scenario_overrides))
+    scenario: str | list[Scenario] = conf.scenario
+    if conf.suite is not None:
+        scenario, overrides = suite_scenarios(conf), {}
     return {
-        "scenario": conf.scenario,
+        "scenario": scenario,
         "fidelity": conf.env.fidelity.value,
         "obs": conf.env.obs.value,
         "reward_weights": {"slo": w.slo, "cost": w.cost, "disruption": w.disruption},
-        "scenario_overrides": flatten(_plain(conf.scenario_overrides)),
+        "scenario_overrides": overrides,
     }
 
 
+def scenario_names(conf: TrainConfig) -> list[str]:
+    """Names of the scenarios ``conf`` trains on (suite entry ids with ``suite``)."""
+    if conf.suite is not None:
+        return [s.name for s in suite_scenarios(conf)]
+    return [load_scenario(conf.scenario, flatten(_plain(conf.scenario_overrides))).name]
+
+
 def check_scenario(conf: TrainConfig) -> None:
-    """Load the run's scenario once, so that a bad one fails before any env process starts.
+    """Load the run's scenario(s) once, so that a bad one fails before any env process starts.
 
     Raises:
-        SB3ConfigError: Naming ``scenario`` / ``scenario_overrides`` and the problem.
+        SB3ConfigError: Naming ``scenario`` / ``suite`` / ``topology`` /
+            ``scenario_overrides`` and the problem.
     """
+    if conf.suite is not None:
+        suite_scenarios(conf)
+        return
     try:
-        load_scenario(conf.scenario, env_kwargs(conf)["scenario_overrides"])
+        load_scenario(conf.scenario, flatten(_plain(conf.scenario_overrides)))
     except ScenarioError as err:
         raise SB3ConfigError(f"scenario={conf.scenario} (with scenario_overrides): {err}") from None
 

@@ -75,6 +75,7 @@ from agents.sb3.envs import (
     check_scenario,
     env_seeds,
     make_vec_env,
+    scenario_names,
 )
 
 ALGOS: dict[Algo, type[BaseAlgorithm]] = {
@@ -279,7 +280,8 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
 
     Returns:
         The figures written to ``metrics.json``: ``agent``, ``env``, ``env_id``,
-        ``scenario``, ``seed``, ``n_envs``, ``vec_env``, ``timesteps`` (the model's total),
+        ``scenario`` (None with ``suite``), ``suite``, ``topology``, ``scenarios`` (the
+        names trained on), ``seed``, ``n_envs``, ``vec_env``, ``timesteps`` (the model's total),
         ``trained_timesteps`` (this call), ``train_time_s``, ``wall_time_s``,
         ``steps_per_s`` (env steps per wall second while learning, updates included),
         ``episodes`` (training episodes finished), ``eval_mean_reward``,
@@ -370,7 +372,10 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
             "agent": conf.agent.algo.value,
             "env": conf.env.name.value,
             "env_id": ENV_IDS[conf.env.name],
-            "scenario": conf.scenario,
+            "scenario": conf.scenario if conf.suite is None else None,
+            "suite": conf.suite,
+            "topology": conf.topology,
+            "scenarios": scenario_names(conf),
             "seed": conf.seed,
             "n_envs": conf.n_envs,
             "vec_env": "subproc" if isinstance(train_env.unwrapped, SubprocVecEnv) else "dummy",

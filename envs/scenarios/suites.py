@@ -157,6 +157,28 @@ class Suite:
             entries = self.entries[:first]
         return Suite(self.name, entries, self.description, self.path)
 
+    @property
+    def topologies(self) -> list[str]:
+        """The topology names its entries use, sorted."""
+        return sorted({e.scenario.topology.name for e in self.entries})
+
+    def on_topology(self, topology: str) -> Suite:
+        """The entries whose scenario runs on ``topology`` (e.g. ``chain3``), in order.
+
+        A trained policy fits one topology (its observation size depends on the services), so
+        training and evaluating it both need this subset.
+
+        Raises:
+            SuiteError: When no entry uses ``topology`` (the message lists the ones used).
+        """
+        keep = tuple(e for e in self.entries if e.scenario.topology.name == topology)
+        if not keep:
+            raise SuiteError(
+                f"no entry of suite {self.name!r} uses topology {topology!r}; "
+                f"its topologies are {self.topologies}"
+            )
+        return Suite(self.name, keep, self.description, self.path)
+
 
 # --------------------------------------------------------------------------------------------
 # file format (validated with pydantic so that a wrong key names itself)
