@@ -63,6 +63,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command("experiments.train", "train an SB3 agent on an env; write model.zip, metrics"),
     "evaluate": Command("experiments.evaluate", "score policies on a suite; write results, Pareto"),
+    "fit-world-model": Command(
+        "experiments.fit_world_model", "train a world model on a suite's topology; write checkpoint"
+    ),
+    "evaluate-forecast": Command(
+        "experiments.evaluate_forecast", "score a world model's forecasts vs naive ones on a suite"
+    ),
     # Later: "serve", "shadow" -- one line each.
 }
 

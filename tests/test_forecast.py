@@ -3,6 +3,7 @@ untrained world model, episode collection, and the fit / evaluate entry points e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -308,3 +309,145 @@ def test_collect_is_seeded_and_round_trips(tmp_path) -> None:
     ]
     with pytest.raises(ValueError, match="topolog"):
         collect(mixed, workers=1)
+
+
+# --------------------------------------------------------------------------------------------
+# entry points: fit-world-model and evaluate-forecast end to end on a tiny config
+
+
+TINY_WM = ["wm.deter=32", "wm.hidden=16", "wm.stoch=4", "wm.classes=4", "wm.units=16"]
+
+
+@pytest.fixture
+def composer():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import evaluate_forecast as ef
+    from experiments import fit_world_model as fw
+    from experiments.cli import CONFIG_DIR
+
+    fw.register_configs()
+    ef.register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield lambda name, overrides: compose(config_name=name, overrides=overrides)
+    GlobalHydra.instance().clear()
+
+
+def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
+    import json
+
+    from experiments.evaluate_forecast import FORECASTERS, evaluate_forecast
+    from experiments.fit_world_model import fit, load_fit
+
+    wm_dir = tmp_path / "wm"
+    cfg = composer(
+        "fit_world_model",
+        [
+            "topology=chain3",
+            "limit=1",
+            "behaviours=[hpa,explore]",
+            "replicates=1",
+            "updates=3",
+            "log_every=2",
+            "batch=2",
+            "seq_len=16",
+            "every=20",
+            "n_samples=8",
+            "workers=1",
+            "calib_behaviours=[hpa]",
+            f"out={wm_dir}",
+            *TINY_WM,
+        ],
+    )
+    summary = fit(cfg, log=None)
+    assert summary["updates"] == 3 and summary["episodes"] == 2
+    for f in ("checkpoint.pt", "spec.json", "metrics.csv", "summary.json", "config.yaml"):
+        assert (wm_dir / f).exists(), f
+    loaded = load_fit(wm_dir)
+    assert loaded.spec["services"] == ["frontend", "api", "db"]
+    assert len(loaded.calibration.scale["p99"]) == 20
+    assert loaded.persistence.residuals["rps"].shape[:2] == (20, 3)
+
+    out = tmp_path / "fc"
+    cfg = composer(
+        "evaluate_forecast",
+        [
+            f"model={wm_dir}",
+            "limit=1",
+            "behaviours=[runbook]",
+            "every=20",
+            "n_samples=8",
+            "workers=1",
+            "examples=1",
+            f"out={out}",
+        ],
+    )
+    res = evaluate_forecast(cfg, log=None)
+    for f in (
+        "metrics.json",
+        "forecast.md",
+        "mae.png",
+        "crps.png",
+        "coverage.png",
+        "reliability.png",
+        "config.yaml",
+    ):
+        assert (out / f).exists(), f
+    assert len(list((out / "examples").glob("*.png"))) == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["suite"] == "holdout" and metrics["episodes"] == 1
+    for f in FORECASTERS:
+        assert len(metrics["per_step"][f]["p99"]["mae"]) == 20
+        cov = metrics["overall"][f]["rps"]["coverage90"]
+        assert 0.0 <= cov <= 1.0
+    # a persistence forecast one step ahead is the last value: its MAE is small but exact
+    # persistence MAE grows with the horizon on average
+    assert 0.0 <= metrics["violation"]["model"]["brier"] <= 1.0
+    assert res["metrics"]["horizon"] == 20
+    text = (out / "forecast.md").read_text()
+    assert "## `p99` (s)" in text and "Brier" in text
+
+
+def test_entry_points_refuse_bad_configs(composer, tmp_path) -> None:
+    from experiments.cli import ConfigError
+    from experiments.evaluate_forecast import evaluate_forecast
+    from experiments.fit_world_model import fit
+
+    with pytest.raises(ConfigError, match="topology is required"):
+        fit(composer("fit_world_model", [f"out={tmp_path}"]), log=None)
+    with pytest.raises(ConfigError, match="mesh40"):
+        fit(composer("fit_world_model", ["topology=mesh40", f"out={tmp_path}"]), log=None)
+    with pytest.raises(ConfigError, match="behaviours"):
+        fit(
+            composer(
+                "fit_world_model", ["topology=chain3", "behaviours=[nope]", f"out={tmp_path}"]
+            ),
+            log=None,
+        )
+    with pytest.raises(ConfigError, match="size"):
+        fit(
+            composer("fit_world_model", ["topology=chain3", "size=huge", f"out={tmp_path}"]),
+            log=None,
+        )
+    with pytest.raises(ConfigError, match="model is required"):
+        evaluate_forecast(composer("evaluate_forecast", [f"out={tmp_path}"]), log=None)
+    with pytest.raises(ConfigError, match=r"spec\.json"):
+        evaluate_forecast(composer("evaluate_forecast", [f"model={tmp_path}"]), log=None)
+
+
+def test_wm_overrides_cover_the_world_model_config() -> None:
+    from agents.world_model.config import WorldModelConfig
+    from experiments.fit_world_model import TOP_LEVEL_WM_FIELDS, WorldModelOverrides
+
+    names = {f.name for f in dataclasses.fields(WorldModelOverrides)}
+    assert names | set(TOP_LEVEL_WM_FIELDS) == set(WorldModelConfig.model_fields)
+
+
+def test_cli_knows_the_commands() -> None:
+    from experiments import cli
+
+    assert cli.main(["fit-world-model", "topologee=chain3"]) == cli.EXIT_USAGE
+    assert cli.main(["evaluate-forecast", "modle=x"]) == cli.EXIT_USAGE
+    assert "evaluate-forecast" in cli.usage()

@@ -353,7 +353,7 @@ def collect(
     ]
     show = sys.stderr.isatty() if progress is None else progress
     done: dict[int, tuple[dict[str, np.ndarray], EpisodeMeta]] = {}
-    with _bar(show, len(tasks), f"collect {topologies[0]}") as tick:
+    with ProgressBar(show, len(tasks), f"collect {topologies[0]}") as tick:
         if workers == 1 or len(tasks) == 1:
             for i, task in enumerate(tasks):
                 done[i] = _run_task(*task)
@@ -380,17 +380,25 @@ def collect(
     )
 
 
-class _bar:
-    """A rich progress bar as a context manager yielding ``tick()`` (no-op when hidden)."""
+class ProgressBar:
+    """A rich progress bar on stderr as a context manager yielding ``tick(info="")``.
+
+    ``tick`` advances by one and shows ``info`` after the bar; everything is a no-op when
+    ``show`` is False (e.g. stderr is not a terminal).
+
+    Args:
+        show: Draw the bar.
+        total: Number of ticks to completion.
+        label: Text before the bar.
+    """
 
     def __init__(self, show: bool, total: int, label: str) -> None:
         self.show, self.total, self.label = show, total, label
         self._progress: Any = None
-        self._task: Any = None
 
-    def __enter__(self) -> Callable[[], None]:
+    def __enter__(self) -> Callable[..., None]:
         if not self.show:
-            return lambda: None
+            return lambda info="": None
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -401,18 +409,24 @@ class _bar:
             TimeRemainingColumn,
         )
 
-        self._progress = Progress(
+        progress = Progress(
             TextColumn(f"[bold]{self.label}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
             console=Console(stderr=True),
             transient=True,
         )
-        self._progress.start()
-        self._task = self._progress.add_task(self.label, total=self.total)
-        return lambda: self._progress.advance(self._task)
+        progress.start()
+        task = progress.add_task(self.label, total=self.total, info="")
+        self._progress = progress
+
+        def tick(info: str = "") -> None:
+            progress.update(task, advance=1, info=info)
+
+        return tick
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

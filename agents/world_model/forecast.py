@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -200,6 +200,59 @@ class Calibration:
         med = np.median(z, axis=-3, keepdims=True)
         return med + s[: z.shape[-2], None] * (z - med)
 
+    def apply_raw(self, metric: str, draws: np.ndarray) -> np.ndarray:
+        """:meth:`apply` to raw draws ``[..., N, H, S]``.
+
+        The draws go through symlog, the scaling, symexp and a clip to :data:`SUPPORT`.
+        """
+        lo, hi = SUPPORT[metric]
+        return np.clip(_symexp(self.apply(metric, _symlog(draws))), lo, hi)
+
+
+def spread_ratios(samples: np.ndarray, truth: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """``[B, H, S]`` spread multipliers each truth needs to lie in the ``level`` interval.
+
+    With ``m`` the draws' median and ``lo, hi`` the ends of their central ``level`` interval
+    (symlog space), ``r = (y - m) / (hi - m)`` above the median and ``(m - y) / (m - lo)``
+    below it: the truth lies inside the interval scaled by ``s`` around ``m`` iff ``r <= s``.
+
+    Args:
+        samples: ``[B, N, H, S]`` raw draws (uncalibrated).
+        truth: ``[B, H, S]`` raw truths (NaN: unknown; NaN out).
+        level: Central interval level.
+    """
+    z = _symlog(samples)
+    y = _symlog(truth)
+    med = np.median(z, axis=1)
+    lo = np.quantile(z, (1.0 - level) / 2.0, axis=1)
+    hi = np.quantile(z, (1.0 + level) / 2.0, axis=1)
+    eps = 1e-6
+    with np.errstate(invalid="ignore", divide="ignore"):
+        up = (y - med) / np.maximum(hi - med, eps)
+        down = (med - y) / np.maximum(med - lo, eps)
+    return np.where(np.isnan(y), np.nan, np.where(y >= med, up, down))
+
+
+def calibration_from_ratios(
+    ratios: Mapping[str, Sequence[np.ndarray]], level: float = 0.9
+) -> Calibration:
+    """Per metric and step, the ``level`` quantile of :func:`spread_ratios`.
+
+    Clipped to [0.05, 1000]; 1 where a step has no truth.
+    """
+    scale: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for metric, parts in ratios.items():
+        r = np.concatenate([np.asarray(p) for p in parts], 0)  # [B, H, S]
+        per_step = []
+        for h in range(r.shape[1]):
+            rh = r[:, h].ravel()
+            rh = rh[~np.isnan(rh)]
+            per_step.append(float(np.clip(np.quantile(rh, level), 0.05, 1e3)) if rh.size else 1.0)
+        scale[metric] = per_step
+        counts[metric] = int(np.sum(~np.isnan(r[:, 0])))
+    return Calibration(scale, level, counts)
+
 
 def fit_calibration(
     samples: dict[str, np.ndarray], truth: dict[str, np.ndarray], level: float = 0.9
@@ -210,35 +263,42 @@ def fit_calibration(
         samples: Metric -> ``[B, N, H, S]`` raw draws (uncalibrated).
         truth: Metric -> ``[B, H, S]`` raw truths (NaN: unknown, left out).
         level: Central interval level to calibrate.
-
-    With ``m`` the draws' median and ``lo, hi`` their interval ends (symlog space), the truth
-    lies inside the scaled interval iff ``r <= s`` where ``r = (y - m) / (hi - m)`` above the
-    median and ``(m - y) / (m - lo)`` below it; ``s`` is the ``level`` quantile of ``r``.
     """
-    lo_q, hi_q = (1.0 - level) / 2.0, (1.0 + level) / 2.0
-    scale: dict[str, list[float]] = {}
-    counts: dict[str, int] = {}
-    for metric, x in samples.items():
-        z = _symlog(x)
-        y = _symlog(truth[metric])
-        med = np.median(z, axis=1)
-        lo = np.quantile(z, lo_q, axis=1)
-        hi = np.quantile(z, hi_q, axis=1)
-        eps = 1e-6
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(
-                y >= med,
-                (y - med) / np.maximum(hi - med, eps),
-                (med - y) / np.maximum(med - lo, eps),
-            )
-        per_step = []
-        for h in range(r.shape[1]):
-            rh = r[:, h].ravel()
-            rh = rh[~np.isnan(rh)]
-            per_step.append(float(np.clip(np.quantile(rh, level), 0.05, 1e3)) if rh.size else 1.0)
-        scale[metric] = per_step
-        counts[metric] = int(np.sum(~np.isnan(r[:, 0])))
-    return Calibration(scale, level, counts)
+    return calibration_from_ratios(
+        {m: [spread_ratios(x, truth[m], level)] for m, x in samples.items()}, level
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# forecast origins of an episode
+
+
+def forecast_origins(n_rows: int, horizon: int, warmup: int, every: int) -> np.ndarray:
+    """Origins ``t = warmup, warmup + every, ...`` with ``t + horizon < n_rows``.
+
+    ``warmup`` is the index of the first origin, so its history has ``warmup + 1`` rows.
+    """
+    if every < 1 or warmup < 0 or horizon < 1:
+        raise ValueError(
+            f"need every >= 1, warmup >= 0, horizon >= 1; got {every}, {warmup}, {horizon}"
+        )
+    return np.arange(warmup, n_rows - horizon, every, dtype=int)
+
+
+def planned_actions(
+    episode: dict[str, np.ndarray], origins: np.ndarray, horizon: int
+) -> np.ndarray:
+    """``[B, H, A]`` action features actually taken after each origin (rows ``t+1 .. t+H``)."""
+    idx = np.asarray(origins)[:, None] + np.arange(1, horizon + 1)[None, :]
+    return np.asarray(episode["action"][idx], dtype=np.float32)
+
+
+def truths(
+    episode: dict[str, np.ndarray], layout: Any, origins: np.ndarray, horizon: int
+) -> dict[str, np.ndarray]:
+    """Metric -> ``[B, H, S]`` raw values observed ``1 .. H`` steps after each origin."""
+    idx = np.asarray(origins)[:, None] + np.arange(1, horizon + 1)[None, :]
+    return {m: raw_series(episode, layout, m)[idx] for m in METRICS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,11 +624,12 @@ class NaiveForecaster:
         """``[B, M, H, S]`` draws: the point in symlog space plus each residual quantile."""
         if metric not in self.residuals:
             raise KeyError(f"{self.kind} forecaster not fitted for {metric!r}; call fit() first")
-        z = _symlog(self.point(series, origins, period_steps))  # [B, H, S]
-        r = self.residuals[metric]  # [H, S, M]
-        draws = z[:, None] + np.moveaxis(r, -1, 0)[None]
+        point = self.point(series, origins, period_steps)  # [B, H, S]
+        r = np.moveaxis(self.residuals[metric], -1, 0)[None]  # [1, M, H, S]
+        draws = _symexp(_symlog(point)[:, None] + r)
+        draws = np.where(r == 0.0, point[:, None], draws)  # exact where no change is expected
         lo, hi = SUPPORT[metric]
-        return np.clip(_symexp(draws), lo, hi)
+        return np.clip(draws, lo, hi)
 
     def fit(
         self,

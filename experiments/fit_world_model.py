@@ -1,0 +1,666 @@
+"""``opsworld fit-world-model``: collect episodes, train a world model, fit its forecast extras.
+
+``opsworld fit-world-model topology=chain3 updates=3000 out=runs/wm_chain3``:
+
+1. collects the ``suite`` (default ``train``) entries on ``topology`` under the behaviour
+   policies ``behaviours`` x ``replicates`` (:func:`agents.world_model.data.collect`, in
+   ``workers`` processes);
+2. trains a :class:`~agents.world_model.model.WorldModel` (``size`` preset, with ``lr``,
+   ``batch``, ``seq_len`` and any other ``wm.<field>`` override) for ``updates`` updates
+   of :class:`~agents.world_model.trainer.WorldModelTrainer` on sequences from a
+   :class:`~agents.world_model.replay.Replay` (stopping early after ``max_minutes``);
+3. on a calibration split of the same suite (replicate index ``replicates``, a run seed not
+   used for training, under ``calib_behaviours``), fits the forecast extras: the spread
+   :class:`~agents.world_model.forecast.Calibration`, the persistence and seasonal-naive
+   residual quantiles and the naive violation frequencies (all TRAIN-suite data).
+
+It writes to ``out``:
+
+* ``checkpoint.pt``: the trainer checkpoint (model, optimizer, step, RNG, config, layout;
+  :func:`agents.world_model.trainer.load_model` rebuilds the model from it);
+* ``spec.json``: topology, services, the ObsEncoder spec, the action-feature layout, the
+  world-model config, the data and the training budget;
+* ``metrics.csv``: the training curve (``wm/*`` means over each ``log_every`` updates);
+* ``forecast/``: ``calibration.json``, ``persistence.npz``, ``seasonal.npz``,
+  ``violation.json``, ``calibration_report.json`` (coverage on the calibration split);
+* ``summary.json`` and ``config.yaml`` (this run's resolved config); with
+  ``save_data=true`` also ``episodes.npz``.
+
+``opsworld evaluate-forecast model=<out>`` scores the result on the holdout suite; see
+``docs/forecasting.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ValidationError
+
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.simulate import Fidelity
+
+FORECAST_DIR = "forecast"
+"""Sub-folder of a fit run with the forecast extras."""
+
+
+@dataclass
+class WorldModelOverrides:
+    """``wm.<field>=<value>``: WorldModelConfig fields that override the ``size`` preset.
+
+    None keeps the preset's value (:class:`agents.world_model.config.WorldModelConfig`).
+    ``size``, ``batch``, ``seq_len``, ``lr`` and ``threads`` are top-level keys instead.
+    """
+
+    deter: int | None = None
+    hidden: int | None = None
+    stoch: int | None = None
+    classes: int | None = None
+    gru_blocks: int | None = None
+    dyn_layers: int | None = None
+    img_layers: int | None = None
+    units: int | None = None
+    enc_layers: int | None = None
+    dec_layers: int | None = None
+    head_layers: int | None = None
+    unimix: float | None = None
+    free_nats: float | None = None
+    kl_dyn: float | None = None
+    kl_rep: float | None = None
+    dec_scale: float | None = None
+    rew_scale: float | None = None
+    cont_scale: float | None = None
+    viol_scale: float | None = None
+    bins: int | None = None
+    bin_limit: float | None = None
+    min_std: float | None = None
+    max_std: float | None = None
+    eps: float | None = None
+    grad_clip: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+TOP_LEVEL_WM_FIELDS: tuple[str, ...] = ("size", "batch", "seq_len", "lr", "threads")
+"""WorldModelConfig fields set by top-level keys of the command, not by ``wm.``."""
+
+
+@dataclass
+class FitWorldModelConfig:
+    """Schema of ``configs/fit_world_model.yaml``; a wrong key or type fails at composition.
+
+    Attributes:
+        suite: Suite to collect on (``train`` or a YAML path; never the holdout).
+        topology: Topology whose entries are used (``chain3``, ``boutique``); required.
+        behaviours: Behaviour policies of the training data
+            (:data:`agents.world_model.data.BEHAVIOURS`).
+        replicates: Seeds per entry and behaviour (replicate indices ``0 .. replicates-1``).
+        limit: Only the first ``limit`` entries (None: all).
+        size: World-model size preset (``tiny`` | ``small``).
+        updates: Gradient updates.
+        max_minutes: Stop training after this many wall minutes (None: no limit).
+        batch: Sequences per batch.
+        seq_len: Steps per sequence.
+        lr: Adam learning rate.
+        wm: Further :class:`~agents.world_model.config.WorldModelConfig` overrides.
+        seed: Seeds the replay sampling, the trainer and torch.
+        workers: Processes for episode collection.
+        fidelity: Simulator fidelity.
+        threads: Torch threads for training.
+        log_every: Updates per line of ``metrics.csv``.
+        horizon: Forecast horizon H in steps (20 x 15 s = 5 minutes).
+        warmup: First forecast origin (rows of history before it).
+        every: Steps between forecast origins on the calibration split.
+        n_samples: Sampled futures per forecast on the calibration split.
+        calib_behaviours: Behaviours of the calibration split.
+        calib_level: Interval level the spread calibration targets.
+        progress: Progress bars (None: when stderr is a terminal).
+        save_data: Also write the training episodes (``episodes.npz``).
+        out: Output folder.
+    """
+
+    suite: str = "train"
+    topology: str | None = None
+    behaviours: list[str] = field(
+        default_factory=lambda: ["static", "hpa", "tuned_hpa", "runbook", "explore"]
+    )
+    replicates: int = 2
+    limit: int | None = None
+    size: str = "tiny"
+    updates: int = 3000
+    max_minutes: float | None = None
+    batch: int = 16
+    seq_len: int = 64
+    lr: float = 1e-4
+    wm: WorldModelOverrides = field(default_factory=WorldModelOverrides)
+    seed: int = 0
+    workers: int = 2
+    fidelity: Fidelity = Fidelity.fluid
+    threads: int = 1
+    log_every: int = 100
+    horizon: int = 20
+    warmup: int = 20
+    every: int = 4
+    n_samples: int = 64
+    calib_behaviours: list[str] = field(default_factory=lambda: ["hpa", "runbook"])
+    calib_level: float = 0.9
+    progress: bool | None = None
+    save_data: bool = False
+    out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+
+
+SCHEMA = FitWorldModelConfig
+"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
+
+
+def register_configs() -> None:
+    """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    ConfigStore.instance().store(name="fit_world_model_schema", node=FitWorldModelConfig)
+
+
+def to_config(
+    cfg: DictConfig | FitWorldModelConfig | Mapping[str, Any],
+) -> FitWorldModelConfig:
+    """Validate a composed config (or a plain mapping) against :class:`FitWorldModelConfig`."""
+    if isinstance(cfg, FitWorldModelConfig):
+        return cfg
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FitWorldModelConfig), cfg))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad fit-world-model config: {err}") from None
+    assert isinstance(obj, FitWorldModelConfig)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+
+
+def suite_entries(suite_name: str, topology: str | None, limit: int | None = None) -> list[Any]:
+    """The entries of ``suite_name`` on ``topology`` (first ``limit``).
+
+    Raises:
+        ConfigError: Naming ``suite``, ``topology`` or ``limit``.
+    """
+    from envs.scenarios.suites import SuiteError, load_suite
+
+    try:
+        suite = load_suite(suite_name)
+    except (SuiteError, OSError) as err:
+        raise ConfigError(f"suite={suite_name}: {err}") from None
+    names = sorted({e.scenario.topology.name for e in suite.entries})
+    if topology is None:
+        raise ConfigError(
+            f"topology is required (one world model fits one topology): one of {names}"
+        )
+    entries = [e for e in suite.entries if e.scenario.topology.name == topology]
+    if not entries:
+        raise ConfigError(
+            f"topology={topology}: no entry of suite {suite.name!r} uses it; its topologies "
+            f"are {names}"
+        )
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit={limit}: must be >= 1 (or null for all entries)")
+        entries = entries[:limit]
+    return entries
+
+
+def check_behaviours(key: str, names: list[str]) -> None:
+    """Raise :class:`ConfigError` unless ``names`` is a non-empty list of known behaviours."""
+    from agents.world_model.data import BEHAVIOURS
+
+    bad = [b for b in names if b not in BEHAVIOURS]
+    if bad or not names:
+        raise ConfigError(f"{key}={names}: use some of {list(BEHAVIOURS)}")
+
+
+def _check(conf: FitWorldModelConfig) -> Any:
+    """Validate the numbers and build the WorldModelConfig (ConfigError names the field)."""
+    from agents.world_model.config import WorldModelConfig
+
+    check_behaviours("behaviours", list(conf.behaviours))
+    check_behaviours("calib_behaviours", list(conf.calib_behaviours))
+    for name, low in (
+        ("replicates", 1),
+        ("updates", 0),
+        ("workers", 1),
+        ("threads", 1),
+        ("log_every", 1),
+        ("horizon", 1),
+        ("warmup", 0),
+        ("every", 1),
+        ("n_samples", 2),
+    ):
+        if getattr(conf, name) < low:
+            raise ConfigError(f"{name}={getattr(conf, name)}: must be >= {low}")
+    if not 0.0 < conf.calib_level < 1.0:
+        raise ConfigError(f"calib_level={conf.calib_level}: must be in (0, 1)")
+    if conf.max_minutes is not None and conf.max_minutes <= 0:
+        raise ConfigError(f"max_minutes={conf.max_minutes}: must be > 0 (or null)")
+    try:
+        return WorldModelConfig.preset(
+            conf.size,
+            **{
+                "batch": conf.batch,
+                "seq_len": conf.seq_len,
+                "lr": conf.lr,
+                "threads": conf.threads,
+                **conf.wm.given(),
+            },
+        )
+    except (ValidationError, ValueError) as err:
+        raise ConfigError(f"size={conf.size} / wm={conf.wm.given()}: {err}") from None
+
+
+def train_world_model(
+    model: Any,
+    wm_cfg: Any,
+    episodes: list[dict[str, np.ndarray]],
+    updates: int,
+    seed: int,
+    max_seconds: float | None = None,
+    log_every: int = 100,
+    progress: bool = False,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Train ``model`` on ``episodes`` for ``updates`` updates (or ``max_seconds``).
+
+    Returns:
+        The trainer and the logged rows (means of ``wm/*`` over each ``log_every`` updates,
+        plus ``update`` and ``wall_s``).
+    """
+    import torch
+
+    from agents.world_model.data import ProgressBar
+    from agents.world_model.replay import Replay
+    from agents.world_model.trainer import WorldModelTrainer
+
+    torch.manual_seed(seed)
+    steps = sum(len(e["obs"]) for e in episodes)
+    replay = Replay(capacity=max(steps, wm_cfg.seq_len), seq_len=wm_cfg.seq_len, seed=seed)
+    for ep in episodes:
+        replay.add(ep)
+    trainer = WorldModelTrainer(model, wm_cfg, seed=seed)
+    rows: list[dict[str, float]] = []
+    acc: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    with ProgressBar(progress, updates, "train world model") as tick:
+        for i in range(updates):
+            metrics = trainer.step(replay.sample(wm_cfg.batch))
+            for k, v in metrics.items():
+                acc.setdefault(k, []).append(v)
+            wall = time.perf_counter() - start
+            last = i + 1 == updates or (max_seconds is not None and wall >= max_seconds)
+            if (i + 1) % log_every == 0 or last:
+                row = {k: float(np.mean(v)) for k, v in acc.items() if k != "wm/step"}
+                row.update({"update": float(i + 1), "wall_s": wall})
+                rows.append(row)
+                acc = {}
+                if on_log is not None:
+                    on_log(row)
+            tick(f"loss {metrics['wm/loss']:.2f}")
+            if last:
+                break
+    return trainer, rows
+
+
+def fit_forecast_extras(
+    model: Any,
+    episodes: list[dict[str, np.ndarray]],
+    periods: list[int | None],
+    horizon: int,
+    warmup: int,
+    every: int,
+    n_samples: int,
+    level: float,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit the forecast extras on calibration episodes (TRAIN suite).
+
+    The extras: the spread calibration, the naive forecasters and the naive violation model.
+
+    Returns:
+        ``{"calibration", "persistence", "seasonal", "violation", "report"}``; the report
+        holds the raw and calibrated 80 % / 90 % coverage on these episodes per metric.
+    """
+    from agents.world_model.data import ProgressBar
+    from agents.world_model.forecast import (
+        METRICS,
+        NaiveForecaster,
+        NaiveViolation,
+        calibration_from_ratios,
+        forecast_batch,
+        forecast_origins,
+        planned_actions,
+        raw_series,
+        spread_ratios,
+        truths,
+    )
+    from agents.world_model.forecast_metrics import coverage
+
+    layout = model.layout
+    n_svc = layout.n_services
+    ratios: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
+    kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
+    with ProgressBar(progress, len(episodes), "calibrate") as tick:
+        for i, ep in enumerate(episodes):
+            origins = forecast_origins(len(ep["obs"]), horizon, warmup, every)
+            if origins.size == 0:
+                tick()
+                continue
+            sf = forecast_batch(
+                model,
+                ep["obs"],
+                ep["action"],
+                origins,
+                planned_actions(ep, origins, horizon),
+                n_services=n_svc,
+                n_samples=n_samples,
+                seed=seed + i,
+            )
+            truth = truths(ep, layout, origins, horizon)
+            for m in METRICS:
+                ratios[m].append(spread_ratios(sf.samples[m], truth[m], level))
+            kept.append((sf.samples, truth))
+            tick()
+    calibration = calibration_from_ratios(ratios, level)
+
+    report: dict[str, Any] = {}
+    for m in METRICS:
+        row: dict[str, float] = {}
+        for lvl in (0.8, 0.9):
+            lo_q, hi_q = (1 - lvl) / 2, (1 + lvl) / 2
+            for tag, cal in (("raw", None), ("calibrated", calibration)):
+                los, his, ys = [], [], []
+                for samples, truth in kept:
+                    x = samples[m] if cal is None else cal.apply_raw(m, samples[m])
+                    los.append(np.quantile(x, lo_q, axis=1))
+                    his.append(np.quantile(x, hi_q, axis=1))
+                    ys.append(truth[m])
+                row[f"{tag}_{int(lvl * 100)}"] = coverage(
+                    np.concatenate(los), np.concatenate(his), np.concatenate(ys)
+                )
+        report[m] = row
+
+    series = [{m: raw_series(ep, layout, m) for m in METRICS} for ep in episodes]
+    persistence = NaiveForecaster("persistence", horizon).fit(series, periods, warmup)
+    seasonal = NaiveForecaster("seasonal", horizon, fallback_season=horizon).fit(
+        series, periods, warmup
+    )
+    violation = NaiveViolation.fit([ep["violation"] for ep in episodes], horizon, warmup)
+    return {
+        "calibration": calibration,
+        "persistence": persistence,
+        "seasonal": seasonal,
+        "violation": violation,
+        "report": report,
+    }
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """What ``opsworld fit-world-model`` wrote, loaded (:func:`load_fit`).
+
+    Attributes:
+        path: The run folder.
+        spec: ``spec.json``.
+        model: The world model (eval mode).
+        calibration: The spread calibration.
+        persistence: The persistence forecaster.
+        seasonal: The seasonal-naive forecaster.
+        violation: The naive violation model.
+    """
+
+    path: Path
+    spec: dict[str, Any]
+    model: Any
+    calibration: Any
+    persistence: Any
+    seasonal: Any
+    violation: Any
+
+
+def load_fit(path: str | Path) -> FittedModel:
+    """Load a ``fit-world-model`` run folder (no pickles: ``weights_only`` torch, npz, JSON).
+
+    Raises:
+        ConfigError: When ``path`` is not such a folder (naming the missing files).
+    """
+    from agents.world_model.forecast import Calibration, NaiveForecaster, NaiveViolation
+    from agents.world_model.trainer import load_model
+
+    path = Path(path)
+    spec_path = path / "spec.json"
+    if not spec_path.exists():
+        raise ConfigError(f"model={path}: not an 'opsworld fit-world-model' folder (no spec.json)")
+    spec = json.loads(spec_path.read_text())
+    files = {k: path / v for k, v in spec["forecast"].items() if isinstance(v, str)}
+    missing = [str(p) for p in [path / spec["checkpoint"], *files.values()] if not p.exists()]
+    if missing:
+        raise ConfigError(f"model={path}: missing {', '.join(missing)}")
+    return FittedModel(
+        path,
+        spec,
+        load_model(path / spec["checkpoint"]),
+        Calibration.from_json(files["calibration"].read_text()),
+        NaiveForecaster.load(files["persistence"]),
+        NaiveForecaster.load(files["seasonal"]),
+        NaiveViolation(**json.loads(files["violation"].read_text())),
+    )
+
+
+def period_steps(scenario: Any) -> int | None:
+    """The scenario's traffic period in decision steps (None when aperiodic)."""
+    from agents.world_model.forecast import traffic_period_s
+
+    p = traffic_period_s(scenario)
+    return None if p is None else round(p / scenario.decision_interval_s)
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def fit(
+    cfg: DictConfig | FitWorldModelConfig | Mapping[str, Any],
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Collect, train and fit the forecast extras; write the outputs of the module docstring.
+
+    Returns:
+        The summary (also in ``summary.json``).
+
+    Raises:
+        ConfigError: Before anything runs, naming the field.
+    """
+    import torch
+
+    from agents.world_model.config import ObsLayout
+    from agents.world_model.data import collect
+    from agents.world_model.model import WorldModel
+    from envs.gym.envs import ClusterOpsEnv
+
+    conf = to_config(cfg)
+    wm_cfg = _check(conf)
+    entries = suite_entries(conf.suite, conf.topology, conf.limit)
+    show = sys.stderr.isatty() if conf.progress is None else conf.progress
+    out = Path(conf.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True))
+    say = log or (lambda _: None)
+
+    fidelity = conf.fidelity.value
+    t0 = time.perf_counter()
+    data = collect(
+        entries, conf.behaviours, range(conf.replicates), conf.workers, fidelity, progress=show
+    )
+    collect_s = time.perf_counter() - t0
+    say(
+        f"fit-world-model: {len(data)} episodes, {data.steps} steps from {len(entries)} "
+        f"{conf.suite} entries on {conf.topology} ({collect_s:.0f} s)"
+    )
+    if conf.save_data:
+        data.save(out / "episodes.npz")
+
+    env = ClusterOpsEnv(scenario=entries[0].scenario)
+    layout = ObsLayout.from_encoder(env.encoder)
+    torch.manual_seed(conf.seed)
+    model = WorldModel(layout, env.action_encoder.size, wm_cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    with (out / "metrics.csv").open("w", newline="") as fh:
+        writer: csv.DictWriter[str] | None = None
+
+        def on_log(row: dict[str, float]) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+            fh.flush()
+
+        max_s = None if conf.max_minutes is None else 60.0 * conf.max_minutes
+        trainer, rows = train_world_model(
+            model,
+            wm_cfg,
+            data.episodes,
+            conf.updates,
+            conf.seed,
+            max_s,
+            conf.log_every,
+            show,
+            on_log,
+        )
+    train_s = rows[-1]["wall_s"] if rows else 0.0
+    trainer.save(out / "checkpoint.pt")
+    model.eval()
+    say(
+        f"fit-world-model: {trainer.steps} updates in {train_s:.0f} s "
+        f"({trainer.steps / max(train_s, 1e-9):.1f}/s), final loss "
+        f"{rows[-1]['wm/loss'] if rows else float('nan'):.3f}"
+    )
+
+    t1 = time.perf_counter()
+    calib = collect(
+        entries,
+        conf.calib_behaviours,
+        [conf.replicates],
+        conf.workers,
+        fidelity,
+        progress=show,
+    )
+    scenarios = {e.id: e.scenario for e in entries}
+    periods = [period_steps(scenarios[m.entry]) for m in calib.meta]
+    torch.set_num_threads(conf.threads)
+    extras = fit_forecast_extras(
+        model,
+        calib.episodes,
+        periods,
+        conf.horizon,
+        conf.warmup,
+        conf.every,
+        conf.n_samples,
+        conf.calib_level,
+        conf.seed,
+        show,
+    )
+    calib_s = time.perf_counter() - t1
+    fdir = out / FORECAST_DIR
+    fdir.mkdir(exist_ok=True)
+    (fdir / "calibration.json").write_text(extras["calibration"].to_json())
+    extras["persistence"].save(fdir / "persistence.npz")
+    extras["seasonal"].save(fdir / "seasonal.npz")
+    (fdir / "violation.json").write_text(
+        json.dumps(dataclasses.asdict(extras["violation"]), indent=2)
+    )
+    (fdir / "calibration_report.json").write_text(json.dumps(extras["report"], indent=2))
+
+    summary: dict[str, Any] = {
+        "topology": conf.topology,
+        "suite": conf.suite,
+        "entries": [e.id for e in entries],
+        "behaviours": list(conf.behaviours),
+        "replicates": conf.replicates,
+        "episodes": len(data),
+        "steps": data.steps,
+        "calibration_split": {
+            "replicate": conf.replicates,
+            "behaviours": list(conf.calib_behaviours),
+            "episodes": len(calib),
+            "coverage": extras["report"],
+        },
+        "updates": trainer.steps,
+        "updates_planned": conf.updates,
+        "train_wall_s": train_s,
+        "collect_wall_s": collect_s,
+        "calibrate_wall_s": calib_s,
+        "parameters": n_params,
+        "final": rows[-1] if rows else {},
+        "horizon": conf.horizon,
+    }
+    spec = {
+        "format": "opsworld.fit_world_model/1",
+        "topology": conf.topology,
+        "services": list(env.services),
+        "encoder": env.encoder.spec(),
+        "action_features": {
+            "layout": "services x (scale, restart, rollback), shed_set, shed_fraction, drain",
+            "size": env.action_encoder.size,
+        },
+        "world_model": wm_cfg.model_dump(),
+        "checkpoint": "checkpoint.pt",
+        "forecast": {
+            "horizon": conf.horizon,
+            "warmup": conf.warmup,
+            "calibration": f"{FORECAST_DIR}/calibration.json",
+            "persistence": f"{FORECAST_DIR}/persistence.npz",
+            "seasonal": f"{FORECAST_DIR}/seasonal.npz",
+            "violation": f"{FORECAST_DIR}/violation.json",
+        },
+        "training": {k: summary[k] for k in ("episodes", "steps", "updates", "train_wall_s")},
+    }
+    (out / "spec.json").write_text(json.dumps(spec, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    say(
+        "fit-world-model: calibration split coverage (raw -> calibrated, 90%): "
+        + ", ".join(
+            f"{m} {r['raw_90']:.2f} -> {r['calibrated_90']:.2f}"
+            for m, r in extras["report"].items()
+        )
+    )
+    say(f"fit-world-model: wrote {out}")
+    return {"out": str(out), **summary}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit_world_model")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        fit(cfg)
+    except ConfigError as err:
+        print(f"opsworld fit-world-model: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def main() -> None:
+    """Console entry: register the schema, then let Hydra parse ``sys.argv``."""
+    register_configs()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
