@@ -136,11 +136,13 @@ class PolicySpec:
         label: Name used for output folders and tables.
         config: Built-in policy config (None for a trained run dir).
         run_dir: ``opsworld train`` run dir (None for a built-in).
+        kind: ``sb3`` or ``dreamer`` (for a run dir).
     """
 
     label: str
     config: PolicyConfig | None = None
     run_dir: str | None = None
+    kind: str = "sb3"
 
 
 _SB3_CACHE: dict[str, Policy] = {}
@@ -152,10 +154,24 @@ def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
         return make_policy(spec.config, scenario)
     assert spec.run_dir is not None
     if spec.run_dir not in _SB3_CACHE:
-        from agents.sb3.policy import SB3Policy
+        if spec.kind == "dreamer":
+            from agents.dreamer.policy import DreamerPolicy
 
-        _SB3_CACHE[spec.run_dir] = SB3Policy(spec.run_dir)
+            _SB3_CACHE[spec.run_dir] = DreamerPolicy(spec.run_dir)
+        else:
+            from agents.sb3.policy import SB3Policy
+
+            _SB3_CACHE[spec.run_dir] = SB3Policy(spec.run_dir)
     return _SB3_CACHE[spec.run_dir]
+
+
+def run_dir_algo(path: Path) -> Any:
+    """``agent.algo`` of a train run dir's ``config.yaml`` (None when unreadable)."""
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        return saved["agent"]["algo"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def load_policy_config(name: str) -> PolicyConfig:
@@ -188,15 +204,17 @@ def resolve_policy(name: str, key: str = "policy") -> PolicySpec:
             f"{key}={name!r} is neither a known policy ({sorted(POLICIES)}) nor a trained "
             "run dir (an 'opsworld train' output folder)"
         )
-    missing = [
-        f for f in ("config.yaml", "model.zip", "vecnormalize.pkl") if not (path / f).exists()
-    ]
+    kind = "dreamer" if run_dir_algo(path) == "dreamer" else "sb3"
+    needed = {"dreamer": ("config.yaml", "agent.pt")}.get(
+        kind, ("config.yaml", "model.zip", "vecnormalize.pkl")
+    )
+    missing = [f for f in needed if not (path / f).exists()]
     if missing:
         raise ConfigError(
             f"{key}={name!r}: not an 'opsworld train' run dir (missing {', '.join(missing)})"
         )
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "trained"
-    return PolicySpec(f"sb3-{label}", run_dir=str(path.resolve()))
+    return PolicySpec(f"{kind}-{label}", run_dir=str(path.resolve()), kind=kind)
 
 
 # --------------------------------------------------------------------------------------------

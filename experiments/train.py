@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -47,10 +48,23 @@ SCHEMA = TrainConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
 
+@dataclass
+class TrainSchema(TrainConfig):
+    """:class:`TrainConfig` as Hydra composes it, with an untyped ``agent`` node.
+
+    Each ``configs/agent/<name>.yaml`` brings its own schema (an SB3 dataclass, or for
+    ``agent=dreamer`` the keys of :class:`agents.dreamer.config.DreamerAgentConfig`, which
+    pydantic validates when the run starts), so an agent that is not an SB3
+    :class:`~agents.sb3.config.AgentConfig` composes too.
+    """
+
+    agent: Any = MISSING
+
+
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="train_schema", node=TrainSchema)
     for name, node in (
         ("ppo", PPOConfig),
         ("maskable_ppo", MaskablePPOConfig),
@@ -61,6 +75,18 @@ def register_configs() -> None:
     cs.store(group="schema/env", name="env", node=EnvConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    from agents.dreamer.config import DreamerAgentConfig
+
+    cs.store(group="schema/agent", name="dreamer", node=DreamerAgentConfig().model_dump())
+
+
+def _algo(cfg: DictConfig | TrainConfig | Mapping[str, Any]) -> Any:
+    if isinstance(cfg, TrainConfig):
+        return cfg.agent.algo
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.select(cfg, "agent.algo", default=None)
+    agent = cfg.get("agent")
+    return agent.get("algo") if isinstance(agent, Mapping) else None
 
 
 def to_config(cfg: DictConfig | TrainConfig | Mapping[str, Any]) -> TrainConfig:
@@ -118,11 +144,20 @@ def train(
         ConfigError: Before anything runs, for a config that cannot work; the message names
             the field and what to do.
     """
-    conf = to_config(cfg)
-    try:
-        metrics = train_agent(conf)
-    except SB3ConfigError as err:
-        raise ConfigError(str(err)) from None
+    if _algo(cfg) == "dreamer":  # agents/dreamer validates and runs it (docs/dreamer.md)
+        from agents.dreamer.config import DreamerConfigError
+        from agents.dreamer.train import train_dreamer
+
+        try:
+            metrics = train_dreamer(cfg)
+        except DreamerConfigError as err:
+            raise ConfigError(str(err)) from None
+    else:
+        conf = to_config(cfg)
+        try:
+            metrics = train_agent(conf)
+        except SB3ConfigError as err:
+            raise ConfigError(str(err)) from None
     (console if console is not None else Console()).print(_summary_table(metrics))
     return metrics
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
 from agents.dreamer.actor_critic import (
     ActionDist,
@@ -17,11 +26,28 @@ from agents.dreamer.actor_critic import (
     imagine,
     lambda_returns,
 )
-from agents.dreamer.config import DreamerAgentConfig
+from agents.dreamer.agent import DreamerAgent
+from agents.dreamer.config import DreamerAgentConfig, dreamer_config
+from agents.dreamer.policy import DreamerPolicy
+from agents.policy import Policy
 from agents.world_model import ObsLayout, WorldModel
 from agents.world_model.rssm import Carry
 from envs.gym.envs import AutoscaleEnv, ClusterOpsEnv, RemediateEnv
+from envs.scenarios.loader import load_scenario
+from envs.sim.actions import validate_action
+from envs.sim.simulator import Simulator
+from experiments import train as train_mod
+from experiments.cli import CONFIG_DIR, ConfigError
+from experiments.evaluate import build_policy, resolve_policy
 
+# chain3 with a bad deploy of api (rollback becomes valid) and a one-minute telemetry gap
+INCIDENT = {
+    "horizon_s": 300,
+    "faults": [
+        {"kind": "bad_deploy", "service": "api", "at_s": 45, "error_rate": 0.3},
+        {"kind": "telemetry", "mode": "gap", "at_s": 120, "duration_s": 60},
+    ],
+}
 TINY_WM = {"deter": 32, "hidden": 16, "stoch": 4, "classes": 4, "gru_blocks": 2, "units": 16}
 
 
@@ -191,3 +217,156 @@ def test_update_trains_actor_and_critic_only() -> None:
     for s0, s1, c in zip(slow0, ac.slow_critic.parameters(), ac.critic.parameters(), strict=True):
         torch.testing.assert_close(s1, s0 + 0.02 * (c - s0))
     assert ac.updates == 1
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.fixture(scope="module")
+def composer() -> Iterator[Callable[..., DictConfig]]:
+    train_mod.register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield lambda *o: compose(config_name="train", overrides=list(o))
+    GlobalHydra.instance().clear()
+
+
+def test_dreamer_yaml_matches_the_schema_and_overlays_compose(composer: Any) -> None:
+    agent = OmegaConf.to_container(composer("agent=dreamer").agent)
+    assert agent == DreamerAgentConfig().model_dump()
+    for env in ("autoscale", "remediate", "ops"):
+        conf = dreamer_config(composer("agent=dreamer", f"env={env}", "debug=default"))
+        assert conf.env.name == env and conf.agent.seq_len == 16 and conf.total_timesteps == 256
+    conf = dreamer_config(composer("agent=dreamer", "experiment=demo", "agent=dreamer"))
+    assert conf.scenario == "chain3" and conf.agent.algo == "dreamer"
+    wm = dreamer_config(composer("agent=dreamer", "++agent.world_model.deter=128"))
+    assert wm.agent.world_model_config().deter == 128
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("+agent.horizn=3",), r"agent.horizn: unknown key"),
+        (("agent.size=huge",), r"agent.size"),
+        (("++agent.world_model.detr=3",), r"world_model.detr"),
+        (("++agent.world_model.lr=3",), r"world_model.lr: set agent.model_lr"),
+        (("env.obs=dict",), r"env.obs=box"),
+        (("agent.seq_len=64",), r"agent.seq_len=64 is longer than the shortest episode"),
+        (("scenario=nope",), r"scenario=nope"),
+        (("resume=/no/such/run",), r"resume=/no/such/run"),
+    ],
+)
+def test_bad_dreamer_configs_fail_at_start_naming_the_field(
+    composer: Any, tmp_path: Path, overrides: tuple[str, ...], match: str
+) -> None:
+    out = tmp_path / "run"
+    cfg = composer("agent=dreamer", "debug=default", f"out={out}", *overrides)
+    with pytest.raises(ConfigError, match=match):
+        train_mod.train(cfg)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- runs
+
+FAST = ("agent=dreamer", "debug=default", "logger=none", "eval.episodes=1")
+
+
+def _weights(run: Path) -> dict[str, Any]:
+    return torch.load(run / "agent.pt", weights_only=True)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return bool(a == b)
+
+
+def test_same_seed_same_losses() -> None:
+    env = AutoscaleEnv(scenario="chain3")
+    spec = ActionSpec.from_env(env)
+    layout = ObsLayout.from_encoder(env.encoder)
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "obs": rng.normal(size=(2, 8, env.encoder.size)).astype(np.float32) * 0.3,
+            "action": rng.normal(size=(2, 8, spec.feature_size)).astype(np.float32),
+            "reward": -rng.random((2, 8)).astype(np.float32),
+            "cont": np.ones((2, 8), np.float32),
+            "is_first": np.eye(1, 8, dtype=np.float32).repeat(2, 0),
+            "violation": (rng.random((2, 8)) < 0.3).astype(np.float32),
+        }
+        for _ in range(3)
+    ]
+    runs = []
+    for _ in range(2):
+        agent = DreamerAgent(layout, spec, tiny_agent(imag_starts=8), seed=3)
+        runs.append([agent.update(b) for b in batches])
+    assert runs[0] == runs[1]
+    assert runs[0][0]["wm/loss"] != runs[0][2]["wm/loss"]
+    other = DreamerAgent(layout, spec, tiny_agent(imag_starts=8), seed=4).update(batches[0])
+    assert other != runs[0][0]
+
+
+def test_debug_run_end_to_end_writes_the_run_dir(composer: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    metrics = train_mod.train(composer(*FAST[:2], f"out={out}"))
+    assert time.perf_counter() - start < 60
+    for f in ("config.yaml", "agent.pt", "best/agent.pt", "metrics.json", "eval/curve.csv"):
+        assert (out / f).is_file(), f
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_128", "step_256"]
+    assert metrics["timesteps"] == 256 and metrics["updates"] > 100
+    assert metrics["updates_per_s"] > 0 and metrics["env_steps_per_s"] > 0
+    assert json.loads((out / "metrics.json").read_text())["agent"] == "dreamer"
+    with np.load(out / "eval" / "evaluations.npz") as ev:
+        assert list(ev["timesteps"]) == [128, 256] and ev["results"].shape == (2, 2)
+    rows = (out / "logs" / "progress.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"wm/loss", "actor/entropy", "critic/loss", "time/updates_per_s"} <= set(header)
+    assert {"env/ep_reward", "eval/mean_reward", "time/env_steps_per_s"} <= set(header)
+    saved = dreamer_config(yaml.safe_load((out / "config.yaml").read_text()))
+    assert saved.agent.seq_len == 16 and saved.debug == "default"
+
+
+def test_resume_equals_an_uninterrupted_run(composer: Any, tmp_path: Path) -> None:
+    common = (*FAST, "total_timesteps=100", "eval.freq=0")
+    train_mod.train(composer(*common, "checkpoint_freq=70", f"out={tmp_path / 'a'}"))
+    train_mod.train(composer(*common, "checkpoint_freq=0", f"out={tmp_path / 'b'}"))
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))  # same seed, same run
+    ckpt = tmp_path / "a" / "checkpoints" / "step_70"
+    assert (ckpt / "state.pt").is_file()  # mid-episode (episodes are 20 steps)
+    resumed = train_mod.train(
+        composer(*common, "checkpoint_freq=0", f"resume={ckpt}", f"out={tmp_path / 'c'}")
+    )
+    assert resumed["resumed_from"] == str(ckpt) and resumed["timesteps"] == 100
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "c"))
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (
+        resumed["updates"] == a["updates"] and resumed["eval_mean_reward"] == a["eval_mean_reward"]
+    )
+
+
+@pytest.mark.parametrize("env", ["autoscale", "remediate"])
+def test_dreamer_policy_acts_on_a_simulator_episode(
+    composer: Any, tmp_path: Path, env: str
+) -> None:
+    out = tmp_path / env
+    train_mod.train(
+        composer(*FAST, f"env={env}", "total_timesteps=60", "eval.freq=0", f"out={out}")
+    )
+    policy = DreamerPolicy(out)
+    assert isinstance(policy, Policy) and policy.name == "dreamer"
+    scenario = load_scenario("chain3", INCIDENT)
+    result = Simulator(scenario, seed=5).run(policy)
+    assert len(result.frames) > 10
+    for _, action in result.actions:
+        validate_action(action, scenario)
+    again = Simulator(scenario, seed=5).run(DreamerPolicy(out))
+    assert again.actions == result.actions  # deterministic policy
+    states = policy.reset(3)
+    assert isinstance(states, list) and len(states) == 3
+    spec = resolve_policy(str(out))
+    assert spec.kind == "dreamer" and spec.label.startswith("dreamer-")
+    assert isinstance(build_policy(spec, scenario), DreamerPolicy)

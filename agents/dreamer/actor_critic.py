@@ -331,7 +331,13 @@ class ReturnNorm(nn.Module):
 class LatentModel(Protocol):
     """What imagination needs of :class:`agents.world_model.model.WorldModel`."""
 
-    def img_step(self, carry: Carry, action: Tensor, sample: bool = True) -> Carry:
+    def img_step(
+        self,
+        carry: Carry,
+        action: Tensor,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Carry:
         """Prior step."""
         ...
 
@@ -379,8 +385,11 @@ def imagine(
     discount: float,
     mask: Tensor | None = None,
     start_cont: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Imagination:
     """Roll ``horizon`` prior steps from ``start`` (``N`` states) under actor samples.
+
+    Draws (actions and latents) come from ``generator`` (default: torch's global one).
 
     The start states' action mask (``mask`` ``[N, size]``) applies to every imagined step:
     the world model does not predict masks, and what they depend on (a previous version,
@@ -390,9 +399,9 @@ def imagine(
     actions = []
     carry = start
     for _ in range(horizon):
-        a = actor(feats[-1], mask).sample()
+        a = actor(feats[-1], mask).sample(generator)
         actions.append(a)
-        carry = wm.img_step(carry, actor.spec.features(a))
+        carry = wm.img_step(carry, actor.spec.features(a), generator=generator)
         feats.append(wm.feat(carry))
     feat = torch.stack(feats)
     reward = wm.reward(feat)
@@ -452,6 +461,7 @@ class ActorCritic(nn.Module):
         start: Carry,
         mask: Tensor | None = None,
         start_cont: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> dict[str, float]:
         """One actor and one critic step on trajectories imagined from ``start``.
 
@@ -460,6 +470,7 @@ class ActorCritic(nn.Module):
             start: ``N`` posterior states (e.g. ``States.flatten()`` of a replay batch).
             mask: ``[N, size]`` action masks of the start states (None: all valid).
             start_cont: ``[N]`` continue flags of the start states (None: 1).
+            generator: Source of the imagination's draws (default: torch's global one).
 
         Returns:
             ``actor/...``, ``critic/...`` and ``imag/...`` metrics.
@@ -469,7 +480,9 @@ class ActorCritic(nn.Module):
         """
         cfg = self.cfg
         start = start.detach()
-        traj = imagine(wm, self.actor, start, cfg.horizon, cfg.discount, mask, start_cont)
+        traj = imagine(
+            wm, self.actor, start, cfg.horizon, cfg.discount, mask, start_cont, generator
+        )
         logits = self.critic(traj.feat)  # one pass: values of all states, loss of 0..H-1
         with torch.no_grad():
             value = self.critic.twohot.mean(logits.detach())

@@ -78,7 +78,8 @@ class DreamerAgentConfig(_Strict):
         batch: Sequences per world-model batch.
         seq_len: Steps per sequence (at most an episode's length).
         imag_starts: Imagine from a random subset of this many of the ``batch * seq_len``
-            posterior states (None: all of them).
+            posterior states (None: all, as DreamerV3; 256 of 1024 makes an update about
+            twice as fast on a CPU core).
         model_lr: World-model Adam learning rate.
         actor_lr: Actor Adam learning rate.
         critic_lr: Critic Adam learning rate.
@@ -112,7 +113,7 @@ class DreamerAgentConfig(_Strict):
     train_ratio: float = 32.0
     batch: int = 16
     seq_len: int = 64
-    imag_starts: int | None = None
+    imag_starts: int | None = 256
     model_lr: float = 1e-4
     actor_lr: float = 3e-5
     critic_lr: float = 3e-5

@@ -1,0 +1,176 @@
+"""``DreamerPolicy``: a trained Dreamer run dir behind the :class:`agents.policy.Policy` protocol.
+
+``DreamerPolicy(run_dir)`` reads the run's ``config.yaml`` (validated by
+:func:`agents.dreamer.config.dreamer_config`), builds the env of the run (never reset: its
+encoder, masks and decoding are used) and loads ``agent.pt`` (``torch.load`` with
+``weights_only=True``: tensors and primitives, no pickled code). For each Telemetry frame:
+
+1. the env's :class:`~envs.gym.encoder.ObsEncoder` encodes the frame (the training code
+   path);
+2. the world model's posterior step updates the stream's carry from the frame and the
+   features of the previous decision's actions (``is_first`` on the first frame);
+3. the actor picks its mode (or samples, ``deterministic=False``), under the action mask
+   that the env would compute (Remediate / ClusterOps);
+4. the env's own ``decode`` turns the choice into simulator actions against a control plane
+   rebuilt from telemetry (:class:`agents.sb3.policy.ControlBelief`: replicas relative to
+   the frame's ``replicas_desired`` and clamped to the scenario's min/max; the Remediate
+   indices as ``RemediateEnv._remediation`` maps them; rollback only with a previous
+   version; drains off unless ``allow_drain``), exactly as SB3 policies do;
+5. :class:`~envs.gym.encoder.ActionEncoder` encodes what was done, for the next posterior
+   step.
+
+The state of a stream (:class:`DreamerState`) is explicit: the control belief, the world
+model's carry, the previous action's features and whether the next frame is the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from agents.dreamer.actor_critic import ActionSpec
+from agents.dreamer.agent import AgentState, DreamerAgent
+from agents.dreamer.envs import make_env, run_scenarios
+from agents.dreamer.train import load_run_config
+from agents.sb3.policy import ControlBelief, control_view
+from agents.world_model.config import ObsLayout
+from agents.world_model.rssm import Carry
+from envs.gym.envs import ClusterOpsEnv, RemediateEnv
+from envs.sim.actions import Action
+from envs.sim.simulator import Simulator
+from envs.sim.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class DreamerState:
+    """Recurrent state of one stream.
+
+    Attributes:
+        belief: What telemetry says of the control plane (decoding, masks).
+        carry: World-model posterior carry (batch of one).
+        prev_action: ``[1, A]`` features of the previous decision's actions.
+        first: The next frame is the stream's first.
+    """
+
+    belief: ControlBelief
+    carry: Carry
+    prev_action: torch.Tensor
+    first: bool = True
+
+
+class DreamerPolicy:
+    """A trained Dreamer agent as a :class:`agents.policy.Policy`; see the module docstring.
+
+    Args:
+        run_dir: An ``opsworld train agent=dreamer`` run dir (``config.yaml``, ``agent.pt``).
+        weights: Weights file relative to ``run_dir`` (``best/agent.pt`` for the best
+            evaluation).
+        deterministic: Modes of the posterior and of the actor (else samples, seeded).
+        allow_drain: Let the policy drain nodes (see :mod:`agents.sb3.policy`); off by default.
+        seed: Seed of the sampling generator (``deterministic=False``).
+
+    Attributes:
+        name: ``dreamer``.
+        config: The run's config.
+        env: The (never reset) env whose encoder, masks and decode are used.
+        agent: The world model and actor-critic.
+    """
+
+    name = "dreamer"
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        weights: str = "agent.pt",
+        deterministic: bool = True,
+        allow_drain: bool = False,
+        seed: int = 0,
+    ) -> None:
+        run = Path(run_dir)
+        self.config = load_run_config(run)
+        self.env = make_env(self.config, run_scenarios(self.config))
+        self.spec = ActionSpec.from_env(self.env)
+        self.agent = DreamerAgent(
+            ObsLayout.from_encoder(self.env.encoder),
+            self.spec,
+            self.config.agent,
+            seed=seed,
+            learner=False,
+        )
+        path = run / weights
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: is {run} a finished Dreamer run?")
+        self.agent.load_weights(torch.load(path, weights_only=True))
+        self.agent.wm.eval()
+        self.deterministic = deterministic
+        self.allow_drain = allow_drain
+        self._initial = [s.replicas.initial for s in self.env.specs]
+
+    def reset(self, n: int = 1) -> DreamerState | list[DreamerState]:
+        """Fresh state: one :class:`DreamerState` (``n == 1``) or a list of ``n``."""
+        states = [
+            DreamerState(
+                ControlBelief.initial(self._initial),
+                self.agent.wm.initial(1),
+                torch.zeros(1, self.spec.feature_size),
+            )
+            for _ in range(n)
+        ]
+        return states[0] if n == 1 else states
+
+    def _bind(self, belief: ControlBelief) -> None:
+        view = control_view(belief, self.env.n_nodes, self.allow_drain)
+        self.env.sim = cast(Simulator, view)  # duck-typed: decode and masks read engine.cp
+
+    def action_masks(self, belief: ControlBelief) -> np.ndarray:
+        """The env's ``action_masks()`` under ``belief`` (True = valid)."""
+        self._bind(belief)
+        return self.env.action_masks()
+
+    def decode(self, index: np.ndarray, belief: ControlBelief) -> list[Action]:
+        """The env's ``decode`` of per-dimension indices under ``belief``."""
+        self._bind(belief)
+        return self.env.decode(self.spec.to_env(index))
+
+    def step(self, obs: Telemetry, state: DreamerState) -> tuple[np.ndarray, Carry, np.ndarray]:
+        """Posterior step and actor choice: ``(indices [dims], carry, mask)``."""
+        belief = state.belief
+        mask = self.action_masks(belief)
+        idx, carry = self.agent.act(
+            self.env.encoder.encode(obs)[None],
+            np.array([float(state.first)]),
+            AgentState(state.carry, state.prev_action),
+            mask[None] if self.spec.masked else None,
+            deterministic=self.deterministic,
+        )
+        return idx[0], carry, mask
+
+    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
+        """Decide on one frame.
+
+        Args:
+            obs: The latest telemetry frame of the stream.
+            state: This stream's :class:`DreamerState` (from :meth:`reset` or the last call).
+
+        Returns:
+            ``(actions, new_state, info)``; ``info`` has ``action`` (the indices per
+            dimension) and ``masked_out`` (the remediation chosen was invalid: nothing done).
+        """
+        st = cast(DreamerState, state)
+        belief = st.belief.update(obs)
+        st = DreamerState(belief, st.carry, st.prev_action, st.first)
+        idx, carry, mask = self.step(obs, st)
+        actions = self.decode(idx, belief)
+        features = self.env.action_encoder.encode(actions, belief.desired)
+        info: dict[str, Any] = {"action": idx.tolist(), "masked_out": False}
+        if isinstance(self.env, RemediateEnv):
+            info["masked_out"] = not bool(mask[int(idx[0])])
+        elif isinstance(self.env, ClusterOpsEnv):
+            info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
+        new = DreamerState(belief, carry, torch.as_tensor(features)[None], first=False)
+        return actions, new, info
