@@ -28,13 +28,14 @@ from agents.dreamer.actor_critic import (
 )
 from agents.dreamer.agent import DreamerAgent
 from agents.dreamer.config import DreamerAgentConfig, dreamer_config
+from agents.dreamer.planner import PlannerPolicy, WhatIfPlanner
 from agents.dreamer.policy import DreamerPolicy
 from agents.policy import Policy
 from agents.world_model import ObsLayout, WorldModel
 from agents.world_model.rssm import Carry
 from envs.gym.envs import AutoscaleEnv, ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
-from envs.sim.actions import validate_action
+from envs.sim.actions import Scale, validate_action
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR, ConfigError
@@ -370,3 +371,58 @@ def test_dreamer_policy_acts_on_a_simulator_episode(
     spec = resolve_policy(str(out))
     assert spec.kind == "dreamer" and spec.label.startswith("dreamer-")
     assert isinstance(build_policy(spec, scenario), DreamerPolicy)
+
+
+# --------------------------------------------------------------------------- planner
+
+
+@pytest.mark.parametrize("env_cls", [AutoscaleEnv, RemediateEnv, ClusterOpsEnv])
+def test_what_if_planner_compares_every_candidate(env_cls: type) -> None:
+    torch.manual_seed(0)
+    env = env_cls(scenario="chain3")
+    env.reset(seed=0)
+    wm, ac, _ = _model_and_learner(env_cls)
+    planner = WhatIfPlanner(wm, env, critic=ac.critic, horizon=4, samples=5, seed=1)
+    cands = planner.candidates()
+    labels = [c.label for c in cands]
+    assert labels[0] == "noop" and not cands[0].actions and len(set(labels)) == len(labels)
+    if env_cls is not RemediateEnv:
+        assert "api +1" in labels and "db -1" in labels
+    if env_cls is not AutoscaleEnv:
+        assert "restart api" in labels and "shed 25%" in labels
+        assert "rollback api" not in labels  # masked: no previous version yet
+        assert not any(lb.startswith("drain") for lb in labels)
+    carry = wm.initial(1)
+    plan = planner.plan(carry)
+    s = len(env.services)
+    assert len(plan.outcomes) == len(cands)
+    for o in plan.outcomes:
+        assert o.p99.shape == (s, 3) and o.error_rate.shape == (s,)
+        assert np.all(np.diff(o.p99, axis=1) >= 0)  # quantiles ordered
+        assert 0.0 <= o.p_violation <= 1.0 and o.cost >= 0.0
+    assert plan.best == int(np.argmax(plan.scores))
+    md = plan.to_markdown()
+    assert all(f"| {label} |" in md for label in labels) and "**best**" in md
+    assert plan.as_dict()["chosen"] == plan.chosen.candidate.label
+    assert planner.plan(carry).scores.tolist() == plan.scores.tolist()  # seeded
+    follow = WhatIfPlanner(wm, env, actor=ac.actor, follow="actor", horizon=3, samples=2)
+    explicit = follow.candidate("scale api to 5", [Scale("api", 5)])
+    assert explicit.features[3] == pytest.approx(math.log(1 + 3))  # from 2 replicas to 5
+    assert len(follow.plan(carry, [explicit]).outcomes) == 1
+
+
+def test_planner_policy_explains_each_decision(composer: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_mod.train(composer(*FAST, "total_timesteps=60", "eval.freq=0", f"out={out}"))
+    policy = PlannerPolicy(out, horizon=3, samples=4)
+    assert isinstance(policy, Policy)
+    scenario = load_scenario("chain3", {"horizon_s": 90})
+    sim = Simulator(scenario, seed=2)
+    frame, state = sim.reset(), policy.reset(1)
+    while not sim.done:
+        actions, state, info = policy.act(frame, state)
+        plan = info["plan"]
+        assert plan["chosen"] == plan["candidates"][plan["best"]]["label"]
+        assert [repr(a) for a in actions] == plan["candidates"][plan["best"]]["actions"]
+        assert info["explanation"].count("\n| ") == len(plan["candidates"]) + 1
+        frame = sim.step(actions)[-1]

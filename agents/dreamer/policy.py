@@ -138,7 +138,10 @@ class DreamerPolicy:
         return self.env.decode(self.spec.to_env(index))
 
     def step(self, obs: Telemetry, state: DreamerState) -> tuple[np.ndarray, Carry, np.ndarray]:
-        """Posterior step and actor choice: ``(indices [dims], carry, mask)``."""
+        """Posterior step and actor choice: ``(indices [dims], carry, mask)``.
+
+        ``state.belief`` must already include ``obs`` (:meth:`ControlBelief.update`).
+        """
         belief = state.belief
         mask = self.action_masks(belief)
         idx, carry = self.agent.act(
@@ -149,6 +152,20 @@ class DreamerPolicy:
             deterministic=self.deterministic,
         )
         return idx[0], carry, mask
+
+    def posterior(self, obs: Telemetry, state: DreamerState) -> Carry:
+        """The world model's posterior carry after ``obs`` (no actor)."""
+        return self.agent.observe(
+            self.env.encoder.encode(obs)[None],
+            np.array([float(state.first)]),
+            AgentState(state.carry, state.prev_action),
+            sample=not self.deterministic,
+        )
+
+    def advance(self, belief: ControlBelief, carry: Carry, actions: list[Action]) -> DreamerState:
+        """The state after taking ``actions`` (their features feed the next posterior step)."""
+        features = self.env.action_encoder.encode(actions, belief.desired)
+        return DreamerState(belief, carry, torch.as_tensor(features)[None], first=False)
 
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
         """Decide on one frame.
@@ -166,11 +183,9 @@ class DreamerPolicy:
         st = DreamerState(belief, st.carry, st.prev_action, st.first)
         idx, carry, mask = self.step(obs, st)
         actions = self.decode(idx, belief)
-        features = self.env.action_encoder.encode(actions, belief.desired)
         info: dict[str, Any] = {"action": idx.tolist(), "masked_out": False}
         if isinstance(self.env, RemediateEnv):
             info["masked_out"] = not bool(mask[int(idx[0])])
         elif isinstance(self.env, ClusterOpsEnv):
             info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
-        new = DreamerState(belief, carry, torch.as_tensor(features)[None], first=False)
-        return actions, new, info
+        return actions, self.advance(belief, carry, actions), info
