@@ -257,6 +257,66 @@ def test_fused_observe_equals_step_by_step() -> None:
     del gen
 
 
+@pytest.mark.parametrize(("dyn_layers", "blocks"), [(1, 4), (2, 2), (0, 1)])
+def test_fused_observe_gradients_match_autograd(dyn_layers: int, blocks: int) -> None:
+    """The hand-written backward through time equals autograd through obs_step (float64)."""
+    cfg = WorldModelConfig.preset(
+        "tiny",
+        deter=16,
+        hidden=8,
+        stoch=3,
+        classes=4,
+        gru_blocks=blocks,
+        units=8,
+        dyn_layers=dyn_layers,
+    )
+    model = make_model(cfg).double()
+    b, t = 3, 5
+    batch = {k: v.double() for k, v in to_torch(make_batch(b, t, seed=2)).items()}
+    batch["is_first"][2, 2] = 1.0
+    carry0 = Carry(torch.randn(b, 16, dtype=torch.float64), model.initial(b).stoch)
+    carry0.stoch[:, :, 0] = 1.0
+    wd, ws, wl = (
+        torch.randn(b, t, *shape, dtype=torch.float64) for shape in ((16,), (3, 4), (3, 4))
+    )
+
+    def objective(states: States) -> torch.Tensor:
+        return (
+            (states.deter * wd).sum()
+            + (states.stoch * ws).sum()
+            + (states.logits * wl).sum()
+            + (states.deter[:, -1] ** 2).sum()
+            + states.logits.square().sum()
+        )
+
+    params = dict(model.named_parameters())
+    _, fused = model.observe(batch["obs"], batch["action"], batch["is_first"], carry0, sample=False)
+    fused = States(fused.deter, fused.stoch, fused.logits)
+    g_fused = torch.autograd.grad(objective(fused), list(params.values()), allow_unused=True)
+
+    carry, embed = carry0, model.embed(batch["obs"])
+    deters, stochs, logits = [], [], []
+    for i in range(t):
+        carry, lg = model.rssm.obs_step(
+            carry, batch["action"][:, i], embed[:, i], batch["is_first"][:, i], sample=False
+        )
+        deters.append(carry.deter)
+        stochs.append(carry.stoch)
+        logits.append(lg)
+    plain = States(torch.stack(deters, 1), torch.stack(stochs, 1), torch.stack(logits, 1))
+    assert torch.equal(plain.stoch, fused.stoch)
+    g_plain = torch.autograd.grad(objective(plain), list(params.values()), allow_unused=True)
+    checked = 0
+    for name, a, p in zip(params, g_fused, g_plain, strict=True):
+        if p is None:  # not on this path (prior, decoder, heads)
+            assert a is None or not a.any(), name
+            continue
+        assert a is not None, name
+        assert torch.allclose(a, p, rtol=1e-7, atol=1e-9), name
+        checked += 1
+    assert checked >= 12
+
+
 def test_sampling_is_one_hot_with_straight_through_and_seeded() -> None:
     rssm = RSSM(8, A, TINY)
     logits = torch.randn(2000, 1, 8, requires_grad=True)
@@ -501,3 +561,31 @@ def test_replay_state_round_trip_and_checks(tmp_path: Path) -> None:
         short = Replay(capacity=50, seq_len=30, seed=0)
         short.add(_episodes(1, 10, seed=0)[0])
         short.sample(1)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_world_model_quick(tmp_path: Path) -> None:
+    from experiments import bench
+
+    report = bench.bench(
+        {
+            "suite": "world_model",
+            "quick": True,
+            "results_dir": str(tmp_path),
+            "world_model": {"sizes": ["tiny"], "quick": {"batch": 2, "seq_len": 4}},
+        },
+        log=None,
+    )
+    figs = report["figures"]
+    assert figs["ours_updates_per_s"] > 0 and figs["reference_updates_per_s"] > 0
+    assert figs["ours_env_steps_per_s"] == pytest.approx(8 * figs["ours_updates_per_s"])
+    assert figs["speedup"] == pytest.approx(
+        figs["ours_updates_per_s"] / figs["reference_updates_per_s"]
+    )
+    assert report["details"]["obs_size"] == 322 and report["details"]["action_size"] == 36
+    assert report["details"]["tiny"]["ours_params"] > 0
+    assert (tmp_path / "world_model_bench_quick.md").exists()
+    with pytest.raises(bench.ConfigError, match="sizes"):
+        bench.bench({"suite": "world_model", "world_model": {"sizes": ["huge"]}}, log=None)

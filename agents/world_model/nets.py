@@ -143,13 +143,25 @@ class BlockLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def gru_update(gates: Tensor, deter: Tensor) -> Tensor:
-    """DreamerV3's GRU update from fused gate pre-activations ``[B, 3 D]`` (reset, cand, update).
+def split_gates(gates: Tensor, blocks: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Reset, candidate and update pre-activations ``[..., D]`` from ``[..., 3 D]``.
+
+    Block ``g`` of a block-diagonal gate layer outputs ``[reset_g, cand_g, update_g]`` for
+    its own ``D / blocks`` units (DreamerV3 splits within each group), so a unit's three
+    gates come from the block that reads that unit's slice of the state.
+    """
+    grouped = gates.unflatten(-1, (blocks, 3, gates.shape[-1] // (3 * blocks)))
+    reset, cand, update = grouped.unbind(-2)
+    return reset.flatten(-2), cand.flatten(-2), update.flatten(-2)
+
+
+def gru_update(gates: Tensor, deter: Tensor, blocks: int = 1) -> Tensor:
+    """DreamerV3's GRU update from fused gate pre-activations ``[B, 3 D]``.
 
     ``deter' = u * tanh(r * c) + (1 - u) * deter`` with ``r = sigmoid(.)`` and
     ``u = sigmoid(. - 1)`` (the -1 biases the cell towards keeping its state).
     """
-    reset, cand, update = gates.chunk(3, -1)
+    reset, cand, update = split_gates(gates, blocks)
     cand = torch.tanh(torch.sigmoid(reset) * cand)
     update = torch.sigmoid(update - 1.0)
     return torch.lerp(deter, cand, update)
@@ -195,11 +207,11 @@ class BlockGRU(nn.Module):
         """From the first layer's pre-activation ``x @ in_x + blocks(deter)`` to ``deter'``."""
         if self.gates is None:
             assert self.gate_bias is not None
-            return gru_update(first + self.gate_bias, deter)
+            return gru_update(first + self.gate_bias, deter, self.blocks)
         h = F.silu(self.hidden_norms[0](first))
         for layer, norm in zip(self.hidden, self.hidden_norms[1:], strict=True):
             h = F.silu(norm(layer(h)))
-        return gru_update(self.gates(h), deter)
+        return gru_update(self.gates(h), deter, self.blocks)
 
     def forward(self, x: Tensor, deter: Tensor) -> Tensor:
         """One step: input ``x`` ``[B, inp]``, state ``deter`` ``[B, D]`` -> ``[B, D]``."""

@@ -13,10 +13,11 @@ categoricals of C classes, sampled with straight-through gradients). One step:
 
 :meth:`RSSM.observe` is written for CPU throughput: only the recurrence runs in the Python
 time loop; the action and embedding projections are computed for all steps at once before
-it, the prior after it; the three layers that read ``deter_t`` (the posterior's, and the
-next step's ``f0`` and GRU input) are one fused matmul; sampling noise is drawn once.
-:meth:`RSSM.obs_step` is the plain one-step version (for acting online); the tests check
-that both agree.
+it, the prior after it; the two dense layers that read ``deter_t`` (the posterior's and
+the next step's ``f0``) are one matmul; sampling noise is drawn once; and the loop is one
+autograd function with a hand-written backward through time
+(:mod:`agents.world_model.fused`). :meth:`RSSM.obs_step` is the plain one-step version
+(for acting online, and the reference the tests compare values and gradients with).
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.world_model.config import WorldModelConfig
+from agents.world_model.fused import FusedObserve, FusedSpec
 from agents.world_model.math import unimix_probs
 from agents.world_model.nets import MLP, BlockGRU, Dense, Linear
 
@@ -286,61 +287,64 @@ class RSSM(nn.Module):
         assert action.shape[:2] == (b, t_len), (action.shape, embed.shape)
         assert is_first.shape == (b, t_len), (is_first.shape, embed.shape)
         assert carry.deter.shape == (b, self.deter), (carry.deter.shape, b)
-        h, k, c = self.hidden, self.stoch, self.classes
+        h, k = self.hidden, self.stoch
         gru = self.gru
-        first_size = gru.in_x.shape[1]
         keep = 1.0 - is_first.to(embed.dtype)  # [B, T]
-        resets = (is_first > 0).any(0).tolist()
 
         # everything that does not depend on the recurrence, for all T at once
         act = self._norm_action(action) * keep[..., None]
-        pre_act = self.in_action(act) @ gru.in_x[2 * h :]  # [B, T, first]
+        pre_act = self.in_action(act) @ gru.in_x[2 * h :]  # [B, T, F]
         w_post = self.post_in.linear.weight  # [D + E, H]
         pre_embed = embed @ w_post[self.deter :]  # [B, T, H]
-        # the three maps of deter_t: the posterior's, the next step's f0 and GRU input
-        w_deter = torch.cat(
-            [w_post[: self.deter], self.in_deter.linear.weight, gru.in_h.dense_weight()], 1
-        )
-        w_x01 = gru.in_x[: 2 * h]
-        w_stoch = self.in_stoch.linear.weight
-        w_logit, b_logit = self.post_out.weight, self.post_out.bias
-        assert b_logit is not None
+        # the two dense maps of deter_t: the posterior's and the next step's f0
+        w_deter = torch.cat([w_post[: self.deter], self.in_deter.linear.weight], 1)
         if sample:
             noise = torch.rand(
                 (b, t_len, k, 1), generator=generator, dtype=embed.dtype, device=embed.device
             )
-
-        deter, stoch = carry.deter, carry.stoch
-        proj = deter @ w_deter[:, h:]
-        deters, stochs, logits_all = [], [], []
-        for t in range(t_len):
-            if resets[t]:
-                kt = keep[:, t, None]
-                deter, proj = deter * kt, proj * kt
-                stoch = stoch * kt[..., None]
-            x0 = F.silu(self.in_deter.norm(proj[:, :h]))
-            x1 = F.silu(self.in_stoch.norm(stoch.flatten(1) @ w_stoch))
-            first = torch.addmm(pre_act[:, t] + proj[:, h:], torch.cat([x0, x1], 1), w_x01)
-            deter = gru.after_first(first, deter)
-            proj_all = deter @ w_deter
-            post = F.silu(self.post_in.norm(proj_all[:, :h] + pre_embed[:, t]))
-            lg = torch.addmm(b_logit, post, w_logit).view(b, k, c)
-            probs = unimix_probs(lg, self.unimix)
-            if sample:
-                stoch = self._draw(probs, noise[:, t])
-            else:
-                idx = probs.argmax(-1, keepdim=True)
-                stoch = torch.zeros_like(probs).scatter_(-1, idx, 1.0) + (probs - probs.detach())
-            proj = proj_all[:, h:]
-            deters.append(deter)
-            stochs.append(stoch)
-            logits_all.append(lg)
-        assert proj.shape[1] == h + first_size
-        deter_seq = torch.stack(deters, 1)
-        states = States(
-            deter_seq,
-            torch.stack(stochs, 1),
-            torch.stack(logits_all, 1),
-            self.prior_logits(deter_seq),
+        else:
+            noise = embed.new_zeros(())
+        spec = FusedSpec(
+            hidden=h,
+            deter=self.deter,
+            stoch=k,
+            classes=self.classes,
+            blocks=gru.blocks,
+            dyn_layers=len(gru.hidden_norms),
+            unimix=self.unimix,
+            norm_eps=self.post_in.norm.eps,
+            sample=sample,
+            resets=tuple(bool(r) for r in (is_first > 0).any(0).tolist()),
         )
-        return Carry(deter, stoch), states
+        if gru.gates is not None:
+            assert gru.gates.bias is not None
+            gate_b = gru.gates.bias
+            blocks_w = [layer.weight for layer in gru.hidden] + [gru.gates.weight]
+        else:
+            assert gru.gate_bias is not None
+            gate_b, blocks_w = gru.gate_bias, []
+        assert self.post_out.bias is not None
+        deter_seq, stoch_seq, logits_seq = FusedObserve.apply(
+            spec,
+            pre_act,
+            pre_embed,
+            keep,
+            noise,
+            carry.deter,
+            carry.stoch,
+            carry.deter @ w_deter[:, h:],
+            self.in_stoch.linear.weight,
+            self.in_deter.norm.scale,
+            self.in_stoch.norm.scale,
+            gru.in_x[: 2 * h],
+            w_deter,
+            gru.in_h.weight,
+            self.post_in.norm.scale,
+            self.post_out.weight,
+            self.post_out.bias,
+            gate_b,
+            *[norm.scale for norm in gru.hidden_norms],
+            *blocks_w,
+        )
+        states = States(deter_seq, stoch_seq, logits_seq, self.prior_logits(deter_seq))
+        return states.carry(-1), states
