@@ -167,6 +167,11 @@ class ObsEncoder:
         return out
 
 
+def symlog_scalar(x: float) -> float:
+    """:func:`symlog` of one number."""
+    return float(np.sign(x) * np.log1p(abs(x)))
+
+
 def time_features(t: float) -> np.ndarray:
     """Sine and cosine of the time of day and of the week (float32, shape (4,))."""
     day = 2 * np.pi * (t % 86400.0) / 86400.0
@@ -202,8 +207,11 @@ class ActionEncoder:
         return len(ACTION_SERVICE_FEATURES) * len(self.services) + len(ACTION_CLUSTER_FEATURES)
 
     def encode(self, actions: Any, desired: Any) -> np.ndarray:
-        """Vector for ``actions`` (a list of simulator actions) given the desired replicas
-        per service (topology order) when they were taken."""
+        """Vector for ``actions`` (a list of simulator actions).
+
+        ``desired`` holds the desired replicas per service (topology order) when they were
+        taken.
+        """
         from envs.sim.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
 
         index = {name: i for i, name in enumerate(self.services)}
@@ -213,7 +221,7 @@ class ActionEncoder:
         for a in actions:
             if isinstance(a, Scale):
                 i = index[a.service]
-                svc[i, 0] = symlog(np.float64(a.replicas - int(desired[i])))
+                svc[i, 0] = symlog_scalar(a.replicas - int(desired[i]))
             elif isinstance(a, Restart):
                 svc[index[a.service], 1] = 1.0
             elif isinstance(a, Rollback):

@@ -24,7 +24,7 @@ from envs.gym.encoder import (
     TIME_FEATURES,
     ActionEncoder,
     ObsEncoder,
-    symlog,
+    symlog_scalar,
 )
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
@@ -184,11 +184,11 @@ class ClusterEnv(gym.Env[Any, Any]):
         raise NotImplementedError
 
     def action_feature_matrix(self) -> np.ndarray:
-        """``M`` with ``onehot(action) @ M`` = the action's :class:`ActionEncoder` features,
-        ignoring clamps and masks (which need the cluster's state).
+        """``M`` with ``onehot(action) @ M`` = the action's :class:`ActionEncoder` features.
 
-        ``onehot`` concatenates one one-hot per action dimension (MultiDiscrete) or is one
-        one-hot (Discrete). A world model imagines with this linear map.
+        Clamps and masks are ignored (they need the cluster's state). ``onehot``
+        concatenates one one-hot per action dimension (MultiDiscrete) or is one one-hot
+        (Discrete). A world model imagines with this linear map.
         """
         raise NotImplementedError
 
@@ -197,7 +197,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         m = np.zeros((s * n, self.action_encoder.size), dtype=np.float32)
         for i in range(s):
             for k, d in enumerate(SCALE_DELTAS):
-                m[i * n + k, 3 * i] = symlog(np.float64(d))
+                m[i * n + k, 3 * i] = symlog_scalar(d)
         return m
 
     def _remediation_matrix(self) -> np.ndarray:
@@ -207,7 +207,7 @@ class ClusterEnv(gym.Env[Any, Any]):
             base = 1 + svc * r
             m[base + 0, 3 * svc + 1] = 1.0  # restart
             m[base + 1, 3 * svc + 2] = 1.0  # rollback
-            m[base + 2, 3 * svc] = symlog(np.float64(1.0))  # scale up by one
+            m[base + 2, 3 * svc] = symlog_scalar(1.0)  # scale up by one
         base = 1 + r * s
         for j, level in enumerate(SHED_LEVELS):
             m[base + j, -3] = 1.0
@@ -262,9 +262,11 @@ class ClusterEnv(gym.Env[Any, Any]):
     def step_actions(
         self, actions: Sequence[Action]
     ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """As :meth:`step`, with simulator actions (e.g. from a baseline policy) instead of
-        an element of ``action_space``; ``info["action_features"]`` encodes them with
-        :class:`~envs.gym.encoder.ActionEncoder`."""
+        """As :meth:`step`, with simulator actions instead of an element of ``action_space``.
+
+        For baseline policies (which speak simulator actions); ``info["action_features"]``
+        encodes the actions with :class:`~envs.gym.encoder.ActionEncoder`.
+        """
         sim = self._sim
         actions = list(actions)
         features = self.action_encoder.encode(actions, sim.engine.cp.desired)
