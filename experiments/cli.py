@@ -58,10 +58,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "bench": Command(
         "experiments.bench",
-        "benchmarks (suites: sim, incidents); write experiments/results/<suite>_bench.*",
+        "benchmarks (sim, incidents, world_model); write experiments/results/<suite>_bench.*",
         positional="suite",
     ),
-    "train": Command("experiments.train", "train an SB3 agent on an env; write model.zip, metrics"),
+    "train": Command("experiments.train", "train an SB3 or Dreamer agent; write model, metrics"),
     "evaluate": Command("experiments.evaluate", "score policies on a suite; write results, Pareto"),
     "fit-world-model": Command(
         "experiments.fit_world_model", "train a world model on a suite's topology; write checkpoint"
