@@ -349,6 +349,13 @@ def test_resume_equals_an_uninterrupted_run(composer: Any, tmp_path: Path) -> No
     )
 
 
+def test_max_minutes_stops_early_and_still_saves(composer: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = train_mod.train(composer(*FAST, "agent.max_minutes=0.0001", f"out={out}"))
+    assert metrics["timesteps"] < 256 and (out / "agent.pt").is_file()
+    assert (out / "eval" / "curve.csv").read_text().count("\n") == 2  # header + final
+
+
 @pytest.mark.parametrize("env", ["autoscale", "remediate"])
 def test_dreamer_policy_acts_on_a_simulator_episode(
     composer: Any, tmp_path: Path, env: str
@@ -366,6 +373,11 @@ def test_dreamer_policy_acts_on_a_simulator_episode(
         validate_action(action, scenario)
     again = Simulator(scenario, seed=5).run(DreamerPolicy(out))
     assert again.actions == result.actions  # deterministic policy
+    sampled = [
+        Simulator(scenario, seed=5).run(DreamerPolicy(out, deterministic=False, seed=1)).actions
+        for _ in range(2)
+    ]
+    assert sampled[0] == sampled[1]  # a sampling policy draws from its stream's seeded state
     states = policy.reset(3)
     assert isinstance(states, list) and len(states) == 3
     spec = resolve_policy(str(out))

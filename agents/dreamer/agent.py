@@ -103,16 +103,24 @@ class DreamerAgent:
 
     @torch.no_grad()
     def observe(
-        self, obs: np.ndarray, is_first: np.ndarray, state: AgentState, sample: bool = True
+        self,
+        obs: np.ndarray,
+        is_first: np.ndarray,
+        state: AgentState,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
     ) -> Carry:
-        """Posterior carry after observing ``obs`` ``[n, O]`` (``is_first`` ``[n]`` resets)."""
+        """Posterior carry after observing ``obs`` ``[n, O]`` (``is_first`` ``[n]`` resets).
+
+        Draws come from ``generator`` (default: the agent's).
+        """
         return self.wm.obs_step(
             state.carry,
             torch.as_tensor(obs, dtype=torch.float32),
             state.prev_action,
             torch.as_tensor(is_first, dtype=torch.float32),
             sample=sample,
-            generator=self.generator,
+            generator=generator or self.generator,
         )
 
     @torch.no_grad()
@@ -123,17 +131,20 @@ class DreamerAgent:
         state: AgentState,
         mask: np.ndarray | None = None,
         deterministic: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, Carry]:
         """Actions ``[n, dims]`` (indices per dimension) and the posterior carry.
 
-        With ``deterministic`` the posterior and the actor take their modes (a reproducible
-        policy); otherwise both sample from the agent's generator. The caller sets the next
-        :class:`AgentState` from the returned carry and the features of what was done.
+        With ``deterministic`` the posterior and the actor take their modes; otherwise both
+        sample from ``generator`` (default: the agent's; DreamerV3 evaluates sampling
+        policies too). The caller sets the next :class:`AgentState` from the returned carry
+        and the features of what was done.
         """
-        carry = self.observe(obs, is_first, state, sample=not deterministic)
+        gen = generator or self.generator
+        carry = self.observe(obs, is_first, state, sample=not deterministic, generator=gen)
         m = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
         dist = self.ac.actor(self.wm.feat(carry), m)
-        action = dist.mode() if deterministic else dist.sample(self.generator)
+        action = dist.mode() if deterministic else dist.sample(gen)
         return action.numpy(), carry
 
     # ------------------------------------------------------------------ learning

@@ -98,6 +98,9 @@ class DreamerAgentConfig(_Strict):
             (``static``, ``hpa``, ``tuned_hpa``, ``runbook``).
         replay_capacity: Replay capacity in steps (oldest episodes leave first).
         log_every: Env steps between metric dumps.
+        max_minutes: Stop training after this many wall-clock minutes of the run (resumed
+            runs count their earlier minutes), then evaluate and save as usual; None: run to
+            ``total_timesteps``.
     """
 
     algo: Literal["dreamer"] = "dreamer"
@@ -130,6 +133,7 @@ class DreamerAgentConfig(_Strict):
     prefill_policy: Literal["random", "static", "hpa", "tuned_hpa", "runbook"] = "random"
     replay_capacity: int = 1_000_000
     log_every: int = 1000
+    max_minutes: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DreamerAgentConfig:
@@ -155,6 +159,8 @@ class DreamerAgentConfig(_Strict):
             raise ValueError(f"train_ratio={self.train_ratio}: must be > 0")
         if self.prefill < 0:
             raise ValueError(f"prefill={self.prefill}: must be >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes={self.max_minutes}: must be > 0 or null")
         if self.imag_starts is not None and self.imag_starts < 1:
             raise ValueError(f"imag_starts={self.imag_starts}: must be >= 1 or null")
         if self.net_arch is not None and (not self.net_arch or min(self.net_arch) < 1):

@@ -425,10 +425,10 @@ class PlannerPolicy:
         """Plan on one frame and take the best candidate's actions."""
         st = cast(DreamerState, state)
         belief = st.belief.update(obs)
-        st = DreamerState(belief, st.carry, st.prev_action, st.first)
+        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator)
         carry = self.policy.posterior(obs, st)
         self.policy._bind(belief)
         plan = self.planner.plan(carry)
         actions = list(plan.chosen.candidate.actions)
         info = {"plan": plan.as_dict(), "explanation": plan.to_markdown()}
-        return actions, self.policy.advance(belief, carry, actions), info
+        return actions, self.policy.advance(belief, carry, actions, st.generator), info

@@ -54,12 +54,14 @@ class DreamerState:
         carry: World-model posterior carry (batch of one).
         prev_action: ``[1, A]`` features of the previous decision's actions.
         first: The next frame is the stream's first.
+        generator: The stream's own source of draws (sampling policies), seeded at reset.
     """
 
     belief: ControlBelief
     carry: Carry
     prev_action: torch.Tensor
     first: bool = True
+    generator: torch.Generator | None = None
 
 
 class DreamerPolicy:
@@ -69,9 +71,11 @@ class DreamerPolicy:
         run_dir: An ``opsworld train agent=dreamer`` run dir (``config.yaml``, ``agent.pt``).
         weights: Weights file relative to ``run_dir`` (``best/agent.pt`` for the best
             evaluation).
-        deterministic: Modes of the posterior and of the actor (else samples, seeded).
+        deterministic: Modes of the posterior and of the actor, else samples (as DreamerV3
+            evaluates); None: the run's ``eval.deterministic``.
         allow_drain: Let the policy drain nodes (see :mod:`agents.sb3.policy`); off by default.
-        seed: Seed of the sampling generator (``deterministic=False``).
+        seed: Seed of the streams' sampling generators: stream ``i`` of a :meth:`reset`
+            draws from ``seed + i``, so an episode's decisions depend on its frames only.
 
     Attributes:
         name: ``dreamer``.
@@ -87,12 +91,13 @@ class DreamerPolicy:
         run_dir: str | Path,
         *,
         weights: str = "agent.pt",
-        deterministic: bool = True,
+        deterministic: bool | None = None,
         allow_drain: bool = False,
         seed: int = 0,
     ) -> None:
         run = Path(run_dir)
         self.config = load_run_config(run)
+        self.seed = seed
         self.env = make_env(self.config, run_scenarios(self.config))
         self.spec = ActionSpec.from_env(self.env)
         self.agent = DreamerAgent(
@@ -107,7 +112,9 @@ class DreamerPolicy:
             raise FileNotFoundError(f"{path} is missing: is {run} a finished Dreamer run?")
         self.agent.load_weights(torch.load(path, weights_only=True))
         self.agent.wm.eval()
-        self.deterministic = deterministic
+        self.deterministic = (
+            self.config.eval.deterministic if deterministic is None else deterministic
+        )
         self.allow_drain = allow_drain
         self._initial = [s.replicas.initial for s in self.env.specs]
 
@@ -118,8 +125,9 @@ class DreamerPolicy:
                 ControlBelief.initial(self._initial),
                 self.agent.wm.initial(1),
                 torch.zeros(1, self.spec.feature_size),
+                generator=torch.Generator().manual_seed(self.seed + i),
             )
-            for _ in range(n)
+            for i in range(n)
         ]
         return states[0] if n == 1 else states
 
@@ -150,6 +158,7 @@ class DreamerPolicy:
             AgentState(state.carry, state.prev_action),
             mask[None] if self.spec.masked else None,
             deterministic=self.deterministic,
+            generator=state.generator,
         )
         return idx[0], carry, mask
 
@@ -160,12 +169,21 @@ class DreamerPolicy:
             np.array([float(state.first)]),
             AgentState(state.carry, state.prev_action),
             sample=not self.deterministic,
+            generator=state.generator,
         )
 
-    def advance(self, belief: ControlBelief, carry: Carry, actions: list[Action]) -> DreamerState:
+    def advance(
+        self,
+        belief: ControlBelief,
+        carry: Carry,
+        actions: list[Action],
+        generator: torch.Generator | None = None,
+    ) -> DreamerState:
         """The state after taking ``actions`` (their features feed the next posterior step)."""
         features = self.env.action_encoder.encode(actions, belief.desired)
-        return DreamerState(belief, carry, torch.as_tensor(features)[None], first=False)
+        return DreamerState(
+            belief, carry, torch.as_tensor(features)[None], first=False, generator=generator
+        )
 
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
         """Decide on one frame.
@@ -180,7 +198,7 @@ class DreamerPolicy:
         """
         st = cast(DreamerState, state)
         belief = st.belief.update(obs)
-        st = DreamerState(belief, st.carry, st.prev_action, st.first)
+        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator)
         idx, carry, mask = self.step(obs, st)
         actions = self.decode(idx, belief)
         info: dict[str, Any] = {"action": idx.tolist(), "masked_out": False}
@@ -188,4 +206,4 @@ class DreamerPolicy:
             info["masked_out"] = not bool(mask[int(idx[0])])
         elif isinstance(self.env, ClusterOpsEnv):
             info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
-        return actions, self.advance(belief, carry, actions), info
+        return actions, self.advance(belief, carry, actions, st.generator), info

@@ -16,7 +16,9 @@ hands it the composed config before any SB3 conversion). The loop, per env step 
 4. **evaluate** every ``eval.freq`` env steps: ``eval.episodes`` episodes with their own fixed
    seeds (the same ones at every evaluation, so the curve compares like with like), the
    actor's mode; the best weights go to ``best/agent.pt``;
-5. **log** every ``agent.log_every`` env steps, **checkpoint** every ``checkpoint_freq``.
+5. **log** every ``agent.log_every`` env steps, **checkpoint** every ``checkpoint_freq``;
+6. stop at ``total_timesteps`` or after ``agent.max_minutes`` of wall-clock, whichever comes
+   first; evaluate (unless the last evaluation was at this step) and save.
 
 Run dir (``out``): ``config.yaml`` (the resolved, validated config), ``agent.pt`` (final
 weights: what :class:`~agents.dreamer.policy.DreamerPolicy` loads), ``best/agent.pt``,
@@ -295,14 +297,15 @@ def evaluate_agent(
 ) -> list[EpisodeStats]:
     """Run ``episodes`` evaluation episodes (fixed seeds, evaluation stream) to the end.
 
-    Deterministic evaluation takes the posterior's and the actor's modes and touches no
-    generator, so it does not change the training run.
+    Deterministic evaluation takes the posterior's and the actor's modes; otherwise draws
+    come from a generator seeded by the episode's seed (the same at every evaluation). The
+    agent's own generator is not touched, so evaluating does not change the training run.
     """
     out = []
-    saved = agent.generator.get_state()
     for s in seeds(conf.seed, episodes, stream=1):
         stream = Stream(make_env(conf, scenarios), s, episode_limit(conf))
         state = agent.initial(1)
+        gen = torch.Generator().manual_seed(s)
         while True:
             idx, carry = agent.act(
                 stream.obs[None],
@@ -310,13 +313,13 @@ def evaluate_agent(
                 state,
                 stream.mask()[None] if stream.masked else None,
                 deterministic=deterministic,
+                generator=gen,
             )
             features, _, stats = stream.step(idx[0])
             state = AgentState(carry, torch.as_tensor(features)[None])
             if stats is not None:
                 out.append(stats)
                 break
-    agent.generator.set_state(saved)
     return out
 
 
@@ -458,7 +461,8 @@ def _run(
         return loop.wall_s + time.perf_counter() - run_start
 
     try:
-        while loop.env_steps < conf.total_timesteps:
+        deadline = math.inf if ac.max_minutes is None else 60.0 * ac.max_minutes
+        while loop.env_steps < conf.total_timesteps and wall() < deadline:
             t0 = time.perf_counter()
             obs = np.stack([s.obs for s in streams])
             first = np.array([float(s.is_first) for s in streams])
