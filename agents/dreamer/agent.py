@@ -148,14 +148,16 @@ class DreamerAgent:
         return action.numpy(), carry
 
     # ------------------------------------------------------------------ learning
-    def update(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], actor_critic: bool = True) -> dict[str, float]:
         """One world-model step, then one actor-critic step imagined from the batch.
 
         ``batch`` holds ``[B, T, ...]`` arrays (the replay's keys). The world model's
         trainer does not hand back its posterior, so the states are filtered again (no
-        gradient) with the updated model.
+        gradient) with the updated model. ``actor_critic=False``: the world model only.
         """
         metrics = self.trainer.step(batch)
+        if not actor_critic:
+            return metrics
         obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
         action = torch.as_tensor(batch["action"], dtype=torch.float32)
         is_first = torch.as_tensor(batch["is_first"], dtype=torch.float32)

@@ -96,6 +96,9 @@ class DreamerAgentConfig(_Strict):
         prefill: Env steps collected by ``prefill_policy`` before the first update.
         prefill_policy: ``random`` (uniform over the valid actions) or a baseline
             (``static``, ``hpa``, ``tuned_hpa``, ``runbook``).
+        pretrain: World-model-only updates on the prefill data when the prefill ends, before
+            the actor first acts (the actor cannot learn from a model that has not yet
+            learned what actions do); 0: none.
         replay_capacity: Replay capacity in steps (oldest episodes leave first).
         log_every: Env steps between metric dumps.
         max_minutes: Stop training after this many wall-clock minutes of the run (resumed
@@ -131,6 +134,7 @@ class DreamerAgentConfig(_Strict):
     retnorm_limit: float = 1.0
     prefill: int = 1000
     prefill_policy: Literal["random", "static", "hpa", "tuned_hpa", "runbook"] = "random"
+    pretrain: int = 0
     replay_capacity: int = 1_000_000
     log_every: int = 1000
     max_minutes: float | None = None
@@ -157,8 +161,8 @@ class DreamerAgentConfig(_Strict):
             )
         if self.train_ratio <= 0:
             raise ValueError(f"train_ratio={self.train_ratio}: must be > 0")
-        if self.prefill < 0:
-            raise ValueError(f"prefill={self.prefill}: must be >= 0")
+        if self.prefill < 0 or self.pretrain < 0:
+            raise ValueError(f"prefill={self.prefill}, pretrain={self.pretrain}: must be >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes={self.max_minutes}: must be > 0 or null")
         if self.imag_starts is not None and self.imag_starts < 1:

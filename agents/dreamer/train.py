@@ -7,8 +7,9 @@ hands it the composed config before any SB3 conversion). The loop, per env step 
 ``n_envs`` envs (stepped in lockstep in this process):
 
 1. **act**: the first ``agent.prefill`` steps (rounded up to whole episodes) follow
-   ``agent.prefill_policy`` (uniform random valid actions, or a baseline); then the agent's
-   online filter and actor (:meth:`~agents.dreamer.agent.DreamerAgent.act`), sampling;
+   ``agent.prefill_policy`` (uniform random valid actions, or a baseline), then
+   ``agent.pretrain`` world-model-only updates; then the agent's online filter and actor
+   (:meth:`~agents.dreamer.agent.DreamerAgent.act`), sampling;
 2. **record**: each finished episode goes to the :class:`~agents.world_model.replay.Replay`
    (sequences of ``agent.seq_len`` inside episodes);
 3. **learn**: once the replay holds a full sequence, ``train_ratio / (batch * seq_len)``
@@ -131,6 +132,7 @@ class Loop:
         updates: Updates so far.
         owed: Updates due but not yet made (fractional).
         prefill_done: The behaviour prefill is over.
+        pretrained: World-model-only updates made after the prefill.
         episodes: Training episodes finished.
         next_eval: Env step of the next evaluation.
         next_log: Env step of the next metric dump.
@@ -148,6 +150,7 @@ class Loop:
     updates: int = 0
     owed: float = 0.0
     prefill_done: bool = False
+    pretrained: int = 0
     episodes: int = 0
     next_eval: int = 0
     next_log: int = 0
@@ -499,6 +502,9 @@ def _run(
 
             if loop.prefill_done and sampleable:
                 t1 = time.perf_counter()
+                while loop.pretrained < ac.pretrain:
+                    logger.record(agent.update(replay.sample(ac.batch), actor_critic=False), True)
+                    loop.pretrained += 1
                 loop.owed += n * ac.updates_per_step
                 while loop.owed >= 1.0:
                     last_metrics = agent.update(replay.sample(ac.batch))
@@ -559,6 +565,7 @@ def _run(
         "timesteps": loop.env_steps,
         "trained_timesteps": trained,
         "updates": loop.updates,
+        "pretrain_updates": loop.pretrained,
         "train_ratio": conf.agent.train_ratio,
         "train_time_s": train_time,
         "wall_time_s": wall_before + time.perf_counter() - start,
