@@ -10,9 +10,13 @@
    of :class:`~agents.world_model.trainer.WorldModelTrainer` on sequences from a
    :class:`~agents.world_model.replay.Replay` (stopping early after ``max_minutes``);
 3. on a calibration split of the same suite (replicate index ``replicates``, a run seed not
-   used for training, under ``calib_behaviours``), fits the forecast extras: the spread
-   :class:`~agents.world_model.forecast.Calibration`, the persistence and seasonal-naive
-   residual quantiles and the naive violation frequencies (all TRAIN-suite data).
+   used for training, under ``calib_behaviours``), fits the forecast extras: the
+   :class:`~agents.world_model.forecast.Calibration` (anchor weights and spread), the
+   persistence and seasonal-naive residual quantiles and the naive violation frequencies
+   (all TRAIN-suite data). With ``calib_split=entries`` every ``calib_every``-th entry is
+   kept out of training and the model's calibration is fitted on those unseen entries
+   only (the holdout suite's incidents are unseen too); the naive forecasters use the
+   calibration episodes of every entry.
 
 It writes to ``out``:
 
@@ -37,8 +41,10 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +60,28 @@ from experiments.simulate import Fidelity
 
 FORECAST_DIR = "forecast"
 """Sub-folder of a fit run with the forecast extras."""
+MODEL_CODE: tuple[str, ...] = ("config", "math", "nets", "rssm", "fused", "model")
+"""Modules of ``agents/world_model`` whose source defines what a checkpoint's weights mean."""
+
+
+def model_code_digest() -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of each :data:`MODEL_CODE` module's source.
+
+    A checkpoint loads into any model with the same parameter shapes, even after a change
+    that gives the weights another meaning (e.g. a new GRU gate layout); comparing these
+    digests at load time catches that.
+    """
+    import hashlib
+
+    import agents.world_model as wm
+
+    folder = Path(wm.__file__).parent
+    out = {}
+    for name in MODEL_CODE:
+        path = folder / f"{name}.py"
+        if path.exists():
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
 
 
 @dataclass
@@ -99,6 +127,15 @@ TOP_LEVEL_WM_FIELDS: tuple[str, ...] = ("size", "batch", "seq_len", "lr", "threa
 """WorldModelConfig fields set by top-level keys of the command, not by ``wm.``."""
 
 
+class CalibSplit(StrEnum):
+    """Which TRAIN episodes calibrate the model's forecasts."""
+
+    replicate = "replicate"
+    """A run seed of every entry not used in training."""
+    entries = "entries"
+    """Every ``calib_every``-th entry, kept out of training altogether."""
+
+
 @dataclass
 class FitWorldModelConfig:
     """Schema of ``configs/fit_world_model.yaml``; a wrong key or type fails at composition.
@@ -127,7 +164,14 @@ class FitWorldModelConfig:
         every: Steps between forecast origins on the calibration split.
         n_samples: Sampled futures per forecast on the calibration split.
         calib_behaviours: Behaviours of the calibration split.
-        calib_level: Interval level the spread calibration targets.
+        calib_split: ``replicate`` or ``entries`` (see the module docstring).
+        calib_every: With ``calib_split=entries``: entries ``k-1, 2k-1, ...`` calibrate.
+        calib_level: Interval level the spread calibration targets (0.8 or 0.9).
+        anchor: Fit anchor weights in the calibration (else only the spread).
+        init: A previous fit-world-model folder to continue from: model, optimizer, update
+            count and RNG come from its checkpoint, and so does the WorldModelConfig
+            (``size``, ``lr``, ``batch``, ``seq_len``, ``wm`` are then ignored); with
+            ``updates=0`` only the forecast extras are refitted.
         progress: Progress bars (None: when stderr is a terminal).
         save_data: Also write the training episodes (``episodes.npz``).
         out: Output folder.
@@ -157,7 +201,11 @@ class FitWorldModelConfig:
     every: int = 4
     n_samples: int = 64
     calib_behaviours: list[str] = field(default_factory=lambda: ["hpa", "runbook"])
+    calib_split: CalibSplit = CalibSplit.replicate
+    calib_every: int = 4
     calib_level: float = 0.9
+    anchor: bool = True
+    init: str | None = None
     progress: bool | None = None
     save_data: bool = False
     out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}"
@@ -245,11 +293,12 @@ def _check(conf: FitWorldModelConfig) -> Any:
         ("warmup", 0),
         ("every", 1),
         ("n_samples", 2),
+        ("calib_every", 2),
     ):
         if getattr(conf, name) < low:
             raise ConfigError(f"{name}={getattr(conf, name)}: must be >= {low}")
-    if not 0.0 < conf.calib_level < 1.0:
-        raise ConfigError(f"calib_level={conf.calib_level}: must be in (0, 1)")
+    if conf.calib_level not in (0.8, 0.9):
+        raise ConfigError(f"calib_level={conf.calib_level}: must be 0.8 or 0.9")
     if conf.max_minutes is not None and conf.max_minutes <= 0:
         raise ConfigError(f"max_minutes={conf.max_minutes}: must be > 0 (or null)")
     try:
@@ -268,8 +317,7 @@ def _check(conf: FitWorldModelConfig) -> Any:
 
 
 def train_world_model(
-    model: Any,
-    wm_cfg: Any,
+    trainer: Any,
     episodes: list[dict[str, np.ndarray]],
     updates: int,
     seed: int,
@@ -277,25 +325,25 @@ def train_world_model(
     log_every: int = 100,
     progress: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
-) -> tuple[Any, list[dict[str, float]]]:
-    """Train ``model`` on ``episodes`` for ``updates`` updates (or ``max_seconds``).
+) -> list[dict[str, float]]:
+    """Run ``updates`` updates of a WorldModelTrainer on sequences of ``episodes``.
+
+    Stops early once ``max_seconds`` have passed.
 
     Returns:
-        The trainer and the logged rows (means of ``wm/*`` over each ``log_every`` updates,
-        plus ``update`` and ``wall_s``).
+        The logged rows (means of ``wm/*`` over each ``log_every`` updates, plus the
+        trainer's ``update`` count and ``wall_s``).
     """
-    import torch
-
     from agents.world_model.data import ProgressBar
     from agents.world_model.replay import Replay
-    from agents.world_model.trainer import WorldModelTrainer
 
-    torch.manual_seed(seed)
+    wm_cfg = trainer.cfg
     steps = sum(len(e["obs"]) for e in episodes)
-    replay = Replay(capacity=max(steps, wm_cfg.seq_len), seq_len=wm_cfg.seq_len, seed=seed)
+    replay = Replay(
+        capacity=max(steps, wm_cfg.seq_len), seq_len=wm_cfg.seq_len, seed=seed + trainer.steps
+    )
     for ep in episodes:
         replay.add(ep)
-    trainer = WorldModelTrainer(model, wm_cfg, seed=seed)
     rows: list[dict[str, float]] = []
     acc: dict[str, list[float]] = {}
     start = time.perf_counter()
@@ -308,7 +356,7 @@ def train_world_model(
             last = i + 1 == updates or (max_seconds is not None and wall >= max_seconds)
             if (i + 1) % log_every == 0 or last:
                 row = {k: float(np.mean(v)) for k, v in acc.items() if k != "wm/step"}
-                row.update({"update": float(i + 1), "wall_s": wall})
+                row.update({"update": float(trainer.steps), "wall_s": wall})
                 rows.append(row)
                 acc = {}
                 if on_log is not None:
@@ -316,24 +364,28 @@ def train_world_model(
             tick(f"loss {metrics['wm/loss']:.2f}")
             if last:
                 break
-    return trainer, rows
+    return rows
 
 
 def fit_forecast_extras(
     model: Any,
     episodes: list[dict[str, np.ndarray]],
     periods: list[int | None],
+    calib_episodes: list[dict[str, np.ndarray]],
     horizon: int,
     warmup: int,
     every: int,
     n_samples: int,
     level: float,
     seed: int,
+    anchor: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Fit the forecast extras on calibration episodes (TRAIN suite).
 
-    The extras: the spread calibration, the naive forecasters and the naive violation model.
+    The extras: the :class:`~agents.world_model.forecast.Calibration` (anchor weights and
+    spread multipliers; fitted on ``calib_episodes``), the naive forecasters and the naive
+    violation model (fitted on ``episodes``, whose traffic periods are ``periods``).
 
     Returns:
         ``{"calibration", "persistence", "seasonal", "violation", "report"}``; the report
@@ -342,62 +394,47 @@ def fit_forecast_extras(
     from agents.world_model.data import ProgressBar
     from agents.world_model.forecast import (
         METRICS,
+        CalibrationStats,
         NaiveForecaster,
         NaiveViolation,
-        calibration_from_ratios,
         forecast_batch,
         forecast_origins,
         planned_actions,
         raw_series,
-        spread_ratios,
         truths,
     )
-    from agents.world_model.forecast_metrics import coverage
 
     layout = model.layout
-    n_svc = layout.n_services
-    ratios: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}
-    kept: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = []
-    with ProgressBar(progress, len(episodes), "calibrate") as tick:
-        for i, ep in enumerate(episodes):
+    stats = CalibrationStats()
+    with ProgressBar(progress, len(calib_episodes), "calibrate") as tick:
+        for i, ep in enumerate(calib_episodes):
             origins = forecast_origins(len(ep["obs"]), horizon, warmup, every)
-            if origins.size == 0:
-                tick()
-                continue
-            sf = forecast_batch(
-                model,
-                ep["obs"],
-                ep["action"],
-                origins,
-                planned_actions(ep, origins, horizon),
-                n_services=n_svc,
-                n_samples=n_samples,
-                seed=seed + i,
-            )
-            truth = truths(ep, layout, origins, horizon)
-            for m in METRICS:
-                ratios[m].append(spread_ratios(sf.samples[m], truth[m], level))
-            kept.append((sf.samples, truth))
-            tick()
-    calibration = calibration_from_ratios(ratios, level)
-
-    report: dict[str, Any] = {}
-    for m in METRICS:
-        row: dict[str, float] = {}
-        for lvl in (0.8, 0.9):
-            lo_q, hi_q = (1 - lvl) / 2, (1 + lvl) / 2
-            for tag, cal in (("raw", None), ("calibrated", calibration)):
-                los, his, ys = [], [], []
-                for samples, truth in kept:
-                    x = samples[m] if cal is None else cal.apply_raw(m, samples[m])
-                    los.append(np.quantile(x, lo_q, axis=1))
-                    his.append(np.quantile(x, hi_q, axis=1))
-                    ys.append(truth[m])
-                row[f"{tag}_{int(lvl * 100)}"] = coverage(
-                    np.concatenate(los), np.concatenate(his), np.concatenate(ys)
+            if origins.size:
+                sf = forecast_batch(
+                    model,
+                    ep["obs"],
+                    ep["action"],
+                    origins,
+                    planned_actions(ep, origins, horizon),
+                    n_services=layout.n_services,
+                    n_samples=n_samples,
+                    seed=seed + i,
                 )
-        report[m] = row
-
+                stats.add(sf, truths(ep, layout, origins, horizon))
+            tick()
+    calibration = stats.fit(level, anchor=anchor)
+    raw, cal = stats.coverage(None), stats.coverage(calibration)
+    report = {
+        m: {
+            "raw_80": raw[m]["80"],
+            "raw_90": raw[m]["90"],
+            "calibrated_80": cal[m]["80"],
+            "calibrated_90": cal[m]["90"],
+            "anchor": calibration.anchor[m],
+            "scale": calibration.scale[m],
+        }
+        for m in raw
+    }
     series = [{m: raw_series(ep, layout, m) for m in METRICS} for ep in episodes]
     persistence = NaiveForecaster("persistence", horizon).fit(series, periods, warmup)
     seasonal = NaiveForecaster("seasonal", horizon, fallback_season=horizon).fit(
@@ -454,6 +491,14 @@ def load_fit(path: str | Path) -> FittedModel:
     missing = [str(p) for p in [path / spec["checkpoint"], *files.values()] if not p.exists()]
     if missing:
         raise ConfigError(f"model={path}: missing {', '.join(missing)}")
+    saved, now = spec.get("model_code", {}), model_code_digest()
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        warnings.warn(
+            f"model={path}: agents/world_model/{{{','.join(changed)}}}.py changed since this "
+            "model was fitted; its weights may mean something else now (refit it)",
+            stacklevel=2,
+        )
     return FittedModel(
         path,
         spec,
@@ -491,9 +536,10 @@ def fit(
     """
     import torch
 
-    from agents.world_model.config import ObsLayout
+    from agents.world_model.config import ObsLayout, WorldModelConfig
     from agents.world_model.data import collect
     from agents.world_model.model import WorldModel
+    from agents.world_model.trainer import WorldModelTrainer
     from envs.gym.envs import ClusterOpsEnv
 
     conf = to_config(cfg)
@@ -506,52 +552,84 @@ def fit(
     say = log or (lambda _: None)
 
     fidelity = conf.fidelity.value
-    t0 = time.perf_counter()
-    data = collect(
-        entries, conf.behaviours, range(conf.replicates), conf.workers, fidelity, progress=show
-    )
-    collect_s = time.perf_counter() - t0
-    say(
-        f"fit-world-model: {len(data)} episodes, {data.steps} steps from {len(entries)} "
-        f"{conf.suite} entries on {conf.topology} ({collect_s:.0f} s)"
-    )
-    if conf.save_data:
-        data.save(out / "episodes.npz")
-
     env = ClusterOpsEnv(scenario=entries[0].scenario)
     layout = ObsLayout.from_encoder(env.encoder)
     torch.manual_seed(conf.seed)
-    model = WorldModel(layout, env.action_encoder.size, wm_cfg)
+    if conf.init is not None:
+        init = Path(conf.init) / "checkpoint.pt"
+        if not init.exists():
+            raise ConfigError(f"init={conf.init}: no checkpoint.pt (a fit-world-model folder?)")
+        state = torch.load(init, weights_only=True)
+        wm_cfg = WorldModelConfig(**{**state["config"], "threads": conf.threads})
+        model = WorldModel(layout, env.action_encoder.size, wm_cfg)
+        trainer = WorldModelTrainer(model, wm_cfg, seed=conf.seed)
+        try:
+            trainer.load_state_dict(state)
+        except ValueError as err:
+            raise ConfigError(f"init={conf.init}: {err}") from None
+    else:
+        model = WorldModel(layout, env.action_encoder.size, wm_cfg)
+        trainer = WorldModelTrainer(model, wm_cfg, seed=conf.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    with (out / "metrics.csv").open("w", newline="") as fh:
-        writer: csv.DictWriter[str] | None = None
+    start_steps = trainer.steps
 
-        def on_log(row: dict[str, float]) -> None:
-            nonlocal writer
-            if writer is None:
-                writer = csv.DictWriter(fh, fieldnames=list(row))
-                writer.writeheader()
-            writer.writerow(row)
-            fh.flush()
-
-        max_s = None if conf.max_minutes is None else 60.0 * conf.max_minutes
-        trainer, rows = train_world_model(
-            model,
-            wm_cfg,
-            data.episodes,
-            conf.updates,
-            conf.seed,
-            max_s,
-            conf.log_every,
-            show,
-            on_log,
+    data = None
+    collect_s = 0.0
+    rows: list[dict[str, float]] = []
+    held_out = (
+        {e.id for i, e in enumerate(entries) if i % conf.calib_every == conf.calib_every - 1}
+        if conf.calib_split == CalibSplit.entries
+        else set()
+    )
+    train_entries = [e for e in entries if e.id not in held_out]
+    if not train_entries:
+        raise ConfigError(f"calib_every={conf.calib_every}: leaves no entry to train on")
+    if conf.updates > 0:
+        t0 = time.perf_counter()
+        data = collect(
+            train_entries,
+            conf.behaviours,
+            range(conf.replicates),
+            conf.workers,
+            fidelity,
+            progress=show,
         )
+        collect_s = time.perf_counter() - t0
+        say(
+            f"fit-world-model: {len(data)} episodes, {data.steps} steps from {len(train_entries)} "
+            f"{conf.suite} entries on {conf.topology} ({collect_s:.0f} s)"
+        )
+        if conf.save_data:
+            data.save(out / "episodes.npz")
+        with (out / "metrics.csv").open("w", newline="") as fh:
+            writer: csv.DictWriter[str] | None = None
+
+            def on_log(row: dict[str, float]) -> None:
+                nonlocal writer
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                fh.flush()
+
+            max_s = None if conf.max_minutes is None else 60.0 * conf.max_minutes
+            rows = train_world_model(
+                trainer,
+                data.episodes,
+                conf.updates,
+                conf.seed,
+                max_s,
+                conf.log_every,
+                show,
+                on_log,
+            )
     train_s = rows[-1]["wall_s"] if rows else 0.0
     trainer.save(out / "checkpoint.pt")
     model.eval()
+    done = trainer.steps - start_steps
     say(
-        f"fit-world-model: {trainer.steps} updates in {train_s:.0f} s "
-        f"({trainer.steps / max(train_s, 1e-9):.1f}/s), final loss "
+        f"fit-world-model: {done} updates in {train_s:.0f} s "
+        f"({done / max(train_s, 1e-9):.1f}/s; {trainer.steps} in all), final loss "
         f"{rows[-1]['wm/loss'] if rows else float('nan'):.3f}"
     )
 
@@ -566,17 +644,20 @@ def fit(
     )
     scenarios = {e.id: e.scenario for e in entries}
     periods = [period_steps(scenarios[m.entry]) for m in calib.meta]
+    model_calib = calib.select(lambda m: not held_out or m.entry in held_out)
     torch.set_num_threads(conf.threads)
     extras = fit_forecast_extras(
         model,
         calib.episodes,
         periods,
+        model_calib.episodes,
         conf.horizon,
         conf.warmup,
         conf.every,
         conf.n_samples,
         conf.calib_level,
         conf.seed,
+        conf.anchor,
         show,
     )
     calib_s = time.perf_counter() - t1
@@ -590,23 +671,33 @@ def fit(
     )
     (fdir / "calibration_report.json").write_text(json.dumps(extras["report"], indent=2))
 
+    prev: dict[str, Any] = {}
+    if conf.init is not None and (Path(conf.init) / "summary.json").exists():
+        prev = json.loads((Path(conf.init) / "summary.json").read_text())
     summary: dict[str, Any] = {
         "topology": conf.topology,
         "suite": conf.suite,
         "entries": [e.id for e in entries],
         "behaviours": list(conf.behaviours),
         "replicates": conf.replicates,
-        "episodes": len(data),
-        "steps": data.steps,
+        "episodes": len(data) if data is not None else prev.get("episodes", 0),
+        "steps": data.steps if data is not None else prev.get("steps", 0),
+        "init": conf.init,
+        "train_entries": [e.id for e in train_entries],
         "calibration_split": {
+            "split": conf.calib_split.value,
+            "entries": sorted(held_out) if held_out else [e.id for e in entries],
             "replicate": conf.replicates,
             "behaviours": list(conf.calib_behaviours),
-            "episodes": len(calib),
+            "episodes": len(model_calib),
+            "naive_episodes": len(calib),
             "coverage": extras["report"],
         },
         "updates": trainer.steps,
+        "updates_this_run": trainer.steps - start_steps,
         "updates_planned": conf.updates,
-        "train_wall_s": train_s,
+        "train_wall_s": train_s + float(prev.get("train_wall_s", 0.0)),
+        "train_wall_s_this_run": train_s,
         "collect_wall_s": collect_s,
         "calibrate_wall_s": calib_s,
         "parameters": n_params,
@@ -624,6 +715,7 @@ def fit(
         },
         "world_model": wm_cfg.model_dump(),
         "checkpoint": "checkpoint.pt",
+        "model_code": model_code_digest(),
         "forecast": {
             "horizon": conf.horizon,
             "warmup": conf.warmup,

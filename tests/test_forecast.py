@@ -247,23 +247,52 @@ def test_forecast_batch_matches_single_origin_forecast_layout(tiny_setup) -> Non
     assert np.all((sf.p_violation >= 0) & (sf.p_violation <= 1))
 
 
+def _symexp(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.expm1(np.abs(x))
+
+
 def test_calibration_scales_spread_around_the_median() -> None:
-    from agents.world_model.forecast import Calibration, fit_calibration
+    from agents.world_model.forecast import Calibration, CalibrationStats, SampleForecast
 
     rng = np.random.default_rng(0)
     b, n, h, s = 400, 200, 2, 1
-    # draws from N(0, 1) in symlog space; truths twice as spread: the 90% scale is about 2
-    z = rng.standard_normal((b, n, h, s))
-    y = 2.0 * rng.standard_normal((b, h, s))
-    symexp = lambda x: np.sign(x) * np.expm1(np.abs(x))
-    cal = fit_calibration({"p99": symexp(z)}, {"p99": symexp(y)}, level=0.9)
+    # draws from N(1, 0.1) in symlog space; truths twice as spread: the 90% scale is about 2
+    z = 1.0 + 0.1 * rng.standard_normal((b, n, h, s))
+    y = 1.0 + 0.2 * rng.standard_normal((b, h, s))
+    stats = CalibrationStats()
+    stats.add(SampleForecast({"p99": _symexp(z)}, np.zeros(b)), {"p99": _symexp(y)})
+    cal = stats.fit(0.9, anchor=False)
     assert cal.scale["p99"] == pytest.approx([2.0, 2.0], rel=0.15)
+    assert cal.anchor["p99"] == [0.0, 0.0]
+    cov = stats.coverage(cal)["p99"]
+    assert cov["90"] == pytest.approx(0.9, abs=0.02)
+    assert stats.coverage(None)["p99"]["90"] == pytest.approx(0.59, abs=0.05)  # 2 P(|Z| < 0.82)
     back = Calibration.from_json(cal.to_json())
-    assert back.scale == cal.scale and back.level == 0.9
+    assert back.scale == cal.scale and back.anchor == cal.anchor and back.level == 0.9
     ident = Calibration({"p99": [1.0, 1.0]})
     np.testing.assert_allclose(ident.apply("p99", z), z)
     with pytest.raises(ValueError, match="refit"):
         Calibration({"p99": [1.0]}).apply("p99", z)
+
+
+def test_calibration_anchor_weight_by_hand() -> None:
+    from agents.world_model.forecast import Calibration, CalibrationStats, SampleForecast
+
+    # the model is 0.5 (symlog) too low everywhere and its decoder error at the origin says
+    # so: anchoring with weight 1 removes the bias, and the fit picks weight 1
+    rng = np.random.default_rng(1)
+    b, n, h, s = 50, 32, 3, 2
+    truth_z = rng.uniform(1.0, 3.0, (b, 1, s)).repeat(h, 1)  # [B, H, S]
+    z = truth_z[:, None] - 0.5 + 0.01 * rng.standard_normal((b, n, h, s))
+    offset = np.full((b, s), 0.5)
+    sf = SampleForecast({"rps": _symexp(z)}, np.zeros(b), {"rps": offset})
+    stats = CalibrationStats()
+    stats.add(sf, {"rps": _symexp(truth_z)})
+    cal = stats.fit(0.9)
+    assert cal.anchor["rps"] == [1.0, 1.0, 1.0]
+    shifted = Calibration({"rps": [1.0] * h}, {"rps": [1.0] * h}).apply("rps", z, offset)
+    np.testing.assert_allclose(np.median(shifted, 1), truth_z, atol=0.01)
+    assert stats.coverage(cal)["rps"]["90"] >= 0.85
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,7 +375,9 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
         "fit_world_model",
         [
             "topology=chain3",
-            "limit=1",
+            "limit=2",
+            "calib_split=entries",
+            "calib_every=2",
             "behaviours=[hpa,explore]",
             "replicates=1",
             "updates=3",
@@ -362,13 +393,37 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
         ],
     )
     summary = fit(cfg, log=None)
-    assert summary["updates"] == 3 and summary["episodes"] == 2
+    assert summary["updates"] == 3 and summary["episodes"] == 2  # 1 entry x 2 behaviours
+    split = summary["calibration_split"]
+    assert split["entries"] == [summary["entries"][1]] == summary["entries"][1:]
+    assert summary["train_entries"] == summary["entries"][:1]
+    assert (split["episodes"], split["naive_episodes"]) == (1, 2)
     for f in ("checkpoint.pt", "spec.json", "metrics.csv", "summary.json", "config.yaml"):
         assert (wm_dir / f).exists(), f
     loaded = load_fit(wm_dir)
     assert loaded.spec["services"] == ["frontend", "api", "db"]
     assert len(loaded.calibration.scale["p99"]) == 20
     assert loaded.persistence.residuals["rps"].shape[:2] == (20, 3)
+
+    # continue from the checkpoint without training: only the forecast extras are refitted
+    again = fit(
+        composer(
+            "fit_world_model",
+            [
+                "topology=chain3",
+                "limit=1",
+                f"init={wm_dir}",
+                "updates=0",
+                "every=20",
+                "n_samples=8",
+                "workers=1",
+                "calib_behaviours=[hpa]",
+                f"out={tmp_path / 'wm2'}",
+            ],
+        ),
+        log=None,
+    )
+    assert again["updates"] == 3 and again["updates_this_run"] == 0
 
     out = tmp_path / "fc"
     cfg = composer(

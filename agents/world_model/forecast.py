@@ -13,9 +13,11 @@ clipped to each metric's support) and returns per-service quantiles of :data:`ME
 :func:`forecast_batch` does the same for many forecast origins of one episode at once (one
 posterior pass, then all origins x samples imagined together); the evaluation uses it.
 
-:class:`Calibration` optionally widens or narrows the forecast spread per metric and
-horizon step (samples scaled around their median in symlog space), fitted on TRAIN-suite
-episodes by :func:`fit_calibration` so that the central 90% interval covers 90%.
+:class:`Calibration` optionally post-processes the draws per metric and horizon step, in
+symlog space, with two things fitted on TRAIN-suite episodes (:class:`CalibrationStats`):
+an *anchor* weight that shifts the forecast by the decoder's error on the last observation
+(towards "the last value plus the model's predicted change"; chosen for the least MAE), and
+a *spread* multiplier around the median so that the central 90% interval covers 90%.
 
 Naive baselines (:class:`NaiveForecaster`), probabilistic through empirical residual
 quantiles per (metric, horizon step, service) in symlog space fitted on TRAIN-suite
@@ -152,31 +154,44 @@ class SampleForecast:
     Attributes:
         samples: Metric -> ``[B, N, H, S]`` raw draws.
         p_violation: ``[B]`` probability of a violation within H.
+        offset: Metric -> ``[B, S]`` the decoder's error on the observation at each origin,
+            ``symlog(obs_t) - decode(posterior_t)`` (0 where ``obs_t`` is missing); what
+            :class:`Calibration` anchors the forecast with.
     """
 
     samples: dict[str, np.ndarray]
     p_violation: np.ndarray
+    offset: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
 # calibration
 
+ANCHOR_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
+"""Anchor weights :meth:`CalibrationStats.fit` chooses from."""
+
 
 @dataclass(frozen=True)
 class Calibration:
-    """Spread multipliers per metric and horizon step, applied in symlog space.
+    """Post-processing of the model's draws, per metric and horizon step, in symlog space.
 
-    A draw ``x`` of step ``h`` becomes ``median + scale[metric][h] * (x - median)`` (the
-    median over the draws of the same origin, step and service), so the central
-    ``level`` interval of the calibration data covers ``level`` per step.
+    Fitted on TRAIN-suite episodes (:class:`CalibrationStats`). A draw ``z`` of step ``h``
+    of an origin with decoder error ``offset`` (:attr:`SampleForecast.offset`) becomes
+
+    1. ``z' = z + anchor[h] * offset``: the forecast moves towards continuing from the
+       observed value (weight 1: the model contributes only the change; 0: untouched);
+    2. ``median' + scale[h] * (z' - median')``: the spread around the median is scaled so
+       that the central ``level`` interval of the calibration data covers ``level``.
 
     Attributes:
-        scale: Metric -> ``H`` multipliers.
+        scale: Metric -> ``H`` spread multipliers.
+        anchor: Metric -> ``H`` anchor weights (a missing metric: 0).
         level: The interval level it was fitted for.
-        n: Metric -> number of (origin, step, service) truths per step it was fitted on.
+        n: Metric -> number of (origin, service) truths per step it was fitted on.
     """
 
     scale: dict[str, list[float]]
+    anchor: dict[str, list[float]] = field(default_factory=dict)
     level: float = 0.9
     n: dict[str, int] = field(default_factory=dict)
 
@@ -188,85 +203,153 @@ class Calibration:
     def from_json(cls, text: str) -> Calibration:
         """Parse :meth:`to_json`'s output."""
         d = json.loads(text)
-        return cls({k: [float(x) for x in v] for k, v in d["scale"].items()}, d["level"], d["n"])
+        return cls(
+            {k: [float(x) for x in v] for k, v in d["scale"].items()},
+            {k: [float(x) for x in v] for k, v in d.get("anchor", {}).items()},
+            d["level"],
+            d["n"],
+        )
 
-    def apply(self, metric: str, z: np.ndarray) -> np.ndarray:
-        """Scale symlog draws ``z`` ``[..., N, H, S]`` of ``metric`` around their median."""
-        s = np.asarray(self.scale[metric], dtype=np.float64)
-        if z.shape[-2] > s.size:
-            raise ValueError(
-                f"calibration covers {s.size} steps, the forecast has {z.shape[-2]}; refit it"
-            )
+    def _steps(self, values: Sequence[float], h: int) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64)
+        if h > v.size:
+            raise ValueError(f"calibration covers {v.size} steps, the forecast has {h}; refit it")
+        return v[:h]
+
+    def apply(self, metric: str, z: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
+        """Calibrate symlog draws ``z`` ``[B, N, H, S]``; ``offset`` ``[B, S]`` per origin."""
+        h = z.shape[-2]
+        if offset is not None and metric in self.anchor:
+            w = self._steps(self.anchor[metric], h)
+            z = z + w[None, None, :, None] * np.asarray(offset)[:, None, None, :]
+        s = self._steps(self.scale[metric], h)
         med = np.median(z, axis=-3, keepdims=True)
-        return med + s[: z.shape[-2], None] * (z - med)
+        return med + s[:, None] * (z - med)
 
-    def apply_raw(self, metric: str, draws: np.ndarray) -> np.ndarray:
-        """:meth:`apply` to raw draws ``[..., N, H, S]``.
+    def apply_raw(
+        self, metric: str, draws: np.ndarray, offset: np.ndarray | None = None
+    ) -> np.ndarray:
+        """:meth:`apply` to raw draws ``[B, N, H, S]``.
 
-        The draws go through symlog, the scaling, symexp and a clip to :data:`SUPPORT`.
+        The draws go through symlog, the calibration, symexp and a clip to :data:`SUPPORT`.
         """
         lo, hi = SUPPORT[metric]
-        return np.clip(_symexp(self.apply(metric, _symlog(draws))), lo, hi)
+        return np.clip(_symexp(self.apply(metric, _symlog(draws), offset)), lo, hi)
 
 
-def spread_ratios(samples: np.ndarray, truth: np.ndarray, level: float = 0.9) -> np.ndarray:
-    """``[B, H, S]`` spread multipliers each truth needs to lie in the ``level`` interval.
+SCALE_GRID: tuple[float, ...] = tuple(np.round(np.geomspace(0.05, 20.0, 121), 4).tolist())
+"""Spread multipliers :meth:`CalibrationStats.fit` chooses from (log-spaced, 5 % apart)."""
 
-    With ``m`` the draws' median and ``lo, hi`` the ends of their central ``level`` interval
-    (symlog space), ``r = (y - m) / (hi - m)`` above the median and ``(m - y) / (m - lo)``
-    below it: the truth lies inside the interval scaled by ``s`` around ``m`` iff ``r <= s``.
 
-    Args:
-        samples: ``[B, N, H, S]`` raw draws (uncalibrated).
-        truth: ``[B, H, S]`` raw truths (NaN: unknown; NaN out).
-        level: Central interval level.
+class CalibrationStats:
+    """Summaries of uncalibrated forecasts and their truths, to fit a :class:`Calibration`.
+
+    Only per-origin summaries are kept (the draws' median and 80 % / 90 % interval ends in
+    symlog space, the offset and the truth), not the draws. Anchoring shifts every draw of
+    an (origin, step, service) by the same amount, so its effect on the median, the
+    intervals and the coverage follows from these summaries for any weight.
     """
-    z = _symlog(samples)
-    y = _symlog(truth)
-    med = np.median(z, axis=1)
-    lo = np.quantile(z, (1.0 - level) / 2.0, axis=1)
-    hi = np.quantile(z, (1.0 + level) / 2.0, axis=1)
-    eps = 1e-6
-    with np.errstate(invalid="ignore", divide="ignore"):
-        up = (y - med) / np.maximum(hi - med, eps)
-        down = (med - y) / np.maximum(med - lo, eps)
-    return np.where(np.isnan(y), np.nan, np.where(y >= med, up, down))
 
+    KEYS: tuple[str, ...] = ("med", "lo80", "hi80", "lo90", "hi90", "y", "y_raw", "offset")
 
-def calibration_from_ratios(
-    ratios: Mapping[str, Sequence[np.ndarray]], level: float = 0.9
-) -> Calibration:
-    """Per metric and step, the ``level`` quantile of :func:`spread_ratios`.
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, list[np.ndarray]]] = {}
 
-    Clipped to [0.05, 1000]; 1 where a step has no truth.
-    """
-    scale: dict[str, list[float]] = {}
-    counts: dict[str, int] = {}
-    for metric, parts in ratios.items():
-        r = np.concatenate([np.asarray(p) for p in parts], 0)  # [B, H, S]
-        per_step = []
-        for h in range(r.shape[1]):
-            rh = r[:, h].ravel()
-            rh = rh[~np.isnan(rh)]
-            per_step.append(float(np.clip(np.quantile(rh, level), 0.05, 1e3)) if rh.size else 1.0)
-        scale[metric] = per_step
-        counts[metric] = int(np.sum(~np.isnan(r[:, 0])))
-    return Calibration(scale, level, counts)
+    def add(self, forecast: SampleForecast, truth: Mapping[str, np.ndarray]) -> None:
+        """Add B origins' forecasts (``[B, N, H, S]`` draws) and ``[B, H, S]`` truths."""
+        for metric, draws in forecast.samples.items():
+            z = _symlog(draws)
+            q = np.quantile(z, (0.5, 0.1, 0.9, 0.05, 0.95), axis=1)
+            y_raw = np.asarray(truth[metric], dtype=np.float64)
+            offset = forecast.offset.get(metric, np.zeros((z.shape[0], z.shape[-1])))
+            rows = dict(zip(self.KEYS[:5], q, strict=True))
+            rows.update(y=_symlog(y_raw), y_raw=y_raw, offset=np.asarray(offset, np.float64))
+            store = self.parts.setdefault(metric, {k: [] for k in self.KEYS})
+            for k in self.KEYS:
+                store[k].append(rows[k])
 
+    def _pooled(self, metric: str) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v, 0) for k, v in self.parts[metric].items()}
 
-def fit_calibration(
-    samples: dict[str, np.ndarray], truth: dict[str, np.ndarray], level: float = 0.9
-) -> Calibration:
-    """Per metric and step, the spread multiplier whose ``level`` interval covers ``level``.
+    def _inside(
+        self, d: dict[str, np.ndarray], metric: str, h: int, w: float, s: float, tag: str
+    ) -> np.ndarray:
+        """``[B, S]`` 1.0 where the truth at step ``h`` lies in the ``tag`` interval.
 
-    Args:
-        samples: Metric -> ``[B, N, H, S]`` raw draws (uncalibrated).
-        truth: Metric -> ``[B, H, S]`` raw truths (NaN: unknown, left out).
-        level: Central interval level to calibrate.
-    """
-    return calibration_from_ratios(
-        {m: [spread_ratios(x, truth[m], level)] for m, x in samples.items()}, level
-    )
+        The interval after anchoring with ``w`` and scaling with ``s``, in raw units and
+        clipped to the support as the forecast is (NaN where the truth is missing).
+        """
+        lo_s, hi_s = SUPPORT[metric]
+        med = d["med"][:, h] + w * d["offset"]
+        lo = np.clip(_symexp(med - s * (d["med"][:, h] - d[f"lo{tag}"][:, h])), lo_s, hi_s)
+        hi = np.clip(_symexp(med + s * (d[f"hi{tag}"][:, h] - d["med"][:, h])), lo_s, hi_s)
+        y = d["y_raw"][:, h]
+        hit = ((lo <= y) & (y <= hi)).astype(np.float64)
+        return np.where(np.isnan(y), np.nan, hit)
+
+    def fit(self, level: float = 0.9, anchor: bool = True) -> Calibration:
+        """Fit a :class:`Calibration`: per metric and step, anchor weight, then spread.
+
+        The anchor weight is the one of :data:`ANCHOR_GRID` with the least MAE of the median
+        (raw units; ties: the smaller weight); the spread multiplier is then the smallest
+        of :data:`SCALE_GRID` whose ``level`` interval (clipped to the metric's support, as
+        the forecast is) covers at least ``level`` of the truths.
+
+        Args:
+            level: 0.8 or 0.9, the interval to calibrate.
+            anchor: Fit anchor weights (else they stay 0).
+        """
+        if level not in (0.8, 0.9):
+            raise ValueError(f"level {level}: CalibrationStats keeps the 0.8 and 0.9 intervals")
+        tag = "80" if level == 0.8 else "90"
+        scale: dict[str, list[float]] = {}
+        weights: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for metric in self.parts:
+            d = self._pooled(metric)
+            lo_s, hi_s = SUPPORT[metric]
+            ws, ss = [], []
+            for h in range(d["med"].shape[1]):
+                y_raw = d["y_raw"][:, h]
+                best_w, best = 0.0, np.inf
+                for w in ANCHOR_GRID if anchor else (0.0,):
+                    pred = np.clip(_symexp(d["med"][:, h] + w * d["offset"]), lo_s, hi_s)
+                    err = np.abs(pred - y_raw)
+                    mae = float(np.nanmean(err)) if np.any(~np.isnan(err)) else np.inf
+                    if mae < best - 1e-12:
+                        best_w, best = w, mae
+                best_s = SCALE_GRID[-1]
+                for sc in SCALE_GRID:
+                    hit = self._inside(d, metric, h, best_w, sc, tag)
+                    if np.all(np.isnan(hit)) or np.nanmean(hit) >= level:
+                        best_s = sc
+                        break
+                ws.append(best_w)
+                ss.append(best_s)
+            weights[metric], scale[metric] = ws, ss
+            counts[metric] = int(np.sum(~np.isnan(d["y"][:, 0])))
+        return Calibration(scale, weights, level, counts)
+
+    def coverage(self, calibration: Calibration | None = None) -> dict[str, dict[str, float]]:
+        """Coverage of the 80 % and 90 % intervals, uncalibrated or under ``calibration``."""
+        out: dict[str, dict[str, float]] = {}
+        for metric in self.parts:
+            d = self._pooled(metric)
+            n_steps = d["med"].shape[1]
+            w = np.zeros(n_steps)
+            s = np.ones(n_steps)
+            if calibration is not None:
+                s = calibration._steps(calibration.scale[metric], n_steps)
+                if metric in calibration.anchor:
+                    w = calibration._steps(calibration.anchor[metric], n_steps)
+            row = {}
+            for tag in ("80", "90"):
+                hits = np.stack(
+                    [self._inside(d, metric, h, w[h], s[h], tag) for h in range(n_steps)], 1
+                )
+                row[tag] = float(np.nanmean(hits)) if np.any(~np.isnan(hits)) else float("nan")
+            out[metric] = row
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,13 +434,11 @@ def rollout(
     n_samples: int,
     n_services: int,
     generator: torch.Generator,
-    calibration: Calibration | None = None,
 ) -> SampleForecast:
     """Imagine ``n_samples`` futures from each of B carries under ``planned`` ``[B, H, A]``.
 
-    Returns raw draws of :data:`METRICS` ``[B, N, H, S]`` (observation noise included,
-    calibrated when ``calibration`` is given, clipped to :data:`SUPPORT`) and ``[B]``
-    violation probabilities.
+    Returns uncalibrated raw draws of :data:`METRICS` ``[B, N, H, S]`` (observation noise
+    included, clipped to :data:`SUPPORT`) and ``[B]`` violation probabilities.
     """
     b, h, _ = planned.shape
     rows = torch.arange(b).repeat_interleave(n_samples)  # origin b, sample n -> row b*N + n
@@ -376,8 +457,6 @@ def rollout(
     out: dict[str, np.ndarray] = {}
     for metric in METRICS:
         z = z_all[..., _value_index(model.layout, n_services, metric)]  # [B, N, H, S]
-        if calibration is not None:
-            z = calibration.apply(metric, z)
         lo, hi = SUPPORT[metric]
         out[metric] = np.clip(_symexp(z), lo, hi)
     return SampleForecast(out, np.clip(p_violation, 0.0, 1.0))
@@ -411,10 +490,11 @@ def forecast_batch(
         n_services: S.
         n_samples: Draws N per origin.
         seed: Seeds every draw (posterior, prior and observation noise).
-        calibration: Optional spread calibration.
+        calibration: Optional :class:`Calibration` (anchoring and spread).
 
     Returns:
-        A :class:`SampleForecast` with ``[B, N, H, S]`` draws.
+        A :class:`SampleForecast` with ``[B, N, H, S]`` draws and each origin's decoder
+        error ``offset`` (``symlog(obs_t) - decode(posterior_t)``, 0 where missing).
     """
     t_len = obs.shape[0]
     assert action.shape[0] == t_len, (obs.shape, action.shape)
@@ -433,7 +513,16 @@ def forecast_batch(
         generator=gen,
     )
     carry = _carry_cat([states.carry(int(t)) for t in origins])
-    return rollout(model, carry, _as_tensor(planned), n_samples, n_services, gen, calibration)
+    sf = rollout(model, carry, _as_tensor(planned), n_samples, n_services, gen)
+    lay = model.layout
+    now = _as_tensor(obs[np.asarray(origins)])  # [B, O]
+    mean_now, _ = model.decode(model.feat(carry))
+    err = ((now[:, lay.values] - mean_now) * now[:, lay.mask]).double().numpy()  # [B, V]
+    offset = {m: err[:, _value_index(lay, n_services, m)] for m in METRICS}
+    samples = sf.samples
+    if calibration is not None:
+        samples = {m: calibration.apply_raw(m, x, offset[m]) for m, x in samples.items()}
+    return SampleForecast(samples, sf.p_violation, offset)
 
 
 def forecast(
@@ -465,7 +554,7 @@ def forecast(
         slo_p99: p99 SLO in seconds, one for all services or one per service (NaN: no SLO);
             when given, :attr:`Forecast.p_p99_over_slo` is filled.
         seed: Seeds every random draw.
-        calibration: Spread calibration to apply (e.g. the one stored with the model).
+        calibration: :class:`Calibration` to apply (e.g. the one stored with the model).
         keep_samples: Also return the raw draws.
 
     Returns:
