@@ -202,11 +202,18 @@ def test_tuned_config_loads_within_grid(composer) -> None:
 
 def test_grid_search_ranks_by_objective() -> None:
     rows = tuned.grid_search(targets=(60, 70), windows=(300,), workers=1, limit=1)
-    assert [r["objective"] for r in rows] == sorted(r["objective"] for r in rows)
+    assert rows == sorted(rows, key=tuned.rank)
     default = next(r for r in rows if r["target_cpu_utilization"] == 70)
+    lower = next(r for r in rows if r["target_cpu_utilization"] == 60)
     assert default["cost_rel"] == pytest.approx(1.0)
-    for r in rows:
-        assert r["objective"] == pytest.approx(
-            r["slo_violation_min"] + tuned.COST_WEIGHT * r["cost_rel"]
-        )
+    # the cost is the pods' allocation, which a lower target (more replicas) raises
+    assert lower["allocated_cost"] > default["allocated_cost"] > 0
+    assert lower["cost_rel"] == pytest.approx(lower["allocated_cost"] / default["allocated_cost"])
+    for r in rows:  # the budget: at most the default HPA's allocated cost
+        assert r["within_budget"] == (r["cost_rel"] <= tuned.COST_CAP)
+    assert default["within_budget"] and not lower["within_budget"]
+    assert rows[0] is default  # the only setting within the budget here
+    # within the budget, fewer SLO-violation minutes win whatever the cost
+    cheap = {**lower, "within_budget": True, "slo_violation_min": -1.0}
+    assert sorted([default, cheap], key=tuned.rank)[0] is cheap
     assert "| target CPU % |" in tuned.grid_markdown(rows)
