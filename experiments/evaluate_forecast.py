@@ -54,7 +54,7 @@ from experiments.simulate import Fidelity
 
 FORECASTERS: tuple[str, ...] = ("model", "model_cal", "persistence", "seasonal")
 """Forecasters scored, in table order."""
-VIOLATION_FORECASTERS: tuple[str, ...] = ("model", "naive", "climatology")
+VIOLATION_FORECASTERS: tuple[str, ...] = ("model", "model_cal", "naive", "climatology")
 """Forecasters of the violation probability."""
 TABLE_STEPS: tuple[int, ...] = (1, 5, 10, 20)
 """Horizon steps shown in the Markdown tables."""
@@ -279,6 +279,7 @@ def score_task(task: ScoreTask) -> EpisodeScores:
         scores,
         {
             "model": sf.p_violation,
+            "model_cal": fit.calibration.apply_violation(sf.p_violation),
             "naive": fit.violation.predict(ep["violation"], origins),
             "climatology": np.full(origins.size, fit.violation.base_rate),
         },
@@ -641,6 +642,7 @@ def markdown(agg: dict[str, Any], header: Mapping[str, Any], horizon: int) -> st
         )
     lines += [
         "",
+        "`model_cal`: the model's probability Platt-scaled on TRAIN episodes; "
         "`naive`: the TRAIN frequency of a violation within the horizon given whether the "
         "current step violates; `climatology`: the TRAIN base rate.",
         "",

@@ -146,6 +146,9 @@ class FitWorldModelConfig:
         behaviours: Behaviour policies of the training data
             (:data:`agents.world_model.data.BEHAVIOURS`).
         replicates: Seeds per entry and behaviour (replicate indices ``0 .. replicates-1``).
+        perturb: When > 0, replicates ``1 ..`` of the training data run seeded variants of
+            the entries with other traffic and fault parameters of this strength
+            (:func:`agents.world_model.data.perturb_scenario`); 0: the entries as defined.
         limit: Only the first ``limit`` entries (None: all).
         size: World-model size preset (``tiny`` | ``small``).
         updates: Gradient updates.
@@ -183,6 +186,7 @@ class FitWorldModelConfig:
         default_factory=lambda: ["static", "hpa", "tuned_hpa", "runbook", "explore"]
     )
     replicates: int = 2
+    perturb: float = 0.0
     limit: int | None = None
     size: str = "tiny"
     updates: int = 3000
@@ -294,6 +298,7 @@ def _check(conf: FitWorldModelConfig) -> Any:
         ("every", 1),
         ("n_samples", 2),
         ("calib_every", 2),
+        ("perturb", 0),
     ):
         if getattr(conf, name) < low:
             raise ConfigError(f"{name}={getattr(conf, name)}: must be >= {low}")
@@ -420,11 +425,15 @@ def fit_forecast_extras(
                     n_samples=n_samples,
                     seed=seed + i,
                 )
-                stats.add(sf, truths(ep, layout, origins, horizon))
+                stats.add(
+                    sf,
+                    truths(ep, layout, origins, horizon),
+                    NaiveViolation.outcomes(ep["violation"], origins, horizon),
+                )
             tick()
     calibration = stats.fit(level, anchor=anchor)
     raw, cal = stats.coverage(None), stats.coverage(calibration)
-    report = {
+    report: dict[str, Any] = {
         m: {
             "raw_80": raw[m]["80"],
             "raw_90": raw[m]["90"],
@@ -435,6 +444,16 @@ def fit_forecast_extras(
         }
         for m in raw
     }
+    if stats.outcome:
+        from agents.world_model.forecast_metrics import brier
+
+        p = np.concatenate(stats.p_violation)
+        o = np.concatenate(stats.outcome)
+        report["violation"] = {
+            "brier_raw": brier(p, o),
+            "brier_calibrated": brier(calibration.apply_violation(p), o),
+            "platt": calibration.violation,
+        }
     series = [{m: raw_series(ep, layout, m) for m in METRICS} for ep in episodes]
     persistence = NaiveForecaster("persistence", horizon).fit(series, periods, warmup)
     seasonal = NaiveForecaster("seasonal", horizon, fallback_season=horizon).fit(
@@ -593,6 +612,7 @@ def fit(
             conf.workers,
             fidelity,
             progress=show,
+            perturb=conf.perturb,
         )
         collect_s = time.perf_counter() - t0
         say(
@@ -680,6 +700,7 @@ def fit(
         "entries": [e.id for e in entries],
         "behaviours": list(conf.behaviours),
         "replicates": conf.replicates,
+        "perturb": conf.perturb,
         "episodes": len(data) if data is not None else prev.get("episodes", 0),
         "steps": data.steps if data is not None else prev.get("steps", 0),
         "init": conf.init,
@@ -733,6 +754,7 @@ def fit(
         + ", ".join(
             f"{m} {r['raw_90']:.2f} -> {r['calibrated_90']:.2f}"
             for m, r in extras["report"].items()
+            if m != "violation"
         )
     )
     say(f"fit-world-model: wrote {out}")

@@ -275,6 +275,22 @@ def test_calibration_scales_spread_around_the_median() -> None:
         Calibration({"p99": [1.0]}).apply("p99", z)
 
 
+def test_platt_scaling_fixes_overconfident_probabilities() -> None:
+    from agents.world_model.forecast import Calibration, fit_platt
+    from agents.world_model.forecast_metrics import brier
+
+    rng = np.random.default_rng(2)
+    true_p = rng.uniform(0.05, 0.95, 20_000)
+    outcome = (rng.random(true_p.size) < true_p).astype(float)
+    logit = np.log(true_p / (1 - true_p))
+    overconfident = 1 / (1 + np.exp(-3.0 * logit))  # p' = sigmoid(3 logit(p))
+    a, b = fit_platt(overconfident, outcome)
+    assert a == pytest.approx(1 / 3, rel=0.1) and b == pytest.approx(0.0, abs=0.05)
+    cal = Calibration({}, violation=[a, b])
+    assert brier(cal.apply_violation(overconfident), outcome) < brier(overconfident, outcome)
+    np.testing.assert_allclose(Calibration({}).apply_violation(true_p), true_p)
+
+
 def test_calibration_anchor_weight_by_hand() -> None:
     from agents.world_model.forecast import Calibration, CalibrationStats, SampleForecast
 
@@ -311,6 +327,26 @@ def test_run_episode_follows_the_contract(tiny_setup) -> None:
     assert ep["is_first"][0] == 1.0 and ep["is_first"][1:].sum() == 0.0
     np.testing.assert_array_equal(ep["cont"], 1.0)
     assert ep["reward"][0] == 0.0 and set(np.unique(ep["violation"])) <= {0.0, 1.0}
+
+
+def test_perturbed_scenarios_are_seeded_valid_variants() -> None:
+    from agents.world_model.data import collect, perturb_scenario
+    from envs.scenarios.suites import load_suite
+
+    entry = next(e for e in load_suite("train").entries if e.id == "chain3-bad-deploy-api")
+    a, b = perturb_scenario(entry.scenario, 1), perturb_scenario(entry.scenario, 1)
+    assert a == b and a != entry.scenario and a.faults[0].kind == "bad_deploy"
+    assert a.service_names == entry.scenario.service_names
+    assert 0.01 <= a.faults[0].error_rate <= 0.9
+    assert abs(a.faults[0].at_s - entry.scenario.faults[0].at_s) <= 120.0
+    ratio = a.traffic.base_rps / entry.scenario.traffic.base_rps
+    assert math.exp(-0.5) <= ratio <= math.exp(0.5)
+    assert perturb_scenario(entry.scenario, 2) != a
+    # replicate 0 keeps the entry as defined, replicate 1 runs a variant
+    c = collect([entry], ("static",), (0, 1), workers=1, progress=False, perturb=1.0)
+    d = collect([entry], ("static",), (0,), workers=1, progress=False)
+    np.testing.assert_array_equal(c.episodes[0]["obs"], d.episodes[0]["obs"])
+    assert not np.array_equal(c.episodes[1]["obs"][5:], c.episodes[0]["obs"][5:])
 
 
 def test_collect_is_seeded_and_round_trips(tmp_path) -> None:

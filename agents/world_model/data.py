@@ -159,6 +159,63 @@ def explore_seed(seed: int, behaviour: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(behaviour.encode())) % (2**63)
 
 
+# fault fields scaled by perturb_scenario: name -> (kind of transform, lower, upper)
+_SEVERITY: dict[str, tuple[str, float, float]] = {
+    "leak_mb_per_s": ("mult", 0.05, 50.0),
+    "slowdown": ("excess", 1.05, 20.0),
+    "latency_factor": ("excess", 1.0, 20.0),
+    "error_rate": ("mult", 0.01, 0.9),
+    "loss": ("mult", 0.01, 0.9),
+    "delay_s": ("mult", 0.0, 5.0),
+    "factor": ("factor", 0.0, 0.0),
+    "trigger_s": ("mult", 5.0, 600.0),
+}
+
+
+def perturb_scenario(scenario: Scenario, seed: int, strength: float = 1.0) -> Scenario:
+    """A seeded variant of ``scenario`` with other traffic and fault parameters.
+
+    Widens the training data beyond the suite's exact incidents (the holdout suite has
+    other parameters, on purpose): the traffic level (``base_rps`` or a replay's ``scale``)
+    is multiplied by ``exp(U(-0.5, 0.5) * strength)`` and the noise ``cv`` drawn from
+    ``[0.03, 0.12]``; each fault starts up to ``120 * strength`` s earlier or later (never
+    before 60 s) and its severity fields (leak rate, slowdown, latency factor, error rate,
+    loss, delay, flash-crowd or misconfiguration factor, retry trigger) are scaled by
+    ``exp(U(-0.7, 0.7) * strength)`` (factors above 1 on their excess over 1), within
+    bounds.
+    """
+    rng = np.random.default_rng(seed)
+    d = scenario.model_dump()
+    traffic = d["traffic"]
+    level = float(np.exp(rng.uniform(-0.5, 0.5) * strength))
+    if traffic.get("replay") is not None:
+        traffic["replay"]["scale"] *= level
+    else:
+        traffic["base_rps"] *= level
+    traffic["noise"] = {
+        "cv": float(rng.uniform(0.03, 0.12)),
+        "tau_s": (traffic.get("noise") or {}).get("tau_s", 60.0),
+    }
+    horizon = float(d["horizon_s"])
+    for fault in d["faults"]:
+        shift = rng.uniform(-120.0, 120.0) * strength
+        fault["at_s"] = float(np.clip(fault["at_s"] + shift, 60.0, max(60.0, horizon - 300.0)))
+        for name, (how, lo, hi) in _SEVERITY.items():
+            v = fault.get(name)
+            if v is None or isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            k = float(np.exp(rng.uniform(-0.7, 0.7) * strength))
+            if how == "mult":
+                fault[name] = float(np.clip(v * k, lo, hi))
+            elif how == "excess":
+                fault[name] = float(np.clip(1.0 + (v - 1.0) * k, lo, hi))
+            elif v > 1.0:  # flash crowd: factor > 1
+                fault[name] = float(np.clip(1.0 + (v - 1.0) * k, 1.1, 20.0))
+            else:  # misconfiguration: factor in (0, 1)
+                fault[name] = float(np.clip(v * k, 0.05, 0.95))
+    return Scenario.model_validate(d)
+
+
 def run_episode(
     scenario: Scenario,
     behaviour: str,
@@ -314,6 +371,7 @@ def collect(
     fidelity: str = "fluid",
     explore: ExploreConfig | None = None,
     progress: bool | None = None,
+    perturb: float = 0.0,
 ) -> Collection:
     """Run every (entry, behaviour, replicate) and return the episodes in that order.
 
@@ -325,6 +383,9 @@ def collect(
         fidelity: Simulator fidelity.
         explore: Knobs of the ``explore`` behaviour.
         progress: Show a progress bar (None: when stderr is a terminal).
+        perturb: When > 0, replicates ``k >= 1`` run a :func:`perturb_scenario` variant
+            of the entry (seeded by the run seed) of this strength; replicate 0 runs the
+            entry as the suite defines it.
 
     Raises:
         ValueError: For no entries, mixed topologies, unknown behaviours or workers < 1.
@@ -345,8 +406,16 @@ def collect(
     if workers < 1:
         raise ValueError(f"collect: workers={workers}, must be >= 1")
     explore = explore or ExploreConfig()
+    if perturb < 0:
+        raise ValueError(f"collect: perturb={perturb}, must be >= 0")
+
+    def scenario(e: SuiteEntry, k: int) -> Scenario:
+        if perturb > 0 and k >= 1:
+            return perturb_scenario(e.scenario, e.run_seed(k), perturb)
+        return e.scenario
+
     tasks = [
-        (e.id, e.scenario, b, k, e.run_seed(k), fidelity, explore)
+        (e.id, scenario(e, k), b, k, e.run_seed(k), fidelity, explore)
         for e in entries
         for b in behaviours
         for k in replicates

@@ -183,17 +183,22 @@ class Calibration:
     2. ``median' + scale[h] * (z' - median')``: the spread around the median is scaled so
        that the central ``level`` interval of the calibration data covers ``level``.
 
+    The violation probability is recalibrated by Platt scaling,
+    ``p' = sigmoid(a logit(p) + b)`` with ``violation = [a, b]`` (None: unchanged).
+
     Attributes:
         scale: Metric -> ``H`` spread multipliers.
         anchor: Metric -> ``H`` anchor weights (a missing metric: 0).
         level: The interval level it was fitted for.
         n: Metric -> number of (origin, service) truths per step it was fitted on.
+        violation: Platt coefficients ``[a, b]`` of the violation probability, or None.
     """
 
     scale: dict[str, list[float]]
     anchor: dict[str, list[float]] = field(default_factory=dict)
     level: float = 0.9
     n: dict[str, int] = field(default_factory=dict)
+    violation: list[float] | None = None
 
     def to_json(self) -> str:
         """JSON text (:meth:`from_json` reads it)."""
@@ -208,7 +213,16 @@ class Calibration:
             {k: [float(x) for x in v] for k, v in d.get("anchor", {}).items()},
             d["level"],
             d["n"],
+            d.get("violation"),
         )
+
+    def apply_violation(self, p: np.ndarray) -> np.ndarray:
+        """Platt-scaled violation probabilities (``p`` unchanged without coefficients)."""
+        p = np.asarray(p, dtype=np.float64)
+        if self.violation is None:
+            return p
+        a, b = self.violation
+        return np.asarray(_sigmoid(a * _logit(p) + b), dtype=np.float64)
 
     def _steps(self, values: Sequence[float], h: int) -> np.ndarray:
         v = np.asarray(values, dtype=np.float64)
@@ -241,6 +255,43 @@ SCALE_GRID: tuple[float, ...] = tuple(np.round(np.geomspace(0.05, 20.0, 121), 4)
 """Spread multipliers :meth:`CalibrationStats.fit` chooses from (log-spaced, 5 % apart)."""
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1.0 - 1e-4)
+    return np.asarray(np.log(q / (1.0 - q)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64))))
+
+
+def fit_platt(p: np.ndarray, outcome: np.ndarray, l2: float = 1e-3) -> list[float]:
+    """Platt coefficients ``[a, b]``: the least log loss of ``sigmoid(a logit(p) + b)``.
+
+    L-BFGS on the mean log loss plus a small L2 penalty towards ``[1, 0]`` (leaving ``p``
+    as it is).
+    """
+    from scipy.optimize import minimize
+
+    x = _logit(p)
+    y = np.asarray(outcome, dtype=np.float64)
+    ok = ~np.isnan(y) & ~np.isnan(x)
+    x, y = x[ok], y[ok]
+    prior = np.array([1.0, 0.0])
+    if x.size == 0:
+        return prior.tolist()
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        u = w[0] * x + w[1]
+        # log(1 + e^u) - y u, stably
+        value = np.mean(np.logaddexp(0.0, u) - y * u) + 0.5 * l2 * np.sum((w - prior) ** 2)
+        r = _sigmoid(u) - y
+        grad = np.array([np.mean(r * x), np.mean(r)]) + l2 * (w - prior)
+        return float(value), grad
+
+    res = minimize(loss, prior, jac=True, method="L-BFGS-B")
+    return [float(res.x[0]), float(res.x[1])]
+
+
 class CalibrationStats:
     """Summaries of uncalibrated forecasts and their truths, to fit a :class:`Calibration`.
 
@@ -254,9 +305,23 @@ class CalibrationStats:
 
     def __init__(self) -> None:
         self.parts: dict[str, dict[str, list[np.ndarray]]] = {}
+        self.p_violation: list[np.ndarray] = []
+        self.outcome: list[np.ndarray] = []
 
-    def add(self, forecast: SampleForecast, truth: Mapping[str, np.ndarray]) -> None:
-        """Add B origins' forecasts (``[B, N, H, S]`` draws) and ``[B, H, S]`` truths."""
+    def add(
+        self,
+        forecast: SampleForecast,
+        truth: Mapping[str, np.ndarray],
+        outcome: np.ndarray | None = None,
+    ) -> None:
+        """Add B origins' forecasts (``[B, N, H, S]`` draws) and ``[B, H, S]`` truths.
+
+        With ``outcome`` (``[B]``: 1 where a violation happened within H) the forecasts'
+        violation probabilities are kept too, for the Platt scaling.
+        """
+        if outcome is not None:
+            self.p_violation.append(np.asarray(forecast.p_violation, dtype=np.float64))
+            self.outcome.append(np.asarray(outcome, dtype=np.float64))
         for metric, draws in forecast.samples.items():
             z = _symlog(draws)
             q = np.quantile(z, (0.5, 0.1, 0.9, 0.05, 0.95), axis=1)
@@ -328,7 +393,12 @@ class CalibrationStats:
                 ss.append(best_s)
             weights[metric], scale[metric] = ws, ss
             counts[metric] = int(np.sum(~np.isnan(d["y"][:, 0])))
-        return Calibration(scale, weights, level, counts)
+        platt = (
+            fit_platt(np.concatenate(self.p_violation), np.concatenate(self.outcome))
+            if self.outcome
+            else None
+        )
+        return Calibration(scale, weights, level, counts, platt)
 
     def coverage(self, calibration: Calibration | None = None) -> dict[str, dict[str, float]]:
         """Coverage of the 80 % and 90 % intervals, uncalibrated or under ``calibration``."""
@@ -519,10 +589,11 @@ def forecast_batch(
     mean_now, _ = model.decode(model.feat(carry))
     err = ((now[:, lay.values] - mean_now) * now[:, lay.mask]).double().numpy()  # [B, V]
     offset = {m: err[:, _value_index(lay, n_services, m)] for m in METRICS}
-    samples = sf.samples
+    samples, p_violation = sf.samples, sf.p_violation
     if calibration is not None:
         samples = {m: calibration.apply_raw(m, x, offset[m]) for m, x in samples.items()}
-    return SampleForecast(samples, sf.p_violation, offset)
+        p_violation = calibration.apply_violation(p_violation)
+    return SampleForecast(samples, p_violation, offset)
 
 
 def forecast(
