@@ -139,7 +139,8 @@ class Loop:
         next_ckpt: Env step of the next checkpoint.
         wall_s: Wall seconds of the run before this process (resumed runs).
         act_s: Seconds spent acting and stepping envs.
-        update_s: Seconds spent in updates.
+        update_s: Seconds spent in updates (pretraining excluded).
+        pretrain_s: Seconds spent pretraining the world model.
         best: Best evaluation mean return (None before the first).
         curve: Evaluation rows (see ``eval/curve.csv``).
         eval_returns: Per evaluation, the episodes' returns.
@@ -158,6 +159,7 @@ class Loop:
     wall_s: float = 0.0
     act_s: float = 0.0
     update_s: float = 0.0
+    pretrain_s: float = 0.0
     best: float | None = None
     curve: list[dict[str, float]] = field(default_factory=list)
     eval_returns: list[list[float]] = field(default_factory=list)
@@ -505,6 +507,8 @@ def _run(
                 while loop.pretrained < ac.pretrain:
                     logger.record(agent.update(replay.sample(ac.batch), actor_critic=False), True)
                     loop.pretrained += 1
+                loop.pretrain_s += time.perf_counter() - t1
+                t1 = time.perf_counter()
                 loop.owed += n * ac.updates_per_step
                 while loop.owed >= 1.0:
                     last_metrics = agent.update(replay.sample(ac.batch))
@@ -566,6 +570,7 @@ def _run(
         "trained_timesteps": trained,
         "updates": loop.updates,
         "pretrain_updates": loop.pretrained,
+        "pretrain_time_s": loop.pretrain_s,
         "train_ratio": conf.agent.train_ratio,
         "train_time_s": train_time,
         "wall_time_s": wall_before + time.perf_counter() - start,
@@ -587,7 +592,7 @@ def _run(
 
 
 def _fps(loop: Loop) -> float:
-    total = loop.act_s + loop.update_s
+    total = loop.act_s + loop.update_s + loop.pretrain_s
     return loop.env_steps / total if total > 0 else 0.0
 
 

@@ -1,6 +1,6 @@
 """Learning curves of Dreamer and PPO runs: evaluation return vs env steps and vs wall-clock.
 
-``python experiments/results/dreamer_curves.py --dreamer RUN [RUN ...] --ppo RUN [RUN ...]
+``python experiments/results/dreamer_curves.py --dreamer [LABEL=]RUN ... --ppo [LABEL=]RUN ...
 --out experiments/results/dreamer_curves.png`` reads each Dreamer run's ``eval/curve.csv``
 and each PPO run's ``eval/evaluations.npz`` (SB3's ``EvalCallback``) with the wall-clock of
 its evaluations interpolated from ``logs/progress.csv`` (``time/time_elapsed`` against
@@ -42,18 +42,26 @@ def ppo_curve(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return steps, wall, returns
 
 
+def _labelled(spec: str, default: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` or ``PATH`` (labelled ``default``)."""
+    label, sep, path = spec.partition("=")
+    return (label, Path(path)) if sep else (default, Path(spec))
+
+
 def plot(
-    dreamer: list[Path], ppo: list[Path], baselines: dict[str, float], out: Path, title: str
+    dreamer: list[str], ppo: list[str], baselines: dict[str, float], out: Path, title: str
 ) -> Path:
-    """Draw both panels and save ``out``."""
+    """Draw both panels and save ``out`` (runs given as ``PATH`` or ``LABEL=PATH``)."""
     fig = Figure(figsize=(12, 4.5))
     ax_steps, ax_wall = fig.subplots(1, 2)
-    for runs, name, color in ((dreamer, "Dreamer", "tab:blue"), (ppo, "PPO", "tab:orange")):
-        for i, run in enumerate(runs):
-            steps, wall, ret = (dreamer_curve if name == "Dreamer" else ppo_curve)(run)
-            label = name if i == 0 else None
-            ax_steps.plot(steps, ret, "o-", color=color, label=label, ms=3, alpha=0.9)
-            ax_wall.plot(wall / 60.0, ret, "o-", color=color, label=label, ms=3, alpha=0.9)
+    colors = iter(["tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:red", "tab:brown"])
+    runs = [("Dreamer", r) for r in dreamer] + [("PPO", r) for r in ppo]
+    for kind, spec in runs:
+        label, run = _labelled(spec, kind)
+        steps, wall, ret = (dreamer_curve if kind == "Dreamer" else ppo_curve)(run)
+        color = next(colors)
+        ax_steps.plot(steps, ret, "o-", color=color, label=label, ms=3, alpha=0.9)
+        ax_wall.plot(wall / 60.0, ret, "o-", color=color, label=label, ms=3, alpha=0.9)
     styles = iter(["--", ":", "-."])
     for name, value in baselines.items():
         ls = next(styles, "--")
@@ -75,8 +83,8 @@ def plot(
 def main() -> None:
     """Command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dreamer", nargs="+", type=Path, default=[])
-    p.add_argument("--ppo", nargs="+", type=Path, default=[])
+    p.add_argument("--dreamer", nargs="+", default=[], help="PATH or LABEL=PATH")
+    p.add_argument("--ppo", nargs="+", default=[], help="PATH or LABEL=PATH")
     p.add_argument("--baseline", action="append", default=[], help="NAME=RETURN")
     p.add_argument("--title", default="chain3 autoscale (demo): evaluation return")
     p.add_argument("--out", type=Path, default=Path("experiments/results/dreamer_curves.png"))
