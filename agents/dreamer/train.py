@@ -6,10 +6,11 @@ Writes a run dir like every ``opsworld train`` run.
 hands it the composed config before any SB3 conversion). The loop, per env step of the
 ``n_envs`` envs (stepped in lockstep in this process):
 
-1. **act**: the first ``agent.prefill`` steps (rounded up to whole episodes) follow
-   ``agent.prefill_policy`` (uniform random valid actions, or a baseline), then
-   ``agent.pretrain`` world-model-only updates; then the agent's online filter and actor
-   (:meth:`~agents.dreamer.agent.DreamerAgent.act`), sampling;
+1. **act**: the first ``agent.prefill`` steps follow ``agent.prefill_policy`` (uniform
+   random valid actions, or a baseline), each env finishing its episode; then
+   ``agent.pretrain`` world-model-only updates, and each env hands over to the agent's
+   online filter and actor (:meth:`~agents.dreamer.agent.DreamerAgent.act`, sampling) at
+   its next episode start;
 2. **record**: each finished episode goes to the :class:`~agents.world_model.replay.Replay`
    (sequences of ``agent.seq_len`` inside episodes);
 3. **learn**: once the replay holds a full sequence, ``train_ratio / (batch * seq_len)``
@@ -131,7 +132,7 @@ class Loop:
         env_steps: Env steps so far (all envs).
         updates: Updates so far.
         owed: Updates due but not yet made (fractional).
-        prefill_done: The behaviour prefill is over.
+        prefill_done: Every env acts with the agent (checkpoints wait for it).
         pretrained: World-model-only updates made after the prefill.
         episodes: Training episodes finished.
         next_eval: Env step of the next evaluation.
@@ -454,6 +455,7 @@ def _run(
             f"total_timesteps={conf.total_timesteps}; raise total_timesteps"
         )
     sampleable = any(len(e["is_first"]) >= ac.seq_len for e in replay.episodes)
+    driven = [loop.prefill_done] * n  # streams acting with the agent (else the prefill policy)
     behaviours: list[Any] = [None] * n
     behaviour_states: list[Any] = [None] * n
     show = conf.progress_bar if conf.progress_bar is not None else sys.stdout.isatty()
@@ -472,14 +474,20 @@ def _run(
             obs = np.stack([s.obs for s in streams])
             first = np.array([float(s.is_first) for s in streams])
             masks = np.stack([s.mask() for s in streams]) if streams[0].masked else None
-            if loop.prefill_done:
+            # a stream hands over to the agent at its first episode start after the prefill
+            reached = loop.env_steps >= ac.prefill
+            driven = [d or (reached and s.is_first) for d, s in zip(driven, streams, strict=True)]
+            if any(driven):
                 idx, carry = agent.act(obs, first, state, masks)
-            else:  # every stream starts a fresh episode (is_first) when prefill ends
+            else:
                 carry = state.carry
-                idx = _prefill_actions(ac.prefill_policy, spec, masks, n, agent)
+            if not all(driven):
+                prefill_idx = _prefill_actions(ac.prefill_policy, spec, masks, n, agent)
             features = []
             for i, s in enumerate(streams):
-                if not loop.prefill_done and ac.prefill_policy != "random":
+                if driven[i]:
+                    f, episode, stats = s.step(idx[i])
+                elif ac.prefill_policy != "random":
                     if s.is_first:
                         assert s.env.sim is not None
                         behaviours[i] = _behaviour(ac.prefill_policy, s.env.sim.scenario)
@@ -489,7 +497,7 @@ def _run(
                     )
                     f, episode, stats = s.step(sim_actions=acts)
                 else:
-                    f, episode, stats = s.step(idx[i])
+                    f, episode, stats = s.step(prefill_idx[i])
                 features.append(f)
                 if episode is not None and stats is not None:
                     replay.add(episode)
@@ -498,11 +506,10 @@ def _run(
                     logger.record(stats.metrics(), mean=True)
             state = AgentState(carry, torch.as_tensor(np.stack(features)))
             loop.env_steps += n
-            if not loop.prefill_done and loop.env_steps >= ac.prefill:
-                loop.prefill_done = all(s.is_first for s in streams)
+            loop.prefill_done = all(driven)
             loop.act_s += time.perf_counter() - t0
 
-            if loop.prefill_done and sampleable:
+            if loop.env_steps >= ac.prefill and sampleable:  # before the agent first acts
                 t1 = time.perf_counter()
                 while loop.pretrained < ac.pretrain:
                     logger.record(agent.update(replay.sample(ac.batch), actor_critic=False), True)
