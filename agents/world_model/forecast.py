@@ -59,6 +59,21 @@ SUPPORT: dict[str, tuple[float, float]] = {
     "replicas_ready": (0.0, math.inf),
 }
 """Raw-unit range of each metric; forecast draws are clipped to it."""
+ZERO_SNAP: dict[str, float] = {"error_rate": 1e-3}
+"""Draws below these values are reported as exactly 0: telemetry shows an error rate of
+exactly 0 whenever nothing fails, a point mass that a Gaussian in symlog space (std >= 0.01)
+cannot put its quantiles on."""
+
+
+def to_raw(metric: str, z: np.ndarray) -> np.ndarray:
+    """Symlog values of ``metric`` -> raw units.
+
+    ``symexp``, clipped to :data:`SUPPORT`, values below :data:`ZERO_SNAP` set to 0.
+    """
+    lo, hi = SUPPORT[metric]
+    x = np.clip(_symexp(z), lo, hi)
+    snap = ZERO_SNAP.get(metric)
+    return np.where(np.abs(x) < snap, 0.0, x) if snap is not None else x
 
 
 class ForecastModel(Protocol):
@@ -247,12 +262,13 @@ class Calibration:
 
         The draws go through symlog, the calibration, symexp and a clip to :data:`SUPPORT`.
         """
-        lo, hi = SUPPORT[metric]
-        return np.clip(_symexp(self.apply(metric, _symlog(draws), offset)), lo, hi)
+        return to_raw(metric, self.apply(metric, _symlog(draws), offset))
 
 
-SCALE_GRID: tuple[float, ...] = tuple(np.round(np.geomspace(0.05, 20.0, 121), 4).tolist())
-"""Spread multipliers :meth:`CalibrationStats.fit` chooses from (log-spaced, 5 % apart)."""
+SCALE_GRID: tuple[float, ...] = tuple(np.round(np.geomspace(0.05, 10.0, 107), 4).tolist())
+"""Spread multipliers :meth:`CalibrationStats.fit` chooses from (log-spaced, 5 % apart; at
+most 10: where the draws are degenerate, e.g. all at an error rate of 0, no multiplier
+helps, and a large one only blows up the odd outlying draw)."""
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -344,10 +360,9 @@ class CalibrationStats:
         The interval after anchoring with ``w`` and scaling with ``s``, in raw units and
         clipped to the support as the forecast is (NaN where the truth is missing).
         """
-        lo_s, hi_s = SUPPORT[metric]
         med = d["med"][:, h] + w * d["offset"]
-        lo = np.clip(_symexp(med - s * (d["med"][:, h] - d[f"lo{tag}"][:, h])), lo_s, hi_s)
-        hi = np.clip(_symexp(med + s * (d[f"hi{tag}"][:, h] - d["med"][:, h])), lo_s, hi_s)
+        lo = to_raw(metric, med - s * (d["med"][:, h] - d[f"lo{tag}"][:, h]))
+        hi = to_raw(metric, med + s * (d[f"hi{tag}"][:, h] - d["med"][:, h]))
         y = d["y_raw"][:, h]
         hit = ((lo <= y) & (y <= hi)).astype(np.float64)
         return np.where(np.isnan(y), np.nan, hit)
@@ -372,13 +387,12 @@ class CalibrationStats:
         counts: dict[str, int] = {}
         for metric in self.parts:
             d = self._pooled(metric)
-            lo_s, hi_s = SUPPORT[metric]
             ws, ss = [], []
             for h in range(d["med"].shape[1]):
                 y_raw = d["y_raw"][:, h]
                 best_w, best = 0.0, np.inf
                 for w in ANCHOR_GRID if anchor else (0.0,):
-                    pred = np.clip(_symexp(d["med"][:, h] + w * d["offset"]), lo_s, hi_s)
+                    pred = to_raw(metric, d["med"][:, h] + w * d["offset"])
                     err = np.abs(pred - y_raw)
                     mae = float(np.nanmean(err)) if np.any(~np.isnan(err)) else np.inf
                     if mae < best - 1e-12:
@@ -527,8 +541,7 @@ def rollout(
     out: dict[str, np.ndarray] = {}
     for metric in METRICS:
         z = z_all[..., _value_index(model.layout, n_services, metric)]  # [B, N, H, S]
-        lo, hi = SUPPORT[metric]
-        out[metric] = np.clip(_symexp(z), lo, hi)
+        out[metric] = to_raw(metric, z)
     return SampleForecast(out, np.clip(p_violation, 0.0, 1.0))
 
 
