@@ -261,7 +261,7 @@ def score_task(task: ScoreTask) -> EpisodeScores:
     scores: dict[str, dict[str, dict[str, np.ndarray]]] = {f: {} for f in FORECASTERS}
     for m in METRICS:
         raw = sf.samples[m]
-        cal = fit.calibration.apply_raw(m, raw, sf.offset[m])
+        cal = fit.calibration.apply_raw(m, raw, sf.offset[m], sf.decoded[m])
         series = raw_series(ep, layout, m)
         draws = {
             "model": raw,

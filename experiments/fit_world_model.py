@@ -439,6 +439,7 @@ def fit_forecast_extras(
             "raw_90": raw[m]["90"],
             "calibrated_80": cal[m]["80"],
             "calibrated_90": cal[m]["90"],
+            "change": calibration.change[m],
             "anchor": calibration.anchor[m],
             "scale": calibration.scale[m],
         }

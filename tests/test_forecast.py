@@ -275,6 +275,26 @@ def test_calibration_scales_spread_around_the_median() -> None:
         Calibration({"p99": [1.0]}).apply("p99", z)
 
 
+def test_calibration_falls_back_to_persistence_when_the_model_change_is_noise() -> None:
+    from agents.world_model.forecast import CalibrationStats, SampleForecast
+
+    # the truth stays at the observed value; the model decodes the origin right but its
+    # predicted change is noise: the fit keeps none of the change (lambda 0, anchor 1)
+    rng = np.random.default_rng(3)
+    b, n, h, s = 300, 16, 2, 1
+    obs = rng.uniform(1.0, 3.0, (b, s))
+    truth_z = np.repeat(obs[:, None, :], h, 1)
+    noise = 0.5 * rng.standard_normal((b, 1, h, s))
+    z = obs[:, None, None, :] + noise + 0.01 * rng.standard_normal((b, n, h, s))
+    sf = SampleForecast({"rps": _symexp(z)}, np.zeros(b), {"rps": np.zeros((b, s))}, {"rps": obs})
+    stats = CalibrationStats()
+    stats.add(sf, {"rps": _symexp(truth_z)})
+    cal = stats.fit(0.9)
+    assert cal.change["rps"] == [0.0, 0.0]
+    z_cal = cal.apply("rps", z, np.zeros((b, s)), obs)
+    np.testing.assert_allclose(np.median(z_cal, 1), truth_z, atol=1e-9)
+
+
 def test_platt_scaling_fixes_overconfident_probabilities() -> None:
     from agents.world_model.forecast import Calibration, fit_platt
     from agents.world_model.forecast_metrics import brier

@@ -14,10 +14,11 @@ clipped to each metric's support) and returns per-service quantiles of :data:`ME
 posterior pass, then all origins x samples imagined together); the evaluation uses it.
 
 :class:`Calibration` optionally post-processes the draws per metric and horizon step, in
-symlog space, with two things fitted on TRAIN-suite episodes (:class:`CalibrationStats`):
-an *anchor* weight that shifts the forecast by the decoder's error on the last observation
-(towards "the last value plus the model's predicted change"; chosen for the least MAE), and
-a *spread* multiplier around the median so that the central 90% interval covers 90%.
+symlog space, with weights fitted on TRAIN-suite episodes (:class:`CalibrationStats`): the
+median moves to a blend of the model's predicted change and the last observation (weights
+chosen for the least MAE; from "the model as is" through "the last observation plus the
+model's change" to persistence), the spread around it is scaled so that the central 90%
+interval covers 90%, and the violation probability is Platt-scaled.
 
 Naive baselines (:class:`NaiveForecaster`), probabilistic through empirical residual
 quantiles per (metric, horizon step, service) in symlog space fitted on TRAIN-suite
@@ -172,41 +173,55 @@ class SampleForecast:
         offset: Metric -> ``[B, S]`` the decoder's error on the observation at each origin,
             ``symlog(obs_t) - decode(posterior_t)`` (0 where ``obs_t`` is missing); what
             :class:`Calibration` anchors the forecast with.
+        decoded: Metric -> ``[B, S]`` ``decode(posterior_t)`` (symlog): where the model
+            thinks the origin is, from which its predicted change is measured.
     """
 
     samples: dict[str, np.ndarray]
     p_violation: np.ndarray
     offset: dict[str, np.ndarray] = field(default_factory=dict)
+    decoded: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
 # calibration
 
 ANCHOR_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
-"""Anchor weights :meth:`CalibrationStats.fit` chooses from."""
+"""Anchor weights ``c`` :meth:`CalibrationStats.fit` chooses from."""
+CHANGE_GRID: tuple[float, ...] = tuple(np.round(np.linspace(1.0, 0.0, 11), 2).tolist())
+"""Weights ``lambda`` of the model's predicted change :meth:`CalibrationStats.fit` chooses
+from (largest first: ties keep more of the model)."""
 
 
 @dataclass(frozen=True)
 class Calibration:
     """Post-processing of the model's draws, per metric and horizon step, in symlog space.
 
-    Fitted on TRAIN-suite episodes (:class:`CalibrationStats`). A draw ``z`` of step ``h``
-    of an origin with decoder error ``offset`` (:attr:`SampleForecast.offset`) becomes
+    Fitted on TRAIN-suite episodes (:class:`CalibrationStats`). For an origin where the
+    model decodes ``d`` (:attr:`SampleForecast.decoded`) and the observation differs from it
+    by ``o`` (:attr:`SampleForecast.offset`), the draws ``z`` of step ``h``, median ``m``,
+    become ``target + scale[h] * (z - m)`` with
 
-    1. ``z' = z + anchor[h] * offset``: the forecast moves towards continuing from the
-       observed value (weight 1: the model contributes only the change; 0: untouched);
-    2. ``median' + scale[h] * (z' - median')``: the spread around the median is scaled so
-       that the central ``level`` interval of the calibration data covers ``level``.
+        target = d + change[h] * (m - d) + anchor[h] * o
+
+    * ``change`` (lambda) weighs the model's predicted change ``m - d``; ``anchor`` (c)
+      moves the forecast towards continuing from the observed value ``d + o``.
+      ``change = 1, anchor = 0`` leaves the median alone; ``change = 1, anchor = 1`` is "the
+      last observation plus the model's change"; ``change = 0, anchor = 1`` is persistence.
+      Both are picked for the least MAE on the calibration episodes.
+    * ``scale`` widens or narrows the spread around the (new) median so that the central
+      ``level`` interval of the calibration episodes covers ``level``.
 
     The violation probability is recalibrated by Platt scaling,
     ``p' = sigmoid(a logit(p) + b)`` with ``violation = [a, b]`` (None: unchanged).
 
     Attributes:
         scale: Metric -> ``H`` spread multipliers.
-        anchor: Metric -> ``H`` anchor weights (a missing metric: 0).
+        anchor: Metric -> ``H`` anchor weights c (a missing metric: 0).
         level: The interval level it was fitted for.
         n: Metric -> number of (origin, service) truths per step it was fitted on.
         violation: Platt coefficients ``[a, b]`` of the violation probability, or None.
+        change: Metric -> ``H`` weights lambda of the model's change (missing: 1).
     """
 
     scale: dict[str, list[float]]
@@ -214,6 +229,7 @@ class Calibration:
     level: float = 0.9
     n: dict[str, int] = field(default_factory=dict)
     violation: list[float] | None = None
+    change: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """JSON text (:meth:`from_json` reads it)."""
@@ -229,6 +245,7 @@ class Calibration:
             d["level"],
             d["n"],
             d.get("violation"),
+            {k: [float(x) for x in v] for k, v in d.get("change", {}).items()},
         )
 
     def apply_violation(self, p: np.ndarray) -> np.ndarray:
@@ -245,24 +262,51 @@ class Calibration:
             raise ValueError(f"calibration covers {v.size} steps, the forecast has {h}; refit it")
         return v[:h]
 
-    def apply(self, metric: str, z: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
-        """Calibrate symlog draws ``z`` ``[B, N, H, S]``; ``offset`` ``[B, S]`` per origin."""
-        h = z.shape[-2]
-        if offset is not None and metric in self.anchor:
-            w = self._steps(self.anchor[metric], h)
-            z = z + w[None, None, :, None] * np.asarray(offset)[:, None, None, :]
-        s = self._steps(self.scale[metric], h)
-        med = np.median(z, axis=-3, keepdims=True)
-        return med + s[:, None] * (z - med)
+    def weights(self, metric: str, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(change, anchor, scale)`` of ``metric`` for the first ``h`` steps."""
+        ones, zeros = [1.0] * h, [0.0] * h
+        return (
+            self._steps(self.change.get(metric, ones), h),
+            self._steps(self.anchor.get(metric, zeros), h),
+            self._steps(self.scale.get(metric, ones), h),
+        )
+
+    def apply(
+        self,
+        metric: str,
+        z: np.ndarray,
+        offset: np.ndarray | None = None,
+        decoded: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Calibrate symlog draws ``z`` ``[B, N, H, S]`` of B origins.
+
+        ``offset`` and ``decoded`` (``[B, S]``) are the origins' :attr:`SampleForecast.offset`
+        and :attr:`SampleForecast.decoded`; without ``offset`` only the spread changes,
+        without ``decoded`` the change weight is taken as 1.
+        """
+        lam, c, s = self.weights(metric, z.shape[-2])
+        med = np.median(z, axis=-3, keepdims=True)  # [B, 1, H, S]
+        target = med
+        if offset is not None:
+            o = np.asarray(offset)[:, None, None, :]
+            target = med + c[:, None] * o
+            if decoded is not None:
+                d = np.asarray(decoded)[:, None, None, :]
+                target = d + lam[:, None] * (med - d) + c[:, None] * o
+        return target + s[:, None] * (z - med)
 
     def apply_raw(
-        self, metric: str, draws: np.ndarray, offset: np.ndarray | None = None
+        self,
+        metric: str,
+        draws: np.ndarray,
+        offset: np.ndarray | None = None,
+        decoded: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`apply` to raw draws ``[B, N, H, S]``.
 
         The draws go through symlog, the calibration, symexp and a clip to :data:`SUPPORT`.
         """
-        return to_raw(metric, self.apply(metric, _symlog(draws), offset))
+        return to_raw(metric, self.apply(metric, _symlog(draws), offset, decoded))
 
 
 SCALE_GRID: tuple[float, ...] = tuple(np.round(np.geomspace(0.05, 10.0, 107), 4).tolist())
@@ -317,7 +361,17 @@ class CalibrationStats:
     intervals and the coverage follows from these summaries for any weight.
     """
 
-    KEYS: tuple[str, ...] = ("med", "lo80", "hi80", "lo90", "hi90", "y", "y_raw", "offset")
+    KEYS: tuple[str, ...] = (
+        "med",
+        "lo80",
+        "hi80",
+        "lo90",
+        "hi90",
+        "y",
+        "y_raw",
+        "offset",
+        "dec",
+    )
 
     def __init__(self) -> None:
         self.parts: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -342,9 +396,16 @@ class CalibrationStats:
             z = _symlog(draws)
             q = np.quantile(z, (0.5, 0.1, 0.9, 0.05, 0.95), axis=1)
             y_raw = np.asarray(truth[metric], dtype=np.float64)
-            offset = forecast.offset.get(metric, np.zeros((z.shape[0], z.shape[-1])))
+            shape = (z.shape[0], z.shape[-1])
+            offset = forecast.offset.get(metric, np.zeros(shape))
+            dec = forecast.decoded.get(metric, np.full(shape, np.nan))
             rows = dict(zip(self.KEYS[:5], q, strict=True))
-            rows.update(y=_symlog(y_raw), y_raw=y_raw, offset=np.asarray(offset, np.float64))
+            rows.update(
+                y=_symlog(y_raw),
+                y_raw=y_raw,
+                offset=np.asarray(offset, np.float64),
+                dec=np.asarray(dec, np.float64),
+            )
             store = self.parts.setdefault(metric, {k: [] for k in self.KEYS})
             for k in self.KEYS:
                 store[k].append(rows[k])
@@ -352,67 +413,85 @@ class CalibrationStats:
     def _pooled(self, metric: str) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v, 0) for k, v in self.parts[metric].items()}
 
+    @staticmethod
+    def _target(d: dict[str, np.ndarray], h: int, lam: float, c: float) -> np.ndarray:
+        """``[B, S]`` the calibrated median of step ``h`` (symlog); see :class:`Calibration`."""
+        med = d["med"][:, h]
+        dec = np.where(np.isnan(d["dec"]), med, d["dec"])  # no decoded value: lambda = 1
+        return dec + lam * (med - dec) + c * d["offset"]
+
     def _inside(
-        self, d: dict[str, np.ndarray], metric: str, h: int, w: float, s: float, tag: str
+        self,
+        d: dict[str, np.ndarray],
+        metric: str,
+        h: int,
+        weights: tuple[float, float, float],
+        tag: str,
     ) -> np.ndarray:
         """``[B, S]`` 1.0 where the truth at step ``h`` lies in the ``tag`` interval.
 
-        The interval after anchoring with ``w`` and scaling with ``s``, in raw units and
-        clipped to the support as the forecast is (NaN where the truth is missing).
+        The interval under ``weights = (change, anchor, scale)``, in raw units and clipped to
+        the support as the forecast is (NaN where the truth is missing).
         """
-        med = d["med"][:, h] + w * d["offset"]
-        lo = to_raw(metric, med - s * (d["med"][:, h] - d[f"lo{tag}"][:, h]))
-        hi = to_raw(metric, med + s * (d[f"hi{tag}"][:, h] - d["med"][:, h]))
+        lam, c, s = weights
+        target = self._target(d, h, lam, c)
+        lo = to_raw(metric, target - s * (d["med"][:, h] - d[f"lo{tag}"][:, h]))
+        hi = to_raw(metric, target + s * (d[f"hi{tag}"][:, h] - d["med"][:, h]))
         y = d["y_raw"][:, h]
         hit = ((lo <= y) & (y <= hi)).astype(np.float64)
         return np.where(np.isnan(y), np.nan, hit)
 
     def fit(self, level: float = 0.9, anchor: bool = True) -> Calibration:
-        """Fit a :class:`Calibration`: per metric and step, anchor weight, then spread.
+        """Fit a :class:`Calibration`: per metric and step, location weights, then spread.
 
-        The anchor weight is the one of :data:`ANCHOR_GRID` with the least MAE of the median
-        (raw units; ties: the smaller weight); the spread multiplier is then the smallest
-        of :data:`SCALE_GRID` whose ``level`` interval (clipped to the metric's support, as
-        the forecast is) covers at least ``level`` of the truths.
+        The change and anchor weights are the pair of :data:`CHANGE_GRID` x
+        :data:`ANCHOR_GRID` with the least MAE of the median (raw units; ties: more of the
+        model, less anchoring); the spread multiplier is then the smallest of
+        :data:`SCALE_GRID` whose ``level`` interval (clipped to the metric's support, as the
+        forecast is) covers at least ``level`` of the truths.
 
         Args:
             level: 0.8 or 0.9, the interval to calibrate.
-            anchor: Fit anchor weights (else they stay 0).
+            anchor: Fit the change and anchor weights (else they stay 1 and 0).
         """
         if level not in (0.8, 0.9):
             raise ValueError(f"level {level}: CalibrationStats keeps the 0.8 and 0.9 intervals")
         tag = "80" if level == 0.8 else "90"
         scale: dict[str, list[float]] = {}
-        weights: dict[str, list[float]] = {}
+        anchors: dict[str, list[float]] = {}
+        changes: dict[str, list[float]] = {}
         counts: dict[str, int] = {}
         for metric in self.parts:
             d = self._pooled(metric)
-            ws, ss = [], []
+            lams = CHANGE_GRID if anchor and not np.all(np.isnan(d["dec"])) else (1.0,)
+            cs = ANCHOR_GRID if anchor else (0.0,)
+            ls, ws, ss = [], [], []
             for h in range(d["med"].shape[1]):
                 y_raw = d["y_raw"][:, h]
-                best_w, best = 0.0, np.inf
-                for w in ANCHOR_GRID if anchor else (0.0,):
-                    pred = to_raw(metric, d["med"][:, h] + w * d["offset"])
-                    err = np.abs(pred - y_raw)
-                    mae = float(np.nanmean(err)) if np.any(~np.isnan(err)) else np.inf
-                    if mae < best - 1e-12:
-                        best_w, best = w, mae
+                best_w, best = (1.0, 0.0), np.inf
+                for lam in lams:
+                    for c in cs:
+                        err = np.abs(to_raw(metric, self._target(d, h, lam, c)) - y_raw)
+                        mae = float(np.nanmean(err)) if np.any(~np.isnan(err)) else np.inf
+                        if mae < best - 1e-12:
+                            best_w, best = (lam, c), mae
                 best_s = SCALE_GRID[-1]
                 for sc in SCALE_GRID:
-                    hit = self._inside(d, metric, h, best_w, sc, tag)
+                    hit = self._inside(d, metric, h, (*best_w, sc), tag)
                     if np.all(np.isnan(hit)) or np.nanmean(hit) >= level:
                         best_s = sc
                         break
-                ws.append(best_w)
+                ls.append(best_w[0])
+                ws.append(best_w[1])
                 ss.append(best_s)
-            weights[metric], scale[metric] = ws, ss
+            changes[metric], anchors[metric], scale[metric] = ls, ws, ss
             counts[metric] = int(np.sum(~np.isnan(d["y"][:, 0])))
         platt = (
             fit_platt(np.concatenate(self.p_violation), np.concatenate(self.outcome))
             if self.outcome
             else None
         )
-        return Calibration(scale, weights, level, counts, platt)
+        return Calibration(scale, anchors, level, counts, platt, changes)
 
     def coverage(self, calibration: Calibration | None = None) -> dict[str, dict[str, float]]:
         """Coverage of the 80 % and 90 % intervals, uncalibrated or under ``calibration``."""
@@ -420,16 +499,14 @@ class CalibrationStats:
         for metric in self.parts:
             d = self._pooled(metric)
             n_steps = d["med"].shape[1]
-            w = np.zeros(n_steps)
-            s = np.ones(n_steps)
+            lam, c, s = np.ones(n_steps), np.zeros(n_steps), np.ones(n_steps)
             if calibration is not None:
-                s = calibration._steps(calibration.scale[metric], n_steps)
-                if metric in calibration.anchor:
-                    w = calibration._steps(calibration.anchor[metric], n_steps)
+                lam, c, s = calibration.weights(metric, n_steps)
             row = {}
             for tag in ("80", "90"):
                 hits = np.stack(
-                    [self._inside(d, metric, h, w[h], s[h], tag) for h in range(n_steps)], 1
+                    [self._inside(d, metric, h, (lam[h], c[h], s[h]), tag) for h in range(n_steps)],
+                    1,
                 )
                 row[tag] = float(np.nanmean(hits)) if np.any(~np.isnan(hits)) else float("nan")
             out[metric] = row
@@ -576,8 +653,9 @@ def forecast_batch(
         calibration: Optional :class:`Calibration` (anchoring and spread).
 
     Returns:
-        A :class:`SampleForecast` with ``[B, N, H, S]`` draws and each origin's decoder
-        error ``offset`` (``symlog(obs_t) - decode(posterior_t)``, 0 where missing).
+        A :class:`SampleForecast` with ``[B, N, H, S]`` draws, each origin's decoded values
+        and decoder error ``offset`` (``symlog(obs_t) - decode(posterior_t)``, 0 where
+        missing).
     """
     t_len = obs.shape[0]
     assert action.shape[0] == t_len, (obs.shape, action.shape)
@@ -601,12 +679,16 @@ def forecast_batch(
     now = _as_tensor(obs[np.asarray(origins)])  # [B, O]
     mean_now, _ = model.decode(model.feat(carry))
     err = ((now[:, lay.values] - mean_now) * now[:, lay.mask]).double().numpy()  # [B, V]
+    dec = mean_now.double().numpy()
     offset = {m: err[:, _value_index(lay, n_services, m)] for m in METRICS}
+    decoded = {m: dec[:, _value_index(lay, n_services, m)] for m in METRICS}
     samples, p_violation = sf.samples, sf.p_violation
     if calibration is not None:
-        samples = {m: calibration.apply_raw(m, x, offset[m]) for m, x in samples.items()}
+        samples = {
+            m: calibration.apply_raw(m, x, offset[m], decoded[m]) for m, x in samples.items()
+        }
         p_violation = calibration.apply_violation(p_violation)
-    return SampleForecast(samples, p_violation, offset)
+    return SampleForecast(samples, p_violation, offset, decoded)
 
 
 def forecast(
