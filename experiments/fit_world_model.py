@@ -1,6 +1,6 @@
 """``opsworld fit-world-model``: collect episodes, train a world model, fit its forecast extras.
 
-``opsworld fit-world-model topology=chain3 updates=3000 out=runs/wm_chain3``:
+``opsworld fit-world-model topology=chain3 max_minutes=10 out=runs/wm_chain3``:
 
 1. collects the ``suite`` (default ``train``) entries on ``topology`` under the behaviour
    policies ``behaviours`` x ``replicates`` (:func:`agents.world_model.data.collect`, in
@@ -13,10 +13,10 @@
    used for training, under ``calib_behaviours``), fits the forecast extras: the
    :class:`~agents.world_model.forecast.Calibration` (anchor weights and spread), the
    persistence and seasonal-naive residual quantiles and the naive violation frequencies
-   (all TRAIN-suite data). With ``calib_split=entries`` every ``calib_every``-th entry is
-   kept out of training and the model's calibration is fitted on those unseen entries
-   only (the holdout suite's incidents are unseen too); the naive forecasters use the
-   calibration episodes of every entry.
+   (all TRAIN-suite data). With ``calib_split=entries`` (the default) every
+   ``calib_every``-th entry is kept out of training and the model's calibration is fitted
+   on those unseen entries only (the holdout suite's incidents are unseen too); the naive
+   forecasters use the calibration episodes of every entry.
 
 It writes to ``out``:
 
@@ -170,7 +170,8 @@ class FitWorldModelConfig:
         calib_split: ``replicate`` or ``entries`` (see the module docstring).
         calib_every: With ``calib_split=entries``: entries ``k-1, 2k-1, ...`` calibrate.
         calib_level: Interval level the spread calibration targets (0.8 or 0.9).
-        anchor: Fit anchor weights in the calibration (else only the spread).
+        anchor: Fit the change and anchor weights of the calibration (else only the spread
+            and the Platt scaling).
         init: A previous fit-world-model folder to continue from: model, optimizer, update
             count and RNG come from its checkpoint, and so does the WorldModelConfig
             (``size``, ``lr``, ``batch``, ``seq_len``, ``wm`` are then ignored); with
@@ -185,15 +186,15 @@ class FitWorldModelConfig:
     behaviours: list[str] = field(
         default_factory=lambda: ["static", "hpa", "tuned_hpa", "runbook", "explore"]
     )
-    replicates: int = 2
-    perturb: float = 0.0
+    replicates: int = 3
+    perturb: float = 1.0
     limit: int | None = None
     size: str = "tiny"
-    updates: int = 3000
+    updates: int = 8000
     max_minutes: float | None = None
     batch: int = 16
     seq_len: int = 64
-    lr: float = 1e-4
+    lr: float = 3e-4
     wm: WorldModelOverrides = field(default_factory=WorldModelOverrides)
     seed: int = 0
     workers: int = 2
@@ -205,7 +206,7 @@ class FitWorldModelConfig:
     every: int = 4
     n_samples: int = 64
     calib_behaviours: list[str] = field(default_factory=lambda: ["hpa", "runbook"])
-    calib_split: CalibSplit = CalibSplit.replicate
+    calib_split: CalibSplit = CalibSplit.entries
     calib_every: int = 4
     calib_level: float = 0.9
     anchor: bool = True
