@@ -348,7 +348,7 @@ class WhatIfPlanner:
             return x.reshape(c, n, *x.shape[1:])
 
         peak_p99 = per(raw[:, :, self._p99].max(0))  # [C, N, S]
-        err = per(raw[:, :, self._err].mean(0))
+        err = per(raw[:, :, self._err].clip(max=1.0).mean(0))  # a rate: at most 1
         cores = (raw[:, :, self._ready] + raw[:, :, self._starting]) @ self._cpu  # [H, C*N]
         cost = per(cores.mean(0) / self._base_cores)
         ret_c, score_c = per(ret.numpy()), per(score.numpy())
