@@ -411,7 +411,7 @@ def aggregate(results: Sequence[EpisodeScores], services: Sequence[str]) -> dict
 
 _STYLE = {
     "model": ("tab:blue", "-"),
-    "model_cal": ("tab:blue", "--"),
+    "model_cal": ("tab:purple", "-"),
     "persistence": ("tab:orange", "-"),
     "seasonal": ("tab:green", "-"),
     "naive": ("tab:orange", "-"),
@@ -451,11 +451,11 @@ def plot_coverage(agg: dict[str, Any], title: str, path: Path, dt_s: float) -> P
     axes = fig.subplots(2, 2)
     for ax, m in zip(axes.ravel(), METRICS, strict=True):
         for f in FORECASTERS:
-            color, ls = _STYLE[f]
-            for lvl, marker in ((80, "o"), (90, "s")):
+            color, _ = _STYLE[f]
+            for lvl, ls in ((80, ":"), (90, "-")):
                 v = agg["per_step"][f][m][f"coverage{lvl}"]
                 steps = np.arange(1, len(v) + 1) * dt_s / 60.0
-                ax.plot(steps, v, color=color, ls=ls, marker=marker, ms=3, label=f"{f} {lvl}%")
+                ax.plot(steps, v, color=color, ls=ls, marker=".", ms=3, label=f"{f} {lvl}%")
         for target in (0.8, 0.9):
             ax.axhline(target, color="black", lw=0.8, alpha=0.5)
         ax.set_ylim(0, 1.02)
