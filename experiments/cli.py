@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 """Absolute path of the repository's ``configs/`` folder (Hydra's ``config_path``)."""
@@ -33,6 +34,28 @@ PROG = "opsworld"
 
 class ConfigError(ValueError):
     """A run configuration that cannot work; the message names the field and the fix."""
+
+
+SchemaT = TypeVar("SchemaT")
+
+
+def structured_config(schema: type[SchemaT], cfg: Any, command: str) -> SchemaT:
+    """Validate a composed config (or a plain mapping) against the dataclass ``schema``.
+
+    Raises:
+        ConfigError: ``bad <command> config: ...`` naming the unknown key or the bad value.
+    """
+    if isinstance(cfg, schema):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad {command} config: {err}") from None
+    assert isinstance(obj, schema)
+    return obj
 
 
 @dataclass(frozen=True)

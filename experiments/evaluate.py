@@ -49,7 +49,7 @@ from envs.scenarios.scoring import aggregate
 from envs.scenarios.suites import Suite, SuiteError, load_suite
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 from experiments.simulate import (
     POLICIES,
     Fidelity,
@@ -114,14 +114,7 @@ def register_configs() -> None:
 
 def to_config(cfg: DictConfig | EvaluateConfig | Mapping[str, Any]) -> EvaluateConfig:
     """Validate a composed config (or a plain mapping) against :class:`EvaluateConfig`."""
-    if isinstance(cfg, EvaluateConfig):
-        return cfg
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateConfig), cfg))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad evaluate config: {err}") from None
-    assert isinstance(obj, EvaluateConfig)
-    return obj
+    return structured_config(EvaluateConfig, cfg, "evaluate")
 
 
 # --------------------------------------------------------------------------------------------

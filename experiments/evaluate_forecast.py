@@ -40,9 +40,8 @@ import numpy as np
 from hydra.core.config_store import ConfigStore
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 from experiments.fit_world_model import (
     FittedModel,
     check_behaviours,
@@ -50,7 +49,7 @@ from experiments.fit_world_model import (
     period_steps,
     suite_entries,
 )
-from experiments.simulate import Fidelity
+from experiments.simulate import Fidelity, json_default
 
 FORECASTERS: tuple[str, ...] = ("model", "model_cal", "persistence", "seasonal")
 """Forecasters scored, in table order."""
@@ -118,16 +117,7 @@ def to_config(
     cfg: DictConfig | EvaluateForecastConfig | Mapping[str, Any],
 ) -> EvaluateForecastConfig:
     """Validate a composed config (or a plain mapping) against :class:`EvaluateForecastConfig`."""
-    if isinstance(cfg, EvaluateForecastConfig):
-        return cfg
-    try:
-        obj = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(EvaluateForecastConfig), cfg)
-        )
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad evaluate-forecast config: {err}") from None
-    assert isinstance(obj, EvaluateForecastConfig)
-    return obj
+    return structured_config(EvaluateForecastConfig, cfg, "evaluate-forecast")
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,7 +769,7 @@ def evaluate_forecast(
             for r in results
         ],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
     title = f"{conf.suite} / {topology}"
     files = [
         out / "metrics.json",
@@ -803,14 +793,6 @@ def evaluate_forecast(
         log(text.split("## SLO")[0][-1500:])
         log(f"wrote {len(files)} files to {out}")
     return {"out": str(out), "metrics": metrics, "files": [str(f) for f in files]}
-
-
-def _json_default(obj: object) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {obj!r}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate_forecast")

@@ -52,10 +52,9 @@ import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from pydantic import ValidationError
 
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 from experiments.simulate import Fidelity
 
 FORECAST_DIR = "forecast"
@@ -229,14 +228,7 @@ def to_config(
     cfg: DictConfig | FitWorldModelConfig | Mapping[str, Any],
 ) -> FitWorldModelConfig:
     """Validate a composed config (or a plain mapping) against :class:`FitWorldModelConfig`."""
-    if isinstance(cfg, FitWorldModelConfig):
-        return cfg
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FitWorldModelConfig), cfg))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad fit-world-model config: {err}") from None
-    assert isinstance(obj, FitWorldModelConfig)
-    return obj
+    return structured_config(FitWorldModelConfig, cfg, "fit-world-model")
 
 
 # --------------------------------------------------------------------------------------------

@@ -246,7 +246,8 @@ def write_actions(actions: list[tuple[float, Action]], path: Path) -> Path:
     return path
 
 
-def _json_default(obj: object) -> Any:
+def json_default(obj: object) -> Any:
+    """``json.dumps`` ``default=``: numpy scalars and paths."""
     if hasattr(obj, "item"):  # numpy scalars
         return obj.item()
     if isinstance(obj, Path):
@@ -355,7 +356,7 @@ def simulate(
         "sim_seconds_per_wall_second": scenario.horizon_s / wall if wall > 0 else None,
         "out": str(out),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
     console.print(_summary_table(summary, out))
     return summary
 
