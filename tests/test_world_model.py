@@ -378,6 +378,25 @@ def test_same_seed_same_losses() -> None:
     assert run(0) != run(1)
 
 
+def test_step_with_states_hands_back_the_posterior() -> None:
+    """step_with_states: the same update as step, plus the loss's posterior (detached)."""
+    from agents.world_model.trainer import WorldModelTrainer
+
+    a = WorldModelTrainer(make_model(seed=0), TINY, seed=0)
+    b = WorldModelTrainer(make_model(seed=0), TINY, seed=0)
+    batch = make_batch(2, 8, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        _, _, expected = b.model.loss_terms(
+            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in batch.items()}, gen
+        )
+    metrics, states = a.step_with_states(batch)
+    assert metrics == b.step(batch)
+    assert states.shape == (2, 8) and not states.deter.requires_grad
+    assert torch.equal(states.deter, expected.deter)
+    assert torch.equal(states.stoch, expected.stoch)
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

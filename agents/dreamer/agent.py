@@ -12,7 +12,7 @@
 observation and the previous action's features, then the actor); the caller keeps the
 :class:`AgentState` (explicit carry). :meth:`DreamerAgent.update` is one world-model step
 on a replay batch followed by one actor-critic step on trajectories imagined from that
-batch's posterior states.
+batch's posterior states (those of the world-model loss).
 
 :meth:`DreamerAgent.state_dict` holds tensors and primitives only (``torch.load`` with
 ``weights_only=True`` reads it), and restores training exactly.
@@ -151,18 +151,14 @@ class DreamerAgent:
     def update(self, batch: dict[str, np.ndarray], actor_critic: bool = True) -> dict[str, float]:
         """One world-model step, then one actor-critic step imagined from the batch.
 
-        ``batch`` holds ``[B, T, ...]`` arrays (the replay's keys). The world model's
-        trainer does not hand back its posterior, so the states are filtered again (no
-        gradient) with the updated model. ``actor_critic=False``: the world model only.
+        ``batch`` holds ``[B, T, ...]`` arrays (the replay's keys). Imagination starts from
+        the posterior States the world-model loss was computed on (before the update,
+        detached; :meth:`WorldModelTrainer.step_with_states`), as DreamerV3 does, so the
+        batch is filtered once. ``actor_critic=False``: the world model only.
         """
-        metrics = self.trainer.step(batch)
+        metrics, states = self.trainer.step_with_states(batch)
         if not actor_critic:
             return metrics
-        obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
-        action = torch.as_tensor(batch["action"], dtype=torch.float32)
-        is_first = torch.as_tensor(batch["is_first"], dtype=torch.float32)
-        with torch.no_grad():
-            _, states = self.wm.observe(obs, action, is_first, generator=self.generator)
         start = states.flatten()
         n = len(start)
         cont = torch.as_tensor(batch["cont"], dtype=torch.float32).reshape(n)

@@ -5,7 +5,8 @@
 optimizer touches anything checks that every term, the total and the gradient norm are
 finite; if not it raises :class:`NonFiniteError` naming the term(s), the step and the
 batch's min / max / NaN / inf counts per key, and leaves weights, optimizer and step count
-as they were.
+as they were. :meth:`WorldModelTrainer.step_with_states` does the same and also hands back
+the batch's posterior States (detached), for callers that start from them (Dreamer).
 
 Checkpoints (:meth:`WorldModelTrainer.save`) are ``torch.save`` dicts of tensors and
 primitives only, read back with ``weights_only=True``: model, optimizer, step count, the
@@ -26,6 +27,7 @@ import torch
 
 from agents.world_model.config import ObsLayout, WorldModelConfig
 from agents.world_model.model import BATCH_KEYS, WorldModel
+from agents.world_model.rssm import States
 
 CHECKPOINT_FORMAT = "opsworld.world_model/1"
 
@@ -106,6 +108,21 @@ class WorldModelTrainer:
     def step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
         """One update on ``batch``; returns metrics (``wm/*``, incl. ``wm/grad_norm``).
 
+        As :meth:`step_with_states` without the posterior.
+
+        Raises:
+            NonFiniteError: A loss term, the total or the gradient norm is not finite
+                (nothing is updated).
+        """
+        return self.step_with_states(batch)[0]
+
+    def step_with_states(self, batch: dict[str, np.ndarray]) -> tuple[dict[str, float], States]:
+        """One update on ``batch``; returns the metrics and the batch's posterior States.
+
+        The States are those the loss was computed on (the model before this update),
+        detached: a caller that needs the posterior of the batch (Dreamer's imagination
+        starts) does not have to filter the batch again.
+
         Raises:
             NonFiniteError: A loss term, the total or the gradient norm is not finite
                 (nothing is updated).
@@ -113,7 +130,7 @@ class WorldModelTrainer:
         model = self.model
         model.train()
         tensors = self._tensors(batch)
-        terms, metrics, _ = model.loss_terms(tensors, self.generator)
+        terms, metrics, states = model.loss_terms(tensors, self.generator)
         scales = model.scales()
         total = torch.stack([scales[k] * v for k, v in terms.items()]).sum()
         values = {k: float(v.detach()) for k, v in terms.items()}
@@ -135,7 +152,7 @@ class WorldModelTrainer:
         out.update(metrics)
         out["wm/grad_norm"] = float(norm)
         out["wm/step"] = float(self.steps)
-        return out
+        return out, states.detach()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
