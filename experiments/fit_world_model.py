@@ -116,6 +116,12 @@ class WorldModelOverrides:
     max_std: float | None = None
     eps: float | None = None
     grad_clip: float | None = None
+    overshoot: int | None = None
+    overshoot_stride: int | None = None
+    overshoot_scale: float | None = None
+    overshoot_detach: bool | None = None
+    overshoot_heads: bool | None = None
+    overshoot_kl: float | None = None
 
     def given(self) -> dict[str, Any]:
         """The fields that were set."""

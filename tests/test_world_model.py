@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agents.world_model import (
+    LOSS_TERMS,
     RSSM,
     Carry,
     ObsLayout,
@@ -608,3 +609,152 @@ def test_bench_world_model_quick(tmp_path: Path) -> None:
     assert (tmp_path / "world_model_bench_quick.md").exists()
     with pytest.raises(bench.ConfigError, match="sizes"):
         bench.bench({"suite": "world_model", "world_model": {"sizes": ["huge"]}}, log=None)
+
+
+# --------------------------------------------------------------------------- overshooting
+
+OVER = TINY.model_copy(update={"overshoot": 5, "overshoot_stride": 3})
+
+
+def _over_cfg(**kw: object) -> WorldModelConfig:
+    return WorldModelConfig.model_validate({**TINY.model_dump(), "overshoot": 5, **kw})
+
+
+def test_overshoot_config_validation() -> None:
+    assert TINY.overshoot == 0  # off by default: the DreamerV3 loss is unchanged
+    assert _over_cfg().overshoot_stride == 8 and _over_cfg().overshoot_scale == 1.0
+    with pytest.raises(ValueError, match="seq_len"):
+        _over_cfg(overshoot=64)
+    with pytest.raises(ValueError, match="overshoot_stride"):
+        _over_cfg(overshoot_stride=0)
+    with pytest.raises(ValueError, match="overshoot"):
+        _over_cfg(overshoot=-1)
+    with pytest.raises(ValueError, match="extra"):
+        _over_cfg(overshot=3)
+
+
+def test_overshoot_off_leaves_the_loss_bit_identical() -> None:
+    """overshoot=0: the same six terms, the same loss bit for bit, whatever the other
+    overshoot_* settings say, and the generator is not drawn from further."""
+    batch = to_torch(make_batch(3, 12, seed=4))
+    other = TINY.model_copy(
+        update={"overshoot_stride": 2, "overshoot_heads": True, "overshoot_kl": 1.0}
+    )
+    results = []
+    for cfg in (TINY, other):
+        gen = torch.Generator().manual_seed(5)
+        loss, metrics, _ = make_model(cfg).loss(batch, gen)
+        results.append((loss, metrics, gen.get_state()))
+        assert not any("over" in k for k in metrics)
+        assert set(make_model(cfg).scales()) == set(LOSS_TERMS)
+    (l0, m0, g0), (l1, m1, g1) = results
+    assert torch.equal(l0, l1) and m0 == m1 and torch.equal(g0, g1)
+
+
+def test_overshoot_term_by_hand() -> None:
+    """The ``over`` term equals the masked NLL of the rollouts computed with explicit loops."""
+    from agents.world_model.math import gaussian_nll
+
+    b, t, h = 2, 14, 5
+    model = make_model(OVER)
+    batch = to_torch(make_batch(b, t, seed=6))
+    batch["is_first"][1, 10] = 1.0  # an episode boundary inside row 1's last window
+    starts = model.overshoot_starts(t)
+    assert starts.tolist() == [2, 5, 8]  # counted back from t - 1 - h = 8
+
+    gen = torch.Generator().manual_seed(3)
+    terms, metrics, _ = model.loss_terms(batch, gen)
+    assert set(terms) == {*LOSS_TERMS, "over"}
+    assert metrics["wm/over_dec"] == pytest.approx(float(terms["over"].detach()))
+
+    gen = torch.Generator().manual_seed(3)
+    _, states = model.observe(batch["obs"], batch["action"], batch["is_first"], generator=gen)
+    carry = Carry(
+        states.deter[:, starts].reshape(-1, OVER.deter),
+        states.stoch[:, starts].reshape(-1, OVER.stoch, OVER.classes),
+    )
+    acts = torch.stack([batch["action"][:, s + 1 : s + 1 + h] for s in starts.tolist()], 1)
+    rollout = model.imagine(carry, acts.reshape(-1, h, A), generator=gen)
+    mean, std = model.decode(model.feat(rollout))
+    lay = model.layout
+    total, count = 0.0, 0
+    for bi in range(b):
+        for j, s in enumerate(starts.tolist()):
+            for k in range(h):
+                pos = s + 1 + k
+                if batch["is_first"][bi, s + 1 : pos + 1].any():
+                    continue  # this step (or an earlier one of the window) starts an episode
+                row = bi * len(starts) + j
+                obs = batch["obs"][bi, pos]
+                nll = gaussian_nll(obs[lay.values], mean[row, k], std[row, k]) * obs[lay.mask]
+                total += float(nll.sum())
+                count += 1
+    assert count == 2 * 3 * 5 - 5  # row 1, start 8: steps 10..13 dropped; start 5: step 10
+    assert float(terms["over"].detach()) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_overshoot_ignores_targets_after_an_episode_boundary() -> None:
+    """One rollout (start 6, steps 7..11) with ``is_first`` at 9: changing the observations,
+    rewards and violations from step 9 on leaves the term unchanged; changing step 8 does not."""
+    cfg = _over_cfg(overshoot_heads=True, overshoot_kl=1.0)
+    model = make_model(cfg)
+    assert model.overshoot_starts(12).tolist() == [6]
+    base = make_batch(2, 12, seed=8)
+    base["is_first"][:, 9] = 1.0
+
+    def over(batch: dict[str, np.ndarray]) -> float:
+        gen = torch.Generator().manual_seed(1)
+        return float(model.loss_terms(to_torch(batch), gen)[0]["over"].detach())
+
+    ref = over(base)
+    assert math.isfinite(ref)
+    after = {k: v.copy() for k, v in base.items()}
+    rng = np.random.default_rng(0)
+    after["obs"][:, 9:] = rng.normal(size=after["obs"][:, 9:].shape) * 3
+    after["reward"][:, 9:] = 100.0
+    after["violation"][:, 9:] = 1.0 - after["violation"][:, 9:]
+    assert over(after) == ref
+    before = {k: v.copy() for k, v in base.items()}
+    before["obs"][:, 8, :5] += 1.0
+    assert over(before) != ref
+
+
+def test_overshoot_trains_the_start_states_unless_detached() -> None:
+    batch = to_torch(make_batch(2, 10, seed=2))
+    grads = {}
+    for detach in (False, True):
+        model = make_model(_over_cfg(overshoot_detach=detach))
+        loss, metrics, _ = model.loss(batch, torch.Generator().manual_seed(0))
+        assert torch.isfinite(loss) and "wm/over" in metrics
+        plain = make_model(TINY).loss(batch, torch.Generator().manual_seed(0))[0]
+        assert float(loss.detach()) != float(plain.detach())
+        terms, _, _ = model.loss_terms(batch, torch.Generator().manual_seed(0))
+        terms["over"].backward()
+        enc = model.encoder.layers[0].linear.weight.grad
+        grads[detach] = 0.0 if enc is None else float(enc.abs().sum())
+        assert model.rssm.prior_out.weight.grad is not None
+        assert float(model.rssm.prior_out.weight.grad.abs().sum()) > 0
+    assert grads[False] > 0 and grads[True] == 0.0
+
+
+def test_overshoot_checkpoints_and_older_checkpoints(tmp_path: Path) -> None:
+    """An overshooting config round-trips; a checkpoint written before the overshoot_*
+    fields existed loads with them at their defaults (off)."""
+    from agents.world_model.trainer import WorldModelTrainer, load_model
+
+    cfg = _over_cfg(overshoot_heads=True)
+    trainer = WorldModelTrainer(make_model(cfg), cfg, seed=0)
+    trainer.step(make_batch(2, 10, seed=1))
+    trainer.save(tmp_path / "over.pt")
+    assert load_model(tmp_path / "over.pt").cfg == cfg
+    WorldModelTrainer(make_model(cfg), cfg).load(tmp_path / "over.pt")
+    with pytest.raises(ValueError, match="overshoot"):
+        WorldModelTrainer(make_model(), TINY).load(tmp_path / "over.pt")
+
+    state = WorldModelTrainer(make_model(), TINY).state_dict()
+    state["config"] = {k: v for k, v in state["config"].items() if "overshoot" not in k}
+    torch.save(state, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").cfg == TINY
+    fresh = WorldModelTrainer(make_model(seed=5), TINY)
+    fresh.load(tmp_path / "old.pt")
+    assert fresh.steps == 0

@@ -75,6 +75,18 @@ class WorldModelConfig(BaseModel):
         batch: Sequences per training batch.
         seq_len: Steps per sequence.
         threads: ``torch.set_num_threads`` for training (the trainer sets it).
+        overshoot: Steps of the multi-step ("overshooting") loss: from the posterior state
+            at every ``overshoot_stride``-th step of a sequence the prior is rolled forward
+            this many steps under the sequence's actions and decoded against the observed
+            values (0: off, the DreamerV3 loss unchanged).
+        overshoot_stride: Steps between the start states of the overshooting rollouts
+            (counted back from the last start ``seq_len - 1 - overshoot``).
+        overshoot_scale: Scale of the overshooting loss term ``over``.
+        overshoot_detach: Stop gradients into the start states (the rollouts then train the
+            prior dynamics and heads but not the filtering that led to the start).
+        overshoot_heads: Also train the reward and violation heads on the rollouts.
+        overshoot_kl: Scale, inside ``over``, of PlaNet's latent overshooting
+            ``max(free_nats, KL(sg(post) || rollout prior))`` at the rollout's steps (0: off).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,6 +121,12 @@ class WorldModelConfig(BaseModel):
     batch: int = 16
     seq_len: int = 64
     threads: int = 1
+    overshoot: int = 0
+    overshoot_stride: int = 8
+    overshoot_scale: float = 1.0
+    overshoot_detach: bool = False
+    overshoot_heads: bool = False
+    overshoot_kl: float = 0.0
 
     @model_validator(mode="before")
     @classmethod
@@ -135,6 +153,18 @@ class WorldModelConfig(BaseModel):
         for name in ("deter", "hidden", "stoch", "classes", "units", "batch", "seq_len", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.overshoot < 0 or self.overshoot_stride < 1:
+            raise ValueError(
+                f"overshoot={self.overshoot}, overshoot_stride={self.overshoot_stride}: "
+                "need overshoot >= 0 and overshoot_stride >= 1"
+            )
+        if self.overshoot >= self.seq_len:
+            raise ValueError(
+                f"overshoot={self.overshoot}: must be < seq_len={self.seq_len} "
+                "(a rollout starts at a step of the sequence and ends inside it)"
+            )
+        if self.overshoot_scale < 0 or self.overshoot_kl < 0:
+            raise ValueError("overshoot_scale and overshoot_kl must be >= 0")
         return self
 
     @classmethod

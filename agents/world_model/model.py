@@ -10,6 +10,14 @@
 * Continue and violation heads: Bernoulli logits.
 * KL balancing with free bits: ``dyn = max(1, KL(sg(post) || prior))`` (scale 1.0) and
   ``rep = max(1, KL(post || sg(prior)))`` (scale 0.1), per step after summing over latents.
+* Optional multi-step ("overshooting") term ``over`` (``cfg.overshoot > 0``; off by
+  default): from the posterior state at every ``overshoot_stride``-th step (counted back
+  from the last step whose rollout ends inside the sequence) the prior is
+  rolled ``overshoot`` steps forward under the batch's actions (all starts in one batch),
+  and the rollout is decoded against the observed values (masked Gaussian NLL; steps at or
+  after an ``is_first`` inside the window do not count). Observation overshooting after
+  the latent overshooting of PlaNet (Hafner et al. 2019, arXiv:1811.04551); it trains the
+  open-loop rollouts that forecasts and imagination use, which the one-step loss never does.
 
 All heads read ``feat = [deter, flat stoch]`` and run over all ``B * T`` states at once.
 Settings follow DreamerV3 (Hafner et al. 2023, arXiv:2301.04104).
@@ -37,7 +45,8 @@ BATCH_KEYS: tuple[str, ...] = ("obs", "action", "reward", "cont", "is_first", "v
 """Keys of a training batch (``[B, T, ...]`` each; see the data contract)."""
 
 LOSS_TERMS: tuple[str, ...] = ("dec", "rew", "cont", "viol", "dyn", "rep")
-"""Names of the loss terms (each a mean over ``B * T``, before its scale)."""
+"""Names of the loss terms (each a mean over ``B * T``, before its scale); with
+``cfg.overshoot > 0`` a seventh, ``over``, follows (see :meth:`WorldModel.overshoot_loss`)."""
 
 StatesOrCarry: TypeAlias = States | Carry
 
@@ -228,7 +237,93 @@ class WorldModel(nn.Module):
                 "wm/post_ent": float(_entropy(post)),
                 "wm/prior_ent": float(_entropy(prior)),
             }
+        if self.cfg.overshoot > 0:
+            terms["over"], over_metrics = self.overshoot_loss(batch, states, generator)
+            metrics.update(over_metrics)
         return terms, metrics, states
+
+    def overshoot_starts(self, t_len: int) -> Tensor:
+        """Start steps ``[N]`` of the overshooting rollouts in a sequence of ``t_len`` steps.
+
+        Every ``overshoot_stride``-th step counted back from the last start whose rollout of
+        ``overshoot`` steps ends inside the sequence (``s = t_len - 1 - overshoot``), so the
+        latest, best-filtered states start rollouts (a sequence's first states have seen
+        only a few observations). Ascending.
+        """
+        h = self.cfg.overshoot
+        return torch.arange(t_len - 1 - h, -1, -self.cfg.overshoot_stride).flip(0)
+
+    def overshoot_loss(
+        self,
+        batch: dict[str, Tensor],
+        states: States,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The multi-step term ``over`` and its metrics (``cfg.overshoot = H > 0``).
+
+        From the posterior state at each start ``s`` (:meth:`overshoot_starts`) the prior
+        is rolled forward under the actions of steps ``s + 1 .. s + H`` (all ``B * N``
+        rollouts in one batch, latents sampled with ``generator``), and each imagined
+        state ``s + k`` is scored against step ``s + k`` of the batch: the decoder's
+        Gaussian NLL summed over the observed values (mask 1), plus, with
+        ``overshoot_heads``, the reward and violation losses and, with ``overshoot_kl > 0``,
+        ``overshoot_kl * max(free_nats, KL(sg(post_{s+k}) || prior_k))``. A step at or after
+        an ``is_first`` inside the window (``s + 1 .. s + k``) belongs to another episode
+        and counts for nothing. The term is the mean over the counted ``(b, s, k)``.
+
+        Metrics: ``wm/over_dec`` (the NLL part), ``wm/over_abs_err`` (mean absolute error
+        of the decoded mean, symlog units, over counted values) and ``wm/over_abs_err_last``
+        (the same at ``k = H``).
+        """
+        cfg = self.cfg
+        h = cfg.overshoot
+        obs = batch["obs"]
+        b, t_len, _ = obs.shape
+        starts = self.overshoot_starts(t_len).to(obs.device)
+        n = int(starts.numel())
+        if n == 0:
+            raise ValueError(f"overshoot={h} needs sequences of more than {h} steps, got {t_len}")
+        idx = starts[:, None] + torch.arange(1, h + 1, device=obs.device)[None]  # [N, H]
+
+        deter0, stoch0 = states.deter[:, starts], states.stoch[:, starts]  # [B, N, ...]
+        if cfg.overshoot_detach:
+            deter0, stoch0 = deter0.detach(), stoch0.detach()
+        carry = Carry(deter0.reshape(b * n, -1), stoch0.reshape(b * n, *stoch0.shape[-2:]))
+        actions = batch["action"][:, idx].reshape(b * n, h, -1)  # [B * N, H, A]
+        rollout = self.imagine(carry, actions, generator=generator)
+        feat = self.feat(rollout).reshape(b, n, h, -1)  # [B, N, H, F]
+
+        # a step counts while no episode started inside the window up to and including it
+        valid = (batch["is_first"][:, idx].cumsum(-1) == 0).to(obs.dtype)  # [B, N, H]
+        counted = valid.sum().clamp(min=1.0)
+        lay = self.layout
+        target = obs[:, idx][..., lay.values]  # [B, N, H, V]
+        mask = obs[:, idx][..., lay.mask] * valid[..., None]
+        mean, std = self.decode(feat)
+        nll = (gaussian_nll(target, mean, std) * mask).sum(-1)  # [B, N, H]
+        dec = nll.sum() / counted
+        per_step = nll
+        if cfg.overshoot_heads:
+            rew = self.twohot.loss(self.reward_logits(feat), batch["reward"][:, idx])
+            viol = bernoulli_nll(self.violation_head(feat)[..., 0], batch["violation"][:, idx])
+            per_step = per_step + (rew + viol) * valid
+        if cfg.overshoot_kl > 0:
+            post = unimix_logits(states.logits[:, idx], cfg.unimix).detach()
+            prior = unimix_logits(rollout.logits, cfg.unimix).reshape(post.shape)
+            kl = torch.clamp(kl_categorical(post, prior), min=cfg.free_nats)
+            per_step = per_step + cfg.overshoot_kl * kl * valid
+        term = per_step.sum() / counted
+
+        with torch.no_grad():
+            err = (target - mean).abs() * mask
+            metrics = {
+                "wm/over_dec": float(dec),
+                "wm/over_abs_err": float(err.sum() / mask.sum().clamp(min=1.0)),
+                "wm/over_abs_err_last": float(
+                    err[:, :, -1].sum() / mask[:, :, -1].sum().clamp(min=1.0)
+                ),
+            }
+        return term, metrics
 
     def scales(self) -> dict[str, float]:
         """Loss scale of each term."""
@@ -240,6 +335,7 @@ class WorldModel(nn.Module):
             "viol": c.viol_scale,
             "dyn": c.kl_dyn,
             "rep": c.kl_rep,
+            **({"over": c.overshoot_scale} if c.overshoot > 0 else {}),
         }
 
     def loss(
@@ -248,7 +344,8 @@ class WorldModel(nn.Module):
         """Total loss ``sum(scale * term)``, metrics and the posterior States of ``batch``.
 
         Metrics: ``wm/<term>`` (unscaled), ``wm/loss``, ``wm/kl``, ``wm/dec_nll_per_value``,
-        ``wm/dec_abs_err``, ``wm/post_ent``, ``wm/prior_ent``.
+        ``wm/dec_abs_err``, ``wm/post_ent``, ``wm/prior_ent``; with overshooting also
+        ``wm/over`` and the metrics of :meth:`overshoot_loss`.
         """
         terms, metrics, states = self.loss_terms(batch, generator)
         scales = self.scales()

@@ -174,7 +174,8 @@ class WorldModelTrainer:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a world-model checkpoint (format {state.get('format')!r})")
         mine = self.model.cfg.model_dump()
-        diff = sorted(k for k in mine if k != "threads" and state["config"].get(k) != mine[k])
+        saved = saved_config(state["config"])
+        diff = sorted(k for k in mine if k != "threads" and saved[k] != mine[k])
         if diff or state["layout"] != _layout_dict(self.model.layout):
             raise ValueError(
                 f"checkpoint config differs in {diff or ['layout']}; build the model with "
@@ -193,6 +194,16 @@ class WorldModelTrainer:
     def load(self, path: str | Path) -> None:
         """Read a checkpoint written by :meth:`save`."""
         self.load_state_dict(torch.load(path, weights_only=True))
+
+
+def saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the fields it predates at their defaults.
+
+    Fields added to :class:`WorldModelConfig` later (e.g. ``overshoot``) default to "off",
+    so a checkpoint written before them means the same with the defaults filled in.
+    """
+    defaults = {k: f.default for k, f in WorldModelConfig.model_fields.items() if k not in config}
+    return {**defaults, **config}
 
 
 def _layout_dict(layout: ObsLayout) -> dict[str, Any]:
