@@ -235,7 +235,7 @@ def composer() -> Iterator[Callable[..., DictConfig]]:
 def test_dreamer_yaml_matches_the_schema_and_overlays_compose(composer: Any) -> None:
     agent = OmegaConf.to_container(composer("agent=dreamer").agent)
     assert agent == DreamerAgentConfig().model_dump()
-    for env in ("autoscale", "remediate", "ops"):
+    for env in ("autoscale", "remediate", "ops", "hpa_tune"):
         conf = dreamer_config(composer("agent=dreamer", f"env={env}", "debug=default"))
         assert conf.env.name == env and conf.agent.seq_len == 16 and conf.total_timesteps == 256
     conf = dreamer_config(composer("agent=dreamer", "experiment=demo", "agent=dreamer"))
@@ -255,6 +255,7 @@ def test_dreamer_yaml_matches_the_schema_and_overlays_compose(composer: Any) -> 
         (("agent.seq_len=64",), r"agent.seq_len=64 is longer than the shortest episode"),
         (("scenario=nope",), r"scenario=nope"),
         (("resume=/no/such/run",), r"resume=/no/such/run"),
+        (("env=hpa_tune", "agent.prefill_policy=tuned_hpa"), r"agent.prefill_policy=tuned_hpa"),
     ],
 )
 def test_bad_dreamer_configs_fail_at_start_naming_the_field(
@@ -439,3 +440,76 @@ def test_planner_policy_explains_each_decision(composer: Any, tmp_path: Path) ->
         assert [repr(a) for a in actions] == plan["candidates"][plan["best"]]["actions"]
         assert info["explanation"].count("\n| ") == len(plan["candidates"]) + 1
         frame = sim.step(actions)[-1]
+
+
+# --------------------------------------------------------------------------- hpa_tune
+
+
+def test_hpa_tune_replay_features_are_the_imagined_ones() -> None:
+    """What the Stream records for an HPATune step is ``onehot(choice) @ M`` (imagination)."""
+    from agents.dreamer.envs import Stream
+    from envs.gym.envs import HPATuneEnv
+
+    env = HPATuneEnv(scenario="chain3", scenario_overrides=INCIDENT)
+    spec = ActionSpec.from_env(env)
+    stream = Stream(env, seed=3, limit=20)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        mask = stream.mask()[-env.n_remediations :]
+        idx = np.concatenate([rng.integers(0, 5, 3), [rng.choice(np.flatnonzero(mask))]])
+        features, _, _ = stream.step(idx)
+        imagined = spec.features(torch.as_tensor(idx)[None])[0].numpy()
+        np.testing.assert_allclose(features, imagined, atol=1e-6)
+        np.testing.assert_allclose(stream.rows["action"][-1], imagined, atol=1e-6)
+
+
+class _AlwaysTuned(DreamerPolicy):
+    """A DreamerPolicy whose actor always picks 50 % everywhere and no remediation."""
+
+    def step(self, obs: Any, state: Any) -> tuple[np.ndarray, Carry, np.ndarray]:
+        idx, carry, mask = super().step(obs, state)
+        return np.array([2] * (len(idx) - 1) + [0]), carry, mask
+
+
+def test_hpa_tune_dreamer_policy_end_to_end(composer: Any, tmp_path: Path) -> None:
+    """A tiny hpa_tune run trains, acts as a Policy, evaluates through ``opsworld evaluate``,
+    and with the tuned choice everywhere reproduces the tuned HPA exactly."""
+    from agents.baselines.tuned import load_settings, make_hpa
+    from envs.scenarios.suites import load_suite
+    from experiments import evaluate as ev
+
+    out = tmp_path / "hpa_tune"
+    metrics = train_mod.train(
+        composer(*FAST, "env=hpa_tune", "total_timesteps=60", "eval.freq=0", f"out={out}")
+    )
+    assert metrics["env"] == "hpa_tune" and metrics["env_id"] == "opsworld/HPATune-v0"
+    policy = DreamerPolicy(out)
+    scenario = load_scenario("chain3", INCIDENT)
+    result = Simulator(scenario, seed=5).run(policy)
+    assert len(result.frames) > 10
+    for _, action in result.actions:
+        validate_action(action, scenario)
+    again = Simulator(scenario, seed=5).run(DreamerPolicy(out))
+    assert again.actions == result.actions
+
+    entry = next(e for e in load_suite("train").on_topology("chain3") if "memory-leak" in e.id)
+    sc = load_scenario(entry.scenario)
+    tuned = Simulator(sc, seed=7).run(make_hpa(load_settings(), sc))
+    mine = Simulator(sc, seed=7).run(_AlwaysTuned(out))
+    assert len(tuned.actions) > 10 and mine.actions == tuned.actions
+    assert mine.summary == tuned.summary
+
+    ret = ev.evaluate(
+        {
+            "policies": [str(out), "tuned_hpa"],
+            "suite": "train",
+            "topology": "chain3",
+            "limit": 1,
+            "seeds": 1,
+            "workers": 1,
+            "timelines": 0,
+            "out": str(tmp_path / "eval"),
+        },
+        log=None,
+    )
+    assert len(ret["results"]) == 2

@@ -205,7 +205,7 @@ def test_docs_envs_page_matches_the_docstrings() -> None:
     from pathlib import Path
 
     page = (Path(__file__).parents[1] / "docs" / "envs.md").read_text()
-    for cls in (og.AutoscaleEnv, og.RemediateEnv, og.ClusterOpsEnv):
+    for cls in (og.AutoscaleEnv, og.RemediateEnv, og.ClusterOpsEnv, og.HPATuneEnv):
         doc = "\n".join(line.strip() for line in (cls.__doc__ or "").splitlines())
         text = "\n".join(line.strip() for line in page.splitlines())
         assert doc.strip() in text, f"docs/envs.md is out of date for {cls.__name__}"
@@ -251,3 +251,83 @@ def test_step_actions_takes_simulator_actions() -> None:
     assert per[db, 1] == 1.0 and per[api, 1] == 0.0
     assert f[-3:].tolist() == [1.0, 0.25, 0.0]
     assert env.frame.t == env.sim.now
+
+
+# ---------------------------------------------------------------- HPATune
+def _train_entry(name: str):  # type: ignore[no-untyped-def]
+    from envs.scenarios.suites import load_suite
+
+    entry = next(e for e in load_suite("train").on_topology("chain3") if e.id == name)
+    return load_scenario(entry.scenario)
+
+
+def test_hpa_tune_at_the_tuned_target_without_remediation_is_the_tuned_hpa() -> None:
+    """[2]*S + [0] (50 % everywhere, no-op) reproduces policy=tuned_hpa frame for frame."""
+    from agents.baselines.tuned import load_settings, make_hpa
+    from envs.scenarios.scoring import score_episode
+
+    settings = load_settings()
+    assert og.envs.HPA_TARGETS[2] == settings.target_cpu_utilization == 50
+    sc = _train_entry("chain3-memory-leak-api")  # the HPA scales a lot here
+    env = og.HPATuneEnv(scenario=sc)
+    _, info = env.reset(seed=5)
+    frames, actions = [env.frame], []
+    action = np.array([2] * len(env.services) + [0])
+    truncated = False
+    while not truncated:
+        t = env.sim.now
+        _, _, _, truncated, step_info = env.step(action)
+        frames.append(env.frame)
+        actions += [(t, a) for a in step_info["actions"]]
+        assert step_info["hpa_targets"] == [50] * len(env.services)
+    ref_sim = Simulator(sc, fidelity="fluid", seed=info["sim_seed"])
+    ref = ref_sim.run(make_hpa(settings, sc))
+    assert len(ref.frames) == len(frames) and len(ref.actions) > 10
+    for mine, theirs in zip(frames, ref.frames, strict=True):
+        np.testing.assert_array_equal(mine.values, theirs.values)
+        np.testing.assert_array_equal(mine.mask, theirs.mask)
+    assert actions == [(t, repr(a)) for t, a in ref.actions]
+    np.testing.assert_array_equal(env.sim.engine.violation_s, ref_sim.engine.violation_s)
+    assert env.sim.engine.cp.allocated_cost() == ref_sim.engine.cp.allocated_cost()
+    assert score_episode(ref).slo_violation_min > 0
+
+
+def test_hpa_tune_targets_remediation_and_choice_features() -> None:
+    env = og.HPATuneEnv(scenario="chain3", scenario_overrides={"horizon_s": 600})
+    env.reset(seed=1)
+    s = len(env.services)
+    assert env.action_space.nvec.tolist() == [5] * s + [env.n_remediations]
+    m = env.action_feature_matrix()
+    assert m.shape == (5 * s + env.n_remediations, 3 * s + 3)
+    assert [m[k, 0] for k in range(5)] == [1.0, 0.5, 0.0, -0.5, -1.0]  # (50 - target) / 20
+    assert env.action_masks().shape == (5 * s + env.n_remediations,)
+    # a remediation scale-up of a service wins over the HPA's Scale of it
+    up_api = 1 + 3 * env.services.index("api") + 2
+    acts = env.decode(np.array([0, 0, 0, up_api]))
+    scales = [a for a in acts if isinstance(a, Scale) and a.service == "api"]
+    assert scales == [Scale("api", env.sim.engine.cp.desired[1] + 1)]
+    # decode does not advance the HPA; step does, and reports the choice's features
+    before = env.hpa_state
+    env.decode(np.array([0, 0, 0, 0]))
+    assert env.hpa_state is before
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        action = np.concatenate([rng.integers(0, 5, s), [rng.integers(env.n_remediations)]])
+        onehot = np.concatenate(
+            [np.eye(n)[k] for n, k in zip(env.action_space.nvec, action, strict=True)]
+        )
+        _, _, _, _, info = env.step(action)
+        np.testing.assert_allclose(info["action_features"], onehot @ m, atol=1e-6)
+        assert info["hpa_targets"] == [og.envs.HPA_TARGETS[k] for k in action[:s]]
+    assert env.hpa_state is not before
+
+
+def test_hpa_tune_lower_targets_scale_out_harder() -> None:
+    def replicas(k: int) -> int:
+        env = og.HPATuneEnv(scenario=_train_entry("chain3-memory-leak-api"))
+        env.reset(seed=2)
+        for _ in range(60):
+            env.step(np.array([k] * len(env.services) + [0]))
+        return sum(env.sim.engine.cp.desired)
+
+    assert replicas(0) > replicas(4)

@@ -545,3 +545,24 @@ def test_closed_loop_is_deterministic() -> None:
         for x, y in zip(a.frames, b.frames, strict=True)
     )
     assert not math.isnan(a.summary["cost_total"])
+
+
+def test_act_with_targets_keeps_the_history_and_swaps_the_cpu_target() -> None:
+    """``act(..., targets)``: the configured target is a no-op; another target reconciles as
+    an HPA configured with it would, on the same (carried-over) history."""
+    sc = _flash_crowd()
+    sim = Simulator(sc)
+    frames = [sim.reset()]
+    base = HPAPolicy(HPAConfig(), sc)  # 70 %
+    low = HPAPolicy(HPAConfig.cpu(40), sc)
+    state = base.reset(1)
+    while sim.now < 600.0:  # into the flash crowd
+        acts, state, _ = base.act(frames[-1], state)
+        frames.extend(sim.step(acts))
+    same = base.act(frames[-1], state, {n: 70 for n in sc.service_names})
+    assert same[:2] == base.act(frames[-1], state)[:2]
+    swapped = base.act(frames[-1], state, {n: 40 for n in sc.service_names})
+    assert swapped[:2] == low.act(frames[-1], state)[:2]
+    assert swapped[0] != same[0]  # 40 % asks for more replicas than 70 %
+    with pytest.raises(ValueError, match="cpu_target"):
+        base.act(frames[-1], state, {sc.service_names[0]: 0})

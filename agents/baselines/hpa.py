@@ -950,8 +950,16 @@ class HPAPolicy:
         fresh = HPAState({s: ServiceState() for s in self.services}, None)
         return fresh if n == 1 else tuple(fresh for _ in range(n))
 
-    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], HPAState, dict[str, Any]]:
+    def act(
+        self, obs: Telemetry, state: Any, targets: Mapping[str, int] | None = None
+    ) -> tuple[list[Action], HPAState, dict[str, Any]]:
         """One sync (when due): ``Scale`` for every service whose count should change.
+
+        ``targets`` (optional) sets the CPU utilisation target of some services' HPAs for
+        this sync, as editing ``spec.metrics`` between syncs would: the histories
+        (recommendations, scale events) carry over unchanged. A learned controller that
+        tunes the HPA (``envs.gym.envs.HPATuneEnv``) drives it this way; without
+        ``targets`` the configured ones apply.
 
         ``info["hpa"]`` maps each service to :meth:`Reconciliation.as_dict` (current,
         desired, raw and stabilised recommendation, each metric's utilisation and ratio,
@@ -967,8 +975,9 @@ class HPAPolicy:
         services = dict(state.services)
         report: dict[str, Any] = {}
         for name in self.services:
+            target = None if targets is None else targets.get(name)
             rec, services[name] = self.reconcile_service(
-                obs, name, services.get(name, ServiceState())
+                obs, name, services.get(name, ServiceState()), target
             )
             if rec is None:
                 report[name] = {"reason": "FailedGetScale", "desired": None}
@@ -980,16 +989,36 @@ class HPAPolicy:
         return actions, new_state, {"hpa_synced": True, "hpa": report}
 
     def reconcile_service(
-        self, obs: Telemetry, name: str, state: ServiceState
+        self, obs: Telemetry, name: str, state: ServiceState, cpu_target: int | None = None
     ) -> tuple[Reconciliation | None, ServiceState]:
-        """Reconcile one service's HPA on ``obs`` (None when its replica count is unknown)."""
+        """Reconcile one service's HPA on ``obs`` (None when its replica count is unknown).
+
+        ``cpu_target`` replaces the CPU metric's ``target_utilization`` for this sync
+        (None: the configured one).
+
+        Raises:
+            ValueError: ``cpu_target`` for an HPA without a CPU metric, or not positive.
+        """
         s = obs.services.index(name)
         current_v = _value(obs, "replicas_desired", s)
         if current_v is None:
             return None, state  # the scale subresource could not be read
         current = round(current_v)
         lo, hi = self.bounds[name]
-        pods = [(m, pods_from_telemetry(obs, name, m.resource)) for m in self.config.metrics]
+        metrics = self.config.metrics
+        if cpu_target is not None:
+            if cpu_target <= 0 or not any(m.resource == "cpu" for m in metrics):
+                raise ValueError(
+                    f"cpu_target={cpu_target} for {name!r}: needs a positive target and an "
+                    f"HPA with a cpu metric (metrics: {[m.resource for m in metrics]})"
+                )
+            metrics = tuple(
+                m.model_copy(update={"target_utilization": int(cpu_target)})
+                if m.resource == "cpu"
+                else m
+                for m in metrics
+            )
+        pods = [(m, pods_from_telemetry(obs, name, m.resource)) for m in metrics]
         _, state, rec = reconcile(state, obs.t, current, pods, lo, hi, self.config)
         return rec, state
 

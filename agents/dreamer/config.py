@@ -95,7 +95,7 @@ class DreamerAgentConfig(_Strict):
             magnified).
         prefill: Env steps collected by ``prefill_policy`` before the first update.
         prefill_policy: ``random`` (uniform over the valid actions) or a baseline
-            (``static``, ``hpa``, ``tuned_hpa``, ``runbook``).
+            (``static``, ``hpa``, ``tuned_hpa``, ``runbook``; not with ``env=hpa_tune``).
         pretrain: World-model-only updates on the prefill data when the prefill ends, before
             the actor first acts (the actor cannot learn from a model that has not yet
             learned what actions do); 0: none.
@@ -225,8 +225,9 @@ class EnvSettings(_Strict):
     """``env``: the env group of ``opsworld train`` as Dreamer reads it.
 
     Attributes:
-        name: ``autoscale`` (MultiDiscrete), ``remediate`` (Discrete with masks) or ``ops``
-            (MultiDiscrete with a masked remediation dimension).
+        name: ``autoscale`` (MultiDiscrete), ``remediate`` (Discrete with masks), ``ops``
+            (MultiDiscrete with a masked remediation dimension) or ``hpa_tune`` (per-service
+            HPA CPU targets and a masked remediation dimension).
         fidelity: Simulator fidelity.
         obs: Must be ``box``: the world model reads the flat ObsEncoder layout.
         reward_weights: Weights of the reward's components.
@@ -237,7 +238,7 @@ class EnvSettings(_Strict):
         clip_obs: SB3 only (ignored).
     """
 
-    name: Literal["autoscale", "remediate", "ops"] = "autoscale"
+    name: Literal["autoscale", "remediate", "ops", "hpa_tune"] = "autoscale"
     fidelity: Literal["fluid", "request"] = "fluid"
     obs: Literal["box", "dict"] = "box"
     reward_weights: RewardWeightsSettings = Field(default_factory=RewardWeightsSettings)
@@ -356,6 +357,13 @@ class DreamerTrainConfig(_Strict):
             raise ValueError(f"topology={self.topology} only picks entries of a suite: set suite")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads={self.torch_threads}: must be >= 1 or null")
+        if self.env.name == "hpa_tune" and self.agent.prefill_policy != "random":
+            raise ValueError(
+                f"agent.prefill_policy={self.agent.prefill_policy}: env=hpa_tune acts through "
+                "the HPA's targets, and a baseline's replica actions are no choice of that "
+                "action space (the replay would record features the actor cannot take); use "
+                "agent.prefill_policy=random"
+            )
         return self
 
 

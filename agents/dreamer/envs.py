@@ -24,7 +24,7 @@ import numpy as np
 
 from agents.dreamer.config import DreamerConfigError, DreamerTrainConfig
 from envs.gym import MAX_EPISODE_STEPS
-from envs.gym.envs import AutoscaleEnv, ClusterEnv, ClusterOpsEnv, RemediateEnv
+from envs.gym.envs import AutoscaleEnv, ClusterEnv, ClusterOpsEnv, HPATuneEnv, RemediateEnv
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import SuiteError, load_suite
@@ -34,6 +34,7 @@ ENV_CLASSES: dict[str, type[ClusterEnv]] = {
     "autoscale": AutoscaleEnv,
     "remediate": RemediateEnv,
     "ops": ClusterOpsEnv,
+    "hpa_tune": HPATuneEnv,
 }
 """``env.name`` -> env class."""
 
@@ -41,6 +42,7 @@ ENV_IDS: dict[str, str] = {
     "autoscale": "opsworld/Autoscale-v0",
     "remediate": "opsworld/Remediate-v0",
     "ops": "opsworld/ClusterOps-v0",
+    "hpa_tune": "opsworld/HPATune-v0",
 }
 """``env.name`` -> registered Gymnasium id (for the record)."""
 

@@ -52,6 +52,7 @@ from envs.gym.envs import (
     AutoscaleEnv,
     ClusterEnv,
     ClusterOpsEnv,
+    HPATuneEnv,
     RemediateEnv,
 )
 from envs.sim.actions import Action
@@ -403,6 +404,11 @@ class PlannerPolicy:
         seed: int = 0,
     ) -> None:
         self.policy = DreamerPolicy(run_dir, weights=weights, allow_drain=allow_drain)
+        if isinstance(self.policy.env, HPATuneEnv):
+            raise ValueError(
+                f"{run_dir}: the what-if planner proposes replica and remediation actions; "
+                "an env=hpa_tune run acts through HPA targets (use DreamerPolicy)"
+            )
         agent = self.policy.agent
         self.planner = WhatIfPlanner(
             agent.wm,

@@ -19,8 +19,15 @@ encoder, masks and decoding are used) and loads ``agent.pt`` (``torch.load`` wit
 5. :class:`~envs.gym.encoder.ActionEncoder` encodes what was done, for the next posterior
    step.
 
+For an ``env=hpa_tune`` run (:class:`~envs.gym.envs.HPATuneEnv`) step 4 is the env's own
+:meth:`~envs.gym.envs.HPATuneEnv.decide`: the env's HPA reconciles on the frame with the
+chosen CPU targets, from the stream's HPA state (kept in :class:`DreamerState`), and the
+remediation decodes as above; step 5 encodes the choice (``onehot @ M``), as the env
+reports it in training.
+
 The state of a stream (:class:`DreamerState`) is explicit: the control belief, the world
-model's carry, the previous action's features and whether the next frame is the first.
+model's carry, the previous action's features, whether the next frame is the first and,
+for ``hpa_tune``, the HPA's state.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from agents.dreamer.train import load_run_config
 from agents.sb3.policy import ControlBelief, control_view
 from agents.world_model.config import ObsLayout
 from agents.world_model.rssm import Carry
-from envs.gym.envs import ClusterOpsEnv, RemediateEnv
+from envs.gym.envs import ClusterOpsEnv, HPATuneEnv, RemediateEnv
 from envs.sim.actions import Action
 from envs.sim.simulator import Simulator
 from envs.sim.telemetry import Telemetry
@@ -55,6 +62,8 @@ class DreamerState:
         prev_action: ``[1, A]`` features of the previous decision's actions.
         first: The next frame is the stream's first.
         generator: The stream's own source of draws (sampling policies), seeded at reset.
+        hpa: The HPA's state (:class:`agents.baselines.hpa.HPAState`) of an ``hpa_tune``
+            run; None otherwise.
     """
 
     belief: ControlBelief
@@ -62,6 +71,7 @@ class DreamerState:
     prev_action: torch.Tensor
     first: bool = True
     generator: torch.Generator | None = None
+    hpa: Any = None
 
 
 class DreamerPolicy:
@@ -132,6 +142,7 @@ class DreamerPolicy:
                 self.agent.wm.initial(1),
                 torch.zeros(1, self.spec.feature_size),
                 generator=torch.Generator().manual_seed(self.seed + i),
+                hpa=self.env.hpa.reset(1) if isinstance(self.env, HPATuneEnv) else None,
             )
             for i in range(n)
         ]
@@ -147,7 +158,10 @@ class DreamerPolicy:
         return self.env.action_masks()
 
     def decode(self, index: np.ndarray, belief: ControlBelief) -> list[Action]:
-        """The env's ``decode`` of per-dimension indices under ``belief``."""
+        """The env's ``decode`` of per-dimension indices under ``belief``.
+
+        Not for ``hpa_tune``: its decision needs the frame and the HPA's state (:meth:`act`).
+        """
         self._bind(belief)
         return self.env.decode(self.spec.to_env(index))
 
@@ -184,11 +198,23 @@ class DreamerPolicy:
         carry: Carry,
         actions: list[Action],
         generator: torch.Generator | None = None,
+        features: np.ndarray | None = None,
+        hpa: Any = None,
     ) -> DreamerState:
-        """The state after taking ``actions`` (their features feed the next posterior step)."""
-        features = self.env.action_encoder.encode(actions, belief.desired)
+        """The state after taking ``actions``; their features feed the next posterior step.
+
+        ``features`` replaces the :class:`ActionEncoder` features of ``actions`` (an
+        ``hpa_tune`` run feeds the choice's); ``hpa`` is the HPA's state after the step.
+        """
+        if features is None:
+            features = self.env.action_encoder.encode(actions, belief.desired)
         return DreamerState(
-            belief, carry, torch.as_tensor(features)[None], first=False, generator=generator
+            belief,
+            carry,
+            torch.as_tensor(features)[None],
+            first=False,
+            generator=generator,
+            hpa=hpa,
         )
 
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
@@ -204,10 +230,18 @@ class DreamerPolicy:
         """
         st = cast(DreamerState, state)
         belief = st.belief.update(obs)
-        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator)
+        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator, st.hpa)
         idx, carry, mask = self.step(obs, st)
-        actions = self.decode(idx, belief)
         info: dict[str, Any] = {"action": idx.tolist(), "masked_out": False}
+        if isinstance(self.env, HPATuneEnv):
+            self._bind(belief)
+            choice = self.spec.to_env(idx)
+            actions, hpa, _ = self.env.decide(choice, obs, st.hpa)
+            info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
+            info["hpa_targets"] = list(self.env.targets(choice).values())
+            features = self.env.choice_features(choice)
+            return actions, self.advance(belief, carry, actions, st.generator, features, hpa), info
+        actions = self.decode(idx, belief)
         if isinstance(self.env, RemediateEnv):
             info["masked_out"] = not bool(mask[int(idx[0])])
         elif isinstance(self.env, ClusterOpsEnv):

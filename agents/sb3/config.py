@@ -44,6 +44,7 @@ class EnvName(StrEnum):
     autoscale = "autoscale"
     remediate = "remediate"
     ops = "ops"
+    hpa_tune = "hpa_tune"
 
 
 class ObsKind(StrEnum):
@@ -236,7 +237,7 @@ class EnvConfig:
     """The ``env`` group (``configs/env/<name>.yaml``).
 
     Attributes:
-        name: ``autoscale``, ``remediate`` or ``ops`` (set by the group option).
+        name: ``autoscale``, ``remediate``, ``ops`` or ``hpa_tune`` (set by the group option).
         fidelity: Simulator fidelity (``fluid`` is what RL trains on).
         obs: ``box`` or ``dict`` observations (``dict`` needs ``MultiInputPolicy``).
         reward_weights: Reward penalty weights.

@@ -42,6 +42,7 @@ ENV_IDS: dict[EnvName, str] = {
     EnvName.autoscale: "opsworld/Autoscale-v0",
     EnvName.remediate: "opsworld/Remediate-v0",
     EnvName.ops: "opsworld/ClusterOps-v0",
+    EnvName.hpa_tune: "opsworld/HPATune-v0",
 }
 """``env.name`` -> registered Gymnasium id."""
 

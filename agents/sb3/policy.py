@@ -49,7 +49,7 @@ from omegaconf import OmegaConf
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.sb3.config import TrainConfig, config_from_mapping
+from agents.sb3.config import EnvName, TrainConfig, config_from_mapping
 from agents.sb3.envs import brief_space, make_env
 from agents.sb3.train import ALGOS
 from envs.gym.envs import ClusterEnv, ClusterOpsEnv, RemediateEnv
@@ -179,6 +179,11 @@ class SB3Policy:
     ) -> None:
         run = Path(run_dir)
         self.config = load_run_config(run)
+        if self.config.env.name == EnvName.hpa_tune:
+            raise ValueError(
+                f"{run}: env=hpa_tune runs are not supported by SB3Policy (the HPA's state "
+                "would have to live in the policy's state, as DreamerPolicy keeps it)"
+            )
         self.name = f"sb3-{self.config.agent.algo.value}"
         self.deterministic = deterministic
         self.allow_drain = allow_drain

@@ -1,7 +1,7 @@
 """Gymnasium environments over the simulator, and their registration.
 
-Importing this package registers ``opsworld/Autoscale-v0``, ``opsworld/Remediate-v0`` and
-``opsworld/ClusterOps-v0`` (the usual Gymnasium plug-in pattern), so
+Importing this package registers ``opsworld/Autoscale-v0``, ``opsworld/Remediate-v0``,
+``opsworld/ClusterOps-v0`` and ``opsworld/HPATune-v0`` (the usual Gymnasium plug-in pattern), so
 ``gymnasium.make("opsworld/Autoscale-v0")`` works after ``import envs.gym``; the module form
 ``gymnasium.make("envs.gym:opsworld/Autoscale-v0")`` imports it for you.
 """
@@ -11,12 +11,20 @@ from __future__ import annotations
 from gymnasium.envs.registration import register, registry
 
 from envs.gym.encoder import ObsEncoder
-from envs.gym.envs import AutoscaleEnv, ClusterEnv, ClusterOpsEnv, RemediateEnv, RewardWeights
+from envs.gym.envs import (
+    AutoscaleEnv,
+    ClusterEnv,
+    ClusterOpsEnv,
+    HPATuneEnv,
+    RemediateEnv,
+    RewardWeights,
+)
 
 ENV_IDS: dict[str, str] = {
     "opsworld/Autoscale-v0": "envs.gym.envs:AutoscaleEnv",
     "opsworld/Remediate-v0": "envs.gym.envs:RemediateEnv",
     "opsworld/ClusterOps-v0": "envs.gym.envs:ClusterOpsEnv",
+    "opsworld/HPATune-v0": "envs.gym.envs:HPATuneEnv",
 }
 MAX_EPISODE_STEPS = 240
 """One hour of 15 s decisions: the default scenario's horizon."""
@@ -36,6 +44,7 @@ __all__ = [
     "AutoscaleEnv",
     "ClusterEnv",
     "ClusterOpsEnv",
+    "HPATuneEnv",
     "ObsEncoder",
     "RemediateEnv",
     "RewardWeights",

@@ -1,6 +1,6 @@
 """Gymnasium environments over the cluster simulator.
 
-Three environments share one base (:class:`ClusterEnv`): the simulator, the observation
+Four environments share one base (:class:`ClusterEnv`): the simulator, the observation
 encoding (:class:`envs.gym.encoder.ObsEncoder`), the reward and the episode logic; they
 differ in their action space. Each class docstring is that environment's spec
 (``docs/envs.md`` is checked against it).
@@ -37,6 +37,9 @@ SCALE_DELTAS: tuple[int, ...] = (-2, -1, 0, 1, 2)
 """Replica changes a scaling dimension can ask for (index 2 = keep)."""
 SERVICE_REMEDIATIONS: tuple[str, ...] = ("restart", "rollback", "scale_up")
 SHED_LEVELS: tuple[float, ...] = (0.0, 0.25, 0.5)
+HPA_TARGETS: tuple[int, ...] = (30, 40, 50, 60, 70)
+"""CPU utilisation targets (percent) an :class:`HPATuneEnv` dimension picks from (index 2 =
+50 %, the tuned HPA's)."""
 DISRUPTIVE = (Restart, Rollback, DrainNode)
 
 
@@ -522,5 +525,123 @@ class ClusterOpsEnv(ClusterEnv):
         return np.concatenate([self._scaling_matrix(), self._remediation_matrix()])
 
 
-for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv):
+class HPATuneEnv(ClusterEnv):
+    """Tune every service's Horizontal Pod Autoscaler and remediate incidents.
+
+    ## Description
+
+    As :class:`ClusterOpsEnv`, but the replicas stay under a real Kubernetes HPA
+    (:class:`agents.baselines.hpa.HPAPolicy`, ``autoscaling/v2``, CPU utilisation) and the
+    agent sets each HPA's CPU target instead of the replica count, as an SRE team would let
+    a learned controller tune the autoscaler rather than replace it. The HPA has the tuned
+    HPA's behaviour (``configs/policy/tuned_hpa.yaml``: Kubernetes' defaults with the tuned
+    scale-down stabilisation window, 60 s) and the scenario's replica bounds. Every step it
+    reconciles every service with the chosen targets; its state (recommendation history,
+    scale events, next sync) persists across steps and target changes and restarts with the
+    episode. Its ``Scale`` actions are applied together with the remediation. Choosing 50 %
+    everywhere and no remediation is exactly the tuned HPA (``policy=tuned_hpa``).
+
+    ## Action Space
+
+    ``MultiDiscrete([5] * S + [R])`` with ``R = 1 + 3*S + 3 + N``: entry ``s < S`` sets
+    service ``s``'s CPU target to ``HPA_TARGETS[k] = (30, 40, 50, 60, 70)[k]`` percent
+    (a lower target scales out earlier); the last entry is :class:`RemediateEnv`'s index,
+    with its masks. When the remediation scales up a service that the HPA also scales, the
+    remediation wins. ``action_masks()`` concatenates the per-dimension masks (targets
+    always valid).
+
+    ``info["action_features"]`` encodes the agent's *choice*, ``onehot(action) @
+    action_feature_matrix()``: slot ``3*s`` (otherwise the replica delta) holds
+    ``(50 - target) / 20`` (+1 at 30 %, -1 at 70 %), the remediation part is
+    :class:`ClusterOpsEnv`'s. ``info["hpa_targets"]`` lists the targets in force.
+    ``step_actions`` bypasses the HPA (a baseline's actions are applied alone).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.action_space = spaces.MultiDiscrete(
+            [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
+        )
+        self.hpa = self._make_hpa(self.scenarios[0])
+        self.hpa_state: Any = self.hpa.reset(1)
+        nvec = [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
+        self._offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
+        self._choice_matrix = self.action_feature_matrix()
+
+    @staticmethod
+    def _make_hpa(scenario: Scenario) -> Any:
+        """The tuned HPA on ``scenario`` (imported lazily: envs must not import agents)."""
+        from agents.baselines.tuned import load_settings, make_hpa
+
+        return make_hpa(load_settings(), scenario)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """As :meth:`ClusterEnv.reset`; a fresh HPA on the episode's scenario."""
+        obs, info = super().reset(seed=seed, options=options)
+        self.hpa = self._make_hpa(self._sim.scenario)
+        self.hpa_state = self.hpa.reset(1)
+        return obs, info
+
+    def targets(self, action: Any) -> dict[str, int]:
+        """The CPU target (percent) per service that ``action`` chooses."""
+        a = np.asarray(action)
+        return {name: HPA_TARGETS[int(k)] for name, k in zip(self.services, a[:-1], strict=True)}
+
+    def decide(
+        self, action: Any, frame: Telemetry, hpa_state: Any
+    ) -> tuple[list[Action], Any, dict[str, Any]]:
+        """``action`` -> simulator actions on ``frame``, from the HPA's state ``hpa_state``.
+
+        The HPA reconciles with the chosen targets, the remediation decodes as in
+        :class:`ClusterOpsEnv` (masked choices do nothing; its scale-up replaces the HPA's
+        Scale of the same service). Pure: returns ``(actions, new HPA state, HPA info)``.
+        The env and :class:`agents.dreamer.policy.DreamerPolicy` both decide through here.
+        """
+        a = np.asarray(action)
+        scaling, new_state, info = self.hpa.act(frame, hpa_state, self.targets(a))
+        k = int(a[-1])
+        extra = self._remediation(k) if self._remediation_mask()[k] else []
+        touched = {x.service for x in extra if isinstance(x, Scale)}
+        kept = [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)]
+        return kept + extra, new_state, info
+
+    def decode(self, action: Any) -> list[Action]:
+        """What ``action`` would do now (the HPA's state is not advanced; :meth:`step` does)."""
+        return self.decide(action, self.frame, self.hpa_state)[0]
+
+    def choice_features(self, action: Any) -> np.ndarray:
+        """``onehot(action) @ action_feature_matrix()``: the features of the choice."""
+        a = np.asarray(action, dtype=np.int64).reshape(-1)
+        onehot = np.zeros(len(self._choice_matrix), dtype=np.float32)
+        onehot[self._offsets + a] = 1.0
+        return (onehot @ self._choice_matrix).astype(np.float32)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """The HPA reconciles with the chosen targets; its actions and the remediation run."""
+        assert self.action_space.contains(action), f"invalid action {action!r}"
+        actions, self.hpa_state, _ = self.decide(action, self.frame, self.hpa_state)
+        obs, reward, terminated, truncated, info = self.step_actions(actions)
+        info["action_features"] = self.choice_features(action)
+        info["hpa_targets"] = list(self.targets(action).values())
+        return obs, reward, terminated, truncated, info
+
+    def action_masks(self) -> np.ndarray:
+        """Target dims all valid, then the remediation mask."""
+        return np.concatenate(
+            [np.ones(len(HPA_TARGETS) * len(self.services), dtype=bool), self._remediation_mask()]
+        )
+
+    def action_feature_matrix(self) -> np.ndarray:
+        """See :meth:`ClusterEnv.action_feature_matrix` and the class docstring."""
+        s, n = len(self.services), len(HPA_TARGETS)
+        m = np.zeros((s * n, self.action_encoder.size), dtype=np.float32)
+        for i in range(s):
+            for k, target in enumerate(HPA_TARGETS):
+                m[i * n + k, 3 * i] = (50.0 - target) / 20.0
+        return np.concatenate([m, self._remediation_matrix()])
+
+
+for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv, HPATuneEnv):
     _env.__doc__ = (_env.__doc__ or "").rstrip() + "\n" + _SPEC_COMMON
