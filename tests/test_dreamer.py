@@ -256,6 +256,8 @@ def test_dreamer_yaml_matches_the_schema_and_overlays_compose(composer: Any) -> 
         (("scenario=nope",), r"scenario=nope"),
         (("resume=/no/such/run",), r"resume=/no/such/run"),
         (("env=hpa_tune", "agent.prefill_policy=tuned_hpa"), r"agent.prefill_policy=tuned_hpa"),
+        (("agent.noop_prob=0.9",), r"agent.noop_prob=0.9: env=autoscale"),
+        (("env=ops", "agent.noop_prob=1.0"), r"noop_prob=1.0: must be in \(0, 1\)"),
     ],
 )
 def test_bad_dreamer_configs_fail_at_start_naming_the_field(
@@ -513,3 +515,21 @@ def test_hpa_tune_dreamer_policy_end_to_end(composer: Any, tmp_path: Path) -> No
         log=None,
     )
     assert len(ret["results"]) == 2
+
+
+def test_noop_prob_sets_the_initial_remediation_prior() -> None:
+    from agents.dreamer.actor_critic import Actor, prior_logits
+
+    env = ClusterOpsEnv(scenario="chain3")
+    spec = ActionSpec.from_env(env)
+    n = spec.nvec[-1]
+    logits = prior_logits(spec, 0.97)
+    probs = torch.softmax(logits[-n:], -1)
+    assert float(probs[0]) == pytest.approx(0.97) and torch.all(logits[:-n] == 0)
+    assert torch.equal(prior_logits(spec, None), torch.zeros(spec.size))
+    torch.manual_seed(0)
+    actor = Actor(8, spec, [16], unimix=0.0, noop_prob=0.97)
+    p_noop = actor(torch.randn(256, 8)).probs[-1][:, 0]
+    assert float(p_noop.mean()) > 0.9  # the bias dominates the random initial logits
+    with pytest.raises(ValueError, match="no remediation dimension"):
+        prior_logits(ActionSpec.from_env(AutoscaleEnv(scenario="chain3")), 0.5)

@@ -27,6 +27,7 @@ start state.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -205,6 +206,30 @@ def _mlp_head(inp: int, hidden: list[int], out: int, out_scale: float) -> nn.Seq
     return nn.Sequential(*layers)
 
 
+def prior_logits(spec: ActionSpec, noop_prob: float | None) -> Tensor:
+    """``[size]`` logits: 0 everywhere, except the no-op of the remediation dimension.
+
+    The remediation dimension is the last one of a masked space (Remediate, ClusterOps,
+    HPATune), its index 0 the no-op. Its logit is the log-odds that give the no-op
+    probability ``noop_prob`` when every choice of the dimension is valid (masked choices
+    raise it a little). ``noop_prob`` None: all zeros (uniform).
+
+    Raises:
+        ValueError: ``noop_prob`` for a space without a remediation dimension.
+    """
+    out = torch.zeros(spec.size)
+    if noop_prob is None:
+        return out
+    if not spec.masked:
+        raise ValueError(
+            f"agent.noop_prob={noop_prob}: the action space {spec.nvec} has no remediation "
+            "dimension (env=autoscale); leave it null"
+        )
+    n = spec.nvec[-1]
+    out[spec.size - n] = math.log(noop_prob * (n - 1) / (1.0 - noop_prob))
+    return out
+
+
 class Actor(nn.Module):
     """Policy over world-model features: logits of every action dimension.
 
@@ -213,13 +238,27 @@ class Actor(nn.Module):
         spec: The action space.
         hidden: Hidden layer sizes (RMSNorm + SiLU).
         unimix: Uniform share of every categorical.
+        noop_prob: Initial probability of the remediation no-op (:func:`prior_logits`,
+            added to the output layer's bias, which then learns freely); None: uniform.
     """
 
-    def __init__(self, feat_size: int, spec: ActionSpec, hidden: list[int], unimix: float) -> None:
+    def __init__(
+        self,
+        feat_size: int,
+        spec: ActionSpec,
+        hidden: list[int],
+        unimix: float,
+        noop_prob: float | None = None,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.unimix = unimix
         self.net = _mlp_head(feat_size, hidden, spec.size, out_scale=1.0)
+        if noop_prob is not None:
+            out = self.net[-1]
+            assert isinstance(out, Linear) and out.bias is not None
+            with torch.no_grad():
+                out.bias.add_(prior_logits(spec, noop_prob))
 
     def forward(self, feat: Tensor, mask: Tensor | None = None) -> ActionDist:
         """The action distribution at ``feat`` ``[..., F]`` (``mask`` ``[..., size]``)."""
@@ -440,7 +479,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
-        self.actor = Actor(feat_size, spec, cfg.hidden, cfg.unimix)
+        self.actor = Actor(feat_size, spec, cfg.hidden, cfg.unimix, cfg.noop_prob)
         self.critic = Critic(feat_size, cfg.hidden, cfg.bins)
         self.slow_critic = copy.deepcopy(self.critic)
         self.slow_critic.requires_grad_(False)

@@ -96,6 +96,12 @@ class DreamerAgentConfig(_Strict):
         prefill: Env steps collected by ``prefill_policy`` before the first update.
         prefill_policy: ``random`` (uniform over the valid actions) or a baseline
             (``static``, ``hpa``, ``tuned_hpa``, ``runbook``; not with ``env=hpa_tune``).
+        noop_prob: Initial probability of the no-op in the remediation dimension (the last
+            of Remediate, ClusterOps, HPATune), for the actor (its output bias starts at the
+            matching log-odds and then learns freely) and the ``random`` prefill; None:
+            uniform (DreamerV3). Uniform over ClusterOps' 16 remediations drains nodes and
+            sheds traffic in most steps, so every recorded episode is a broken cluster and
+            the world model never sees what a healthy one does.
         pretrain: World-model-only updates on the prefill data when the prefill ends, before
             the actor first acts (the actor cannot learn from a model that has not yet
             learned what actions do); 0: none.
@@ -134,6 +140,7 @@ class DreamerAgentConfig(_Strict):
     retnorm_limit: float = 1.0
     prefill: int = 1000
     prefill_policy: Literal["random", "static", "hpa", "tuned_hpa", "runbook"] = "random"
+    noop_prob: float | None = None
     pretrain: int = 0
     replay_capacity: int = 1_000_000
     log_every: int = 1000
@@ -165,6 +172,8 @@ class DreamerAgentConfig(_Strict):
             raise ValueError(f"prefill={self.prefill}, pretrain={self.pretrain}: must be >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes={self.max_minutes}: must be > 0 or null")
+        if self.noop_prob is not None and not 0.0 < self.noop_prob < 1.0:
+            raise ValueError(f"noop_prob={self.noop_prob}: must be in (0, 1) or null")
         if self.imag_starts is not None and self.imag_starts < 1:
             raise ValueError(f"imag_starts={self.imag_starts}: must be >= 1 or null")
         if self.net_arch is not None and (not self.net_arch or min(self.net_arch) < 1):
@@ -357,6 +366,11 @@ class DreamerTrainConfig(_Strict):
             raise ValueError(f"topology={self.topology} only picks entries of a suite: set suite")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads={self.torch_threads}: must be >= 1 or null")
+        if self.env.name == "autoscale" and self.agent.noop_prob is not None:
+            raise ValueError(
+                f"agent.noop_prob={self.agent.noop_prob}: env=autoscale has no remediation "
+                "dimension; leave it null"
+            )
         if self.env.name == "hpa_tune" and self.agent.prefill_policy != "random":
             raise ValueError(
                 f"agent.prefill_policy={self.agent.prefill_policy}: env=hpa_tune acts through "

@@ -7,7 +7,8 @@ hands it the composed config before any SB3 conversion). The loop, per env step 
 ``n_envs`` envs (stepped in lockstep in this process):
 
 1. **act**: the first ``agent.prefill`` steps follow ``agent.prefill_policy`` (uniform
-   random valid actions, or a baseline), each env finishing its episode; then
+   random valid actions, the remediation no-op at ``agent.noop_prob`` if set, or a
+   baseline), each env finishing its episode; then
    ``agent.pretrain`` world-model-only updates, and each env hands over to the agent's
    online filter and actor (:meth:`~agents.dreamer.agent.DreamerAgent.act`, sampling) at
    its next episode start;
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 import yaml
 
-from agents.dreamer.actor_critic import ActionDist, ActionSpec
+from agents.dreamer.actor_critic import ActionDist, ActionSpec, prior_logits
 from agents.dreamer.agent import AgentState, DreamerAgent
 from agents.dreamer.config import DreamerConfigError, DreamerTrainConfig, dreamer_config
 from agents.dreamer.envs import (
@@ -606,9 +607,13 @@ def _fps(loop: Loop) -> float:
 def _prefill_actions(
     policy: str, spec: ActionSpec, masks: np.ndarray | None, n: int, agent: DreamerAgent
 ) -> np.ndarray:
-    """Uniform random valid actions ``[n, dims]`` (ignored for baseline behaviours)."""
+    """Random valid actions ``[n, dims]`` (ignored for baseline behaviours).
+
+    Uniform, except the remediation no-op at ``agent.noop_prob`` (:func:`prior_logits`).
+    """
     mask = None if masks is None else torch.as_tensor(masks, dtype=torch.bool)
-    dist = ActionDist(torch.zeros(n, spec.size), spec.nvec, 0.0, mask)
+    logits = prior_logits(spec, agent.cfg.noop_prob).expand(n, spec.size)
+    dist = ActionDist(logits, spec.nvec, 0.0, mask)
     return dist.sample(agent.generator).numpy()
 
 
