@@ -15,7 +15,8 @@ process pool; fluid fidelity by default), scores each run with
   replicate 0 of the first ``timelines`` entries;
 * ``config.yaml``: this run's resolved config.
 
-``policy`` is a built-in name (``static``, ``hpa``, ``tuned_hpa``, ``runbook``; knobs from
+``policy`` is a built-in name (``static``, ``hpa``, ``tuned_hpa``, ``runbook``,
+``tuned_runbook``; knobs from
 ``configs/policy/<name>.yaml``) or an ``opsworld train`` run dir, loaded with
 :class:`agents.sb3.policy.SB3Policy` (pickles: trusted dirs only). ``policies=[static,hpa]``
 evaluates several (it replaces ``policy``). The baselines need the entry's scenario, which
@@ -58,6 +59,7 @@ from experiments.simulate import (
     RunbookPolicyConfig,
     StaticPolicyConfig,
     TunedHPAPolicyConfig,
+    TunedRunbookPolicyConfig,
     make_policy,
 )
 from experiments.suite_runner import RunScore, SuiteResult, execute
@@ -70,6 +72,7 @@ SCHEMAS: dict[str, type[PolicyConfig]] = {
     "hpa": HPAPolicyConfig,
     "runbook": RunbookPolicyConfig,
     "tuned_hpa": TunedHPAPolicyConfig,
+    "tuned_runbook": TunedRunbookPolicyConfig,
 }
 
 

@@ -107,6 +107,17 @@ class TunedHPAPolicyConfig(PolicyConfig):
 
 
 @dataclass
+class TunedRunbookPolicyConfig(PolicyConfig):
+    """``policy=tuned_runbook``: the runbook's rules over the tuned HPA.
+
+    The HPA's knobs are the tuned HPA's, read from ``configs/policy/tuned_hpa.yaml`` (one
+    source of truth: re-tuning the HPA re-tunes this policy too).
+    """
+
+    name: str = "tuned_runbook"
+
+
+@dataclass
 class SimulateConfig:
     """Schema of ``configs/simulate.yaml``; a wrong key or type fails at composition.
 
@@ -159,11 +170,20 @@ def _tuned_hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
     return make_hpa(settings, scenario)
 
 
+def _tuned_runbook(cfg: PolicyConfig, scenario: Scenario) -> Policy:
+    from agents.baselines.tuned import load_settings
+
+    policy = RunbookPolicy(scenario, hpa_config=load_settings().hpa_config())
+    policy.name = "tuned_runbook"
+    return policy
+
+
 POLICIES: dict[str, PolicyFactory] = {
     "static": lambda cfg, scenario: StaticPolicy(),
     "hpa": _hpa,
     "runbook": _runbook,
     "tuned_hpa": _tuned_hpa,
+    "tuned_runbook": _tuned_runbook,
 }
 """Policy name -> factory; each has a ``configs/policy/<name>.yaml``."""
 
@@ -176,6 +196,7 @@ def register_configs() -> None:
     cs.store(group="schema/policy", name="hpa", node=HPAPolicyConfig)
     cs.store(group="schema/policy", name="runbook", node=RunbookPolicyConfig)
     cs.store(group="schema/policy", name="tuned_hpa", node=TunedHPAPolicyConfig)
+    cs.store(group="schema/policy", name="tuned_runbook", node=TunedRunbookPolicyConfig)
 
 
 def check_policy(cfg: PolicyConfig) -> None:

@@ -146,7 +146,7 @@ def test_simulate_scenario_overrides(composer, tmp_path: Path) -> None:
 
 def test_simulate_rejects_bad_policy_and_scenario_before_running(tmp_path: Path) -> None:
     base = {"scenario": "chain3", "out": str(tmp_path / "x"), "horizon_s": 60}
-    known = r"\['hpa', 'runbook', 'static', 'tuned_hpa'\]"
+    known = r"\['hpa', 'runbook', 'static', 'tuned_hpa', 'tuned_runbook'\]"
     with pytest.raises(ConfigError, match=r"policy.*'oracle'.*" + known):
         sim_mod.simulate({**base, "policy": {"name": "oracle"}})
     with pytest.raises(ConfigError, match=r"traffic\.base_rsp.*did you mean 'base_rps'"):

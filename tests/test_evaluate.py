@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from agents.baselines import tuned
 from agents.baselines.hpa import HPAConfig, HPAPolicy
+from agents.baselines.runbook import RunbookPolicy
 from agents.policy import StaticPolicy
 from envs.scenarios.scoring import score_episode
 from envs.scenarios.suites import load_suite
@@ -217,3 +218,23 @@ def test_grid_search_ranks_by_objective() -> None:
     cheap = {**lower, "within_budget": True, "slo_violation_min": -1.0}
     assert sorted([default, cheap], key=tuned.rank)[0] is cheap
     assert "| target CPU % |" in tuned.grid_markdown(rows)
+
+
+def test_tuned_runbook_is_the_runbook_over_the_tuned_hpa(composer) -> None:
+    """policy=tuned_runbook: runbook rules, HPA knobs from configs/policy/tuned_hpa.yaml."""
+    settings = tuned.load_settings()
+    spec = ev.resolve_policy("tuned_runbook")
+    assert spec.config is not None
+    assert composer("simulate", ["policy=tuned_runbook"]).policy.name == "tuned_runbook"
+    scenario = load_suite("holdout").on_topology("chain3").entries[0].scenario
+    policy = sim_mod.make_policy(spec.config, scenario)
+    assert isinstance(policy, RunbookPolicy)
+    assert policy.name == "tuned_runbook"
+    assert policy.hpa.config == settings.hpa_config()
+    # same decisions as a RunbookPolicy built by hand with that HPA
+    by_hand = RunbookPolicy(scenario, hpa_config=settings.hpa_config())
+    a = Simulator(scenario, seed=3).run(policy)
+    b = Simulator(scenario, seed=3).run(by_hand)
+    assert [f.t for f in a.frames] == [f.t for f in b.frames]
+    assert score_episode(a).slo_violation_min == score_episode(b).slo_violation_min
+    assert [repr(x) for x in a.actions] == [repr(x) for x in b.actions]
