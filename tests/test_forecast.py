@@ -440,6 +440,7 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
             "log_every=2",
             "batch=2",
             "seq_len=16",
+            "wm.overshoot=4",  # the configured 20 needs sequences longer than 20 steps
             "every=20",
             "n_samples=8",
             "workers=1",
