@@ -360,6 +360,18 @@ def test_max_minutes_stops_early_and_still_saves(composer: Any, tmp_path: Path) 
     assert (out / "eval" / "curve.csv").read_text().count("\n") == 2  # header + final
 
 
+def _runs_an_incident_validly_and_repeatably(run_dir: Path) -> None:
+    """A DreamerPolicy of ``run_dir`` through a chain3 incident: valid actions, and the same
+    ones again from a fresh policy (the mode is deterministic)."""
+    scenario = load_scenario("chain3", INCIDENT)
+    result = Simulator(scenario, seed=5).run(DreamerPolicy(run_dir))
+    assert len(result.frames) > 10
+    for _, action in result.actions:
+        validate_action(action, scenario)
+    again = Simulator(scenario, seed=5).run(DreamerPolicy(run_dir))
+    assert again.actions == result.actions
+
+
 @pytest.mark.parametrize("env", ["autoscale", "remediate"])
 def test_dreamer_policy_acts_on_a_simulator_episode(
     composer: Any, tmp_path: Path, env: str
@@ -370,13 +382,8 @@ def test_dreamer_policy_acts_on_a_simulator_episode(
     )
     policy = DreamerPolicy(out)
     assert isinstance(policy, Policy) and policy.name == "dreamer"
+    _runs_an_incident_validly_and_repeatably(out)
     scenario = load_scenario("chain3", INCIDENT)
-    result = Simulator(scenario, seed=5).run(policy)
-    assert len(result.frames) > 10
-    for _, action in result.actions:
-        validate_action(action, scenario)
-    again = Simulator(scenario, seed=5).run(DreamerPolicy(out))
-    assert again.actions == result.actions  # deterministic policy
     sampled = [
         Simulator(scenario, seed=5).run(DreamerPolicy(out, deterministic=False, seed=1)).actions
         for _ in range(2)
@@ -485,14 +492,7 @@ def test_hpa_tune_dreamer_policy_end_to_end(composer: Any, tmp_path: Path) -> No
         composer(*FAST, "env=hpa_tune", "total_timesteps=60", "eval.freq=0", f"out={out}")
     )
     assert metrics["env"] == "hpa_tune" and metrics["env_id"] == "opsworld/HPATune-v0"
-    policy = DreamerPolicy(out)
-    scenario = load_scenario("chain3", INCIDENT)
-    result = Simulator(scenario, seed=5).run(policy)
-    assert len(result.frames) > 10
-    for _, action in result.actions:
-        validate_action(action, scenario)
-    again = Simulator(scenario, seed=5).run(DreamerPolicy(out))
-    assert again.actions == result.actions
+    _runs_an_incident_validly_and_repeatably(out)
 
     entry = next(e for e in load_suite("train").on_topology("chain3") if "memory-leak" in e.id)
     sc = load_scenario(entry.scenario)
