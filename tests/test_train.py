@@ -35,7 +35,7 @@ from agents.sb3.config import (
 )
 from agents.sb3.envs import ENV_IDS, check_scenario, env_seeds, make_env
 from agents.sb3.policy import ControlBelief, SB3Policy, control_view, load_run_config
-from envs.gym.envs import ClusterEnv, ClusterOpsEnv, RemediateEnv
+from envs.gym.envs import HPA_TARGETS, ClusterEnv, ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.suites import load_suite
 from envs.sim.actions import DrainNode, validate_action
@@ -52,6 +52,7 @@ VALID = [
     ("ppo", "ops"),
     ("maskable_ppo", "remediate"),
     ("maskable_ppo", "ops"),
+    ("maskable_ppo", "hpa_tune"),
     ("dqn", "remediate"),
     ("a2c", "autoscale"),
 ]
@@ -271,6 +272,9 @@ def test_valid_combination_trains_saves_and_serves(
         assert not isinstance(action, DrainNode)  # allow_drain=False masks draining
     if agent == "maskable_ppo":
         assert all(i["masked_out"] is False and i["n_valid"] >= 1 for i in policy.infos)
+    if env == "hpa_tune":  # the HPA scales under the chosen targets (HPATuneEnv.decide)
+        assert all(set(i["hpa_targets"]) <= set(HPA_TARGETS) for i in policy.infos)
+        assert len(policy.infos[0]["hpa_targets"]) == 3
 
 
 def test_suite_training_draws_the_topologys_train_entries(

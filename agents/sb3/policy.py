@@ -31,9 +31,14 @@ adapter hands them a read-only view built from telemetry alone (:class:`ControlB
 
 As in the env, a choice that the mask rules out becomes a no-op (``info["masked_out"]``).
 
+**HPATune runs** (``env=hpa_tune``): the model picks each service's HPA CPU target and a
+remediation; the decision is the env's own :meth:`~envs.gym.envs.HPATuneEnv.decide` (the
+HPA reconciles on the frame with those targets), so the stream's state is an
+:class:`HPATuneState`: the control belief plus the HPA's state. The HPA's replica bounds
+are those of the run's (first) training scenario.
+
 **Trust.** SB3 ``.zip`` files and ``vecnormalize.pkl`` contain pickles, and loading them can
-run arbitrary code: only load run dirs you produced or otherwise trust. The policy server
-loads safetensors bundles instead (``agents/bundle.py``), never these files.
+run arbitrary code: only load run dirs you produced or otherwise trust.
 """
 
 from __future__ import annotations
@@ -49,10 +54,10 @@ from omegaconf import OmegaConf
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.sb3.config import EnvName, TrainConfig, config_from_mapping
+from agents.sb3.config import TrainConfig, config_from_mapping
 from agents.sb3.envs import brief_space, make_env
 from agents.sb3.train import ALGOS
-from envs.gym.envs import ClusterEnv, ClusterOpsEnv, RemediateEnv
+from envs.gym.envs import ClusterEnv, ClusterOpsEnv, HPATuneEnv, RemediateEnv
 from envs.sim.actions import Action
 from envs.sim.cluster import NodeState
 from envs.sim.simulator import Simulator
@@ -95,6 +100,20 @@ class ControlBelief:
             shed_fraction=self.shed_fraction if math.isnan(shed) else shed,
             nodes_ready=frame.cluster_value("nodes_ready"),
         )
+
+
+@dataclass(frozen=True)
+class HPATuneState:
+    """State of one stream of an ``env=hpa_tune`` policy.
+
+    Attributes:
+        belief: What telemetry says of the control plane (masks, remediation decoding).
+        hpa: The HPA's state (:class:`agents.baselines.hpa.HPAState`): recommendations and
+            scale events, carried from decision to decision.
+    """
+
+    belief: ControlBelief
+    hpa: Any
 
 
 @dataclass(frozen=True)
@@ -179,11 +198,6 @@ class SB3Policy:
     ) -> None:
         run = Path(run_dir)
         self.config = load_run_config(run)
-        if self.config.env.name == EnvName.hpa_tune:
-            raise ValueError(
-                f"{run}: env=hpa_tune runs are not supported by SB3Policy (the HPA's state "
-                "would have to live in the policy's state, as DreamerPolicy keeps it)"
-            )
         self.name = f"sb3-{self.config.agent.algo.value}"
         self.deterministic = deterministic
         self.allow_drain = allow_drain
@@ -207,11 +221,19 @@ class SB3Policy:
         self._masked = isinstance(self.model, MaskablePPO)
         self._initial = [s.replicas.initial for s in self.env.specs]
 
-    def reset(self, n: int = 1) -> ControlBelief | list[ControlBelief]:
-        """Fresh state: one :class:`ControlBelief` (``n == 1``) or a list of ``n``."""
-        if n == 1:
-            return ControlBelief.initial(self._initial)
-        return [ControlBelief.initial(self._initial) for _ in range(n)]
+    def reset(self, n: int = 1) -> Any:
+        """Fresh state (one for ``n == 1``, else a list of ``n``).
+
+        A :class:`ControlBelief`, or an :class:`HPATuneState` for an ``hpa_tune`` run.
+        """
+
+        def fresh() -> ControlBelief | HPATuneState:
+            belief = ControlBelief.initial(self._initial)
+            if isinstance(self.env, HPATuneEnv):
+                return HPATuneState(belief, self.env.hpa.reset(1))
+            return belief
+
+        return fresh() if n == 1 else [fresh() for _ in range(n)]
 
     def observe(self, frame: Telemetry) -> Any:
         """The normalised model input for ``frame`` (batch of one)."""
@@ -241,27 +263,38 @@ class SB3Policy:
 
         Args:
             obs: The latest telemetry frame of the stream.
-            state: This stream's :class:`ControlBelief` (from :meth:`reset` or the last call).
+            state: This stream's :class:`ControlBelief` (:class:`HPATuneState` for
+                ``hpa_tune``), from :meth:`reset` or the last call.
 
         Returns:
             ``(actions, new_state, info)``; ``info`` has ``action`` (the raw model action),
             ``masked_out`` (the remediation chosen was invalid, so nothing was done) and,
             for masked agents, ``n_valid`` (valid choices).
         """
-        belief = cast(ControlBelief, state).update(obs)
+        tune = state if isinstance(state, HPATuneState) else None
+        belief = (tune.belief if tune is not None else cast(ControlBelief, state)).update(obs)
         masks = self.action_masks(belief)
         kwargs: dict[str, Any] = {"deterministic": self.deterministic}
         if self._masked:
             kwargs["action_masks"] = masks[None]
         raw, _ = self.model.predict(self.observe(obs), **kwargs)
         action = np.asarray(raw)[0]
-        actions = self.decode(action, belief)
         info: dict[str, Any] = {"action": action.tolist(), "masked_out": False}
+        new_state: ControlBelief | HPATuneState = belief
+        if isinstance(self.env, HPATuneEnv):
+            if tune is None:
+                raise TypeError("an hpa_tune SB3Policy needs the HPATuneState of reset()")
+            self._bind(belief)  # masks and remediation decoding read the belief
+            actions, hpa, _ = self.env.decide(action, obs, tune.hpa)
+            new_state = HPATuneState(belief, hpa)
+            info["hpa_targets"] = list(self.env.targets(action).values())
+        else:
+            actions = self.decode(action, belief)
         if isinstance(self.env, RemediateEnv):
             info["masked_out"] = not bool(masks[int(action)])
-        elif isinstance(self.env, ClusterOpsEnv):
+        elif isinstance(self.env, ClusterOpsEnv | HPATuneEnv):
             remediation = masks[-self.env.n_remediations :]
             info["masked_out"] = not bool(remediation[int(action[-1])])
         if self._masked:
             info["n_valid"] = int(masks.sum())
-        return actions, belief, info
+        return actions, new_state, info
