@@ -91,6 +91,13 @@ class EvaluateConfig:
             trained policy fits one topology: its observation size depends on it.
         limit: Evaluate only the first ``limit`` entries (None: all).
         timelines: Timeline PNGs per policy (replicate 0 of the first entries).
+        weights: Which weights of a trained run dir: ``final`` (``model.zip`` +
+            ``vecnormalize.pkl``; Dreamer ``agent.pt``) or ``best`` (the best evaluation
+            during training: ``best/best_model.zip`` + ``best/vecnormalize.pkl``; Dreamer
+            ``best/agent.pt``). Built-in policies ignore it.
+        deterministic: How a trained policy picks its action: True the mode, False a seeded
+            sample, None each kind's default (SB3: the mode; Dreamer: the run's
+            ``eval.deterministic``). Built-in policies ignore it.
         out: Output folder.
     """
 
@@ -103,6 +110,8 @@ class EvaluateConfig:
     topology: str | None = None
     limit: int | None = None
     timelines: int = 3
+    weights: str = "final"
+    deterministic: bool | None = None
     out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
 
 
@@ -133,15 +142,28 @@ class PolicySpec:
         config: Built-in policy config (None for a trained run dir).
         run_dir: ``opsworld train`` run dir (None for a built-in).
         kind: ``sb3`` or ``dreamer`` (for a run dir).
+        weights: ``final`` or ``best`` (see :class:`EvaluateConfig`).
+        deterministic: Mode (True), seeded sample (False) or the kind's default (None).
     """
 
     label: str
     config: PolicyConfig | None = None
     run_dir: str | None = None
     kind: str = "sb3"
+    weights: str = "final"
+    deterministic: bool | None = None
 
 
-_SB3_CACHE: dict[str, Policy] = {}
+WEIGHT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "final": {"sb3": ("model.zip", "vecnormalize.pkl"), "dreamer": ("agent.pt",)},
+    "best": {
+        "sb3": ("best/best_model.zip", "best/vecnormalize.pkl"),
+        "dreamer": ("best/agent.pt",),
+    },
+}
+"""The weight files of a trained run dir, per ``weights`` choice and run kind."""
+
+_SB3_CACHE: dict[tuple[str, str, bool | None], Policy] = {}
 
 
 def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
@@ -149,16 +171,23 @@ def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
     if spec.config is not None:
         return make_policy(spec.config, scenario)
     assert spec.run_dir is not None
-    if spec.run_dir not in _SB3_CACHE:
+    key = (spec.run_dir, spec.weights, spec.deterministic)
+    if key not in _SB3_CACHE:
+        files = WEIGHT_FILES[spec.weights][spec.kind]
         if spec.kind == "dreamer":
             from agents.dreamer.policy import DreamerPolicy
 
-            _SB3_CACHE[spec.run_dir] = DreamerPolicy(spec.run_dir)
+            _SB3_CACHE[key] = DreamerPolicy(
+                spec.run_dir, weights=files[0], deterministic=spec.deterministic
+            )
         else:
             from agents.sb3.policy import SB3Policy
 
-            _SB3_CACHE[spec.run_dir] = SB3Policy(spec.run_dir)
-    return _SB3_CACHE[spec.run_dir]
+            deterministic = True if spec.deterministic is None else spec.deterministic
+            _SB3_CACHE[key] = SB3Policy(
+                spec.run_dir, model=files[0], vecnormalize=files[1], deterministic=deterministic
+            )
+    return _SB3_CACHE[key]
 
 
 def run_dir_algo(path: Path) -> Any:
@@ -186,12 +215,20 @@ def load_policy_config(name: str) -> PolicyConfig:
     return obj
 
 
-def resolve_policy(name: str, key: str = "policy") -> PolicySpec:
+def resolve_policy(
+    name: str, key: str = "policy", weights: str = "final", deterministic: bool | None = None
+) -> PolicySpec:
     """A :class:`PolicySpec` for a built-in name or a trained run dir.
 
+    A run dir's label gets ``-best`` for ``weights=best`` and ``-mode`` / ``-sample`` for
+    an explicit ``deterministic``, so variants of one run can be evaluated side by side.
+
     Raises:
-        ConfigError: Naming ``key`` for an unknown name or a dir that is not a train run.
+        ConfigError: Naming ``key`` for an unknown name or a dir that is not a train run,
+            ``weights`` when it is not ``final`` or ``best`` or its files are missing.
     """
+    if weights not in WEIGHT_FILES:
+        raise ConfigError(f"weights={weights!r}: use one of {sorted(WEIGHT_FILES)}")
     if name in POLICIES:
         return PolicySpec(name, config=load_policy_config(name))
     path = Path(name)
@@ -209,8 +246,25 @@ def resolve_policy(name: str, key: str = "policy") -> PolicySpec:
         raise ConfigError(
             f"{key}={name!r}: not an 'opsworld train' run dir (missing {', '.join(missing)})"
         )
+    files = WEIGHT_FILES[weights][kind]
+    absent = [f for f in files if not (path / f).exists()]
+    if absent:
+        raise ConfigError(
+            f"weights={weights}: {name} has no {', '.join(absent)} (was it trained with "
+            "evaluations? weights=final uses the last weights)"
+        )
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "trained"
-    return PolicySpec(f"{kind}-{label}", run_dir=str(path.resolve()), kind=kind)
+    if weights != "final":
+        label += f"-{weights}"
+    if deterministic is not None:
+        label += "-mode" if deterministic else "-sample"
+    return PolicySpec(
+        f"{kind}-{label}",
+        run_dir=str(path.resolve()),
+        kind=kind,
+        weights=weights,
+        deterministic=deterministic,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +391,7 @@ def evaluate(
     conf = to_config(cfg)
     names = list(conf.policies) or [conf.policy]
     key = "policies" if len(names) > 1 else "policy"  # `policy=X` arrives as policies=['X']
-    specs = [resolve_policy(n, key) for n in names]
+    specs = [resolve_policy(n, key, conf.weights, conf.deterministic) for n in names]
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{key}={names}: a policy appears twice")

@@ -466,3 +466,43 @@ def test_console_script_multirun_one_dir_per_job(tmp_path: Path) -> None:
         assert config["seed"] == seed and config["out"] == str(run)
         assert _metrics(run)["seed"] == seed
         assert (run / "model.zip").is_file()
+
+
+def test_evaluate_picks_best_weights_and_sampling(composer: Composer, tmp_path: Path) -> None:
+    """``opsworld evaluate weights=best deterministic=false`` on a trained run dir."""
+    from experiments import evaluate as ev
+
+    run = tmp_path / "run"
+    train_mod.train(composer("debug=default", "logger=none", f"out={run}"))
+    spec = ev.resolve_policy(str(run), weights="best", deterministic=False)
+    assert spec.label == "sb3-run-best-sample" and spec.weights == "best"
+    scenario = load_scenario("chain3", INCIDENT)
+    policy = ev.build_policy(spec, scenario)
+    assert isinstance(policy, SB3Policy) and policy.deterministic is False
+    best = PPO.load(run / "best" / "best_model.zip").policy.state_dict()
+    final = PPO.load(run / "model.zip").policy.state_dict()
+    loaded = cast(Any, policy.model).policy.state_dict()
+    assert all(torch.equal(loaded[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], best[k]) for k in best)  # else the check is void
+    assert ev.resolve_policy(str(run)).label == "sb3-run"  # defaults keep the plain label
+
+    ret = ev.evaluate(
+        {
+            "policies": [str(run)],
+            "weights": "best",
+            "deterministic": True,
+            "suite": "train",
+            "topology": "chain3",
+            "limit": 1,
+            "workers": 1,
+            "timelines": 0,
+            "out": str(tmp_path / "eval"),
+        },
+        log=None,
+    )
+    assert list(ret["results"]) == ["sb3-run-best-mode"]
+    with pytest.raises(ConfigError, match=r"weights='nope'.*\['best', 'final'\]"):
+        ev.resolve_policy(str(run), weights="nope")
+    (run / "best" / "best_model.zip").unlink()
+    with pytest.raises(ConfigError, match=r"weights=best: .* has no best/best_model.zip"):
+        ev.resolve_policy(str(run), weights="best")
