@@ -46,7 +46,7 @@ from agents.dreamer.train import load_run_config
 from agents.sb3.policy import ControlBelief, control_view
 from agents.world_model.config import ObsLayout
 from agents.world_model.rssm import Carry
-from envs.gym.envs import ClusterOpsEnv, HPATuneEnv, RemediateEnv
+from envs.gym.envs import HPATuneEnv
 from envs.sim.actions import Action
 from envs.sim.simulator import Simulator
 from envs.sim.telemetry import Telemetry
@@ -232,18 +232,16 @@ class DreamerPolicy:
         belief = st.belief.update(obs)
         st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator, st.hpa)
         idx, carry, mask = self.step(obs, st)
-        info: dict[str, Any] = {"action": idx.tolist(), "masked_out": False}
+        choice = self.spec.to_env(idx)
+        info: dict[str, Any] = {
+            "action": idx.tolist(),
+            "masked_out": self.env.masked_out(choice, mask),
+        }
         if isinstance(self.env, HPATuneEnv):
             self._bind(belief)
-            choice = self.spec.to_env(idx)
             actions, hpa, _ = self.env.decide(choice, obs, st.hpa)
-            info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
             info["hpa_targets"] = list(self.env.targets(choice).values())
             features = self.env.choice_features(choice)
             return actions, self.advance(belief, carry, actions, st.generator, features, hpa), info
         actions = self.decode(idx, belief)
-        if isinstance(self.env, RemediateEnv):
-            info["masked_out"] = not bool(mask[int(idx[0])])
-        elif isinstance(self.env, ClusterOpsEnv):
-            info["masked_out"] = not bool(mask[-self.env.n_remediations :][int(idx[-1])])
         return actions, self.advance(belief, carry, actions, st.generator), info

@@ -57,7 +57,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from agents.sb3.config import TrainConfig, config_from_mapping
 from agents.sb3.envs import brief_space, make_env
 from agents.sb3.train import ALGOS
-from envs.gym.envs import ClusterEnv, ClusterOpsEnv, HPATuneEnv, RemediateEnv
+from envs.gym.envs import ClusterEnv, HPATuneEnv
 from envs.sim.actions import Action
 from envs.sim.cluster import NodeState
 from envs.sim.simulator import Simulator
@@ -279,7 +279,7 @@ class SB3Policy:
             kwargs["action_masks"] = masks[None]
         raw, _ = self.model.predict(self.observe(obs), **kwargs)
         action = np.asarray(raw)[0]
-        info: dict[str, Any] = {"action": action.tolist(), "masked_out": False}
+        info: dict[str, Any] = {"action": action.tolist()}
         new_state: ControlBelief | HPATuneState = belief
         if isinstance(self.env, HPATuneEnv):
             if tune is None:
@@ -290,11 +290,7 @@ class SB3Policy:
             info["hpa_targets"] = list(self.env.targets(action).values())
         else:
             actions = self.decode(action, belief)
-        if isinstance(self.env, RemediateEnv):
-            info["masked_out"] = not bool(masks[int(action)])
-        elif isinstance(self.env, ClusterOpsEnv | HPATuneEnv):
-            remediation = masks[-self.env.n_remediations :]
-            info["masked_out"] = not bool(remediation[int(action[-1])])
+        info["masked_out"] = self.env.masked_out(action, masks)
         if self._masked:
             info["n_valid"] = int(masks.sum())
         return actions, new_state, info

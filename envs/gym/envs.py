@@ -182,6 +182,30 @@ class ClusterEnv(gym.Env[Any, Any]):
             mask[base + node] = ok
         return mask
 
+    def _with_remediation(self, scaling: list[Action], k: int) -> list[Action]:
+        """``scaling`` plus remediation ``k`` (nothing if masked).
+
+        A remediation's scale-up of a service replaces that service's Scale in ``scaling``.
+        """
+        extra = self._remediation(k) if self._remediation_mask()[k] else []
+        touched = {x.service for x in extra if isinstance(x, Scale)}
+        kept = [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)]
+        return kept + extra
+
+    def _masks_then_remediation(self, n_free: int) -> np.ndarray:
+        """``n_free`` always-valid choices, then the remediation mask.
+
+        The flat mask layout of a MultiDiscrete space whose last dimension is the remediation.
+        """
+        return np.concatenate([np.ones(n_free, dtype=bool), self._remediation_mask()])
+
+    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
+        """Whether ``action`` chose a remediation that ``masks`` rules out (a no-op then).
+
+        ``masks`` is this env's ``action_masks()`` at the time of the choice.
+        """
+        return False
+
     def action_masks(self) -> np.ndarray:
         """Valid actions (True = valid), flat as sb3-contrib's MaskablePPO reads them."""
         raise NotImplementedError
@@ -477,6 +501,10 @@ class RemediateEnv(ClusterEnv):
         """Valid remediation indices (True = valid)."""
         return self._remediation_mask()
 
+    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
+        """See :meth:`ClusterEnv.masked_out`."""
+        return not bool(masks[int(action)])
+
     def action_feature_matrix(self) -> np.ndarray:
         """See :meth:`ClusterEnv.action_feature_matrix`."""
         return self._remediation_matrix()
@@ -508,17 +536,15 @@ class ClusterOpsEnv(ClusterEnv):
     def decode(self, action: Any) -> list[Action]:
         """Deltas, then the remediation; a later Scale of the same service replaces one."""
         a = np.asarray(action)
-        scaling = self._scaling(a[:-1])
-        k = int(a[-1])
-        extra = self._remediation(k) if self._remediation_mask()[k] else []
-        touched = {x.service for x in extra if isinstance(x, Scale)}
-        return [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)] + extra
+        return self._with_remediation(self._scaling(a[:-1]), int(a[-1]))
 
     def action_masks(self) -> np.ndarray:
         """Scaling dims all valid, then the remediation mask."""
-        return np.concatenate(
-            [np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool), self._remediation_mask()]
-        )
+        return self._masks_then_remediation(len(SCALE_DELTAS) * len(self.services))
+
+    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
+        """See :meth:`ClusterEnv.masked_out`."""
+        return not bool(masks[-self.n_remediations :][int(np.asarray(action)[-1])])
 
     def action_feature_matrix(self) -> np.ndarray:
         """See :meth:`ClusterEnv.action_feature_matrix`."""
@@ -562,18 +588,20 @@ class HPATuneEnv(ClusterEnv):
         self.action_space = spaces.MultiDiscrete(
             [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
         )
+        from agents.baselines.tuned import load_settings  # lazily: envs must not import agents
+
+        self._hpa_settings = load_settings()  # read once, not at every episode's reset
         self.hpa = self._make_hpa(self.scenarios[0])
         self.hpa_state: Any = self.hpa.reset(1)
         nvec = [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
         self._offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
         self._choice_matrix = self.action_feature_matrix()
 
-    @staticmethod
-    def _make_hpa(scenario: Scenario) -> Any:
+    def _make_hpa(self, scenario: Scenario) -> Any:
         """The tuned HPA on ``scenario`` (imported lazily: envs must not import agents)."""
-        from agents.baselines.tuned import load_settings, make_hpa
+        from agents.baselines.tuned import make_hpa
 
-        return make_hpa(load_settings(), scenario)
+        return make_hpa(self._hpa_settings, scenario)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -601,11 +629,7 @@ class HPATuneEnv(ClusterEnv):
         """
         a = np.asarray(action)
         scaling, new_state, info = self.hpa.act(frame, hpa_state, self.targets(a))
-        k = int(a[-1])
-        extra = self._remediation(k) if self._remediation_mask()[k] else []
-        touched = {x.service for x in extra if isinstance(x, Scale)}
-        kept = [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)]
-        return kept + extra, new_state, info
+        return self._with_remediation(scaling, int(a[-1])), new_state, info
 
     def decode(self, action: Any) -> list[Action]:
         """What ``action`` would do now (the HPA's state is not advanced; :meth:`step` does)."""
@@ -629,9 +653,11 @@ class HPATuneEnv(ClusterEnv):
 
     def action_masks(self) -> np.ndarray:
         """Target dims all valid, then the remediation mask."""
-        return np.concatenate(
-            [np.ones(len(HPA_TARGETS) * len(self.services), dtype=bool), self._remediation_mask()]
-        )
+        return self._masks_then_remediation(len(HPA_TARGETS) * len(self.services))
+
+    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
+        """See :meth:`ClusterEnv.masked_out`."""
+        return not bool(masks[-self.n_remediations :][int(np.asarray(action)[-1])])
 
     def action_feature_matrix(self) -> np.ndarray:
         """See :meth:`ClusterEnv.action_feature_matrix` and the class docstring."""
