@@ -26,7 +26,7 @@ from envs.sim.actions import (
     ShedLoad,
     validate_action,
 )
-from envs.sim.cluster import ControlPlane, NodeState, PodState
+from envs.sim.control import ControlPlane, NodeState, PodState
 from envs.sim.simulator import Simulator
 from envs.sim.telemetry import Telemetry
 
@@ -89,7 +89,7 @@ def steps(sim: Simulator, n: int, actions: list[Any] | None = None) -> list[Tele
 
 def uids(cp: ControlPlane, s: int = 0) -> list[int]:
     """Uids of the live (not terminating) pods of service ``s``."""
-    return [p.uid for p in cp._live(s)]
+    return [p.uid for p in cp.live_pods(s)]
 
 
 # ------------------------------------------------------------------------------ validation
@@ -213,7 +213,7 @@ def test_scale_down_terminates_not_ready_pods_first() -> None:
     original = uids(cp)
     cp.apply([Scale("a", 4)])  # two pods starting from t = 2 until t = 22
     settle(env, 10.0)
-    starting = [p.uid for p in cp._live(0) if p.state == PodState.STARTING]
+    starting = [p.uid for p in cp.live_pods(0) if p.state == PodState.STARTING]
     assert len(starting) == 2
     cp.apply([Scale("a", 2)])  # carried out at t = 12
     settle(env, 12.0)
@@ -256,9 +256,9 @@ def test_rolling_restart_replaces_every_pod_within_surge_and_unavailability(
     while env.now < 2.0 or cp.rolling[0]:
         env.step()
         assert int(cp.ready[0]) >= min_ready, env.now
-        assert len(cp._live(0)) <= desired + max_surge, env.now
+        assert len(cp.live_pods(0)) <= desired + max_surge, env.now
         assert env.now < 600.0, "the rollout did not finish"
-    live = cp._live(0)
+    live = cp.live_pods(0)
     assert len(live) == desired
     assert not old & {p.uid for p in live}
     assert all(p.template == (0, 1) and p.state == PodState.READY for p in live)
@@ -270,9 +270,9 @@ def test_rolling_restart_timeline_of_four_pods() -> None:
     _, cp, env = start(scenario(service("a", initial=4)))
     cp.apply([Restart("a")])
     settle(env, 2.0)  # 1 new pod created, 1 old ready pod terminated
-    assert int(cp.ready[0]) == 3 and len(cp._live(0)) == 4
+    assert int(cp.ready[0]) == 3 and len(cp.live_pods(0)) == 4
     settle(env, 3.0)  # the surge pod
-    assert int(cp.starting[0]) == 2 and len(cp._live(0)) == 5
+    assert int(cp.starting[0]) == 2 and len(cp.live_pods(0)) == 5
     settle(env, 44.0 - EPS)
     assert cp.rolling[0]
     settle(env, 44.0)
@@ -306,7 +306,7 @@ def test_deploy_slower_version_then_rollback_restores_latency(fidelity: str) -> 
     rolling = steps(sim, 4)  # t = 30..90: the rollout finishes at t = 72
     assert all(f.service("a")["deploy_version"] == 1.0 for f in rolling)
     assert not cp.rolling[0]
-    assert all(p.template == (1, 0) for p in cp._live(0))
+    assert all(p.template == (1, 0) for p in cp.live_pods(0))
     slow = steps(sim, 2)
     slow_lat = np.mean([f.service("a")["mean_latency"] for f in slow])
     assert slow_lat > 2.5 * base
@@ -314,7 +314,7 @@ def test_deploy_slower_version_then_rollback_restores_latency(fidelity: str) -> 
     sim.step([Rollback("a")])
     steps(sim, 4)
     assert not cp.rolling[0] and cp.current_version[0] == 0
-    assert all(p.template == (0, 0) for p in cp._live(0))
+    assert all(p.template == (0, 0) for p in cp.live_pods(0))
     back = steps(sim, 2)
     back_lat = np.mean([f.service("a")["mean_latency"] for f in back])
     assert back_lat == pytest.approx(base, rel=0.25)
@@ -354,7 +354,7 @@ def test_rollback_pops_the_deploy_history() -> None:
     with pytest.raises(InvalidActionError, match="no previous revision"):
         sim.step([Rollback("a")])
     steps(sim, 6)
-    assert all(p.template == (0, 0) for p in cp._live(0))
+    assert all(p.template == (0, 0) for p in cp.live_pods(0))
     assert cp.latency_factor[0] == 1.0
 
 
@@ -413,13 +413,13 @@ def test_drain_node_moves_its_pods_to_other_nodes() -> None:
     assert cp.nodes[0].state == NodeState.CORDONED
     assert cp.pods[0].state == PodState.TERMINATING
     assert int(cp.ready[0]) == 1
-    (new,) = (p for p in cp._live(0) if p.uid not in (0, 1))
+    (new,) = (p for p in cp.live_pods(0) if p.uid not in (0, 1))
     assert new.node == 1 and new.state == PodState.STARTING
     settle(env, 7.0)  # grace over: node 0 is empty
     assert not cp.nodes[0].pods and 0 not in cp.pods
     settle(env, 22.0)
     assert int(cp.ready[0]) == 2
-    assert {p.node for p in cp._live(0)} == {1}
+    assert {p.node for p in cp.live_pods(0)} == {1}
     assert cp.node_counts() == (2, 0)  # a cordoned node still counts as up (and is billed)
 
 
@@ -430,7 +430,7 @@ def test_drained_node_takes_no_new_pods() -> None:
     cp.apply([Scale("a", 6)])
     settle(env, 30.0)
     assert int(cp.ready[0]) == 6
-    assert {p.node for p in cp._live(0)} == {0}
+    assert {p.node for p in cp.live_pods(0)} == {0}
 
 
 def test_drain_without_room_leaves_replacements_pending() -> None:

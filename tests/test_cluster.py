@@ -18,7 +18,7 @@ import simpy
 
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Restart, Scale
-from envs.sim.cluster import (
+from envs.sim.control import (
     BACKOFF_RESET_S,
     ControlPlane,
     NodeState,

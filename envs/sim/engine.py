@@ -19,7 +19,7 @@ import simpy
 
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action
-from envs.sim.cluster import ControlPlane
+from envs.sim.control import ControlPlane
 from envs.sim.faults import FaultInjector, traffic_with_faults
 from envs.sim.telemetry import (
     CLUSTER_FIELDS,

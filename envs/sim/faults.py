@@ -39,7 +39,7 @@ from envs.scenarios.schema import (
     TelemetryFault,
     Traffic,
 )
-from envs.sim.cluster import PodState
+from envs.sim.control import PodState
 from envs.sim.telemetry import FIELD_INDEX, Telemetry
 
 if TYPE_CHECKING:
