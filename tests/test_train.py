@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.policy import Policy
+from agents.rollout import rollout
 from agents.sb3.config import (
     AGENT_SCHEMAS,
     EnvConfig,
@@ -35,10 +35,13 @@ from agents.sb3.config import (
 )
 from agents.sb3.envs import ENV_IDS, check_scenario, env_seeds, make_env
 from agents.sb3.policy import ControlBelief, SB3Policy, control_view, load_run_config
-from envs.gym.envs import HPA_TARGETS, ClusterEnv, ClusterOpsEnv, RemediateEnv
+from envs.core.actions import DrainNode
+from envs.core.policy import Policy
+from envs.gym.codec import HPA_TARGETS
+from envs.gym.envs import ClusterEnv, ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.suites import load_suite
-from envs.sim.actions import DrainNode, validate_action
+from envs.scenarios.validate import validate_action
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR, ConfigError
@@ -265,7 +268,7 @@ def test_valid_combination_trains_saves_and_serves(
     policy = Recorder(SB3Policy(run))
     assert isinstance(policy.policy, Policy) and policy.name == f"sb3-{agent}"
     scenario = load_scenario("chain3", INCIDENT)
-    result = Simulator(scenario).run(policy)
+    result = rollout(Simulator(scenario), policy)
     assert len(result.decisions) == len(policy.infos) == 20
     for _, action in result.actions:
         validate_action(action, scenario)
@@ -304,7 +307,7 @@ def test_suite_training_draws_the_topologys_train_entries(
     # the trained policy runs a holdout chain3 incident (shortened to 10 minutes)
     entry = load_suite("holdout").on_topology("chain3").entries[0]
     scenario = load_scenario(entry.scenario, {"horizon_s": 600})
-    result = Simulator(scenario, seed=entry.run_seed(0)).run(SB3Policy(run))
+    result = rollout(Simulator(scenario, seed=entry.run_seed(0)), SB3Policy(run))
     assert len(result.decisions) == 40
     for _, action in result.actions:
         validate_action(action, scenario)

@@ -43,7 +43,8 @@ from typing import Any
 import yaml
 
 from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ScaleDownRules
-from agents.policy import Policy
+from agents.rollout import rollout
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 
 TARGETS: tuple[int, ...] = (40, 50, 60, 70, 80, 90)
@@ -115,7 +116,7 @@ def _run_entry(scenario: Scenario, seed: int, settings: TunedHPASettings) -> tup
     from envs.scenarios.scoring import score_episode
     from envs.sim.simulator import Simulator
 
-    result = Simulator(scenario, fidelity="fluid", seed=seed).run(make_hpa(settings, scenario))
+    result = rollout(Simulator(scenario, fidelity="fluid", seed=seed), make_hpa(settings, scenario))
     score = score_episode(result)
     return score.slo_violation_min, score.allocated_cost
 
