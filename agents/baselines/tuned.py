@@ -43,7 +43,6 @@ from typing import Any
 import yaml
 
 from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ScaleDownRules
-from agents.rollout import rollout
 from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 
@@ -113,6 +112,9 @@ def load_settings(path: str | Path = CONFIG_PATH) -> TunedHPASettings:
 
 def _run_entry(scenario: Scenario, seed: int, settings: TunedHPASettings) -> tuple[float, float]:
     """(SLO-violation minutes, allocated cost) of one fluid run (a worker's job)."""
+    # The search runs the simulator; imported here so that building the tuned HPA (what
+    # SB3Policy / DreamerPolicy of an hpa_tune run do) never imports envs.sim.
+    from agents.rollout import rollout
     from envs.scenarios.scoring import score_episode
     from envs.sim.simulator import Simulator
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from envs.core.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
 
 SERVICE_FEATURES: tuple[str, ...] = (
@@ -240,8 +241,6 @@ class ActionEncoder:
         ``desired`` holds the desired replicas per service (topology order) when they were
         taken.
         """
-        from envs.core.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
-
         index = {name: i for i, name in enumerate(self.services)}
         k = len(ACTION_SERVICE_FEATURES)
         out = np.zeros(self.size, dtype=np.float32)
