@@ -13,8 +13,7 @@ from typing import Any
 
 import simpy
 
-from envs.scenarios.schema import Scenario
-from envs.sim.actions import (
+from envs.core.actions import (
     Action,
     DrainNode,
     InvalidActionError,
@@ -23,8 +22,9 @@ from envs.sim.actions import (
     Rollback,
     Scale,
     ShedLoad,
-    validate_action,
 )
+from envs.scenarios.schema import Scenario
+from envs.scenarios.validate import validate_action
 from envs.sim.control.deployments import Deployments
 from envs.sim.control.nodes import Nodes
 from envs.sim.control.objects import NodeState

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from envs.core.actions import Action
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action
 from envs.sim.control.actuation import Actuator
 from envs.sim.control.autoscalers import ClusterAutoscaler
 from envs.sim.control.billing import Billing
@@ -230,7 +230,7 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ actions
     def check(self, actions: list[Action]) -> None:
-        """Raise :class:`~envs.sim.actions.InvalidActionError` if any action is invalid now."""
+        """Raise :class:`~envs.core.actions.InvalidActionError` if any action is invalid now."""
         self.actuator.check(actions)
 
     def apply(self, actions: list[Action]) -> None:
