@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import simpy
 
-from envs.core.actions import Restart, Scale
+from envs.core.actions import InvalidActionError, Restart, Scale, SetHPATarget
 from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
 from envs.sim.control import (
@@ -609,3 +609,89 @@ def test_queued_attempts_fail_when_a_service_loses_all_pods(fidelity: str) -> No
     assert last.in_flight[0] == 0.0
     assert last.service("a")["backlog"] == 0.0
     assert last.counter("failed")[0] > 10.0
+
+
+# ---------------------------------------------------------------------- the control plane's HPA
+
+
+def hpa_scenario(target: int = 50, rps: float = 300.0) -> Scenario:
+    """One service, 2 pods of 0.5 cores, ~75% CPU at 300 rps; an HPA at ``target`` percent."""
+    hpa = {"metrics": [{"resource": "cpu", "target_utilization": target}]}
+    return scenario(service(initial=2, lo=1, hi=20), rps=rps, autoscaling={"hpa": hpa})
+
+
+def expected_proposal(frame: Telemetry, target: int) -> tuple[int, int]:
+    """``(utilisation %, proposal)`` by the replica calculator's arithmetic, from ``frame``.
+
+    Utilisation is the integer percent of the usage sum over the request sum in milli-cores;
+    with every pod ready and no tolerance hit, the proposal is ceil(util / target x ready).
+    """
+    ready = round(float(frame["replicas_ready"][0]))
+    usage_m = math.ceil(round(float(frame["cpu_usage"][0]) * 1000.0, 6))
+    request_m = ready * math.ceil(round(float(frame["cpu_request"][0]) / ready * 1000.0, 6))
+    util = usage_m * 100 // request_m
+    return util, math.ceil(util / target * ready)
+
+
+def test_control_plane_hpa_reconciles_each_sync_from_the_scraped_frame() -> None:
+    sc = hpa_scenario(target=50)
+    sim, cp, env = start(sc)
+    assert cp.hpa is not None and cp.hpa.services == ("a",)
+    # t = 0: no CPU rate yet (one scrape), so the metrics are unavailable: no change
+    assert cp.hpa.report["a"]["reason"] == "FailedGetMetrics"
+    frame = sim.step()[-1]
+    assert frame.t == 15.0
+    util, proposal = expected_proposal(frame, 50)
+    assert 60 < util < 90  # the scenario's load puts the ratio well outside the tolerance
+    report = cp.hpa.report["a"]
+    assert report["cpu"]["utilization"] == util
+    assert report["raw_recommendation"] == proposal == report["desired"]
+    assert proposal > 2
+    # the write goes through actuation: the deployment changes actuation_delay_s later
+    settle(env, 15.0 + sc.actuation_delay_s - EPS)
+    assert cp.desired[0] == 2
+    settle(env, 15.0 + sc.actuation_delay_s)
+    assert cp.desired[0] == proposal
+    # the next sync reads the new spec.replicas as its current count
+    sim.step()
+    assert cp.hpa.report["a"]["current"] == proposal
+
+
+def test_set_hpa_target_changes_the_next_sync() -> None:
+    base_sim, base_cp, _ = start(hpa_scenario(target=50))
+    base_frame = base_sim.step()[-1]
+    sim, cp, _ = start(hpa_scenario(target=50))
+    frame = sim.step([SetHPATarget("a", 20)])[-1]
+    # nothing the HPA does differs before its first sync after the change
+    np.testing.assert_array_equal(frame.values, base_frame.values)
+    assert cp.hpa is not None and cp.hpa.targets == {"a": 20}
+    util, proposal = expected_proposal(frame, 20)
+    report = cp.hpa.report["a"]
+    assert report["cpu"]["target_utilization"] == 20
+    assert report["cpu"]["utilization"] == util
+    assert report["raw_recommendation"] == proposal
+    assert report["desired"] > base_cp.hpa.report["a"]["desired"]  # type: ignore[union-attr]
+
+
+def test_set_hpa_target_needs_an_hpa_and_a_valid_percent() -> None:
+    sim, _, _ = start(scenario())
+    with pytest.raises(InvalidActionError, match=r"no HPA.*autoscaling\.hpa"):
+        sim.step([SetHPATarget("a", 50)])
+    sim, _, _ = start(hpa_scenario())
+    with pytest.raises(InvalidActionError, match=r"cpu_target must be an int percent"):
+        sim.step([SetHPATarget("a", 0)])
+    with pytest.raises(InvalidActionError, match="unknown service"):
+        sim.step([SetHPATarget("nope", 50)])
+
+
+@pytest.mark.parametrize(
+    ("hpa", "match"),
+    [
+        ({"services": ["nope"]}, r"autoscaling\.hpa: .*unknown services \['nope'\]"),
+        ({"max_replicas": 99}, r"autoscaling\.hpa: a: HPA bounds \[1, 99\] must lie within"),
+        ({"tolerence": 0.2}, "tolerence"),
+    ],
+)
+def test_scenario_autoscaling_hpa_is_validated(hpa: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        scenario(service(), autoscaling={"hpa": hpa})

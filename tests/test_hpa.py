@@ -10,27 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agents.baselines.hpa import (
-    HPABehavior,
-    HPAConfig,
-    HPAPolicy,
-    HPAState,
-    MetricsUnavailableError,
-    PodSample,
-    Recommendation,
-    ResourceMetric,
-    ScaleEvent,
-    ScalingPolicy,
-    ServiceState,
-    group_pods,
-    pods_from_telemetry,
-    reconcile,
-    resource_replicas,
-    scale_down_limit,
-    scale_up_limit,
-    stabilize_recommendation,
-    utilization_ratio,
-)
+from agents.baselines.hpa import HPAPolicy
 from agents.policy import StaticPolicy
 from agents.rollout import rollout
 from envs.core.actions import Scale
@@ -44,7 +24,31 @@ from envs.core.telemetry import (
     Telemetry,
     make_frame,
 )
+from envs.kube.config import (
+    HPABehavior,
+    HPAConfig,
+    ResourceMetric,
+    ScalingPolicy,
+)
+from envs.kube.hpa import (
+    HPAState,
+    MetricsUnavailableError,
+    PodSample,
+    Recommendation,
+    ScaleEvent,
+    ServiceState,
+    group_pods,
+    pods_from_telemetry,
+    reconcile,
+    resource_replicas,
+    scale_down_limit,
+    scale_up_limit,
+    stabilize_recommendation,
+    utilization_ratio,
+)
 from envs.scenarios.loader import load_scenario
+from envs.scenarios.schema import Autoscaling
+from envs.scenarios.suites import load_suite
 from envs.sim.simulator import Simulator
 
 
@@ -568,3 +572,26 @@ def test_act_with_targets_keeps_the_history_and_swaps_the_cpu_target() -> None:
     assert swapped[0] != same[0]  # 40 % asks for more replicas than 70 %
     with pytest.raises(ValueError, match="cpu_target"):
         base.act(frames[-1], state, {sc.service_names[0]: 0})
+
+
+# ------------------------------------------------------------- the controller in the simulator
+
+
+@pytest.mark.parametrize("incident", [None, "chain3-h-flash-crowd-3x", "chain3-h-crash-loop-db"])
+def test_control_plane_hpa_equals_hpa_policy_frame_for_frame(incident: str | None) -> None:
+    # The control plane's HPA (autoscaling.hpa, under a policy that does nothing) and the
+    # telemetry-only HPAPolicy run the same controller on the same frames at the same times.
+    if incident is None:
+        sc, seed = load_scenario("chain3", {"horizon_s": 1800.0}), None
+    else:
+        entry = load_suite("holdout").entry(incident)
+        sc, seed = entry.scenario, entry.run_seed(0)
+    config = HPAConfig.cpu(30)  # below chain3's load: the HPA scales up
+    as_policy = rollout(Simulator(sc, seed=seed), HPAPolicy(config, sc))
+    in_cluster = sc.model_copy(update={"autoscaling": Autoscaling(hpa=config)})
+    as_controller = rollout(Simulator(in_cluster, seed=seed), StaticPolicy())
+    assert len(as_policy.actions) > 0 and as_controller.actions == []
+    assert len(as_policy.frames) == len(as_controller.frames)
+    for a, b in zip(as_policy.frames, as_controller.frames, strict=True):
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.cluster, b.cluster)

@@ -36,15 +36,23 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ScaleDownRules
+from agents.baselines.hpa import HPAPolicy
 from envs.core.policy import Policy
+from envs.kube.tuned import CONFIG_PATH, TunedHPASettings, load_settings
 from envs.scenarios.schema import Scenario
+
+__all__ = [
+    "CONFIG_PATH",
+    "TunedHPASettings",
+    "grid_search",
+    "load_settings",
+    "main",
+    "make_hpa",
+    "write_config",
+]
 
 TARGETS: tuple[int, ...] = (40, 50, 60, 70, 80, 90)
 """CPU utilisation targets (percent) searched."""
@@ -59,51 +67,12 @@ COST_CAP = 1.0
 """Budget: a setting is eligible when its mean allocated cost is at most this multiple of the
 default HPA's."""
 
-CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "policy" / "tuned_hpa.yaml"
-"""Where the winner is written (and read from)."""
-
-
-@dataclass(frozen=True)
-class TunedHPASettings:
-    """The knobs of the tuned HPA.
-
-    Attributes:
-        target_cpu_utilization: HPA CPU utilisation target, percent.
-        scale_down_stabilization_s: Scale-down stabilisation window, seconds.
-    """
-
-    target_cpu_utilization: int = 70
-    scale_down_stabilization_s: int = 300
-
-    def hpa_config(self) -> HPAConfig:
-        """The :class:`HPAConfig` with these knobs (everything else Kubernetes' default)."""
-        behavior = HPABehavior(
-            scale_down=ScaleDownRules(stabilization_window_seconds=self.scale_down_stabilization_s)
-        )
-        return HPAConfig.cpu(self.target_cpu_utilization, behavior=behavior)
-
 
 def make_hpa(settings: TunedHPASettings, scenario: Scenario) -> Policy:
     """An :class:`HPAPolicy` with ``settings`` on ``scenario``, named ``tuned_hpa``."""
     policy = HPAPolicy(settings.hpa_config(), scenario)
     policy.name = "tuned_hpa"
     return policy
-
-
-def load_settings(path: str | Path = CONFIG_PATH) -> TunedHPASettings:
-    """Read the committed winner from ``configs/policy/tuned_hpa.yaml``.
-
-    Raises:
-        ValueError: Naming the file and the field when a knob is missing or not an int.
-    """
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    values: dict[str, int] = {}
-    for key in ("target_cpu_utilization", "scale_down_stabilization_s"):
-        v = data.get(key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"{path}: {key} must be an integer, got {v!r}")
-        values[key] = v
-    return TunedHPASettings(**values)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from envs.kube.config import HPAConfig
+from envs.kube.hpa import HPAController
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -201,6 +204,15 @@ class Cluster(_Strict):
     cost_per_node_hour: NonNegFloat = 0.384
     """On-demand price of an 8-core, 32 GB node (about an m5.2xlarge)."""
     autoscaler: ClusterAutoscaler | None = None
+
+
+class Autoscaling(_Strict):
+    """Autoscalers of pods that the control plane runs itself (nodes: ``cluster.autoscaler``)."""
+
+    hpa: HPAConfig | None = None
+    """Horizontal Pod Autoscalers, one per scaled service (``envs.kube.config.HPAConfig``),
+    reconciled every ``sync_period_s`` from the scraped telemetry; None: no HPA. Their CPU
+    target changes with the ``SetHPATarget`` action."""
 
 
 class Diurnal(_Strict):
@@ -473,6 +485,8 @@ class Scenario(_Strict):
     fidelity: Literal["fluid", "request"] = "fluid"
     faults: list[Fault] = []
     """Incidents injected into the run (``docs/incidents.md``); several may overlap."""
+    autoscaling: Autoscaling = Autoscaling()
+    """Pod autoscalers the control plane runs (``autoscaling.hpa``)."""
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -523,6 +537,13 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"faults.{i}.at_s ({f.at_s}) is not before the horizon ({self.horizon_s})"
                 )
+        hpa = self.autoscaling.hpa
+        if hpa is not None:
+            bounds = {s.name: (s.replicas.min, s.replicas.max) for s in self.topology.services}
+            try:
+                HPAController(hpa, list(bounds), bounds)
+            except ValueError as err:
+                raise ValueError(f"autoscaling.hpa: {err}") from None
         if self.horizon_s < self.decision_interval_s:
             raise ValueError(
                 f"horizon_s ({self.horizon_s}) is shorter than one decision interval "

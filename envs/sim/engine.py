@@ -231,10 +231,11 @@ class Engine(abc.ABC):
             cluster=cl,
             cluster_mask=np.ones(len(CLUSTER_FIELDS), dtype=bool),
         )
-        if not self.faults.faults:
-            return frame
-        self.faults.poll()
-        return self.faults.observe(frame)
+        if self.faults.faults:
+            self.faults.poll()
+            frame = self.faults.observe(frame)
+        self.cp.observe(frame)
+        return frame
 
 
 def make_engine(scenario: Scenario) -> Engine:

@@ -3,7 +3,9 @@
 :meth:`Actuator.apply` checks every action first (all or none), then carries each out
 ``actuation_delay_s`` later (the API server and the controllers acting on the change):
 ``Scale`` sets the desired replicas, ``Restart`` and ``Rollback`` start a rollout,
-``ShedLoad`` sets the ingress shedding fraction, ``DrainNode`` cordons and drains a node.
+``ShedLoad`` sets the ingress shedding fraction, ``DrainNode`` cordons and drains a node,
+``SetHPATarget`` changes the CPU target of a service's HPA (``autoscaling.hpa``), which the
+HPA uses from its next sync on.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from envs.core.actions import (
     Restart,
     Rollback,
     Scale,
+    SetHPATarget,
     ShedLoad,
 )
 from envs.scenarios.schema import Scenario
 from envs.scenarios.validate import validate_action
+from envs.sim.control.autoscalers import HorizontalPodAutoscalers
 from envs.sim.control.deployments import Deployments
 from envs.sim.control.nodes import Nodes
 from envs.sim.control.objects import NodeState
@@ -40,6 +44,7 @@ class Actuator:
         nodes: The nodes ``DrainNode`` names.
         drain: Drains a node (the control plane's :meth:`~ControlPlane.drain`).
         shed: Sets the ingress shedding fraction (telling the data plane).
+        hpa: The control plane's HPAs (None: the scenario has none).
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class Actuator:
         nodes: Nodes,
         drain: Callable[[int], None],
         shed: Callable[[float], None],
+        hpa: HorizontalPodAutoscalers | None = None,
     ) -> None:
         self.env = env
         self.sc = scenario
@@ -57,6 +63,7 @@ class Actuator:
         self.nodes = nodes
         self._drain = drain
         self._shed = shed
+        self.hpa = hpa
 
     def check(self, actions: list[Action]) -> None:
         """Raise :class:`InvalidActionError` if any of ``actions`` cannot be applied now."""
@@ -80,6 +87,18 @@ class Actuator:
                 raise InvalidActionError(
                     f"rollback {action.service}: no previous revision to roll back to "
                     "(the service has not been deployed since the start)"
+                )
+        if isinstance(action, SetHPATarget):
+            hpa = self.hpa
+            if hpa is None or action.service not in hpa.services:
+                scaled = [] if hpa is None else list(hpa.services)
+                raise InvalidActionError(
+                    f"set_hpa_target {action.service}: that service has no HPA (services with "
+                    f"one: {scaled}); give the scenario an autoscaling.hpa section"
+                )
+            if not hpa.has_cpu_metric():
+                raise InvalidActionError(
+                    f"set_hpa_target {action.service}: the HPA has no cpu metric to retarget"
                 )
         nodes = self.nodes.nodes
         if isinstance(action, DrainNode) and (
@@ -109,3 +128,5 @@ class Actuator:
             self._shed(action.fraction)
         elif isinstance(action, DrainNode):
             self._drain(action.node)
+        elif isinstance(action, SetHPATarget) and self.hpa is not None:
+            self.hpa.set_target(action.service, action.cpu_target)

@@ -4,17 +4,30 @@
   pending for ``scale_up_delay_s`` and no node is provisioning, it adds enough nodes for
   their requests (up to ``max_nodes``); when nothing is pending, it removes nodes that have
   been empty for ``scale_down_unneeded_s`` (down to ``min_nodes``), newest first.
+* :class:`HorizontalPodAutoscalers` (``autoscaling.hpa``): one Kubernetes HPA object per
+  scaled service, reconciled by :class:`envs.kube.hpa.HPAController` from the telemetry the
+  control plane scrapes (the frame a policy would see, after any telemetry fault), at the
+  first scrape and then at the first scrape at least ``sync_period_s`` after the previous
+  sync. A changed replica count is written as a ``Scale`` through the actuation path (after
+  ``actuation_delay_s``, as an operator's would be), so the controller and the telemetry-only
+  :class:`agents.baselines.hpa.HPAPolicy` make the same decisions at the same times. Its
+  state (recommendations, scale events, CPU targets in force) lives here; ``SetHPATarget``
+  changes a service's CPU target from the next sync on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import simpy
 
-from envs.scenarios.schema import Cluster, Service
+from envs.core.actions import Action, Scale
+from envs.core.telemetry import Telemetry
+from envs.kube.config import HPAConfig
+from envs.kube.hpa import HPAController, HPAState
+from envs.scenarios.schema import Cluster, Scenario, Service
 from envs.scenarios.schema import ClusterAutoscaler as ClusterAutoscalerSpec
 from envs.sim.control.nodes import Nodes
 from envs.sim.control.objects import NodeState
@@ -77,3 +90,53 @@ class ClusterAutoscaler:
                     if not node.pods and now - node.empty_since >= au.scale_down_unneeded_s:
                         pool.remove(node)
                         live.remove(node)
+
+
+class HorizontalPodAutoscalers:
+    """The control plane's HPAs; see the module docstring.
+
+    Args:
+        config: The scenario's ``autoscaling.hpa``.
+        scenario: The scenario (services and their replica bounds).
+        scale: Carries out the controller's ``Scale`` writes (the control plane's actuation).
+
+    Attributes:
+        controller: The HPA algorithm over the HPA objects.
+        state: The controller's history.
+        targets: CPU utilisation targets set by ``SetHPATarget``, by service (the others
+            keep the configured target).
+        report: What the last sync decided, by service (empty before the first sync).
+    """
+
+    def __init__(
+        self, config: HPAConfig, scenario: Scenario, scale: Callable[[list[Action]], None]
+    ) -> None:
+        bounds = {s.name: (s.replicas.min, s.replicas.max) for s in scenario.topology.services}
+        self.controller = HPAController(config, scenario.service_names, bounds)
+        self.state: HPAState = self.controller.fresh_state()
+        self.targets: dict[str, int] = {}
+        self.report: dict[str, Any] = {}
+        self._scale = scale
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services with an HPA."""
+        return self.controller.services
+
+    def has_cpu_metric(self) -> bool:
+        """Whether the HPAs scale on CPU utilisation (what ``SetHPATarget`` changes)."""
+        return any(m.resource == "cpu" for m in self.controller.config.metrics)
+
+    def set_target(self, service: str, cpu_target: int) -> None:
+        """Set ``service``'s CPU utilisation target (percent) from the next sync on."""
+        self.targets[service] = cpu_target
+
+    def observe(self, frame: Telemetry) -> None:
+        """A scrape: sync when due and write the replica counts that change."""
+        out = self.controller.sync(frame, self.state, self.targets or None)
+        if not out.synced:
+            return
+        self.state = out.state
+        self.report = out.report
+        if out.scales:
+            self._scale([Scale(name, replicas) for name, replicas in out.scales])

@@ -26,9 +26,10 @@ import numpy as np
 import simpy
 
 from envs.core.actions import Action
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
 from envs.sim.control.actuation import Actuator
-from envs.sim.control.autoscalers import ClusterAutoscaler
+from envs.sim.control.autoscalers import ClusterAutoscaler, HorizontalPodAutoscalers
 from envs.sim.control.billing import Billing
 from envs.sim.control.deployments import Deployments
 from envs.sim.control.nodes import Nodes
@@ -79,8 +80,12 @@ class ControlPlane:
         )
         self.workload.attach(self.node_pool, self.serving, self.deployments.versions)
         self.node_pool.on_node_ready = self.workload.schedule
+        hpa = scenario.autoscaling.hpa
+        self.hpa: HorizontalPodAutoscalers | None = (
+            None if hpa is None else HorizontalPodAutoscalers(hpa, scenario, self.apply)
+        )
         self.actuator = Actuator(
-            env, scenario, self.deployments, self.node_pool, self.drain, self._set_shed
+            env, scenario, self.deployments, self.node_pool, self.drain, self._set_shed, self.hpa
         )
         # the parts' tables, under the names the engines, faults and environments read
         self.pods = self.workload.pods
@@ -227,6 +232,12 @@ class ControlPlane:
         self.hooks.before_change()
         self.serving.shed_fraction = fraction
         self.hooks.capacity_changed()
+
+    # ------------------------------------------------------------------ telemetry
+    def observe(self, frame: Telemetry) -> None:
+        """A frame was scraped: the controllers that read telemetry (the HPAs) see it."""
+        if self.hpa is not None:
+            self.hpa.observe(frame)
 
     # ------------------------------------------------------------------ actions
     def check(self, actions: list[Action]) -> None:
