@@ -37,6 +37,9 @@ from envs.kube.hpa import (
     Recommendation,
     ScaleEvent,
     ServiceState,
+    Tolerances,
+    calculate_scale_up_limit,
+    convert_desired_replicas_with_rules,
     group_pods,
     pods_from_telemetry,
     reconcile,
@@ -44,6 +47,7 @@ from envs.kube.hpa import (
     scale_down_limit,
     scale_up_limit,
     stabilize_recommendation,
+    stabilize_recommendation_legacy,
     utilization_ratio,
 )
 from envs.scenarios.loader import load_scenario
@@ -83,11 +87,26 @@ def test_docs_ratio_within_tolerance_no_change() -> None:
     assert (calc.replicas, calc.reason) == (7, "within_tolerance")
 
 
-def test_tolerance_boundary_is_float64_like_go() -> None:
-    # Go: math.Abs(1.0-1.1) = 0.10000000000000009 > 0.1, so ratio 1.1 scales (to 11);
-    # math.Abs(1.0-0.9) = 0.09999999999999998 <= 0.1, so 0.9 does not
-    assert replicas(10, 100, pods(10, 110, request=100)) == 11
+def test_tolerance_boundary_up_to_1_32_is_float64_like_go() -> None:
+    # Kubernetes <= 1.32: math.Abs(1.0-1.1) = 0.10000000000000009 > 0.1, so ratio 1.1
+    # scales (to 11); math.Abs(1.0-0.9) = 0.09999999999999998 <= 0.1, so 0.9 does not
+    old = Tolerances(0.1, 0.1, symmetric=True)
+    assert replicas(10, 100, pods(10, 110, request=100), tolerance=old) == 11
+    assert replicas(10, 100, pods(10, 90, request=100), tolerance=old) == 10
+    assert Tolerances.for_config(HPAConfig(kubernetes_version="1.32")) == old
+
+
+def test_tolerance_since_1_33_is_a_closed_range_kep_4951() -> None:
+    # Kubernetes >= 1.33 (Tolerances.isWithin): 1 - down <= ratio <= 1 + up, so a ratio of
+    # exactly 1.1 (55% of a 50% target, 77% of 70%) is within tolerance and does not scale
+    assert replicas(10, 100, pods(10, 110, request=100)) == 10
     assert replicas(10, 100, pods(10, 90, request=100)) == 10
+    assert replicas(10, 50, pods(10, 550)) == 10
+    assert replicas(10, 70, pods(10, 770)) == 10
+    assert replicas(10, 100, pods(10, 111, request=100)) == 12  # ceil(1.11 * 10)
+    new = Tolerances.for_config(HPAConfig())
+    assert new == Tolerances(0.1, 0.1) and HPAConfig().kubernetes_version == "1.35"
+    assert not new.is_within(1.11) and new.is_within(1.1) and new.is_within(0.9)
     # and 25 pods at 14% with target 50: math.Ceil(0.28*25) = 8, as 0.28*25 is
     # 7.000000000000001 in float64 (exact arithmetic would give 7)
     assert replicas(25, 50, pods(25, 140)) == 8
@@ -139,9 +158,13 @@ def test_missing_metrics_count_as_0_percent_on_scale_up() -> None:
 def test_recomputed_ratio_reversing_direction_keeps_current() -> None:
     # 3 pods at 40% (ratio 0.8, a scale-down) + 1 missing counted at 100%:
     # (1200+1000)/4000 = 55% -> 1.1, a scale-up: keep the current count
-    calc = resource_replicas(4, 50, pods(3, 400) + pods(1, None))
+    old = Tolerances(0.1, 0.1, symmetric=True)  # Kubernetes <= 1.32: 1.1 is outside
+    calc = resource_replicas(4, 50, pods(3, 400) + pods(1, None), tolerance=old)
     assert calc.usage_ratio == 0.8
     assert (calc.replicas, calc.reason) == (4, "adjusted_reverses_direction")
+    # since 1.33 the recomputed 1.1 is within tolerance: the same count, another reason
+    calc = resource_replicas(4, 50, pods(3, 400) + pods(1, None))
+    assert (calc.replicas, calc.reason) == (4, "adjusted_within_tolerance")
 
 
 def test_not_ready_pods_count_as_0_percent_on_cpu_scale_up() -> None:
@@ -256,9 +279,10 @@ def test_scale_down_limit_values() -> None:
 
 def test_default_scale_up_limit_max_of_100_percent_and_4_pods() -> None:
     # default scaleUp: max(100%, 4 pods) per 15 s: 1 -> 5 -> 10 -> 20 -> 40, then maxReplicas
-    config = HPAConfig()
+    config = HPAConfig(behavior=HPABehavior())
     seq = _run(config, 1, 100, [15.0 * k for k in range(6)], hi=60)
     assert seq == [5, 10, 20, 40, 60, 60]
+    assert config.behavior is not None
     rules = config.behavior.scale_up
     assert scale_up_limit(1, (), (), rules, 0.0) == 5
     assert scale_up_limit(5, (ScaleEvent(0.0, 4),), (), rules, 10.0) == 5  # same period
@@ -276,7 +300,7 @@ def test_select_policy_min_and_disabled() -> None:
 
 def test_scale_down_stabilization_uses_max_recommendation_in_window() -> None:
     # default 300 s window; the first sync records the current count (10) as a recommendation
-    config = HPAConfig()
+    config = HPAConfig(behavior=HPABehavior())
     state = ServiceState()
     current = 10
     got = []
@@ -345,7 +369,8 @@ def test_several_metrics_largest_proposal_wins() -> None:
         metrics=(
             ResourceMetric(resource="cpu", target_utilization=50),
             ResourceMetric(resource="memory", target_utilization=50),
-        )
+        ),
+        behavior=HPABehavior(),  # 2 -> 6 is within its max(100%, 4 pods) per 15 s
     )
     cpu_m, mem_m = config.metrics
     cpu = pods(2, 1000)  # 100% -> 4
@@ -367,9 +392,13 @@ def test_several_metrics_largest_proposal_wins() -> None:
 
 
 def test_config_defaults_are_kubernetes() -> None:
-    c = HPAConfig()
+    assert HPAConfig().behavior is None  # no spec.behavior: the legacy path
+    assert HPAConfig.cpu(50).behavior is None  # as kubectl autoscale creates it
+    c = HPAConfig(behavior=HPABehavior())
     assert c.tolerance == 0.1 and c.sync_period_s == 15.0
     assert (c.cpu_initialization_period_s, c.initial_readiness_delay_s) == (300.0, 30.0)
+    assert c.downscale_stabilization_s == 300
+    assert c.behavior is not None
     assert c.behavior.scale_down.stabilization_window_seconds == 300
     assert c.behavior.scale_down.policies == (
         ScalingPolicy(type="Percent", value=100, period_seconds=15),
@@ -595,3 +624,167 @@ def test_control_plane_hpa_equals_hpa_policy_frame_for_frame(incident: str | Non
     for a, b in zip(as_policy.frames, as_controller.frames, strict=True):
         np.testing.assert_array_equal(a.values, b.values)
         np.testing.assert_array_equal(a.cluster, b.cluster)
+
+
+# ----------------------------------------------------------------- upstream cases (ported by name)
+# kubernetes/kubernetes pkg/controller/podautoscaler: each test below is named after the Go
+# test (or table entry) it ports. Pods there have two containers that each request and use
+# the listed amount, so a pod's request and usage are twice the listed values.
+
+
+def two_containers(requests: list[int], levels: list[int], **kw: object) -> list[PodSample]:
+    return [PodSample(2 * r, 2 * u, **kw) for r, u in zip(requests, levels, strict=True)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "down", "up", "levels", "utilization", "expected"),
+    [
+        ("Outside of a 0% tolerance", 0.0, 0.0, [909, 1010, 1111], 101, 4),
+        ("Within a 200% scale-up tolerance", 0.1, 2.0, [1890, 1910, 1900], 190, 3),
+        (
+            "Outside 8% scale-up tolerance (and superfluous scale-down tolerance)",
+            2.0,
+            0.08,
+            [1100, 1080, 1090],
+            109,
+            4,
+        ),
+        ("Within a 36% scale-down tolerance", 0.36, 0.1, [660, 640, 650], 65, 3),
+        ("Outside a 34% scale-down tolerance", 0.34, 0.1, [660, 640, 650], 65, 2),
+    ],
+)
+def test_TestReplicaCalcConfigurableTolerance(
+    name: str, down: float, up: float, levels: list[int], utilization: int, expected: int
+) -> None:
+    # requests 0.9, 1.0, 1.1 cores per container; target 100%; 3 replicas
+    calc = resource_replicas(
+        3, 100, two_containers([900, 1000, 1100], levels), tolerance=Tolerances(down, up)
+    )
+    assert (calc.replicas, calc.utilization) == (expected, utilization), name
+
+
+def test_per_direction_tolerances_come_from_behavior_since_1_33() -> None:
+    behavior = HPABehavior.model_validate(
+        {"scale_up": {"tolerance": 2.0}, "scale_down": {"tolerance": 0.36}}
+    )
+    config = HPAConfig(behavior=behavior)
+    assert Tolerances.for_config(config) == Tolerances(0.36, 2.0)
+    # a direction without its own keeps the controller's flag
+    only_up = HPAConfig(behavior={"scale_up": {"tolerance": 0.05}}, tolerance=0.2)  # type: ignore[arg-type]
+    assert Tolerances.for_config(only_up) == Tolerances(0.2, 0.05)
+    # the tolerance reaches the replica calculator through reconcile: 190% of a 100%
+    # target is within a 200% scale-up tolerance
+    m = ResourceMetric(target_utilization=100)
+    pod_list = two_containers([900, 1000, 1100], [1890, 1910, 1900])
+    desired, _, rec = reconcile(ServiceState(), 0.0, 3, [(m, pod_list)], 1, 10, config)
+    assert desired == 3 and rec.metrics[0].calculation is not None
+    assert rec.metrics[0].calculation.reason == "within_tolerance"
+    with pytest.raises(ValidationError, match=r"tolerance needs kubernetes_version >= 1\.33"):
+        HPAConfig(kubernetes_version="1.32", behavior=behavior)
+
+
+def test_TestReplicaCalcScaleUpUnreadyLessScale_default_times_never_ready() -> None:
+    # podReadiness [False, True, True] with no start or transition times set: the unready pod
+    # has never been ready; it is set aside and counted at 0% on the scale-up
+    pod_list = [PodSample(2000, 600, ready=False), *two_containers([1000] * 2, [500, 700])]
+    calc = resource_replicas(3, 30, pod_list)
+    assert (calc.replicas, calc.utilization, calc.unready) == (4, 60, 1)
+
+
+def test_TestReplicaCalcScaleUpUnreadyNoScale_default_times_never_ready() -> None:
+    # podReadiness [True, False, False]: ratio 40/30 up, but with the two unready pods at
+    # 0% it reverses direction, so the count stays
+    pod_list = [
+        PodSample(2000, 800),
+        PodSample(2000, 1000, ready=False),
+        PodSample(2000, 1400, ready=False),
+    ]
+    calc = resource_replicas(3, 30, pod_list)
+    assert (calc.replicas, calc.utilization, calc.unready) == (3, 40, 2)
+    assert calc.reason == "adjusted_reverses_direction"
+
+
+@pytest.mark.parametrize(
+    ("annotation", "current", "desired", "lo", "hi", "converted", "condition"),
+    [
+        ("prenormalized desired replicas within range", 5, 7, 3, 8, 7, "DesiredWithinRange"),
+        ("prenormalized desired replicas < minReplicas", 3, 1, 2, 8, 2, "TooFewReplicas"),
+        (
+            "maxReplicas is the limit because maxReplicas < scaleUpLimit",
+            20,
+            1000,
+            1,
+            10,
+            10,
+            "TooManyReplicas",
+        ),
+        (
+            "scaleUpLimit is the limit because scaleUpLimit < maxReplicas",
+            3,
+            1000,
+            1,
+            2000,
+            6,
+            "ScaleUpLimit",
+        ),
+    ],
+)
+def test_TestConvertDesiredReplicasWithRules(
+    annotation: str, current: int, desired: int, lo: int, hi: int, converted: int, condition: str
+) -> None:
+    assert convert_desired_replicas_with_rules(current, desired, lo, hi) == (
+        converted,
+        condition,
+    ), annotation
+    assert calculate_scale_up_limit(3) == 6 and calculate_scale_up_limit(1) == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "history", "desired", "stabilized", "log_length"),
+    [
+        ("empty log", [], 5, 5, 1),
+        ("stabilize", [(4, -120.0), (5, -60.0)], 3, 5, 3),
+        ("no stabilize", [(1, -120.0), (2, -60.0)], 3, 3, 3),
+        ("no stabilize - old recommendations", [(10, -600.0), (9, -540.0)], 3, 3, 2),
+        (
+            "stabilize - old recommendations",
+            [(10, -600.0), (4, -60.0), (5, -120.0), (9, -540.0)],
+            3,
+            5,
+            4,
+        ),
+    ],
+)
+def test_TestNormalizeDesiredReplicas(
+    name: str, history: list[tuple[int, float]], desired: int, stabilized: int, log_length: int
+) -> None:
+    # the legacy stabilisation of an HPA without behavior, 5 min window
+    now = 1000.0
+    recs = tuple(Recommendation(now + dt, r) for r, dt in history)
+    got, log = stabilize_recommendation_legacy(recs, now, desired, 300.0)
+    assert (got, len(log)) == (stabilized, log_length), name
+    assert Recommendation(now, desired) in log
+
+
+def test_hpa_without_behavior_takes_the_legacy_path() -> None:
+    # 1 pod far above target: kubectl autoscale's HPA (no spec.behavior) goes to
+    # max(2 x 1, 4) = 4; with the defaulted behavior, max(100%, 4 pods) allows 5
+    legacy = HPAConfig.cpu(50)
+    with_behavior = HPAConfig.cpu(50, behavior=HPABehavior())
+    assert _run(legacy, 1, 100, [0.0])[0] == 4
+    assert _run(with_behavior, 1, 100, [0.0])[0] == 5
+    # legacy scale-up: x2 per sync (at least 4), no rate policy memory: 1 -> 4 -> 8 -> 16
+    assert _run(legacy, 1, 100, [15.0 * k for k in range(5)], hi=60) == [4, 8, 16, 32, 60]
+    _, _, rec = reconcile(
+        ServiceState(), 0.0, 1, [(legacy.metrics[0], [PodSample(1000, 5000)])], 1, 60, legacy
+    )
+    assert (rec.desired, rec.reason) == (4, "ScaleUpLimit")
+    # legacy scale-down: held at the largest recommendation within the 300 s window (the
+    # cutoff is inclusive: a sample exactly 300 s old still counts), and no scale events
+    seq = _run(legacy, 10, 4, [0.0, 15.0, 300.0, 315.0])
+    assert seq == [10, 10, 10, 4]
+    state = ServiceState()
+    _, state, _ = reconcile(
+        state, 0.0, 1, [(legacy.metrics[0], [PodSample(1000, 5000)])], 1, 60, legacy
+    )
+    assert state.scale_up_events == () and state.scale_down_events == ()

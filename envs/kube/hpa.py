@@ -11,8 +11,13 @@ Three layers, none of which imports the simulator:
   :func:`scale_down_limit` (``calculateScaleUpLimitWithScalingRules`` /
   ``calculateScaleDownLimitWithBehaviors``), :func:`convert_desired_replicas_with_behavior_rate`
   (``convertDesiredReplicasWithBehaviorRate``), :func:`store_scale_event`
-  (``storeScaleEvent``) and :func:`reconcile` (``reconcileAutoscaler`` with
-  ``computeReplicasForMetrics`` and ``normalizeDesiredReplicasWithBehaviors``). Times are
+  (``storeScaleEvent``), the path of an HPA without ``spec.behavior``
+  (:func:`stabilize_recommendation_legacy`, :func:`convert_desired_replicas_with_rules`,
+  :func:`calculate_scale_up_limit`: ``stabilizeRecommendation``,
+  ``convertDesiredReplicasWithRules``, ``calculateScaleUpLimit``), :class:`Tolerances`
+  (``Tolerances.isWithin``, by Kubernetes release) and :func:`reconcile`
+  (``reconcileAutoscaler`` with ``computeReplicasForMetrics`` and
+  ``normalizeDesiredReplicas[WithBehaviors]``). Times are
   simulated seconds; every history the controller keeps (recommendations, scale events) is
   an argument and a return value, never hidden.
 * **The telemetry mapping**, :func:`pods_from_telemetry`: the per-pod view the algorithm
@@ -40,12 +45,62 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from envs.core.telemetry import Telemetry
-from envs.kube.config import HPABehavior, HPAConfig, ResourceMetric, _ScalingRules
+from envs.kube.config import (
+    TOLERANCE_RANGE_SINCE,
+    HPABehavior,
+    HPAConfig,
+    ResourceMetric,
+    _ScalingRules,
+)
 
 _EPS = 1e-9
 
 # --------------------------------------------------------------------------------------------
 # the replica calculator (replica_calculator.go, metrics/utilization.go)
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerances:
+    """How far the usage ratio may stray from 1 before the HPA scales.
+
+    Attributes:
+        scale_down: Below 1.
+        scale_up: Above 1.
+        symmetric: The rule of Kubernetes <= 1.32, ``|1 - ratio| <= tolerance`` (one
+            tolerance, ``scale_up`` = ``scale_down``); False: the rule since 1.33
+            (KEP-4951, ``Tolerances.isWithin``), ``1 - down <= ratio <= 1 + up``.
+    """
+
+    scale_down: float = 0.1
+    scale_up: float = 0.1
+    symmetric: bool = False
+
+    def is_within(self, ratio: float) -> bool:
+        """Whether ``ratio`` asks for no change (in float64, as Go computes it).
+
+        The two rules differ at the edges: ``abs(1 - 1.1) = 0.10000000000000009 > 0.1``,
+        so up to 1.32 a ratio of exactly 1.1 scaled up, and since 1.33 it does not.
+        """
+        if self.symmetric:
+            return abs(1.0 - ratio) <= self.scale_up
+        return (1.0 - self.scale_down) <= ratio <= (1.0 + self.scale_up)
+
+    @classmethod
+    def for_config(cls, config: HPAConfig) -> Tolerances:
+        """The tolerances of an HPA (``tolerancesForHpa``).
+
+        The controller's flag, or since 1.33 a direction's own
+        ``behavior.<direction>.tolerance`` when it is set.
+        """
+        if config.version < TOLERANCE_RANGE_SINCE:
+            return cls(config.tolerance, config.tolerance, symmetric=True)
+        down = up = config.tolerance
+        if config.behavior is not None:
+            if config.behavior.scale_down.tolerance is not None:
+                down = config.behavior.scale_down.tolerance
+            if config.behavior.scale_up.tolerance is not None:
+                up = config.behavior.scale_up.tolerance
+        return cls(down, up)
 
 
 class MetricsUnavailableError(ValueError):
@@ -63,7 +118,10 @@ class PodSample:
         ready: Status of the ``Ready`` condition; None when the pod has no such condition.
         deleting: The pod has a deletion timestamp.
         started_ago_s: Since ``status.startTime``; None when it has none.
-        ready_changed_ago_s: Since the ``Ready`` condition's last transition.
+        ready_changed_ago_s: Since the ``Ready`` condition's last transition; None: it has
+            not changed since the pod started (a pod with ``ready=False`` and the default
+            times has never been ready, as Kubernetes reads a condition whose transition
+            time equals the start time).
         metric_ago_s: Since the metric sample's timestamp.
         metric_window_s: The sample's window.
     """
@@ -74,7 +132,7 @@ class PodSample:
     ready: bool | None = True
     deleting: bool = False
     started_ago_s: float | None = math.inf
-    ready_changed_ago_s: float = math.inf
+    ready_changed_ago_s: float | None = None
     metric_ago_s: float = 0.0
     metric_window_s: float = 30.0
 
@@ -121,15 +179,22 @@ def group_pods(
             if pod.ready is None or pod.started_ago_s is None:
                 is_unready = True
             else:
-                # timestamps relative to now = 0
-                start = -pod.started_ago_s
-                transition = -pod.ready_changed_ago_s
-                if start + cpu_initialization_period_s > 0:
-                    sample = -pod.metric_ago_s
-                    is_unready = (not pod.ready) or sample < transition + pod.metric_window_s
+                changed_ago = pod.ready_changed_ago_s
+                if changed_ago is None or changed_ago == pod.started_ago_s:
+                    changed_ago = pod.started_ago_s
+                    changed_after_start = 0.0  # never transitioned since the start
                 else:
+                    changed_after_start = pod.started_ago_s - changed_ago
+                if pod.started_ago_s < cpu_initialization_period_s:
+                    # the sample window must begin after the pod became ready
+                    is_unready = (not pod.ready) or (
+                        changed_ago - pod.metric_ago_s < pod.metric_window_s
+                    )
+                else:
+                    # unready and never ready: readiness last changed within the initial
+                    # readiness delay of the start
                     is_unready = (not pod.ready) and (
-                        start + initial_readiness_delay_s > transition
+                        changed_after_start < initial_readiness_delay_s
                     )
             if is_unready:
                 unready.append(i)
@@ -201,14 +266,15 @@ def resource_replicas(
     target_utilization: int,
     pods: Sequence[PodSample],
     resource: str = "cpu",
-    tolerance: float = 0.1,
+    tolerance: float | Tolerances = 0.1,
     cpu_initialization_period_s: float = 300.0,
     initial_readiness_delay_s: float = 30.0,
 ) -> ReplicaCalculation:
     """``ReplicaCalculator.GetResourceReplicas``: the replicas one utilisation metric asks for.
 
     Without unready pods on a scale-up and without missing metrics: ``current_replicas`` if
-    ``|ratio - 1| <= tolerance``, else ``ceil(ratio * ready_count)``. Otherwise missing pods
+    the ratio is within tolerance (:meth:`Tolerances.is_within`), else
+    ``ceil(ratio * ready_count)``. Otherwise missing pods
     are filled in at 100% of their request (``max(100, target)`` percent) on a scale-down
     and 0% on a scale-up, unready pods at 0% on a scale-up, the ratio is recomputed, and if
     it is within tolerance or points the other way the count stays ``current_replicas``;
@@ -219,7 +285,8 @@ def resource_replicas(
         target_utilization: Target, percent of request.
         pods: Every pod the selector matches.
         resource: ``cpu`` or ``memory`` (the readiness rules apply to CPU only).
-        tolerance: No change while ``|ratio - 1| <= tolerance``.
+        tolerance: The tolerances; a number is both directions' under the rule since
+            Kubernetes 1.33 (``1 - t <= ratio <= 1 + t``).
         cpu_initialization_period_s: See :func:`group_pods`.
         initial_readiness_delay_s: See :func:`group_pods`.
 
@@ -253,9 +320,10 @@ def resource_replicas(
             reason,
         )
 
+    tol = tolerance if isinstance(tolerance, Tolerances) else Tolerances(tolerance, tolerance)
     scale_up_with_unready = bool(groups.unready) and ratio > 1.0
     if not scale_up_with_unready and not groups.missing:
-        if abs(1.0 - ratio) <= tolerance:
+        if tol.is_within(ratio):
             return result(current_replicas, "within_tolerance")
         return result(math.ceil(ratio * groups.ready_count), "scale")
 
@@ -272,7 +340,7 @@ def resource_replicas(
             metrics[i] = 0
 
     new_ratio, _, _ = utilization_ratio(metrics, requests, target_utilization)
-    if abs(1.0 - new_ratio) <= tolerance:
+    if tol.is_within(new_ratio):
         return result(current_replicas, "adjusted_within_tolerance", new_ratio)
     if (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
         return result(current_replicas, "adjusted_reverses_direction", new_ratio)
@@ -454,6 +522,69 @@ def convert_desired_replicas_with_behavior_rate(
     return desired, "DesiredWithinRange"
 
 
+SCALE_UP_LIMIT_FACTOR = 2.0
+"""``scaleUpLimitFactor``: the legacy path scales up at most to this multiple per sync."""
+SCALE_UP_LIMIT_MINIMUM = 4.0
+"""``scaleUpLimitMinimum``: ... or to this many replicas, whichever is more."""
+
+
+def calculate_scale_up_limit(current: int) -> int:
+    """``calculateScaleUpLimit``: ``max(2 x current, 4)`` (an HPA without behavior)."""
+    return int(max(SCALE_UP_LIMIT_FACTOR * float(current), SCALE_UP_LIMIT_MINIMUM))
+
+
+def stabilize_recommendation_legacy(
+    recommendations: Sequence[Recommendation], now: float, desired: int, window_s: float
+) -> tuple[int, tuple[Recommendation, ...]]:
+    """``stabilizeRecommendation``: the scale-down stabilisation of an HPA without behavior.
+
+    The result is the largest of ``desired`` and the recommendations made at or after
+    ``now - window_s``; ``desired`` is recorded, replacing the last sample older than the
+    window, else appended. Scale-up is not stabilised.
+
+    Returns:
+        ``(stabilised recommendation, new history)``.
+    """
+    cutoff = now - window_s
+    best = desired
+    old_index: int | None = None
+    for i, rec in enumerate(recommendations):
+        if rec.t < cutoff:
+            old_index = i
+        elif rec.replicas > best:
+            best = rec.replicas
+    history = list(recommendations)
+    if old_index is not None:
+        history[old_index] = Recommendation(now, desired)
+    else:
+        history.append(Recommendation(now, desired))
+    return best, tuple(history)
+
+
+def convert_desired_replicas_with_rules(
+    current: int, desired: int, min_replicas: int, max_replicas: int
+) -> tuple[int, str]:
+    """``convertDesiredReplicasWithRules``: the bounds of an HPA without behavior.
+
+    At most ``max(2 x current, 4)`` (:func:`calculate_scale_up_limit`) or ``max_replicas``,
+    whichever is lower; at least ``min_replicas``.
+
+    Returns:
+        ``(replicas, reason)`` with reason ``TooFewReplicas``, ``ScaleUpLimit``,
+        ``TooManyReplicas`` or ``DesiredWithinRange``.
+    """
+    limit = calculate_scale_up_limit(current)
+    if max_replicas > limit:
+        maximum, reason = limit, "ScaleUpLimit"
+    else:
+        maximum, reason = max_replicas, "TooManyReplicas"
+    if desired < min_replicas:
+        return min_replicas, "TooFewReplicas"
+    if desired > maximum:
+        return maximum, reason
+    return desired, "DesiredWithinRange"
+
+
 def store_scale_event(
     events: Sequence[ScaleEvent], change: int, longest_period_s: float, now: float
 ) -> tuple[ScaleEvent, ...]:
@@ -564,9 +695,12 @@ def reconcile(
     3. Otherwise every metric proposes a count (:func:`resource_replicas`); the largest wins.
        If every metric failed, or some failed and the rest would scale down, nothing
        changes (and nothing is recorded).
-    4. Stabilise (:func:`stabilize_recommendation`), then apply the rate limits and bounds
-       (:func:`convert_desired_replicas_with_behavior_rate`).
-    5. A change is stored as a scale event of its direction.
+    4. With ``spec.behavior``: stabilise (:func:`stabilize_recommendation`), then apply the
+       rate limits and bounds (:func:`convert_desired_replicas_with_behavior_rate`), and
+       store a change as a scale event of its direction. Without (``behavior`` None, the
+       legacy ``normalizeDesiredReplicas``): stabilise scale-down only
+       (:func:`stabilize_recommendation_legacy`), then cap at ``max(2 x current, 4)`` and
+       the bounds (:func:`convert_desired_replicas_with_rules`); no scale events.
 
     Args:
         state: This HPA's history.
@@ -582,6 +716,7 @@ def reconcile(
         ``(desired, new_state, reconciliation)``.
     """
     behavior = config.behavior
+    tolerances = Tolerances.for_config(config)
     if not state.recommendations:
         state = replace(state, recommendations=(Recommendation(now, current),))
     outcomes: list[MetricOutcome] = []
@@ -608,7 +743,7 @@ def reconcile(
                     metric.target_utilization,
                     pods,
                     metric.resource,
-                    config.tolerance,
+                    tolerances,
                     config.cpu_initialization_period_s,
                     config.initial_readiness_delay_s,
                 )
@@ -627,27 +762,38 @@ def reconcile(
             )
             return current, state, failed
         metric_replicas = proposal
-        stabilized, history, stab_reason = stabilize_recommendation(
-            state.recommendations,
-            now,
-            proposal,
-            current,
-            behavior.scale_up.stabilization_window_seconds,
-            behavior.scale_down.stabilization_window_seconds,
-        )
-        state = replace(state, recommendations=history)
-        stabilization = stab_reason if stabilized != proposal else "ReadyForNewScale"
-        desired, reason = convert_desired_replicas_with_behavior_rate(
-            current,
-            stabilized,
-            min_replicas,
-            max_replicas,
-            state.scale_up_events,
-            state.scale_down_events,
-            behavior,
-            now,
-        )
-    if desired != current:
+        if behavior is None:
+            # no spec.behavior: normalizeDesiredReplicas (the legacy path)
+            stabilized, history = stabilize_recommendation_legacy(
+                state.recommendations, now, proposal, config.downscale_stabilization_s
+            )
+            state = replace(state, recommendations=history)
+            stabilization = "ScaleDownStabilized" if stabilized != proposal else "ReadyForNewScale"
+            desired, reason = convert_desired_replicas_with_rules(
+                current, stabilized, min_replicas, max_replicas
+            )
+        else:
+            stabilized, history, stab_reason = stabilize_recommendation(
+                state.recommendations,
+                now,
+                proposal,
+                current,
+                behavior.scale_up.stabilization_window_seconds,
+                behavior.scale_down.stabilization_window_seconds,
+            )
+            state = replace(state, recommendations=history)
+            stabilization = stab_reason if stabilized != proposal else "ReadyForNewScale"
+            desired, reason = convert_desired_replicas_with_behavior_rate(
+                current,
+                stabilized,
+                min_replicas,
+                max_replicas,
+                state.scale_up_events,
+                state.scale_down_events,
+                behavior,
+                now,
+            )
+    if desired != current and behavior is not None:  # storeScaleEvent: behavior only
         if desired > current:
             state = replace(
                 state,
