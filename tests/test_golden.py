@@ -63,7 +63,7 @@ def _opsworld(*args: str, cwd: Path) -> None:
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=3600,
         check=False,
     )
     assert proc.returncode == 0, f"opsworld {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
