@@ -119,7 +119,7 @@ def _frame_bytes(frame: Any) -> bytes:
 
 def telemetry_hashes() -> dict[str, str]:
     """sha256 of every frame of each built-in under the HPA (70 % CPU), per fidelity."""
-    from agents.baselines.hpa import HPAConfig, HPAPolicy
+    from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy
     from envs.scenarios.loader import load_scenario
     from envs.sim.simulator import Simulator
 
@@ -128,7 +128,10 @@ def telemetry_hashes() -> dict[str, str]:
         for fidelity, horizon in TELEMETRY_HORIZON_S.items():
             scenario = load_scenario(name, {"horizon_s": horizon})
             sim = Simulator(scenario, fidelity=fidelity)
-            policy = HPAPolicy(HPAConfig.cpu(70), sim.scenario)
+            # pinned to the HPA these hashes were recorded with (defaulted spec.behavior,
+            # Kubernetes <= 1.32 tolerance), so they check the simulator alone
+            config = HPAConfig.cpu(70, behavior=HPABehavior(), kubernetes_version="1.32")
+            policy = HPAPolicy(config, sim.scenario)
             frames = [sim.reset()]
             state = policy.reset(1)
             digest = hashlib.sha256(_frame_bytes(frames[0]))
