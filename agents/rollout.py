@@ -27,12 +27,18 @@ def rollout(
     Args:
         world: The simulator (reset here, so any earlier state is dropped).
         policy: Decides on each frame; its state is threaded from decision to decision.
+            A policy with an ``hpa_config`` (an ``hpa_tune`` policy, which steers an HPA
+            with ``SetHPATarget``) gets that HPA in the control plane
+            (:meth:`~envs.sim.simulator.Simulator.enable_hpa`).
         progress: Called as ``progress(now, horizon)`` after each step.
 
     Returns:
         Every frame, every action with its time, one :class:`Decision` per decision point,
         the summary and the fault records.
     """
+    hpa = getattr(policy, "hpa_config", None)  # a policy that tunes an in-cluster HPA
+    if hpa is not None:
+        world.enable_hpa(hpa)
     frame = world.reset()
     frames = [frame]
     log: list[tuple[float, Action]] = []

@@ -11,7 +11,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import envs.gym as og
 from agents.rollout import rollout
-from envs.core.actions import Restart, Rollback, Scale, ShedLoad
+from envs.core.actions import Restart, Rollback, Scale, SetHPATarget, ShedLoad
 from envs.gym.codec import HPA_TARGETS
 from envs.gym.encoder import SERVICE_FEATURES, ObsEncoder, symexp, symlog
 from envs.scenarios.loader import load_scenario
@@ -267,7 +267,11 @@ def _train_entry(name: str):  # type: ignore[no-untyped-def]
 
 
 def test_hpa_tune_at_the_tuned_target_without_remediation_is_the_tuned_hpa() -> None:
-    """[2]*S + [0] (50 % everywhere, no-op) reproduces policy=tuned_hpa frame for frame."""
+    """[2]*S + [0] (50 % everywhere, no-op) reproduces policy=tuned_hpa frame for frame.
+
+    The control plane's HPA (enabled by the env) writes the replica counts that the
+    tuned HPA policy issues as Scale actions, at the same times.
+    """
     from agents.baselines.tuned import load_settings, make_hpa
     from envs.scenarios.scoring import score_episode
 
@@ -285,13 +289,16 @@ def test_hpa_tune_at_the_tuned_target_without_remediation_is_the_tuned_hpa() -> 
         frames.append(env.frame)
         actions += [(t, a) for a in step_info["actions"]]
         assert step_info["hpa_targets"] == [50] * len(env.services)
+    # the agent set each target once (the first step), and the HPA did the scaling
+    assert actions == [(0.0, repr(SetHPATarget(s, 50))) for s in env.services]
     ref_sim = Simulator(sc, fidelity="fluid", seed=info["sim_seed"])
     ref = rollout(ref_sim, make_hpa(settings, sc))
     assert len(ref.frames) == len(frames) and len(ref.actions) > 10
     for mine, theirs in zip(frames, ref.frames, strict=True):
         np.testing.assert_array_equal(mine.values, theirs.values)
         np.testing.assert_array_equal(mine.mask, theirs.mask)
-    assert actions == [(t, repr(a)) for t, a in ref.actions]
+    hpa = env.sim.engine.cp.hpa
+    assert hpa is not None and hpa.writes == ref.actions
     np.testing.assert_array_equal(env.sim.engine.violation_s, ref_sim.engine.violation_s)
     assert env.sim.engine.cp.allocated_cost() == ref_sim.engine.cp.allocated_cost()
     assert score_episode(ref).slo_violation_min > 0
@@ -306,15 +313,15 @@ def test_hpa_tune_targets_remediation_and_choice_features() -> None:
     assert m.shape == (5 * s + env.n_remediations, 3 * s + 3)
     assert [m[k, 0] for k in range(5)] == [1.0, 0.5, 0.0, -0.5, -1.0]  # (50 - target) / 20
     assert env.action_masks().shape == (5 * s + env.n_remediations,)
-    # a remediation scale-up of a service wins over the HPA's Scale of it
+    # targets become SetHPATarget (all at first), then the remediation
     up_api = 1 + 3 * env.services.index("api") + 2
     acts = env.decode(np.array([0, 0, 0, up_api]))
-    scales = [a for a in acts if isinstance(a, Scale) and a.service == "api"]
-    assert scales == [Scale("api", env.sim.engine.cp.desired[1] + 1)]
-    # decode does not advance the HPA; step does, and reports the choice's features
-    before = env.hpa_state
-    env.decode(np.array([0, 0, 0, 0]))
-    assert env.hpa_state is before
+    assert acts[:s] == [SetHPATarget(name, 30) for name in env.services]
+    assert acts[s:] == [Scale("api", env.belief.desired[1] + 1)]
+    # only changed targets are set again
+    env.step(np.array([0, 0, 0, 0]))
+    assert env.decode(np.array([0, 1, 0, 0])) == [SetHPATarget(env.services[1], 40)]
+    assert env.sim.engine.cp.hpa is not None
     rng = np.random.default_rng(0)
     for _ in range(10):
         action = np.concatenate([rng.integers(0, 5, s), [rng.integers(env.n_remediations)]])
@@ -324,7 +331,10 @@ def test_hpa_tune_targets_remediation_and_choice_features() -> None:
         _, _, _, _, info = env.step(action)
         np.testing.assert_allclose(info["action_features"], onehot @ m, atol=1e-6)
         assert info["hpa_targets"] == [HPA_TARGETS[k] for k in action[:s]]
-    assert env.hpa_state is not before
+    # the targets in force are the control plane's HPA's (set after the actuation delay)
+    assert env.sim.engine.cp.hpa.targets == dict(  # type: ignore[union-attr]
+        zip(env.services, info["hpa_targets"], strict=True)
+    )
 
 
 def test_hpa_tune_lower_targets_scale_out_harder() -> None:

@@ -38,7 +38,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from agents.baselines.tuned import load_settings, make_hpa
 from agents.dreamer.actor_critic import ActionSpec
 from agents.dreamer.agent import AgentState, DreamerAgent
 from agents.dreamer.envs import ENV_CLASSES, run_scenarios
@@ -49,6 +48,8 @@ from envs.core.actions import Action
 from envs.core.telemetry import Telemetry
 from envs.gym.codec import ActionCodec, ControlBelief, control_spec
 from envs.gym.encoder import ObsEncoder
+from envs.kube.config import HPAConfig
+from envs.kube.tuned import load_settings
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,6 @@ class DreamerState:
         prev_action: ``[1, A]`` features of the previous decision's actions.
         first: The next frame is the stream's first.
         generator: The stream's own source of draws (sampling policies), seeded at reset.
-        hpa: The HPA's state (:class:`agents.baselines.hpa.HPAState`) of an ``hpa_tune``
-            run; None otherwise.
     """
 
     belief: ControlBelief
@@ -70,7 +69,6 @@ class DreamerState:
     prev_action: torch.Tensor
     first: bool = True
     generator: torch.Generator | None = None
-    hpa: Any = None
 
 
 class DreamerPolicy:
@@ -95,7 +93,9 @@ class DreamerPolicy:
         scenario: The run's (first) training scenario.
         encoder: The observation encoder of the run's env.
         codec: The action codec of the run's env.
-        hpa: The tuned HPA of an ``hpa_tune`` run (None otherwise).
+        hpa_config: The HPA an ``hpa_tune`` run tunes (the tuned HPA's settings; None
+            otherwise): the control plane must run it (:func:`agents.rollout.rollout`
+            enables it), and the policy sets its targets with ``SetHPATarget``.
         agent: The world model and actor-critic.
     """
 
@@ -120,9 +120,9 @@ class DreamerPolicy:
         self.encoder = ObsEncoder(tuple(scenario.service_names))
         layout = ENV_CLASSES[self.config.env.name].layout
         self.codec = ActionCodec(layout, control_spec(scenario), allow_drain=allow_drain)
-        self.hpa: Any = None  # the tuned HPA (an HPAPolicy) of an hpa_tune run
-        if layout == "hpa_tune":
-            self.hpa = make_hpa(load_settings(), scenario)
+        self.hpa_config: HPAConfig | None = (
+            load_settings().hpa_config() if layout == "hpa_tune" else None
+        )
         self.spec = ActionSpec.from_codec(self.codec)
         self.agent = DreamerAgent(
             ObsLayout.from_encoder(self.encoder),
@@ -149,7 +149,6 @@ class DreamerPolicy:
                 self.agent.wm.initial(1),
                 torch.zeros(1, self.spec.feature_size),
                 generator=torch.Generator().manual_seed(self.seed + i),
-                hpa=self.hpa.reset(1) if self.hpa is not None else None,
             )
             for i in range(n)
         ]
@@ -200,12 +199,11 @@ class DreamerPolicy:
         actions: list[Action],
         generator: torch.Generator | None = None,
         features: np.ndarray | None = None,
-        hpa: Any = None,
     ) -> DreamerState:
         """The state after taking ``actions``; their features feed the next posterior step.
 
         ``features`` replaces the :class:`ActionEncoder` features of ``actions`` (an
-        ``hpa_tune`` run feeds the choice's); ``hpa`` is the HPA's state after the step.
+        ``hpa_tune`` run feeds the choice's).
         """
         if features is None:
             features = self.codec.action_encoder.encode(actions, belief.desired)
@@ -215,7 +213,6 @@ class DreamerPolicy:
             torch.as_tensor(features)[None],
             first=False,
             generator=generator,
-            hpa=hpa,
         )
 
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
@@ -231,19 +228,17 @@ class DreamerPolicy:
         """
         st = cast(DreamerState, state)
         belief = st.belief.observe(obs)
-        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator, st.hpa)
+        st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator)
         idx, carry, mask = self.step(obs, st)
         choice = self.spec.to_env(idx)
         info: dict[str, Any] = {
             "action": idx.tolist(),
             "masked_out": self.codec.masked_out(choice, mask),
         }
-        if self.hpa is not None:
-            targets = self.codec.targets(choice)
-            scaling, hpa, _ = self.hpa.act(obs, st.hpa, targets)
-            actions = self.codec.decode(choice, belief, scaling)
-            info["hpa_targets"] = list(targets.values())
+        if self.hpa_config is not None:
+            actions = self.codec.decode(choice, belief)
+            info["hpa_targets"] = list(self.codec.targets(choice).values())
             features = self.codec.choice_features(choice)
-            return actions, self.advance(belief, carry, actions, st.generator, features, hpa), info
+            return actions, self.advance(belief, carry, actions, st.generator, features), info
         actions = self.decode(idx, belief)
         return actions, self.advance(belief, carry, actions, st.generator), info

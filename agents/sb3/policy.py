@@ -24,10 +24,11 @@ node failed or the cluster autoscaler removed one; the simulator then refuses th
 As in the env, a choice that the mask rules out becomes a no-op (``info["masked_out"]``).
 
 **HPATune runs** (``env=hpa_tune``): the model picks each service's HPA CPU target and a
-remediation; the tuned HPA reconciles on the frame with those targets and the codec adds
-the remediation, as :meth:`~envs.gym.envs.HPATuneEnv.decide` does, so the stream's state is
-an :class:`HPATuneState`: the control belief plus the HPA's state. The HPA's replica
-bounds are those of the run's (first) training scenario.
+remediation; the codec turns them into ``SetHPATarget`` (for the targets that change) and
+the remediation, as :meth:`~envs.gym.envs.HPATuneEnv.decide` does. The HPA itself runs in
+the control plane (:attr:`SB3Policy.hpa_config`, the tuned HPA's settings, which
+:func:`agents.rollout.rollout` enables), or is the live cluster's own: the policy holds no
+HPA state, only its control belief.
 
 **Trust.** SB3 ``.zip`` files and ``vecnormalize.pkl`` contain pickles, and loading them can
 run arbitrary code: only load run dirs you produced or otherwise trust.
@@ -36,7 +37,6 @@ run arbitrary code: only load run dirs you produced or otherwise trust.
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,7 +45,6 @@ from omegaconf import OmegaConf
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.baselines.tuned import load_settings, make_hpa
 from agents.sb3.config import EnvName, TrainConfig, config_from_mapping
 from agents.sb3.envs import brief_space, env_kwargs
 from agents.sb3.train import ALGOS
@@ -54,6 +53,8 @@ from envs.core.telemetry import Telemetry
 from envs.gym.codec import ActionCodec, ControlBelief, control_spec
 from envs.gym.encoder import ObsEncoder, observation_space
 from envs.gym.envs import AutoscaleEnv, ClusterEnv, ClusterOpsEnv, HPATuneEnv, RemediateEnv
+from envs.kube.config import HPAConfig
+from envs.kube.tuned import load_settings
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 
@@ -64,20 +65,6 @@ ENV_CLASSES: dict[EnvName, type[ClusterEnv]] = {
     EnvName.hpa_tune: HPATuneEnv,
 }
 """``env.name`` -> env class (its ``layout`` names the codec layout; never instantiated)."""
-
-
-@dataclass(frozen=True)
-class HPATuneState:
-    """State of one stream of an ``env=hpa_tune`` policy.
-
-    Attributes:
-        belief: What telemetry says of the control plane (masks, remediation decoding).
-        hpa: The HPA's state (:class:`agents.baselines.hpa.HPAState`): recommendations and
-            scale events, carried from decision to decision.
-    """
-
-    belief: ControlBelief
-    hpa: Any
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -119,7 +106,8 @@ class SB3Policy:
         scenario: The run's (first) training scenario.
         encoder: The observation encoder of the run's env.
         codec: The action codec of the run's env.
-        hpa: The tuned HPA of an ``hpa_tune`` run (None otherwise).
+        hpa_config: The HPA an ``hpa_tune`` run tunes (None otherwise); see the module
+            docstring.
     """
 
     def __init__(
@@ -142,9 +130,9 @@ class SB3Policy:
         self.encoder = ObsEncoder(tuple(self.scenario.service_names))
         layout = ENV_CLASSES[self.config.env.name].layout
         self.codec = ActionCodec(layout, control_spec(self.scenario), allow_drain=allow_drain)
-        self.hpa: Any = None  # the tuned HPA (an HPAPolicy) of an hpa_tune run
-        if layout == "hpa_tune":
-            self.hpa = make_hpa(load_settings(), self.scenario)
+        self.hpa_config: HPAConfig | None = (
+            load_settings().hpa_config() if layout == "hpa_tune" else None
+        )
         obs_space = observation_space(self.encoder, self.obs_kind)
         act_space = self.codec.action_space()
         with open(run / vecnormalize, "rb") as fh:  # trusted run dirs only (a pickle)
@@ -171,15 +159,11 @@ class SB3Policy:
     def reset(self, n: int = 1) -> Any:
         """Fresh state (one for ``n == 1``, else a list of ``n``).
 
-        A :class:`~envs.gym.codec.ControlBelief`, or an :class:`HPATuneState` for an
-        ``hpa_tune`` run.
+        A :class:`~envs.gym.codec.ControlBelief`.
         """
 
-        def fresh() -> ControlBelief | HPATuneState:
-            belief = ControlBelief.initial(self.codec.spec)
-            if self.hpa is not None:
-                return HPATuneState(belief, self.hpa.reset(1))
-            return belief
+        def fresh() -> ControlBelief:
+            return ControlBelief.initial(self.codec.spec)
 
         return fresh() if n == 1 else [fresh() for _ in range(n)]
 
@@ -197,19 +181,15 @@ class SB3Policy:
 
         Args:
             obs: The latest telemetry frame of the stream.
-            state: This stream's :class:`~envs.gym.codec.ControlBelief`
-                (:class:`HPATuneState` for ``hpa_tune``), from :meth:`reset` or the last
-                call.
+            state: This stream's :class:`~envs.gym.codec.ControlBelief`, from :meth:`reset`
+                or the last call.
 
         Returns:
             ``(actions, new_state, info)``; ``info`` has ``action`` (the raw model action),
             ``masked_out`` (the remediation chosen was invalid, so nothing was done) and,
             for masked agents, ``n_valid`` (valid choices).
         """
-        tune = state if isinstance(state, HPATuneState) else None
-        if self.hpa is not None and tune is None:
-            raise TypeError("an hpa_tune SB3Policy needs the HPATuneState of reset()")
-        belief = (tune.belief if tune is not None else cast(ControlBelief, state)).observe(obs)
+        belief = cast(ControlBelief, state).observe(obs)
         masks = self.codec.masks(belief)
         kwargs: dict[str, Any] = {"deterministic": self.deterministic}
         if self._masked:
@@ -217,17 +197,10 @@ class SB3Policy:
         raw, _ = self.model.predict(self.observe(obs), **kwargs)
         action = np.asarray(raw)[0]
         info: dict[str, Any] = {"action": action.tolist()}
-        if self.hpa is not None and tune is not None:
-            targets = self.codec.targets(action)
-            scaling, hpa_state, _ = self.hpa.act(obs, tune.hpa, targets)
-            actions = self.codec.decode(action, belief, scaling)
-            new_state: ControlBelief | HPATuneState = HPATuneState(
-                belief.after(actions, self.codec.services), hpa_state
-            )
-            info["hpa_targets"] = list(targets.values())
-        else:
-            actions = self.codec.decode(action, belief)
-            new_state = belief.after(actions, self.codec.services)
+        actions = self.codec.decode(action, belief)
+        new_state = belief.after(actions, self.codec.services)
+        if self.hpa_config is not None:
+            info["hpa_targets"] = list(self.codec.targets(action).values())
         info["masked_out"] = self.codec.masked_out(action, masks)
         if self._masked:
             info["n_valid"] = int(masks.sum())

@@ -49,7 +49,15 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envs.core.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.core.actions import (
+    Action,
+    DrainNode,
+    Restart,
+    Rollback,
+    Scale,
+    SetHPATarget,
+    ShedLoad,
+)
 from envs.core.spec import ActionSpaceSpec, ControlSpec
 from envs.core.telemetry import Telemetry
 from envs.gym.encoder import ActionEncoder, symlog_scalar
@@ -93,6 +101,8 @@ class ControlBelief:
         drained: Nodes this controller drained.
         last_action_t: ``(S,)`` when this controller last acted on each service (its
             cooldown clock; ``-inf``: never).
+        hpa_targets: ``(S,)`` the CPU target (percent) this controller last set on each
+            service's HPA with ``SetHPATarget`` (0: not set yet, the HPA's own target).
     """
 
     t: float
@@ -103,6 +113,7 @@ class ControlBelief:
     nodes_at_start: float
     drained: frozenset[int]
     last_action_t: tuple[float, ...]
+    hpa_targets: tuple[int, ...] = ()
 
     @classmethod
     def initial(cls, spec: ControlSpec) -> ControlBelief:
@@ -117,6 +128,7 @@ class ControlBelief:
             nodes_at_start=math.nan,
             drained=frozenset(),
             last_action_t=(-math.inf,) * n,
+            hpa_targets=(0,) * n,
         )
 
     def observe(self, frame: Telemetry) -> ControlBelief:
@@ -152,6 +164,7 @@ class ControlBelief:
         last = list(self.last_action_t)
         shed = self.shed_fraction
         drained = set(self.drained)
+        targets = list(self.hpa_targets) or [0] * len(services)
         for a in actions:
             if isinstance(a, Scale | Restart | Rollback):
                 s = services.index(a.service)
@@ -164,6 +177,8 @@ class ControlBelief:
                 shed = a.fraction
             elif isinstance(a, DrainNode):
                 drained.add(a.node)
+            elif isinstance(a, SetHPATarget):
+                targets[services.index(a.service)] = a.cpu_target
         return replace(
             self,
             desired=tuple(desired),
@@ -171,6 +186,7 @@ class ControlBelief:
             shed_fraction=shed,
             drained=frozenset(drained),
             last_action_t=tuple(last),
+            hpa_targets=tuple(targets),
         )
 
     def can_rollback(self, s: int) -> bool:
@@ -336,6 +352,19 @@ class ActionCodec:
         a = np.asarray(action)
         return {name: HPA_TARGETS[int(k)] for name, k in zip(self.services, a[:-1], strict=True)}
 
+    def set_targets(self, action: Any, belief: ControlBelief) -> list[Action]:
+        """``SetHPATarget`` for every service whose chosen target is not the one in force.
+
+        The target in force is the last one this controller set (``belief.hpa_targets``);
+        before it set any, every service gets one.
+        """
+        known = belief.hpa_targets or (0,) * len(self.services)
+        return [
+            SetHPATarget(name, target)
+            for (name, target), now in zip(self.targets(action).items(), known, strict=True)
+            if target != now
+        ]
+
     def decode(
         self, action: Any, belief: ControlBelief, scaling: Sequence[Action] = ()
     ) -> list[Action]:
@@ -343,8 +372,10 @@ class ActionCodec:
 
         ``autoscale``: the deltas' Scale actions. ``remediate``: the remediation (nothing if
         masked). ``cluster_ops``: the deltas, then the remediation (its scale-up of a
-        service replaces that service's Scale). ``hpa_tune``: ``scaling`` (the HPA's Scale
-        actions under :meth:`targets`, computed by the caller), then the remediation.
+        service replaces that service's Scale). ``hpa_tune``: ``scaling`` (extra actions of
+        the caller's, normally none), the ``SetHPATarget`` of every changed target
+        (:meth:`set_targets`; the control plane's HPA does the scaling), then the
+        remediation.
         """
         if self.layout == "autoscale":
             return self.scaling(np.asarray(action), belief)
@@ -352,7 +383,10 @@ class ActionCodec:
             k = int(action)
             return self.remediation(k, belief) if self.remediation_mask(belief)[k] else []
         a = np.asarray(action)
-        base = self.scaling(a[:-1], belief) if self.layout == "cluster_ops" else list(scaling)
+        if self.layout == "cluster_ops":
+            base = self.scaling(a[:-1], belief)
+        else:
+            base = [*scaling, *self.set_targets(a, belief)]
         return self.with_remediation(base, int(a[-1]), belief)
 
     # ------------------------------------------------------------------ features

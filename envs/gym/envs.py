@@ -20,8 +20,10 @@ from envs.core.actions import Action
 from envs.core.telemetry import Telemetry
 from envs.gym.codec import ActionCodec, ControlBelief, control_spec
 from envs.gym.encoder import ActionEncoder, ObsEncoder, observation_space
+from envs.kube.config import HPAConfig
+from envs.kube.tuned import load_settings
 from envs.scenarios.loader import load_scenario
-from envs.scenarios.schema import Scenario
+from envs.scenarios.schema import Autoscaling, Scenario
 from envs.scenarios.scoring import TrustedReady
 
 if TYPE_CHECKING:
@@ -413,92 +415,76 @@ class HPATuneEnv(ClusterEnv):
 
     ## Description
 
-    As :class:`ClusterOpsEnv`, but the replicas stay under a real Kubernetes HPA
-    (:class:`agents.baselines.hpa.HPAPolicy`, ``autoscaling/v2``, CPU utilisation) and the
-    agent sets each HPA's CPU target instead of the replica count, as an SRE team would let
-    a learned controller tune the autoscaler rather than replace it. The HPA has the tuned
-    HPA's behaviour (``configs/policy/tuned_hpa.yaml``: Kubernetes' defaults with the tuned
-    scale-down stabilisation window, 60 s) and the scenario's replica bounds. Every step it
-    reconciles every service with the chosen targets; its state (recommendation history,
-    scale events, next sync) persists across steps and target changes and restarts with the
-    episode. Its ``Scale`` actions are applied together with the remediation. Choosing 50 %
-    everywhere and no remediation is exactly the tuned HPA (``policy=tuned_hpa``).
+    As :class:`ClusterOpsEnv`, but the replicas stay under a real Kubernetes HPA run by the
+    simulated control plane (``autoscaling.hpa``: :class:`envs.kube.hpa.HPAController`,
+    ``autoscaling/v2``, CPU utilisation, synced every 15 s from the scraped telemetry) and
+    the agent sets each HPA's CPU target with ``SetHPATarget`` instead of the replica
+    count, as an SRE team would let a learned controller tune the autoscaler rather than
+    replace it. The env enables the HPA on its scenarios (a scenario that has its own
+    ``autoscaling.hpa`` keeps it) with the tuned HPA's settings
+    (``configs/policy/tuned_hpa.yaml``: Kubernetes' defaults with the tuned scale-down
+    stabilisation window, 60 s, target 50 %) and the scenario's replica bounds. The HPA's
+    state (recommendation history, scale events, targets in force) lives in the control
+    plane and restarts with the episode. A new target is applied after the actuation delay
+    and used from the HPA's next sync on. Choosing 50 % everywhere and no remediation is
+    exactly the tuned HPA (``policy=tuned_hpa``).
 
     ## Action Space
 
     ``MultiDiscrete([5] * S + [R])`` with ``R = 1 + 3*S + 3 + N``: entry ``s < S`` sets
     service ``s``'s CPU target to ``HPA_TARGETS[k] = (30, 40, 50, 60, 70)[k]`` percent
-    (a lower target scales out earlier); the last entry is :class:`RemediateEnv`'s index,
-    with its masks. When the remediation scales up a service that the HPA also scales, the
-    remediation wins. ``action_masks()`` concatenates the per-dimension masks (targets
-    always valid).
+    (a lower target scales out earlier; a ``SetHPATarget`` is issued only when the choice
+    differs from the target in force); the last entry is :class:`RemediateEnv`'s index,
+    with its masks. A remediation scale-up sets the replicas at once; the HPA then
+    reconciles from that count. ``action_masks()`` concatenates the per-dimension masks
+    (targets always valid).
 
     ``info["action_features"]`` encodes the agent's *choice*, ``onehot(action) @
     action_feature_matrix()``: slot ``3*s`` (otherwise the replica delta) holds
     ``(50 - target) / 20`` (+1 at 30 %, -1 at 70 %), the remediation part is
-    :class:`ClusterOpsEnv`'s. ``info["hpa_targets"]`` lists the targets in force.
-    ``step_actions`` bypasses the HPA (a baseline's actions are applied alone).
+    :class:`ClusterOpsEnv`'s. ``info["hpa_targets"]`` lists the targets chosen.
+    ``step_actions`` applies a baseline's actions as they are (the HPA keeps running).
     """
 
     layout = "hpa_tune"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from agents.baselines.tuned import load_settings  # lazily: envs must not import agents
-
-        self._hpa_settings = load_settings()  # read once, not at every episode's reset
-        self.hpa = self._make_hpa(self.scenarios[0])
-        self.hpa_state: Any = self.hpa.reset(1)
-
-    def _make_hpa(self, scenario: Scenario) -> Any:
-        """The tuned HPA on ``scenario`` (imported lazily: envs must not import agents)."""
-        from agents.baselines.tuned import make_hpa
-
-        return make_hpa(self._hpa_settings, scenario)
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        """As :meth:`ClusterEnv.reset`; a fresh HPA on the episode's scenario."""
-        obs, info = super().reset(seed=seed, options=options)
-        self.hpa = self._make_hpa(self._sim.scenario)
-        self.hpa_state = self.hpa.reset(1)
-        return obs, info
+        self.hpa_config = load_settings().hpa_config()  # read once, not at every reset
+        self.scenarios = [with_hpa(sc, self.hpa_config) for sc in self.scenarios]
 
     def targets(self, action: Any) -> dict[str, int]:
         """The CPU target (percent) per service that ``action`` chooses."""
         return self.codec.targets(action)
 
-    def decide(
-        self, action: Any, frame: Telemetry, hpa_state: Any, belief: ControlBelief
-    ) -> tuple[list[Action], Any, dict[str, Any]]:
-        """``action`` -> typed actions on ``frame``, from the HPA's state ``hpa_state``.
-
-        The HPA reconciles with the chosen targets, the remediation decodes under
-        ``belief`` as in :class:`ClusterOpsEnv` (masked choices do nothing; its scale-up
-        replaces the HPA's Scale of the same service). Pure: returns ``(actions, new HPA
-        state, HPA info)``.
-        """
-        scaling, new_state, info = self.hpa.act(frame, hpa_state, self.targets(action))
-        return self.codec.decode(action, belief, scaling), new_state, info
+    def decide(self, action: Any, belief: ControlBelief) -> list[Action]:
+        """``action`` -> typed actions under ``belief``: changed targets, then remediation."""
+        return self.codec.decode(action, belief)
 
     def decode(self, action: Any) -> list[Action]:
-        """What ``action`` would do now (the HPA's state is not advanced; :meth:`step` does)."""
-        return self.decide(action, self.frame, self.hpa_state, self.belief)[0]
+        """What ``action`` would do now."""
+        return self.decide(action, self.belief)
 
     def choice_features(self, action: Any) -> np.ndarray:
         """``onehot(action) @ action_feature_matrix()``: the features of the choice."""
         return self.codec.choice_features(action)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """The HPA reconciles with the chosen targets; its actions and the remediation run."""
+        """Set the chosen targets, remediate, and run to the next decision."""
         if not self.action_space.contains(action):
             raise ValueError(f"invalid action {action!r}: not in {self.action_space}")
-        actions, self.hpa_state, _ = self.decide(action, self.frame, self.hpa_state, self.belief)
+        actions = self.decide(action, self.belief)
         obs, reward, terminated, truncated, info = self.step_actions(actions)
         info["action_features"] = self.choice_features(action)
         info["hpa_targets"] = list(self.targets(action).values())
         return obs, reward, terminated, truncated, info
+
+
+def with_hpa(scenario: Scenario, config: HPAConfig) -> Scenario:
+    """``scenario`` with its control plane running the HPA ``config`` (kept if it has one)."""
+    if scenario.autoscaling.hpa is not None:
+        return scenario
+    return scenario.model_copy(update={"autoscaling": Autoscaling(hpa=config)})
 
 
 for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv, HPATuneEnv):

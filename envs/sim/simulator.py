@@ -19,7 +19,8 @@ import numpy as np
 
 from envs.core.actions import Action, InvalidActionError
 from envs.core.telemetry import Telemetry
-from envs.scenarios.schema import Scenario
+from envs.kube.config import HPAConfig
+from envs.scenarios.schema import Autoscaling, Scenario
 from envs.sim.engine import Engine, make_engine
 from envs.sim.faults import FaultRecord
 
@@ -85,6 +86,17 @@ class Simulator:
     def done(self) -> bool:
         """True once the horizon is reached."""
         return self.engine.now >= self.scenario.horizon_s - 1e-9
+
+    def enable_hpa(self, config: HPAConfig) -> None:
+        """Run the HPA ``config`` in the control plane from the next :meth:`reset` on.
+
+        A scenario that has its own ``autoscaling.hpa`` keeps it (the scenario describes
+        the cluster); a policy that tunes an HPA (``SetHPATarget``) asks for one this way.
+        """
+        if self.scenario.autoscaling.hpa is None:
+            self.scenario = self.scenario.model_copy(
+                update={"autoscaling": Autoscaling(hpa=config)}
+            )
 
     def reset(self, seed: int | None = None) -> Telemetry:
         """Start afresh (optionally with a new seed) and return the frame at t = 0."""

@@ -106,6 +106,7 @@ class HorizontalPodAutoscalers:
         targets: CPU utilisation targets set by ``SetHPATarget``, by service (the others
             keep the configured target).
         report: What the last sync decided, by service (empty before the first sync).
+        writes: Every replica count the HPAs wrote, as ``(sync time, Scale)``.
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class HorizontalPodAutoscalers:
         self.state: HPAState = self.controller.fresh_state()
         self.targets: dict[str, int] = {}
         self.report: dict[str, Any] = {}
+        self.writes: list[tuple[float, Scale]] = []
         self._scale = scale
 
     @property
@@ -139,4 +141,6 @@ class HorizontalPodAutoscalers:
         self.state = out.state
         self.report = out.report
         if out.scales:
-            self._scale([Scale(name, replicas) for name, replicas in out.scales])
+            scales = [Scale(name, replicas) for name, replicas in out.scales]
+            self.writes.extend((frame.t, a) for a in scales)
+            self._scale(list(scales))
