@@ -27,7 +27,7 @@ def rollout(
     Args:
         world: The simulator (reset here, so any earlier state is dropped).
         policy: Decides on each frame; its state is threaded from decision to decision.
-            A policy with an ``hpa_config`` (an ``hpa_tune`` policy, which steers an HPA
+            A policy with an ``in_cluster_hpa`` (an ``hpa_tune`` policy, which steers an HPA
             with ``SetHPATarget``) gets that HPA in the control plane
             (:meth:`~envs.sim.simulator.Simulator.enable_hpa`).
         progress: Called as ``progress(now, horizon)`` after each step.
@@ -36,7 +36,7 @@ def rollout(
         Every frame, every action with its time, one :class:`Decision` per decision point,
         the summary and the fault records.
     """
-    hpa = getattr(policy, "hpa_config", None)  # a policy that tunes an in-cluster HPA
+    hpa = getattr(policy, "in_cluster_hpa", None)  # a policy that tunes an in-cluster HPA
     if hpa is not None:
         world.enable_hpa(hpa)
     frame = world.reset()

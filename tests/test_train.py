@@ -210,6 +210,7 @@ class Recorder:
     def __init__(self, policy: SB3Policy) -> None:
         self.policy = policy
         self.name = policy.name
+        self.in_cluster_hpa = policy.in_cluster_hpa  # an hpa_tune policy's HPA, for rollout()
         self.infos: list[dict[str, Any]] = []
 
     def reset(self, n: int = 1) -> Any:

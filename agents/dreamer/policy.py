@@ -93,7 +93,7 @@ class DreamerPolicy:
         scenario: The run's (first) training scenario.
         encoder: The observation encoder of the run's env.
         codec: The action codec of the run's env.
-        hpa_config: The HPA an ``hpa_tune`` run tunes (the tuned HPA's settings; None
+        in_cluster_hpa: The HPA an ``hpa_tune`` run tunes (the tuned HPA's settings; None
             otherwise): the control plane must run it (:func:`agents.rollout.rollout`
             enables it), and the policy sets its targets with ``SetHPATarget``.
         agent: The world model and actor-critic.
@@ -120,7 +120,7 @@ class DreamerPolicy:
         self.encoder = ObsEncoder(tuple(scenario.service_names))
         layout = ENV_CLASSES[self.config.env.name].layout
         self.codec = ActionCodec(layout, control_spec(scenario), allow_drain=allow_drain)
-        self.hpa_config: HPAConfig | None = (
+        self.in_cluster_hpa: HPAConfig | None = (
             load_settings().hpa_config() if layout == "hpa_tune" else None
         )
         self.spec = ActionSpec.from_codec(self.codec)
@@ -235,7 +235,7 @@ class DreamerPolicy:
             "action": idx.tolist(),
             "masked_out": self.codec.masked_out(choice, mask),
         }
-        if self.hpa_config is not None:
+        if self.in_cluster_hpa is not None:
             actions = self.codec.decode(choice, belief)
             info["hpa_targets"] = list(self.codec.targets(choice).values())
             features = self.codec.choice_features(choice)

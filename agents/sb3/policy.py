@@ -26,7 +26,7 @@ As in the env, a choice that the mask rules out becomes a no-op (``info["masked_
 **HPATune runs** (``env=hpa_tune``): the model picks each service's HPA CPU target and a
 remediation; the codec turns them into ``SetHPATarget`` (for the targets that change) and
 the remediation, as :meth:`~envs.gym.envs.HPATuneEnv.decide` does. The HPA itself runs in
-the control plane (:attr:`SB3Policy.hpa_config`, the tuned HPA's settings, which
+the control plane (:attr:`SB3Policy.in_cluster_hpa`, the tuned HPA's settings, which
 :func:`agents.rollout.rollout` enables), or is the live cluster's own: the policy holds no
 HPA state, only its control belief.
 
@@ -106,7 +106,7 @@ class SB3Policy:
         scenario: The run's (first) training scenario.
         encoder: The observation encoder of the run's env.
         codec: The action codec of the run's env.
-        hpa_config: The HPA an ``hpa_tune`` run tunes (None otherwise); see the module
+        in_cluster_hpa: The HPA an ``hpa_tune`` run tunes (None otherwise); see the module
             docstring.
     """
 
@@ -130,7 +130,7 @@ class SB3Policy:
         self.encoder = ObsEncoder(tuple(self.scenario.service_names))
         layout = ENV_CLASSES[self.config.env.name].layout
         self.codec = ActionCodec(layout, control_spec(self.scenario), allow_drain=allow_drain)
-        self.hpa_config: HPAConfig | None = (
+        self.in_cluster_hpa: HPAConfig | None = (
             load_settings().hpa_config() if layout == "hpa_tune" else None
         )
         obs_space = observation_space(self.encoder, self.obs_kind)
@@ -199,7 +199,7 @@ class SB3Policy:
         info: dict[str, Any] = {"action": action.tolist()}
         actions = self.codec.decode(action, belief)
         new_state = belief.after(actions, self.codec.services)
-        if self.hpa_config is not None:
+        if self.in_cluster_hpa is not None:
             info["hpa_targets"] = list(self.codec.targets(action).values())
         info["masked_out"] = self.codec.masked_out(action, masks)
         if self._masked:
