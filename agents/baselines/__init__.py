@@ -1,7 +1,7 @@
 """Baseline deciders: the exact Kubernetes HPA and a runbook of SRE remediations on top of it.
 
-* :mod:`agents.baselines.hpa`: :class:`HPAPolicy`, the HPA controller's algorithm
-  (``replica_calculator.go`` and ``horizontal.go``) over simulator telemetry.
+* :mod:`agents.baselines.hpa`: :class:`HPAPolicy`, the telemetry-only policy over the exact
+  HPA controller (``replica_calculator.go`` and ``horizontal.go``, in :mod:`envs.kube.hpa`).
 * :mod:`agents.baselines.runbook`: :class:`RunbookPolicy`, rule-based incident remediation
   (restart, rollback, shed load, scale back from zero) with the HPA scaling underneath.
 
