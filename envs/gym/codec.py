@@ -292,7 +292,7 @@ class ActionCodec:
             if delta == 0:
                 continue
             lo, hi = self.spec.replicas_min[i], self.spec.replicas_max[i]
-            target = int(np.clip(belief.desired[i] + delta, lo, hi))
+            target = min(max(belief.desired[i] + delta, lo), hi)
             if target != belief.desired[i]:
                 out.append(Scale(self.services[i], target))
         return out
