@@ -301,6 +301,19 @@ def test_trained_policies_decide_on_recorded_telemetry_without_the_simulator(
     assert any(acts for acts in expected["sb3"]) or any(acts for acts in expected["dreamer"])
 
 
+def test_dreamer_policy_imports_neither_sb3_nor_the_simulator() -> None:
+    code = (
+        "import sys, agents.dreamer.policy, agents.dreamer.planner\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', "
+        "'sb3_contrib') or m.startswith(('agents.sb3', 'envs.sim'))]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_the_block_itself_bites() -> None:
     """The finder of the serving test does stop an import of the simulator."""
     code = SERVE.split("from agents.dreamer.policy")[0] + "import envs.gym.envs\n"
