@@ -123,6 +123,12 @@ class Simulator:
         """
         accepted: list[Action] = []
         refused: list[tuple[Action, str]] = []
+        try:  # the usual case, one check: the whole batch is fine
+            self.engine.cp.check(list(actions))
+        except InvalidActionError:
+            pass
+        else:
+            return list(actions), refused
         for a in actions:
             try:
                 self.engine.cp.check([*accepted, a])
