@@ -42,38 +42,17 @@ import yaml
 from hydra.core.config_store import ConfigStore
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from agents.policy import Policy
+from agents.registry import POLICIES, PolicyConfig, make_policy, policy_config
+from agents.run_config import Fidelity, RunConfigError
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import aggregate
 from envs.scenarios.suites import Suite, SuiteError, load_suite
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
-from experiments.simulate import (
-    POLICIES,
-    Fidelity,
-    HPAPolicyConfig,
-    PolicyConfig,
-    RunbookPolicyConfig,
-    StaticPolicyConfig,
-    TunedHPAPolicyConfig,
-    TunedRunbookPolicyConfig,
-    make_policy,
-)
 from experiments.suite_runner import RunScore, SuiteResult, execute
-
-POLICY_DIR = Path(CONFIG_DIR) / "policy"
-"""``configs/policy/``: the knobs of the built-in policies."""
-
-SCHEMAS: dict[str, type[PolicyConfig]] = {
-    "static": StaticPolicyConfig,
-    "hpa": HPAPolicyConfig,
-    "runbook": RunbookPolicyConfig,
-    "tuned_hpa": TunedHPAPolicyConfig,
-    "tuned_runbook": TunedRunbookPolicyConfig,
-}
 
 
 @dataclass
@@ -201,18 +180,10 @@ def run_dir_algo(path: Path) -> Any:
 
 def load_policy_config(name: str) -> PolicyConfig:
     """The built-in policy ``name`` with its knobs from ``configs/policy/<name>.yaml``."""
-    schema = SCHEMAS.get(name, PolicyConfig)
-    path = POLICY_DIR / f"{name}.yaml"
-    values: dict[str, Any] = {}
-    if path.exists():
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        values.pop("defaults", None)
     try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"policy={name}: bad {path}: {err}") from None
-    assert isinstance(obj, PolicyConfig)
-    return obj
+        return policy_config(name)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_policy(

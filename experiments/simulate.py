@@ -15,8 +15,8 @@ writes to ``out``:
   scenario, loadable with ``scenario=<out>/scenario.yaml``).
 
 The Hydra entry point only calls :func:`simulate`, which tests call directly with a composed
-config. Policies come from :data:`POLICIES` (name -> factory); ``configs/policy/<name>.yaml``
-selects one.
+config. Policies come from the one registry, :data:`agents.registry.POLICIES` (name ->
+schema + factory); ``configs/policy/<name>.yaml`` selects one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -41,9 +41,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agents.baselines.hpa import HPAConfig, HPAPolicy
-from agents.baselines.runbook import RunbookPolicy
-from agents.policy import Policy, StaticPolicy
+from agents.policy import Policy
+from agents.registry import (
+    POLICIES,
+    PolicyConfig,
+    StaticPolicyConfig,
+    validate_policy,
+)
+from agents.registry import register_configs as register_policies
+from agents.run_config import Fidelity, RunConfigError
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.actions import Action
@@ -53,68 +59,11 @@ from envs.sim.simulator import Simulator
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
 
 
-class Fidelity(StrEnum):
-    """Simulator fidelity (see DESIGN.md: request level is the ground truth, fluid is fast)."""
-
-    fluid = "fluid"
-    request = "request"
-
-
 class Format(StrEnum):
     """File format of the telemetry table."""
 
     parquet = "parquet"
     csv = "csv"
-
-
-@dataclass
-class PolicyConfig:
-    """Base schema of the ``policy`` group; each policy adds its own fields in a subclass."""
-
-    name: str = MISSING
-
-
-@dataclass
-class StaticPolicyConfig(PolicyConfig):
-    """``policy=static``: keep the initial replicas, never act."""
-
-    name: str = "static"
-
-
-@dataclass
-class HPAPolicyConfig(PolicyConfig):
-    """``policy=hpa``: the Kubernetes HPA on CPU utilisation (``docs/baselines.md``)."""
-
-    name: str = "hpa"
-    target_cpu_utilization: int = 70
-
-
-@dataclass
-class RunbookPolicyConfig(PolicyConfig):
-    """``policy=runbook``: runbook remediation with the HPA scaling underneath."""
-
-    name: str = "runbook"
-    target_cpu_utilization: int = 70
-
-
-@dataclass
-class TunedHPAPolicyConfig(PolicyConfig):
-    """``policy=tuned_hpa``: the HPA with grid-searched knobs (``agents/baselines/tuned.py``)."""
-
-    name: str = "tuned_hpa"
-    target_cpu_utilization: int = 70
-    scale_down_stabilization_s: int = 300
-
-
-@dataclass
-class TunedRunbookPolicyConfig(PolicyConfig):
-    """``policy=tuned_runbook``: the runbook's rules over the tuned HPA.
-
-    The HPA's knobs are the tuned HPA's, read from ``configs/policy/tuned_hpa.yaml`` (one
-    source of truth: re-tuning the HPA re-tunes this policy too).
-    """
-
-    name: str = "tuned_runbook"
 
 
 @dataclass
@@ -148,70 +97,28 @@ class SimulateConfig:
 SCHEMA = SimulateConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
-PolicyFactory = Callable[[PolicyConfig, Scenario], Policy]
-
-
-def _hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
-    target = getattr(cfg, "target_cpu_utilization", 70)
-    return HPAPolicy(HPAConfig.cpu(target), scenario)
-
-
-def _runbook(cfg: PolicyConfig, scenario: Scenario) -> Policy:
-    target = getattr(cfg, "target_cpu_utilization", 70)
-    return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(target))
-
-
-def _tuned_hpa(cfg: PolicyConfig, scenario: Scenario) -> Policy:
-    from agents.baselines.tuned import TunedHPASettings, make_hpa
-
-    settings = TunedHPASettings(
-        getattr(cfg, "target_cpu_utilization", 70), getattr(cfg, "scale_down_stabilization_s", 300)
-    )
-    return make_hpa(settings, scenario)
-
-
-def _tuned_runbook(cfg: PolicyConfig, scenario: Scenario) -> Policy:
-    from agents.baselines.tuned import load_settings
-
-    policy = RunbookPolicy(scenario, hpa_config=load_settings().hpa_config())
-    policy.name = "tuned_runbook"
-    return policy
-
-
-POLICIES: dict[str, PolicyFactory] = {
-    "static": lambda cfg, scenario: StaticPolicy(),
-    "hpa": _hpa,
-    "runbook": _runbook,
-    "tuned_hpa": _tuned_hpa,
-    "tuned_runbook": _tuned_runbook,
-}
-"""Policy name -> factory; each has a ``configs/policy/<name>.yaml``."""
-
 
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
-    cs = ConfigStore.instance()
-    cs.store(name="simulate_schema", node=SimulateConfig)
-    cs.store(group="schema/policy", name="static", node=StaticPolicyConfig)
-    cs.store(group="schema/policy", name="hpa", node=HPAPolicyConfig)
-    cs.store(group="schema/policy", name="runbook", node=RunbookPolicyConfig)
-    cs.store(group="schema/policy", name="tuned_hpa", node=TunedHPAPolicyConfig)
-    cs.store(group="schema/policy", name="tuned_runbook", node=TunedRunbookPolicyConfig)
+    ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
+    register_policies()
 
 
-def check_policy(cfg: PolicyConfig) -> None:
-    """Raise :class:`ConfigError` unless ``cfg.name`` is in :data:`POLICIES`."""
-    if cfg.name not in POLICIES:
-        raise ConfigError(
-            f"policy.name={cfg.name!r} is not a known policy; use policy=<name> with one of "
-            f"{sorted(POLICIES)}"
-        )
+def check_policy(cfg: PolicyConfig) -> PolicyConfig:
+    """``cfg`` validated against its registry schema (:func:`agents.registry.validate_policy`).
+
+    Raises:
+        ConfigError: Unknown policy name or a bad knob, naming the field.
+    """
+    try:
+        return validate_policy(cfg)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
 
 
 def make_policy(cfg: PolicyConfig, scenario: Scenario) -> Policy:
-    """Build the policy named ``cfg.name`` from :data:`POLICIES`."""
-    check_policy(cfg)
-    return POLICIES[cfg.name](cfg, scenario)
+    """Build the policy ``cfg.name`` from the registry (:data:`agents.registry.POLICIES`)."""
+    return POLICIES[check_policy(cfg).name].factory(cfg, scenario)
 
 
 def to_config(cfg: DictConfig | SimulateConfig | Mapping[str, Any]) -> SimulateConfig:
@@ -332,7 +239,7 @@ def simulate(
     """
     conf = to_config(cfg)
     console = console if console is not None else Console()
-    check_policy(conf.policy)
+    conf.policy = check_policy(conf.policy)
     try:
         scenario = load_scenario(conf.scenario, scenario_overrides(conf))
     except ScenarioError as err:

@@ -244,7 +244,6 @@ def execute(
     process, otherwise a spawn pool of ``workers`` processes; the first failure cancels the
     rest and is raised.
     """
-
     finished = [0]
 
     def report(i: int, score: RunScore) -> None:

@@ -54,12 +54,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from agents.dreamer.actor_critic import ActionDist, ActionSpec, prior_logits
 from agents.dreamer.agent import AgentState, DreamerAgent
 from agents.dreamer.config import DreamerConfigError, DreamerTrainConfig, dreamer_config
 from agents.dreamer.envs import (
-    ENV_IDS,
     EpisodeStats,
     Stream,
     episode_limit,
@@ -69,6 +69,7 @@ from agents.dreamer.envs import (
     shortest_episode,
 )
 from agents.policy import Policy
+from agents.run_config import ENV_IDS, WandbLoggerConfig
 from agents.world_model.config import ObsLayout
 from agents.world_model.replay import Replay
 from agents.world_model.rssm import Carry
@@ -172,9 +173,16 @@ class Loop:
 # helpers
 
 
+def config_dict(conf: DreamerTrainConfig) -> dict[str, Any]:
+    """The validated config as plain data (enums as their names)."""
+    data = OmegaConf.to_container(OmegaConf.structured(conf), enum_to_str=True)
+    assert isinstance(data, dict)
+    return data  # type: ignore[return-value]
+
+
 def resolved_yaml(conf: DreamerTrainConfig) -> str:
     """The validated config as YAML (what ``config.yaml`` holds)."""
-    return yaml.safe_dump(conf.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config_dict(conf), sort_keys=False)
 
 
 def load_run_config(run_dir: str | Path) -> DreamerTrainConfig:
@@ -219,6 +227,7 @@ class _Logger:
             import wandb
 
             lc = conf.logger
+            assert isinstance(lc, WandbLoggerConfig)
             paths.logs.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=lc.project,
@@ -226,7 +235,7 @@ class _Logger:
                 group=lc.group,
                 name=lc.name,
                 tags=list(lc.tags),
-                config=conf.model_dump(mode="json"),
+                config=config_dict(conf),
                 dir=str(paths.logs),
                 mode=lc.mode or os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
                 sync_tensorboard=True,
@@ -286,9 +295,9 @@ class _Progress:
 
 
 def _behaviour(name: str, scenario: Scenario) -> Policy:
-    from agents.world_model.data import behaviour_policy
+    from agents.registry import make_policy
 
-    return behaviour_policy(name, scenario)
+    return make_policy(name, scenario)
 
 
 # --------------------------------------------------------------------------------------------
