@@ -24,7 +24,7 @@ numbers). Figures (rates are the best of ``repeats`` runs of the same seeded wor
 * ``request_level_vs_bare_ratio``: request level / bare SimPy.
 
 ``opsworld bench incidents`` (suite ``incidents``) times the incident suite runner
-(``experiments/suite_runner.py``): the static policy over every entry of the ``holdout``
+(``agents/evaluation/suite.py``): the static policy over every entry of the ``holdout``
 suite x 3 seeds on 2 worker processes (``quick=true``: 4 entries x 1 seed), and writes
 ``incidents_bench[_quick].json`` / ``.md`` with the wall time, runs, runs per second, the
 target (wall time <= 120 s) and the aggregate score table (``docs/scoring.md``).
@@ -62,6 +62,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
+from agents.evaluation.suite import RunScore, run_suite
 from agents.policy import Policy, StaticPolicy
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Diurnal, Noise, Scenario
@@ -69,7 +70,6 @@ from envs.scenarios.suites import SuiteError, load_suite
 from envs.sim import validation
 from envs.sim.simulator import Simulator
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
-from experiments.suite_runner import RunScore, run_suite
 
 
 class BenchSuite(StrEnum):
@@ -515,7 +515,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {"static": StaticPolicy}
 
 
 def run_incidents_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
-    """Time :func:`~experiments.suite_runner.run_suite` on a scenario suite; scores too."""
+    """Time :func:`~agents.evaluation.suite.run_suite` on a scenario suite; scores too."""
     c = conf.incidents
     sizes = c.quick if conf.quick else c.full
     if c.policy not in POLICIES:

@@ -26,14 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agents.run_config import RunConfigError
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 """Absolute path of the repository's ``configs/`` folder (Hydra's ``config_path``)."""
 
 PROG = "opsworld"
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the field and the fix."""
+ConfigError = RunConfigError
+"""A run configuration that cannot work; the message names the field and the fix (library
+code raises it as :class:`agents.run_config.RunConfigError`, the same class)."""
 
 
 SchemaT = TypeVar("SchemaT")

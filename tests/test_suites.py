@@ -28,7 +28,7 @@ from envs.scenarios.suites import (
     traffic_features,
 )
 from envs.sim.simulator import Simulator
-from experiments.suite_runner import SuiteRunError, run_suite
+from agents.evaluation.suite import SuiteRunError, run_suite
 
 
 @pytest.fixture(scope="module")
