@@ -22,7 +22,7 @@ from rich.console import Console
 from agents.bench.config import BenchConfig
 from agents.bench.runner import run_bench
 from agents.bench.sim import bare_simpy_mmc, erlang_c_response, mmc_scenario
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
 
 __all__ = [
     "SCHEMA",
@@ -44,6 +44,7 @@ SCHEMA = BenchConfig
 
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    register_help_resolver()
     ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
 
 

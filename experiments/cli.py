@@ -61,6 +61,50 @@ def structured_config(schema: type[SchemaT], cfg: Any, command: str) -> SchemaT:
     return obj
 
 
+HELP_RESOLVER = "opsworld_choices"
+"""OmegaConf resolver that help templates use to list a registry (``${opsworld_choices:envs}``)."""
+
+
+def choices(registry: str) -> str:
+    """The names of a registry joined by `` | `` (for help texts; imports only schemas).
+
+    Args:
+        registry: ``policies`` (:data:`agents.registry.POLICIES`), ``agents``
+            (:data:`agents.trainers.TRAINERS`), ``envs`` or ``loggers`` (the run schema's
+            enums, :mod:`agents.run_config`), ``bench`` (the benchmark suites).
+
+    Raises:
+        KeyError: For an unknown registry name.
+    """
+    if registry == "policies":
+        from agents.registry import POLICIES
+
+        names: list[str] = list(POLICIES)
+    elif registry == "agents":
+        from agents.trainers import TRAINERS
+
+        names = [str(a) for a in TRAINERS]
+    elif registry in ("envs", "loggers"):
+        from agents.run_config import EnvName, LoggerKind
+
+        names = [str(e) for e in (EnvName if registry == "envs" else LoggerKind)]
+    elif registry == "bench":
+        from agents.bench.config import BenchSuite
+
+        names = [str(b) for b in BenchSuite]
+    else:
+        raise KeyError(f"no registry {registry!r}")
+    return " | ".join(names)
+
+
+def register_help_resolver() -> None:
+    """Register :data:`HELP_RESOLVER` (idempotent); entry points call it before Hydra."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(HELP_RESOLVER):
+        OmegaConf.register_new_resolver(HELP_RESOLVER, choices)
+
+
 @dataclass(frozen=True)
 class Command:
     """One ``opsworld`` sub-command.
@@ -184,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{PROG} {name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    register_help_resolver()
     saved = sys.argv
     sys.argv = [f"{PROG} {name}", *rest]
     try:

@@ -34,7 +34,13 @@ from agents.evaluation.evaluate import (
 )
 from agents.evaluation.evaluate import evaluate as evaluate_policies
 from agents.run_config import Fidelity
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
+from experiments.cli import (
+    CONFIG_DIR,
+    EXIT_USAGE,
+    ConfigError,
+    register_help_resolver,
+    structured_config,
+)
 
 __all__ = [
     "SCHEMA",
@@ -97,6 +103,7 @@ SCHEMA = EvaluateConfig
 
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    register_help_resolver()
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 

@@ -37,7 +37,7 @@ from agents.registry import register_configs as register_policies
 from agents.run_config import Fidelity, RunConfigError
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
 
 __all__ = [
     "ACTION_COLUMNS",
@@ -87,6 +87,7 @@ SCHEMA = SimulateConfig
 
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
+    register_help_resolver()
     ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
     register_policies()
 

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.run_config import RunConfig, RunConfigError
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
 
 SCHEMA = RunConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -54,6 +54,7 @@ class TrainSchema(RunConfig):
 
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
+    register_help_resolver()
     from agents.trainers import register_configs as register_groups
 
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
