@@ -162,7 +162,9 @@ def simulate_scenario(
 
     telemetry_path = out / f"telemetry{SUFFIXES[fmt.value]}"
     write_telemetry(result.frames, telemetry_path, fmt.value)
-    plot_timeline(result.frames, scenario, out / "timeline.png", actions=result.actions)
+    plot_timeline(
+        result.frames, scenario, out / "timeline.png", actions=result.actions, faults=result.faults
+    )
     write_actions(result.actions, out / "actions.csv")
     if config_yaml is not None:
         (out / "config.yaml").write_text(config_yaml)
