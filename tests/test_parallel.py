@@ -58,3 +58,23 @@ def test_bad_arguments_are_named() -> None:
     assert parallel_map(lambda x: x + 1, [1], workers=4) == [2]
     assert parallel_map(lambda x: x + 1, [], workers=4) == []
     assert Backend("local") is Backend.local
+
+
+def test_episode_collection_is_identical_for_one_or_two_workers() -> None:
+    """World-model collection through parallel_map: the worker count changes nothing."""
+    import numpy as np
+
+    from agents.world_model.data import collect
+    from envs.scenarios.suites import load_suite
+
+    entry = load_suite("train").on_topology("chain3").subset(first=1).entries[0]
+    kw = {"behaviours": ("static", "hpa"), "replicates": (0,), "progress": False}
+    one = collect([entry], workers=1, **kw)  # type: ignore[arg-type]
+    two = collect([entry], workers=2, **kw)  # type: ignore[arg-type]
+    assert [(m.entry, m.behaviour, m.seed) for m in one.meta] == [
+        (m.entry, m.behaviour, m.seed) for m in two.meta
+    ]
+    for a, b in zip(one.episodes, two.episodes, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
