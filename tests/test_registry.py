@@ -163,3 +163,22 @@ def test_check_values_names_the_dotted_field(hydra_dir: None) -> None:
     conf.agent.gae_lambda = 1.5  # type: ignore[attr-defined]
     with pytest.raises(RunConfigError, match=r"^agent.gae_lambda=1.5: must be in \[0, 1\]$"):
         check_values(conf)
+
+
+def test_a_dreamer_run_dir_saved_before_the_one_schema_still_loads(tmp_path: Path) -> None:
+    from agents.dreamer.config import DreamerTrainConfig
+    from agents.dreamer.train import load_run_config
+
+    old = {  # what the pydantic DreamerTrainConfig wrote (W&B keys for every logger kind)
+        "agent": {"algo": "dreamer", "size": "tiny", "prefill_policy": "random"},
+        "env": {"name": "ops", "fidelity": "fluid", "obs": "box"},
+        "logger": {"kind": "csv", "project": "opsworld", "entity": None, "tags": [], "mode": None},
+        "scenario": "chain3",
+        "n_envs": 1,
+    }
+    import yaml
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    conf = load_run_config(tmp_path)
+    assert isinstance(conf, DreamerTrainConfig)
+    assert conf.logger.kind == "csv" and conf.env.name == "ops" and conf.agent.seq_len == 64

@@ -189,7 +189,12 @@ def load_run_config(run_dir: str | Path) -> DreamerTrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: is {run_dir} an 'opsworld train' run dir?")
-    return dreamer_config(yaml.safe_load(path.read_text(encoding="utf-8")))
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    logger = data.get("logger") if isinstance(data, dict) else None
+    if isinstance(logger, dict) and logger.get("kind", "csv") != "wandb":
+        # runs saved before the one run schema wrote the W&B keys for every logger kind
+        data["logger"] = {"kind": logger.get("kind", "csv")}
+    return dreamer_config(data)
 
 
 def build_agent(
