@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from matplotlib.figure import Figure
@@ -48,6 +48,24 @@ from envs.scenarios.scoring import aggregate
 from envs.scenarios.suites import Suite, SuiteError, load_suite
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
+
+
+class EvaluateSettings(Protocol):
+    """What :func:`evaluate` reads from the command's config (``experiments.evaluate``)."""
+
+    policy: str
+    policies: list[str]
+    suite: str
+    seeds: int
+    workers: int
+    fidelity: Any
+    topology: str | None
+    limit: int | None
+    timelines: int
+    weights: str
+    deterministic: bool | None
+    out: str
+
 
 # --------------------------------------------------------------------------------------------
 # policies
@@ -294,7 +312,7 @@ def write_timelines(
 
 
 def evaluate(
-    conf: Any,
+    conf: EvaluateSettings,
     config_yaml: str,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
