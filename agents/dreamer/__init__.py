@@ -5,6 +5,8 @@
   normalisation and imagination;
 * :mod:`agents.dreamer.agent`: world model + actor-critic, acting and updates;
 * :mod:`agents.dreamer.envs`: the run's envs and the episodes they record;
+* :mod:`agents.dreamer.driver`: the driver over the lockstep envs and the loop's clocks
+  (``Ratio``, ``Every``);
 * :mod:`agents.dreamer.train`: the online training loop (``opsworld train agent=dreamer``);
 * :mod:`agents.dreamer.policy`: :class:`~agents.dreamer.policy.DreamerPolicy`, a run dir
   behind the :class:`envs.core.policy.Policy` protocol;

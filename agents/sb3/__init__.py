@@ -1,6 +1,7 @@
 """Stable-Baselines3 training of opsworld agents, and a Policy adapter for trained runs.
 
-* :mod:`agents.sb3.config`: the typed run config and the start-up checks;
+* :mod:`agents.sb3.config`: the SB3 agents' schemas (of the one run schema,
+  :mod:`agents.run_config`) and their combination checks;
 * :mod:`agents.sb3.envs`: env ids, kwargs, seeds, vectorisation and normalisation;
 * :mod:`agents.sb3.callbacks`: the ``env/...`` episode metrics and best-model statistics;
 * :mod:`agents.sb3.train`: :func:`~agents.sb3.train.train_agent`, the training run;

@@ -20,37 +20,37 @@ acts), ``hpa`` and ``tuned_hpa`` (scaling), ``runbook`` (scaling and remediation
 deltas and, now and then, a random valid remediation from the env's action mask: restart,
 rollback, shedding or a node drain), so the model also sees actions no baseline takes.
 
-:func:`collect` runs every (entry, behaviour, replicate) of a suite, in a spawn process pool
-with a progress bar, and returns a :class:`Collection` (episodes plus :class:`EpisodeMeta`),
-which saves to and loads from one ``.npz`` file. Every run is determined by the entry's
-``run_seed(replicate)`` and the behaviour, so the result does not depend on the number of
-workers.
+:func:`collect` runs every (entry, behaviour, replicate) of a suite through
+:func:`agents.parallel.parallel_map` with a progress bar, and returns a :class:`Collection`
+(episodes plus :class:`EpisodeMeta`), which saves to and loads from one ``.npz`` file.
+Every run is determined by the entry's ``run_seed(replicate)`` and the behaviour, so the
+result does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.policy import StaticPolicy
-from envs.core.actions import Action, Scale
+from agents.parallel import parallel_map
 from envs.core.policy import Policy
 from envs.gym.codec import SCALE_DELTAS, SHED_LEVELS
 from envs.gym.envs import ClusterOpsEnv
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import Suite, SuiteEntry
+from envs.core.actions import Action, Scale
 
 BEHAVIOURS: tuple[str, ...] = ("static", "hpa", "tuned_hpa", "runbook", "explore")
+"""Episode-collection behaviours: registry policies (:data:`agents.registry.POLICIES`) and
+``explore`` (the ``hpa`` policy under an :class:`Explorer`)."""
 """Behaviour policies :func:`run_episode` knows."""
 EPISODE_KEYS: tuple[str, ...] = ("obs", "action", "reward", "cont", "is_first", "violation")
 """The keys of an episode dict (``wm_contract.md``)."""
@@ -137,23 +137,17 @@ class Explorer:
 def behaviour_policy(behaviour: str, scenario: Scenario) -> Policy:
     """The Policy behind ``behaviour`` (``explore`` runs the HPA under an :class:`Explorer`).
 
+    Every behaviour but ``explore`` is a policy of the one registry
+    (:data:`agents.registry.POLICIES`) with its knobs from ``configs/policy/<name>.yaml``.
+
     Raises:
         ValueError: For an unknown behaviour (the message lists :data:`BEHAVIOURS`).
     """
-    from agents.baselines.hpa import HPAConfig, HPAPolicy
-    from agents.baselines.runbook import RunbookPolicy
+    from agents.registry import make_policy
 
-    if behaviour == "static":
-        return StaticPolicy()
-    if behaviour in ("hpa", "explore"):
-        return HPAPolicy(HPAConfig.cpu(70), scenario)
-    if behaviour == "runbook":
-        return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(70))
-    if behaviour == "tuned_hpa":
-        from agents.baselines.tuned import load_settings, make_hpa
-
-        return make_hpa(load_settings(), scenario)
-    raise ValueError(f"behaviour {behaviour!r} is not one of {list(BEHAVIOURS)}")
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour {behaviour!r} is not one of {list(BEHAVIOURS)}")
+    return make_policy("hpa" if behaviour == "explore" else behaviour, scenario)
 
 
 def explore_seed(seed: int, behaviour: str) -> int:
@@ -365,6 +359,12 @@ def _run_task(
     return ep, meta
 
 
+def _run_task_args(
+    task: tuple[str, Scenario, str, int, int, str, ExploreConfig],
+) -> tuple[dict[str, np.ndarray], EpisodeMeta]:
+    return _run_task(*task)
+
+
 def collect(
     entries: Suite | Sequence[SuiteEntry],
     behaviours: Sequence[str] = BEHAVIOURS,
@@ -423,32 +423,9 @@ def collect(
         for k in replicates
     ]
     show = sys.stderr.isatty() if progress is None else progress
-    done: dict[int, tuple[dict[str, np.ndarray], EpisodeMeta]] = {}
     with ProgressBar(show, len(tasks), f"collect {topologies[0]}") as tick:
-        if workers == 1 or len(tasks) == 1:
-            for i, task in enumerate(tasks):
-                done[i] = _run_task(*task)
-                tick()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
-                futures: dict[Future[tuple[dict[str, np.ndarray], EpisodeMeta]], int] = {
-                    pool.submit(_run_task, *task): i for i, task in enumerate(tasks)
-                }
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in finished:
-                        failure = fut.exception()
-                        if failure is not None:
-                            for other in pending:
-                                other.cancel()
-                            raise failure
-                        done[futures[fut]] = fut.result()
-                        tick()
-    return Collection(
-        [done[i][0] for i in range(len(tasks))], [done[i][1] for i in range(len(tasks))]
-    )
+        done = parallel_map(_run_task_args, tasks, workers, on_result=lambda i, r: tick())
+    return Collection([ep for ep, _ in done], [meta for _, meta in done])
 
 
 class ProgressBar:
