@@ -5,7 +5,7 @@ with a fresh policy from ``policy_factory``: ``Simulator(entry.scenario, fidelit
 seed=entry.run_seed(replicate)).run(policy)``, then
 :func:`~envs.scenarios.scoring.score_episode`. Runs are independent and each is fully
 determined by its scenario and seed, so the result is the same for any number of workers.
-With ``workers > 1`` they go to a :class:`concurrent.futures.ProcessPoolExecutor` (spawned
+With ``workers > 1`` they go to :func:`agents.parallel.parallel_map` (spawned
 processes), so ``policy_factory`` must be picklable: a module-level function or class such
 as :class:`~agents.policy.StaticPolicy`, not a lambda or a local function.
 
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.parallel import parallel_map
 from agents.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import METRICS, EpisodeScore, MetricSummary, aggregate, score_episode
@@ -241,35 +240,23 @@ def execute(
 ) -> list[RunScore]:
     """Run each task (the arguments of :func:`run_one`) and return the scores in task order.
 
-    ``workers == 1`` runs in this process; otherwise a spawn pool of ``workers`` processes.
-    The first failure cancels the rest and is raised.
+    Runs through :func:`agents.parallel.parallel_map`: ``workers == 1`` runs in this
+    process, otherwise a spawn pool of ``workers`` processes; the first failure cancels the
+    rest and is raised.
     """
-    done: dict[int, RunScore] = {}
-    if workers == 1:
-        for i, task in enumerate(tasks):
-            done[i] = run_one(*task)
-            if progress is not None:
-                progress(len(done), len(tasks), done[i])
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures: dict[Future[RunScore], int] = {
-                pool.submit(run_one, *task): i for i, task in enumerate(tasks)
-            }
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    failure = fut.exception()
-                    if failure is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise failure
-                    i = futures[fut]
-                    done[i] = fut.result()
-                    if progress is not None:
-                        progress(len(done), len(tasks), done[i])
-    return [done[i] for i in range(len(tasks))]
+
+    finished = [0]
+
+    def report(i: int, score: RunScore) -> None:
+        finished[0] += 1
+        if progress is not None:
+            progress(finished[0], len(tasks), score)
+
+    return parallel_map(_run_one_args, tasks, workers, on_result=report)
+
+
+def _run_one_args(task: tuple[Any, ...]) -> RunScore:
+    return run_one(*task)
 
 
 def run_suite(

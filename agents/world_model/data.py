@@ -20,28 +20,27 @@ acts), ``hpa`` and ``tuned_hpa`` (scaling), ``runbook`` (scaling and remediation
 deltas and, now and then, a random valid remediation from the env's action mask: restart,
 rollback, shedding or a node drain), so the model also sees actions no baseline takes.
 
-:func:`collect` runs every (entry, behaviour, replicate) of a suite, in a spawn process pool
-with a progress bar, and returns a :class:`Collection` (episodes plus :class:`EpisodeMeta`),
-which saves to and loads from one ``.npz`` file. Every run is determined by the entry's
-``run_seed(replicate)`` and the behaviour, so the result does not depend on the number of
-workers.
+:func:`collect` runs every (entry, behaviour, replicate) of a suite through
+:func:`agents.parallel.parallel_map` with a progress bar, and returns a :class:`Collection`
+(episodes plus :class:`EpisodeMeta`), which saves to and loads from one ``.npz`` file.
+Every run is determined by the entry's ``run_seed(replicate)`` and the behaviour, so the
+result does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.parallel import parallel_map
 from agents.policy import Policy, StaticPolicy
 from envs.gym.envs import SCALE_DELTAS, SHED_LEVELS, ClusterOpsEnv
 from envs.scenarios.schema import Scenario
@@ -363,6 +362,12 @@ def _run_task(
     return ep, meta
 
 
+def _run_task_args(
+    task: tuple[str, Scenario, str, int, int, str, ExploreConfig],
+) -> tuple[dict[str, np.ndarray], EpisodeMeta]:
+    return _run_task(*task)
+
+
 def collect(
     entries: Suite | Sequence[SuiteEntry],
     behaviours: Sequence[str] = BEHAVIOURS,
@@ -421,32 +426,9 @@ def collect(
         for k in replicates
     ]
     show = sys.stderr.isatty() if progress is None else progress
-    done: dict[int, tuple[dict[str, np.ndarray], EpisodeMeta]] = {}
     with ProgressBar(show, len(tasks), f"collect {topologies[0]}") as tick:
-        if workers == 1 or len(tasks) == 1:
-            for i, task in enumerate(tasks):
-                done[i] = _run_task(*task)
-                tick()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as pool:
-                futures: dict[Future[tuple[dict[str, np.ndarray], EpisodeMeta]], int] = {
-                    pool.submit(_run_task, *task): i for i, task in enumerate(tasks)
-                }
-                pending = set(futures)
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                    for fut in finished:
-                        failure = fut.exception()
-                        if failure is not None:
-                            for other in pending:
-                                other.cancel()
-                            raise failure
-                        done[futures[fut]] = fut.result()
-                        tick()
-    return Collection(
-        [done[i][0] for i in range(len(tasks))], [done[i][1] for i in range(len(tasks))]
-    )
+        done = parallel_map(_run_task_args, tasks, workers, on_result=lambda i, r: tick())
+    return Collection([ep for ep, _ in done], [meta for _, meta in done])
 
 
 class ProgressBar:
