@@ -3,8 +3,8 @@
 This ``__init__`` is the one list of the public API; each name lives in one module:
 
 * :mod:`~agents.world_model.forecast.types`: :data:`METRICS`, :data:`SUPPORT`,
-  :data:`ZERO_SNAP`, :func:`to_raw`, the :class:`ForecastModel` protocol and the results
-  :class:`Forecast` and :class:`SampleForecast`;
+  :data:`UNITS`, :data:`ZERO_SNAP`, :func:`to_raw`, the :class:`ForecastModel` protocol and
+  the results :class:`Forecast` and :class:`SampleForecast`;
 * :mod:`~agents.world_model.forecast.rollout`: :func:`forecast` (one origin, quantiles),
   :func:`forecast_batch` (many origins of one episode, draws) and :func:`sample_futures`
   (the imagined draws behind both);
@@ -42,6 +42,7 @@ from agents.world_model.forecast.rollout import forecast, forecast_batch, sample
 from agents.world_model.forecast.types import (
     METRICS,
     SUPPORT,
+    UNITS,
     ZERO_SNAP,
     Forecast,
     ForecastModel,
@@ -57,6 +58,7 @@ __all__ = [
     "METRICS",
     "SCALE_GRID",
     "SUPPORT",
+    "UNITS",
     "ZERO_SNAP",
     "Calibration",
     "CalibrationStats",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 
 METRICS: tuple[str, ...] = ("p99", "rps", "error_rate", "replicas_ready")
@@ -25,6 +26,13 @@ SUPPORT: dict[str, tuple[float, float]] = {
     "replicas_ready": (0.0, math.inf),
 }
 """Raw-unit range of each metric; forecast draws are clipped to it."""
+UNITS: dict[str, str] = {
+    "p99": "s",
+    "rps": "attempts/s",
+    "error_rate": "fraction",
+    "replicas_ready": "pods",
+}
+"""Raw unit of each metric (labels of tables and plots)."""
 ZERO_SNAP: dict[str, float] = {"error_rate": 1e-3}
 """Draws below these values are reported as exactly 0: telemetry shows an error rate of
 exactly 0 whenever nothing fails, a point mass that a Gaussian in symlog space (std >= 0.01)
@@ -63,12 +71,20 @@ class ForecastModel(Protocol):
         ...
 
     def observe(
-        self, obs: Tensor, action: Tensor, is_first: Tensor, carry: Any, **kw: Any
+        self,
+        obs: Tensor,
+        action: Tensor,
+        is_first: Tensor,
+        carry: Any,
+        *,
+        generator: torch.Generator | None = None,
     ) -> tuple[Any, Any]:
         """Posterior over ``[B, T, ...]``: ``(carry, states)``."""
         ...
 
-    def imagine(self, carry: Any, actions: Tensor, **kw: Any) -> Any:
+    def imagine(
+        self, carry: Any, actions: Tensor, *, generator: torch.Generator | None = None
+    ) -> Any:
         """Prior rollout under ``actions`` ``[B, H, A]``."""
         ...
 
