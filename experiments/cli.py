@@ -26,14 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agents.run_config import RunConfigError
+
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 """Absolute path of the repository's ``configs/`` folder (Hydra's ``config_path``)."""
 
 PROG = "opsworld"
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message names the field and the fix."""
+ConfigError = RunConfigError
+"""A run configuration that cannot work; the message names the field and the fix (library
+code raises it as :class:`agents.run_config.RunConfigError`, the same class)."""
 
 
 SchemaT = TypeVar("SchemaT")
@@ -56,6 +59,50 @@ def structured_config(schema: type[SchemaT], cfg: Any, command: str) -> SchemaT:
         raise ConfigError(f"bad {command} config: {err}") from None
     assert isinstance(obj, schema)
     return obj
+
+
+HELP_RESOLVER = "opsworld_choices"
+"""OmegaConf resolver that help templates use to list a registry (``${opsworld_choices:envs}``)."""
+
+
+def choices(registry: str) -> str:
+    """The names of a registry joined by `` | `` (for help texts; imports only schemas).
+
+    Args:
+        registry: ``policies`` (:data:`agents.registry.POLICIES`), ``agents``
+            (:data:`agents.trainers.TRAINERS`), ``envs`` or ``loggers`` (the run schema's
+            enums, :mod:`agents.run_config`), ``bench`` (the benchmark suites).
+
+    Raises:
+        KeyError: For an unknown registry name.
+    """
+    if registry == "policies":
+        from agents.registry import POLICIES
+
+        names: list[str] = list(POLICIES)
+    elif registry == "agents":
+        from agents.trainers import TRAINERS
+
+        names = [str(a) for a in TRAINERS]
+    elif registry in ("envs", "loggers"):
+        from agents.run_config import EnvName, LoggerKind
+
+        names = [str(e) for e in (EnvName if registry == "envs" else LoggerKind)]
+    elif registry == "bench":
+        from agents.bench.config import BenchSuite
+
+        names = [str(b) for b in BenchSuite]
+    else:
+        raise KeyError(f"no registry {registry!r}")
+    return " | ".join(names)
+
+
+def register_help_resolver() -> None:
+    """Register :data:`HELP_RESOLVER` (idempotent); entry points call it before Hydra."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver(HELP_RESOLVER):
+        OmegaConf.register_new_resolver(HELP_RESOLVER, choices)
 
 
 @dataclass(frozen=True)
@@ -181,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"{PROG} {name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    register_help_resolver()
     saved = sys.argv
     sys.argv = [f"{PROG} {name}", *rest]
     try:

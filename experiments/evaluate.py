@@ -1,79 +1,61 @@
 """``opsworld evaluate``: score one or more policies on a scenario suite, in parallel.
 
 ``opsworld evaluate policy=hpa suite=holdout seeds=3 out=runs/eval`` runs the policy on every
-entry of the suite x ``seeds`` replicates (:func:`experiments.suite_runner.run_one` in a
-process pool; fluid fidelity by default), scores each run with
-:func:`envs.scenarios.scoring.score_episode` and writes to ``out``:
+entry of the suite x ``seeds`` replicates and writes per-policy results, a side-by-side
+summary, a Pareto plot and timelines to ``out`` (see :mod:`agents.evaluation.evaluate`, which
+does the work; ``docs/evaluation.md``). ``policy`` is a built-in name (the policy registry,
+:data:`agents.registry.POLICIES`; knobs from ``configs/policy/<name>.yaml``) or an
+``opsworld train`` run dir (trusted dirs only: SB3 zips hold pickles); ``policies=[a,b]``
+evaluates several.
 
-* ``<policy>/results.json`` and ``<policy>/results.md``: every run's score, per-entry means
-  and the aggregate (mean and IQM with bootstrap 95 % CIs), as
-  :class:`~experiments.suite_runner.SuiteResult` renders them;
-* ``summary.json`` and ``summary.md``: the aggregate of every policy side by side;
-* ``pareto.png``: mean allocated cost vs mean SLO-violation minutes, one point per policy, with the
-  95 % CIs of both means as error bars;
-* ``timelines/<policy>/<entry>.png``: the timeline (:func:`envs.sim.plots.plot_timeline`) of
-  replicate 0 of the first ``timelines`` entries;
-* ``config.yaml``: this run's resolved config.
-
-``policy`` is a built-in name (``static``, ``hpa``, ``tuned_hpa``, ``runbook``,
-``tuned_runbook``; knobs from
-``configs/policy/<name>.yaml``) or an ``opsworld train`` run dir, loaded with
-:class:`agents.sb3.policy.SB3Policy` (pickles: trusted dirs only). ``policies=[static,hpa]``
-evaluates several (it replaces ``policy``). The baselines need the entry's scenario, which
-:func:`~experiments.suite_runner.run_suite`'s argument-less factory cannot give, so this
-module feeds :func:`~experiments.suite_runner.run_one` a picklable per-entry factory
-(``functools.partial(build_policy, spec, scenario)``) from its own pool.
+This module is the command's schema (:class:`EvaluateConfig`) and its Hydra entry point.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
-import yaml
 from hydra.core.config_store import ConfigStore
-from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from agents.policy import Policy
-from envs.scenarios.schema import Scenario
-from envs.scenarios.scoring import aggregate
-from envs.scenarios.suites import Suite, SuiteError, load_suite
-from envs.sim.plots import plot_timeline
-from envs.sim.simulator import Simulator
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
-from experiments.simulate import (
-    POLICIES,
-    Fidelity,
-    HPAPolicyConfig,
-    PolicyConfig,
-    RunbookPolicyConfig,
-    StaticPolicyConfig,
-    TunedHPAPolicyConfig,
-    TunedRunbookPolicyConfig,
-    make_policy,
+from agents.evaluation.evaluate import (
+    PolicySpec,
+    build_policy,
+    load_policy_config,
+    plot_pareto,
+    resolve_policy,
+    run_policy,
+    summary_markdown,
+    write_timelines,
 )
-from experiments.suite_runner import RunScore, SuiteResult, execute
+from agents.evaluation.evaluate import evaluate as evaluate_policies
+from agents.run_config import Fidelity
+from experiments.cli import (
+    CONFIG_DIR,
+    EXIT_USAGE,
+    ConfigError,
+    register_help_resolver,
+    structured_config,
+)
 
-POLICY_DIR = Path(CONFIG_DIR) / "policy"
-"""``configs/policy/``: the knobs of the built-in policies."""
-
-SCHEMAS: dict[str, type[PolicyConfig]] = {
-    "static": StaticPolicyConfig,
-    "hpa": HPAPolicyConfig,
-    "runbook": RunbookPolicyConfig,
-    "tuned_hpa": TunedHPAPolicyConfig,
-    "tuned_runbook": TunedRunbookPolicyConfig,
-}
+__all__ = [
+    "SCHEMA",
+    "EvaluateConfig",
+    "PolicySpec",
+    "build_policy",
+    "evaluate",
+    "load_policy_config",
+    "main",
+    "plot_pareto",
+    "resolve_policy",
+    "run_policy",
+    "summary_markdown",
+    "write_timelines",
+]
 
 
 @dataclass
@@ -121,6 +103,7 @@ SCHEMA = EvaluateConfig
 
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    register_help_resolver()
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
@@ -129,342 +112,21 @@ def to_config(cfg: DictConfig | EvaluateConfig | Mapping[str, Any]) -> EvaluateC
     return structured_config(EvaluateConfig, cfg, "evaluate")
 
 
-# --------------------------------------------------------------------------------------------
-# policies
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """A policy to build per scenario (picklable).
-
-    Attributes:
-        label: Name used for output folders and tables.
-        config: Built-in policy config (None for a trained run dir).
-        run_dir: ``opsworld train`` run dir (None for a built-in).
-        kind: ``sb3`` or ``dreamer`` (for a run dir).
-        weights: ``final`` or ``best`` (see :class:`EvaluateConfig`).
-        deterministic: Mode (True), seeded sample (False) or the kind's default (None).
-    """
-
-    label: str
-    config: PolicyConfig | None = None
-    run_dir: str | None = None
-    kind: str = "sb3"
-    weights: str = "final"
-    deterministic: bool | None = None
-
-
-WEIGHT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
-    "final": {"sb3": ("model.zip", "vecnormalize.pkl"), "dreamer": ("agent.pt",)},
-    "best": {
-        "sb3": ("best/best_model.zip", "best/vecnormalize.pkl"),
-        "dreamer": ("best/agent.pt",),
-    },
-}
-"""The weight files of a trained run dir, per ``weights`` choice and run kind."""
-
-_SB3_CACHE: dict[tuple[str, str, bool | None], Policy] = {}
-
-
-def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
-    """A fresh policy for one run on ``scenario`` (a trained model loads once per process)."""
-    if spec.config is not None:
-        return make_policy(spec.config, scenario)
-    assert spec.run_dir is not None
-    key = (spec.run_dir, spec.weights, spec.deterministic)
-    if key not in _SB3_CACHE:
-        files = WEIGHT_FILES[spec.weights][spec.kind]
-        if spec.kind == "dreamer":
-            from agents.dreamer.policy import DreamerPolicy
-
-            _SB3_CACHE[key] = DreamerPolicy(
-                spec.run_dir, weights=files[0], deterministic=spec.deterministic
-            )
-        else:
-            from agents.sb3.policy import SB3Policy
-
-            deterministic = True if spec.deterministic is None else spec.deterministic
-            _SB3_CACHE[key] = SB3Policy(
-                spec.run_dir, model=files[0], vecnormalize=files[1], deterministic=deterministic
-            )
-    return _SB3_CACHE[key]
-
-
-def run_dir_algo(path: Path) -> Any:
-    """``agent.algo`` of a train run dir's ``config.yaml`` (None when unreadable)."""
-    try:
-        saved = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        return saved["agent"]["algo"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-
-
-def load_policy_config(name: str) -> PolicyConfig:
-    """The built-in policy ``name`` with its knobs from ``configs/policy/<name>.yaml``."""
-    schema = SCHEMAS.get(name, PolicyConfig)
-    path = POLICY_DIR / f"{name}.yaml"
-    values: dict[str, Any] = {}
-    if path.exists():
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        values.pop("defaults", None)
-    try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"policy={name}: bad {path}: {err}") from None
-    assert isinstance(obj, PolicyConfig)
-    return obj
-
-
-def resolve_policy(
-    name: str, key: str = "policy", weights: str = "final", deterministic: bool | None = None
-) -> PolicySpec:
-    """A :class:`PolicySpec` for a built-in name or a trained run dir.
-
-    A run dir's label gets ``-best`` for ``weights=best`` and ``-mode`` / ``-sample`` for
-    an explicit ``deterministic``, so variants of one run can be evaluated side by side.
-
-    Raises:
-        ConfigError: Naming ``key`` for an unknown name or a dir that is not a train run,
-            ``weights`` when it is not ``final`` or ``best`` or its files are missing.
-    """
-    if weights not in WEIGHT_FILES:
-        raise ConfigError(f"weights={weights!r}: use one of {sorted(WEIGHT_FILES)}")
-    if name in POLICIES:
-        return PolicySpec(name, config=load_policy_config(name))
-    path = Path(name)
-    if not path.is_dir():
-        raise ConfigError(
-            f"{key}={name!r} is neither a known policy ({sorted(POLICIES)}) nor a trained "
-            "run dir (an 'opsworld train' output folder)"
-        )
-    kind = "dreamer" if run_dir_algo(path) == "dreamer" else "sb3"
-    needed = {"dreamer": ("config.yaml", "agent.pt")}.get(
-        kind, ("config.yaml", "model.zip", "vecnormalize.pkl")
-    )
-    missing = [f for f in needed if not (path / f).exists()]
-    if missing:
-        raise ConfigError(
-            f"{key}={name!r}: not an 'opsworld train' run dir (missing {', '.join(missing)})"
-        )
-    files = WEIGHT_FILES[weights][kind]
-    absent = [f for f in files if not (path / f).exists()]
-    if absent:
-        raise ConfigError(
-            f"weights={weights}: {name} has no {', '.join(absent)} (was it trained with "
-            "evaluations? weights=final uses the last weights)"
-        )
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.resolve().name) or "trained"
-    if weights != "final":
-        label += f"-{weights}"
-    if deterministic is not None:
-        label += "-mode" if deterministic else "-sample"
-    return PolicySpec(
-        f"{kind}-{label}",
-        run_dir=str(path.resolve()),
-        kind=kind,
-        weights=weights,
-        deterministic=deterministic,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# running
-
-
-def run_policy(
-    suite: Suite,
-    spec: PolicySpec,
-    replicates: Sequence[int],
-    workers: int,
-    fidelity: str,
-    progress: Callable[[int, int, RunScore], None] | None = None,
-) -> SuiteResult:
-    """Run ``spec`` on every entry x replicate of ``suite`` (in a spawn pool when workers>1)."""
-    tasks = [
-        (
-            e.id,
-            e.scenario,
-            k,
-            e.run_seed(k),
-            fidelity,
-            functools.partial(build_policy, spec, e.scenario),
-        )
-        for e in suite.entries
-        for k in replicates
-    ]
-    workers = max(1, min(workers, len(tasks)))
-    start = time.perf_counter()
-    runs = execute(tasks, workers, progress)
-    return SuiteResult(
-        suite=suite.name,
-        policy=spec.label,
-        fidelity=fidelity,
-        replicates=list(replicates),
-        runs=runs,
-        summary=aggregate([r.score for r in runs]),
-        wall_s=time.perf_counter() - start,
-        workers=workers,
-        entries=suite.ids,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# outputs
-
-
-def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
-    """Mean cost vs mean SLO-violation minutes per policy, with 95 % CI error bars."""
-    fig = Figure(figsize=(7, 5))
-    ax = fig.add_subplot()
-    for r in results:
-        cost, slo = r.summary["allocated_cost"], r.summary["slo_violation_min"]
-        if cost.mean is None or slo.mean is None:
-            continue
-        xerr = (
-            [[cost.mean - cost.mean_ci[0]], [cost.mean_ci[1] - cost.mean]] if cost.mean_ci else None
-        )
-        yerr = [[slo.mean - slo.mean_ci[0]], [slo.mean_ci[1] - slo.mean]] if slo.mean_ci else None
-        ax.errorbar(cost.mean, slo.mean, xerr=xerr, yerr=yerr, fmt="o", capsize=4, label=r.policy)
-        ax.annotate(r.policy, (cost.mean, slo.mean), textcoords="offset points", xytext=(6, 6))
-    suite = results[0].suite if results else ""
-    ax.set_xlabel("mean allocated cost per episode (pods' CPU requests at node price)")
-    ax.set_ylabel("mean SLO-violation minutes per episode")
-    ax.set_title(f"suite {suite}: cost vs SLO violation (95% CI)")
-    ax.grid(True, alpha=0.3)
-    if results:
-        ax.legend(loc="best")
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
-def summary_markdown(results: Sequence[SuiteResult]) -> str:
-    """The aggregates of every policy side by side (mean [95% CI])."""
-    metrics = (
-        "slo_violation_min",
-        "error_budget_burn",
-        "allocated_cost",
-        "mitigated",
-        "time_to_mitigate_s",
-    )
-    lines = [
-        "| policy | runs | " + " | ".join(f"`{m}` mean [95% CI]" for m in metrics) + " |",
-        "|---|---:|" + "---|" * len(metrics),
-    ]
-    for r in results:
-        cells = []
-        for m in metrics:
-            s = r.summary[m]
-            ci = f" [{s.mean_ci[0]:.3g}, {s.mean_ci[1]:.3g}]" if s.mean_ci else ""
-            cells.append("" if s.mean is None else f"{s.mean:.3g}{ci}")
-        lines.append(f"| `{r.policy}` | {len(r.runs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_timelines(
-    suite: Suite, spec: PolicySpec, fidelity: str, n: int, folder: Path
-) -> list[Path]:
-    """Rerun replicate 0 of the first ``n`` entries in-process and plot each timeline."""
-    paths = []
-    for e in suite.entries[: max(0, n)]:
-        policy = build_policy(spec, e.scenario)
-        result = Simulator(e.scenario, fidelity=fidelity, seed=e.run_seed(0)).run(policy)
-        paths.append(
-            plot_timeline(
-                result.frames,
-                e.scenario,
-                folder / f"{e.id}.png",
-                actions=result.actions,
-                faults=result.faults,
-            )
-        )
-    return paths
-
-
 def evaluate(
     cfg: DictConfig | EvaluateConfig | Mapping[str, Any],
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
-    """Evaluate the configured policies and write the outputs of the module docstring.
+    """Validate the config and evaluate (:func:`agents.evaluation.evaluate.evaluate`).
 
     Returns:
         ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...]}``.
 
     Raises:
-        ConfigError: Before anything runs, naming the field (policy, policies, suite, seeds,
-            workers, limit, timelines).
+        ConfigError: Before anything runs, naming the field.
     """
     conf = to_config(cfg)
-    names = list(conf.policies) or [conf.policy]
-    key = "policies" if len(names) > 1 else "policy"  # `policy=X` arrives as policies=['X']
-    specs = [resolve_policy(n, key, conf.weights, conf.deterministic) for n in names]
-    labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"{key}={names}: a policy appears twice")
-    try:
-        suite = load_suite(conf.suite)
-    except (SuiteError, OSError) as err:
-        raise ConfigError(f"suite={conf.suite}: {err}") from None
-    for name, value, low in (("seeds", conf.seeds, 1), ("workers", conf.workers, 1)):
-        if value < low:
-            raise ConfigError(f"{name}={value}: must be >= {low}")
-    if conf.topology is not None:
-        try:
-            suite = suite.on_topology(conf.topology)
-        except SuiteError as err:
-            raise ConfigError(f"topology={conf.topology}: {err}") from None
-    if conf.limit is not None:
-        if conf.limit < 1:
-            raise ConfigError(f"limit={conf.limit}: must be >= 1 (or null for all entries)")
-        suite = suite.subset(first=conf.limit)
-    if conf.timelines < 0:
-        raise ConfigError(f"timelines={conf.timelines}: must be >= 0")
-    fidelity = conf.fidelity.value
-    out = Path(conf.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True))
-
-    results: list[SuiteResult] = []
-    files: list[Path] = []
-    for spec in specs:
-        if log is not None:
-            log(
-                f"evaluate: {spec.label} on {suite.name} "
-                f"({len(suite)} entries x {conf.seeds} seeds)"
-            )
-        res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity)
-        results.append(res)
-        folder = out / spec.label
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(res.to_json())
-        (folder / "results.md").write_text(res.to_markdown())
-        files += [folder / "results.json", folder / "results.md"]
-        files += write_timelines(
-            suite, spec, fidelity, conf.timelines, out / "timelines" / spec.label
-        )
-
-    summary = {
-        "suite": suite.name,
-        "fidelity": fidelity,
-        "seeds": conf.seeds,
-        "entries": len(suite),
-        "policies": {r.policy: {k: v.as_dict() for k, v in r.summary.items()} for r in results},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    table = summary_markdown(results)
-    (out / "summary.md").write_text(
-        f"# Evaluation on suite `{suite.name}`\n\n{len(suite)} entries x {conf.seeds} seed(s), "
-        f"{fidelity} fidelity. Definitions: docs/scoring.md.\n\n{table}\n\n![Pareto](pareto.png)\n"
-    )
-    files += [out / "summary.json", out / "summary.md", plot_pareto(results, out / "pareto.png")]
-    if log is not None:
-        log(table)
-        log(f"wrote {len(files)} files to {out}")
-    return {
-        "out": str(out),
-        "results": {r.policy: r.to_dict() for r in results},
-        "files": [str(f) for f in files],
-    }
+    resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
+    return evaluate_policies(conf, resolved, log)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")

@@ -1,15 +1,17 @@
-"""``opsworld train``: train a Stable-Baselines3 agent on an opsworld env.
+"""``opsworld train``: train an SB3 or Dreamer agent on an opsworld env.
 
 ``opsworld train agent=ppo env=autoscale scenario=boutique total_timesteps=200000 out=runs/a``
 composes ``configs/train.yaml`` with the config groups ``agent/`` (ppo | maskable_ppo | dqn |
-a2c), ``env/`` (autoscale | remediate | ops), ``logger/`` (none | csv | tensorboard | wandb),
+a2c | dreamer), ``env/`` (autoscale | remediate | ops | hpa_tune), ``logger/`` (none | csv |
+tensorboard | wandb),
 the overlays ``experiment/`` and ``debug/`` (``debug=default`` runs in seconds), trains,
 and writes the run dir (``model.zip``, ``vecnormalize.pkl``, ``config.yaml``,
 ``metrics.json``, ``checkpoints/``, ``best/``, ``eval/``, ``logs/``); see
 ``docs/training.md``.
 
 The Hydra entry point only calls :func:`train`, which tests call directly with a composed
-config; the work is done by :func:`agents.sb3.train.train_agent`. Sweeps use Hydra's
+config; the schema is :class:`agents.run_config.RunConfig` and the work is done by the
+trainer of ``agent.algo`` (:data:`agents.trainers.TRAINERS`). Sweeps use Hydra's
 multirun (``opsworld train -m seed=0,1,2``): each job gets its own run dir
 (``<out>/<job number>``) with its resolved config.
 """
@@ -25,37 +27,26 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from agents.sb3.config import (
-    A2CConfig,
-    DQNConfig,
-    EnvConfig,
-    LoggerConfig,
-    MaskablePPOConfig,
-    PPOConfig,
-    SB3ConfigError,
-    TrainConfig,
-    WandbLoggerConfig,
-    config_from_mapping,
-)
-from agents.sb3.train import train_agent
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError
+from agents.run_config import RunConfig, RunConfigError
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
 
-SCHEMA = TrainConfig
+SCHEMA = RunConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
+
+TrainConfig = RunConfig
 
 
 @dataclass
-class TrainSchema(TrainConfig):
-    """:class:`TrainConfig` as Hydra composes it, with an untyped ``agent`` node.
+class TrainSchema(RunConfig):
+    """:class:`RunConfig` as Hydra composes it, with an untyped ``agent`` node.
 
-    Each ``configs/agent/<name>.yaml`` brings its own schema (an SB3 dataclass, or for
-    ``agent=dreamer`` the keys of :class:`agents.dreamer.config.DreamerAgentConfig`, which
-    pydantic validates when the run starts), so an agent that is not an SB3
-    :class:`~agents.sb3.config.AgentConfig` composes too.
+    Each ``configs/agent/<name>.yaml`` brings its own schema (``schema/agent/<name>``: the
+    trainer's dataclass, :data:`agents.trainers.TRAINERS`), so any agent composes and a key
+    its schema lacks fails at composition.
     """
 
     agent: Any = MISSING
@@ -63,41 +54,25 @@ class TrainSchema(TrainConfig):
 
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainSchema)
-    for name, node in (
-        ("ppo", PPOConfig),
-        ("maskable_ppo", MaskablePPOConfig),
-        ("dqn", DQNConfig),
-        ("a2c", A2CConfig),
-    ):
-        cs.store(group="schema/agent", name=name, node=node)
-    cs.store(group="schema/env", name="env", node=EnvConfig)
-    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
-    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
-    from agents.dreamer.config import DreamerAgentConfig
+    register_help_resolver()
+    from agents.trainers import register_configs as register_groups
 
-    cs.store(group="schema/agent", name="dreamer", node=DreamerAgentConfig().model_dump())
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+    register_groups()
 
 
-def _algo(cfg: DictConfig | TrainConfig | Mapping[str, Any]) -> Any:
-    if isinstance(cfg, TrainConfig):
-        return cfg.agent.algo
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.select(cfg, "agent.algo", default=None)
-    agent = cfg.get("agent")
-    return agent.get("algo") if isinstance(agent, Mapping) else None
-
-
-def to_config(cfg: DictConfig | TrainConfig | Mapping[str, Any]) -> TrainConfig:
-    """Validate a composed config (or a plain mapping) against :class:`TrainConfig`.
+def to_config(cfg: DictConfig | RunConfig | Mapping[str, Any]) -> RunConfig:
+    """Validate a composed config (or a plain mapping): :func:`agents.trainers.to_run_config`.
 
     Raises:
-        ConfigError: A key the schema does not have, or a value of the wrong type.
+        ConfigError: An unknown key, a value of the wrong type or out of range, or a
+            combination that cannot work; the message names the field.
     """
+    from agents.trainers import to_run_config
+
     try:
-        return config_from_mapping(cfg)
-    except SB3ConfigError as err:
+        return to_run_config(cfg)
+    except RunConfigError as err:
         raise ConfigError(str(err)) from None
 
 
@@ -144,20 +119,13 @@ def train(
         ConfigError: Before anything runs, for a config that cannot work; the message names
             the field and what to do.
     """
-    if _algo(cfg) == "dreamer":  # agents/dreamer validates and runs it (docs/dreamer.md)
-        from agents.dreamer.config import DreamerConfigError
-        from agents.dreamer.train import train_dreamer
+    from agents.trainers import train as run_trainer
 
-        try:
-            metrics = train_dreamer(cfg)
-        except DreamerConfigError as err:
-            raise ConfigError(str(err)) from None
-    else:
-        conf = to_config(cfg)
-        try:
-            metrics = train_agent(conf)
-        except SB3ConfigError as err:
-            raise ConfigError(str(err)) from None
+    conf = to_config(cfg)
+    try:
+        metrics = run_trainer(conf)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     (console if console is not None else Console()).print(_summary_table(metrics))
     return metrics
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.evaluation.suite import SuiteRunError, run_suite
 from agents.policy import StaticPolicy
 from envs.scenarios.schema import FAULT_KINDS
 from envs.scenarios.scoring import METRICS, slo_timeline
@@ -28,7 +29,6 @@ from envs.scenarios.suites import (
     traffic_features,
 )
 from envs.sim.simulator import Simulator
-from experiments.suite_runner import SuiteRunError, run_suite
 
 
 @pytest.fixture(scope="module")

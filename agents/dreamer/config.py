@@ -1,16 +1,19 @@
-"""Settings of a Dreamer run: the ``agent=dreamer`` group and the run keys it shares.
+"""Settings of a Dreamer run: the ``agent=dreamer`` group node of the one run schema.
 
-``opsworld train agent=dreamer`` composes ``configs/train.yaml`` like every agent, so a
-Dreamer run has the top-level keys of :class:`agents.sb3.config.TrainConfig` (``scenario``,
-``suite``/``topology``, ``seed``, ``total_timesteps``, ``n_envs``, ``eval``, ``checkpoint_freq``,
-``logger``, ``env``, ``resume``, ``out``, ...) and its own agent group
-(:class:`DreamerAgentConfig`, ``configs/agent/dreamer.yaml``). :func:`dreamer_config` validates
-the whole composed tree with pydantic (``extra="forbid"``): a misspelt key or a bad value
-fails at start with its dotted name, before any env or network is built.
+``opsworld train agent=dreamer`` composes ``configs/train.yaml`` like every agent: a Dreamer
+run is an :class:`agents.run_config.RunConfig` (``scenario``, ``suite``/``topology``,
+``seed``, ``total_timesteps``, ``n_envs``, ``eval``, ``checkpoint_freq``, ``logger``, ``env``,
+``resume``, ``out``, ...) whose ``agent`` is a :class:`DreamerAgentConfig`. The dataclass is
+registered in Hydra's ConfigStore as ``schema/agent/dreamer``, so a misspelt Dreamer key fails
+at composition like a misspelt PPO key; value ranges are declared with
+:func:`~agents.run_config.bounded` and checked on the one validation path
+(:func:`agents.trainers.to_run_config`), and :meth:`DreamerAgentConfig.check` rejects
+combinations Dreamer cannot run (``env.obs=dict``, ...). :func:`dreamer_config` is that path
+for a Dreamer run.
 
-Keys of :class:`~agents.sb3.config.TrainConfig` that only SB3 uses (``vec_env``; the
-``VecNormalize`` knobs of ``env``) are accepted and ignored: Dreamer steps its envs in this
-process and reads the encoder's symlog'd observations as they are.
+Keys of the run schema that only SB3 uses (``vec_env``; the ``VecNormalize`` knobs of
+``env``) are accepted and ignored: Dreamer steps its envs in this process and reads the
+encoder's symlog'd observations as they are (a non-default ``vec_env`` warns).
 
 Defaults follow DreamerV3 (Hafner et al. 2023; danijar/dreamerv3 ``configs.yaml``): horizon
 15, discount 0.997 (a horizon of 333 decisions), lambda 0.95, actor entropy 3e-4, 1% unimix,
@@ -22,17 +25,46 @@ paper's (the observation is a vector of a few hundred numbers and the machine a 
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from collections.abc import Mapping
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from agents.run_config import (
+    AgentConfig,
+    Algo,
+    EnvName,
+    ObsKind,
+    RunConfig,
+    RunConfigError,
+    VecEnvKind,
+    bounded,
+)
 
-from agents.world_model.config import SIZES, Size, WorldModelConfig
+if TYPE_CHECKING:
+    from agents.world_model.config import WorldModelConfig
 
-PREFILL_POLICIES: tuple[str, ...] = ("random", "static", "hpa", "tuned_hpa", "runbook")
-"""Behaviours that can fill the replay before the first update (``agent.prefill_policy``)."""
+
+class Size(StrEnum):
+    """World-model preset and actor/critic width (:data:`agents.world_model.config.SIZES`)."""
+
+    tiny = "tiny"
+    small = "small"
+
+
+class PrefillPolicy(StrEnum):
+    """``agent.prefill_policy``: ``random`` or a behaviour of the policy registry."""
+
+    random = "random"
+    static = "static"
+    hpa = "hpa"
+    tuned_hpa = "tuned_hpa"
+    runbook = "runbook"
+
+
+PREFILL_POLICIES: tuple[str, ...] = tuple(p.value for p in PrefillPolicy)
+"""Behaviours that can fill the replay before the first update (``agent.prefill_policy``);
+every name but ``random`` is a policy of :data:`agents.registry.POLICIES`."""
 
 AC_UNITS: dict[str, list[int]] = {"tiny": [128, 128], "small": [256, 256]}
 """Actor and critic hidden layers of each size (``agent.net_arch: null``)."""
@@ -47,16 +79,12 @@ OWNED_BY_AGENT: dict[str, str] = {
 }
 """WorldModelConfig fields that the agent group sets (field -> agent key)."""
 
-
-class DreamerConfigError(ValueError):
-    """A Dreamer run configuration that cannot work; the message names the field."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+DreamerConfigError = RunConfigError
+"""A Dreamer run configuration that cannot work (the run schema's error; the old name)."""
 
 
-class DreamerAgentConfig(_Strict):
+@dataclass
+class DreamerAgentConfig(AgentConfig):
     """The ``agent`` group of a Dreamer run (``configs/agent/dreamer.yaml``).
 
     Attributes:
@@ -72,7 +100,7 @@ class DreamerAgentConfig(_Strict):
         return_lambda: Lambda of the lambda-returns.
         entropy: Actor entropy bonus (scaled like the normalised advantages).
         unimix: Uniform share mixed into every action categorical and world-model latent.
-        bins: Two-hot bins of the critic (and of the reward head).
+        bins: Two-hot bins of the critic (and of the reward head); odd (a bin at zero).
         train_ratio: Replayed steps per env step; an update replays ``batch * seq_len``
             steps, so there are ``train_ratio / (batch * seq_len)`` updates per env step.
         batch: Sequences per world-model batch.
@@ -112,87 +140,88 @@ class DreamerAgentConfig(_Strict):
             ``total_timesteps``.
     """
 
-    algo: Literal["dreamer"] = "dreamer"
-    size: Size = "tiny"
-    world_model: dict[str, Any] = Field(default_factory=dict)
-    net_arch: list[int] | None = None
-    horizon: int = 15
-    discount: float = 0.997
-    return_lambda: float = 0.95
-    entropy: float = 3e-4
-    unimix: float = 0.01
-    bins: int = 255
-    train_ratio: float = 32.0
-    batch: int = 16
-    seq_len: int = 64
-    imag_starts: int | None = 256
-    model_lr: float = 1e-4
-    actor_lr: float = 3e-5
-    critic_lr: float = 3e-5
-    adam_eps: float = 1e-5
-    grad_clip: float = 100.0
-    slow_critic_rate: float = 0.02
-    slow_reg: float = 1.0
+    algo: Algo = Algo.dreamer
+    size: Size = Size.tiny
+    world_model: dict[str, Any] = field(default_factory=dict)
+    net_arch: list[int] | None = bounded(None, ge=1, nonempty=True)
+    horizon: int = bounded(15, ge=1)
+    discount: float = bounded(0.997, gt=0, le=1)
+    return_lambda: float = bounded(0.95, gt=0, le=1)
+    entropy: float = bounded(3e-4, ge=0)
+    unimix: float = bounded(0.01, ge=0, lt=1)
+    bins: int = bounded(255, ge=1, odd=True)
+    train_ratio: float = bounded(32.0, gt=0)
+    batch: int = bounded(16, ge=1)
+    seq_len: int = bounded(64, ge=1)
+    imag_starts: int | None = bounded(256, ge=1)
+    model_lr: float = bounded(1e-4, gt=0)
+    actor_lr: float = bounded(3e-5, gt=0)
+    critic_lr: float = bounded(3e-5, gt=0)
+    adam_eps: float = bounded(1e-5, gt=0)
+    grad_clip: float = bounded(100.0, gt=0)
+    slow_critic_rate: float = bounded(0.02, gt=0, lt=1)
+    slow_reg: float = bounded(1.0, ge=0)
     slow_target: bool = False
-    retnorm_rate: float = 0.01
-    retnorm_low: float = 5.0
-    retnorm_high: float = 95.0
-    retnorm_limit: float = 1.0
-    prefill: int = 1000
-    prefill_policy: Literal["random", "static", "hpa", "tuned_hpa", "runbook"] = "random"
-    noop_prob: float | None = None
-    pretrain: int = 0
-    replay_capacity: int = 1_000_000
-    log_every: int = 1000
-    max_minutes: float | None = None
+    retnorm_rate: float = bounded(0.01, gt=0, lt=1)
+    retnorm_low: float = bounded(5.0, ge=0, le=100)
+    retnorm_high: float = bounded(95.0, ge=0, le=100)
+    retnorm_limit: float = bounded(1.0, gt=0)
+    prefill: int = bounded(1000, ge=0)
+    prefill_policy: PrefillPolicy = PrefillPolicy.random
+    noop_prob: float | None = bounded(None, gt=0, lt=1)
+    pretrain: int = bounded(0, ge=0)
+    replay_capacity: int = bounded(1_000_000, ge=1)
+    log_every: int = bounded(1000, ge=1)
+    max_minutes: float | None = bounded(None, gt=0)
 
-    @model_validator(mode="after")
-    def _check(self) -> DreamerAgentConfig:
-        for name in ("horizon", "batch", "seq_len", "bins", "replay_capacity", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.bins % 2 == 0:
-            raise ValueError(f"bins={self.bins}: use an odd number (a bin at zero)")
-        for name in ("discount", "return_lambda"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}={getattr(self, name)}: must be in (0, 1]")
-        for name in ("unimix", "slow_critic_rate", "retnorm_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0 or (
-                name != "unimix" and getattr(self, name) == 0.0
-            ):
-                raise ValueError(f"{name}={getattr(self, name)}: must be in (0, 1)")
-        if not 0.0 <= self.retnorm_low < self.retnorm_high <= 100.0:
-            raise ValueError(
-                f"retnorm_low={self.retnorm_low}, retnorm_high={self.retnorm_high}: need "
-                "0 <= low < high <= 100"
+    def check(self, run: RunConfig) -> None:
+        """Combinations Dreamer cannot run (after the value ranges are checked).
+
+        Raises:
+            RunConfigError: Naming the field(s) and the fix.
+        """
+        if self.retnorm_low >= self.retnorm_high:
+            raise RunConfigError(
+                f"agent.retnorm_low={self.retnorm_low}, agent.retnorm_high={self.retnorm_high}: "
+                "need low < high"
             )
-        if self.train_ratio <= 0:
-            raise ValueError(f"train_ratio={self.train_ratio}: must be > 0")
-        if self.prefill < 0 or self.pretrain < 0:
-            raise ValueError(f"prefill={self.prefill}, pretrain={self.pretrain}: must be >= 0")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ValueError(f"max_minutes={self.max_minutes}: must be > 0 or null")
-        if self.noop_prob is not None and not 0.0 < self.noop_prob < 1.0:
-            raise ValueError(f"noop_prob={self.noop_prob}: must be in (0, 1) or null")
-        if self.imag_starts is not None and self.imag_starts < 1:
-            raise ValueError(f"imag_starts={self.imag_starts}: must be >= 1 or null")
-        if self.net_arch is not None and (not self.net_arch or min(self.net_arch) < 1):
-            raise ValueError(f"net_arch={self.net_arch}: list positive layer sizes, or null")
         owned = sorted(set(OWNED_BY_AGENT) & set(self.world_model))
         if owned:
-            raise ValueError(
-                f"world_model.{owned[0]}: set agent.{OWNED_BY_AGENT[owned[0]]} instead "
+            raise RunConfigError(
+                f"agent.world_model.{owned[0]}: set agent.{OWNED_BY_AGENT[owned[0]]} instead "
                 "(the agent group owns it)"
             )
+        from pydantic import ValidationError
+
         try:
             self.world_model_config()
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(
-                f"world_model.{where}: {first['msg'].removeprefix('Value error, ')}"
-            ) from None
-        return self
+            msg = first["msg"].removeprefix("Value error, ")
+            raise RunConfigError(f"agent.world_model.{where}: {msg}") from None
+        if run.env.obs != ObsKind.box:
+            raise RunConfigError(
+                f"env.obs={run.env.obs}: Dreamer's world model reads the flat observation; "
+                "use env.obs=box"
+            )
+        if run.env.name == EnvName.autoscale and self.noop_prob is not None:
+            raise RunConfigError(
+                f"agent.noop_prob={self.noop_prob}: env=autoscale has no remediation "
+                "dimension; leave it null"
+            )
+        if run.env.name == EnvName.hpa_tune and self.prefill_policy != PrefillPolicy.random:
+            raise RunConfigError(
+                f"agent.prefill_policy={self.prefill_policy}: env=hpa_tune acts through "
+                "the HPA's targets, and a baseline's replica actions are no choice of that "
+                "action space (the replay would record features the actor cannot take); use "
+                "agent.prefill_policy=random"
+            )
+        if run.vec_env != VecEnvKind.auto:
+            warnings.warn(
+                f"vec_env={run.vec_env} is an SB3 setting; agent=dreamer ignores it",
+                stacklevel=2,
+            )
 
     @property
     def hidden(self) -> list[int]:
@@ -206,8 +235,10 @@ class DreamerAgentConfig(_Strict):
 
     def world_model_config(self) -> WorldModelConfig:
         """The :class:`WorldModelConfig` of this agent (preset, overrides, owned keys)."""
+        from agents.world_model.config import WorldModelConfig
+
         return WorldModelConfig.preset(
-            self.size,
+            self.size.value,
             **{
                 **self.world_model,
                 "batch": self.batch,
@@ -219,197 +250,33 @@ class DreamerAgentConfig(_Strict):
         )
 
 
-assert set(SIZES) == set(AC_UNITS)
+@dataclass
+class DreamerTrainConfig(RunConfig):
+    """A whole Dreamer run: the run schema (:class:`RunConfig`) with a Dreamer agent.
 
-
-class RewardWeightsSettings(_Strict):
-    """``env.reward_weights`` (see :class:`envs.gym.envs.RewardWeights`)."""
-
-    slo: float = 1.0
-    cost: float = 0.2
-    disruption: float = 0.05
-
-
-class EnvSettings(_Strict):
-    """``env``: the env group of ``opsworld train`` as Dreamer reads it.
-
-    Attributes:
-        name: ``autoscale`` (MultiDiscrete), ``remediate`` (Discrete with masks), ``ops``
-            (MultiDiscrete with a masked remediation dimension) or ``hpa_tune`` (per-service
-            HPA CPU targets and a masked remediation dimension).
-        fidelity: Simulator fidelity.
-        obs: Must be ``box``: the world model reads the flat ObsEncoder layout.
-        reward_weights: Weights of the reward's components.
-        max_episode_steps: Cut episodes at this many decisions (None: the registered 240
-            and the scenario's horizon).
-        normalize_obs: SB3 only (ignored).
-        normalize_reward: SB3 only (ignored).
-        clip_obs: SB3 only (ignored).
+    The keys mean what they mean for every agent; for Dreamer ``total_timesteps`` counts env
+    steps of training (prefill included), ``n_envs`` envs are stepped in lockstep in this
+    process, ``checkpoint_freq`` writes ``checkpoints/step_<N>/`` (networks, optimisers,
+    replay, RNG states: an exact resume), and ``resume`` takes such a folder or a run dir.
     """
 
-    name: Literal["autoscale", "remediate", "ops", "hpa_tune"] = "autoscale"
-    fidelity: Literal["fluid", "request"] = "fluid"
-    obs: Literal["box", "dict"] = "box"
-    reward_weights: RewardWeightsSettings = Field(default_factory=RewardWeightsSettings)
-    max_episode_steps: int | None = None
-    normalize_obs: bool = True
-    normalize_reward: bool = False
-    clip_obs: float = 10.0
-
-    @model_validator(mode="after")
-    def _check(self) -> EnvSettings:
-        if self.obs != "box":
-            raise ValueError(
-                "obs=dict: Dreamer's world model reads the flat observation; use env.obs=box"
-            )
-        if self.max_episode_steps is not None and self.max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps={self.max_episode_steps}: must be >= 1")
-        return self
-
-
-class LoggerSettings(_Strict):
-    """``logger``: ``none``, ``csv``, ``tensorboard`` or ``wandb`` (files under ``<out>/logs``).
-
-    The W&B keys mean what they mean for SB3 runs (``docs/training.md``); ``mode`` None
-    reads ``$WANDB_MODE`` and falls back to ``offline``.
-    """
-
-    kind: Literal["none", "csv", "tensorboard", "wandb"] = "csv"
-    project: str = "opsworld"
-    entity: str | None = None
-    group: str | None = None
-    name: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    mode: str | None = None
-
-
-class EvalSettings(_Strict):
-    """``eval``: periodic evaluation episodes on a separate env (its own seeds).
-
-    Attributes:
-        freq: Env steps between evaluations (0: only the final one).
-        episodes: Episodes per evaluation.
-        deterministic: Take the actor's mode (else sample).
-    """
-
-    freq: int = 20_000
-    episodes: int = 5
-    deterministic: bool = True
-
-
-class DreamerTrainConfig(_Strict):
-    """A whole Dreamer run (the composed ``configs/train.yaml`` with ``agent=dreamer``).
-
-    The top-level keys mean what they mean in :class:`agents.sb3.config.TrainConfig`;
-    differences: ``total_timesteps`` counts env steps of training (prefill included),
-    ``n_envs`` envs are stepped in lockstep in this process, ``checkpoint_freq`` writes
-    ``checkpoints/step_<N>/`` (networks, optimisers, replay, RNG states: an exact resume),
-    and ``resume`` takes such a folder or a finished run dir.
-    """
-
-    agent: DreamerAgentConfig = Field(default_factory=DreamerAgentConfig)
-    env: EnvSettings = Field(default_factory=EnvSettings)
-    logger: LoggerSettings = Field(default_factory=LoggerSettings)
-    scenario: str = "boutique"
-    suite: str | None = None
-    topology: str | None = None
-    scenario_overrides: dict[str, Any] = Field(default_factory=dict)
-    seed: int = 0
-    total_timesteps: int = 100_000
-    n_envs: int = 1
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    checkpoint_freq: int = 50_000
-    progress_bar: bool | None = None
-    verbose: int = 0
-    device: str = "cpu"
-    torch_threads: int | None = 1
-    resume: str | None = None
-    out: str = "outputs/train"
-    experiment: str | None = None
-    debug: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_sb3_only(cls, data: Any) -> Any:
-        """Accept (and ignore) the SB3-only top-level keys of the shared train config."""
-        if not isinstance(data, Mapping):
-            return data
-        data = dict(data)
-        for key in sorted(set(data) & SB3_ONLY_KEYS):
-            value = data.pop(key)
-            default = _SB3_DEFAULTS.get(key, _MISSING)
-            if default is not _MISSING and value != default:
-                warnings.warn(
-                    f"{key}={value!r} is an SB3 setting; agent=dreamer ignores it",
-                    stacklevel=2,
-                )
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> DreamerTrainConfig:
-        for name in ("total_timesteps", "n_envs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.eval.freq < 0 or self.eval.episodes < 1:
-            raise ValueError(
-                f"eval.freq={self.eval.freq}, eval.episodes={self.eval.episodes}: need "
-                "freq >= 0 (0: final evaluation only) and episodes >= 1"
-            )
-        if self.checkpoint_freq < 0:
-            raise ValueError(f"checkpoint_freq={self.checkpoint_freq}: must be >= 0 (0: none)")
-        if self.suite is not None and self.topology is None:
-            raise ValueError(
-                f"suite={self.suite} needs topology=<name> (e.g. topology=chain3): a policy fits "
-                "one topology"
-            )
-        if self.topology is not None and self.suite is None:
-            raise ValueError(f"topology={self.topology} only picks entries of a suite: set suite")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads={self.torch_threads}: must be >= 1 or null")
-        if self.env.name == "autoscale" and self.agent.noop_prob is not None:
-            raise ValueError(
-                f"agent.noop_prob={self.agent.noop_prob}: env=autoscale has no remediation "
-                "dimension; leave it null"
-            )
-        if self.env.name == "hpa_tune" and self.agent.prefill_policy != "random":
-            raise ValueError(
-                f"agent.prefill_policy={self.agent.prefill_policy}: env=hpa_tune acts through "
-                "the HPA's targets, and a baseline's replica actions are no choice of that "
-                "action space (the replay would record features the actor cannot take); use "
-                "agent.prefill_policy=random"
-            )
-        return self
-
-
-_MISSING = object()
-SB3_ONLY_KEYS: frozenset[str] = frozenset({"vec_env"})
-"""Top-level keys of the shared train config that Dreamer ignores."""
-_SB3_DEFAULTS: dict[str, Any] = {"vec_env": "auto"}
-
-
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc if p not in ("function-after",))
+    agent: DreamerAgentConfig = field(default_factory=DreamerAgentConfig)
 
 
 def dreamer_config(cfg: Any) -> DreamerTrainConfig:
-    """Validate a composed config (DictConfig, mapping or a saved ``config.yaml``'s content).
+    """Validate a Dreamer run: a composed config, a mapping or a saved ``config.yaml``'s content.
+
+    :func:`agents.trainers.to_run_config` (the one validation path) for ``agent=dreamer``;
+    a mapping without ``agent.algo`` is read as a Dreamer run.
 
     Raises:
-        DreamerConfigError: Naming the first bad field (dotted) and why.
+        RunConfigError: Naming the first bad field (dotted) and why.
     """
-    if isinstance(cfg, DreamerTrainConfig):
-        return cfg
-    from omegaconf import DictConfig, OmegaConf
+    from agents.trainers import to_run_config
 
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        data = dataclasses.asdict(data)
-    try:
-        return DreamerTrainConfig.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = _field_name(first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown key for agent=dreamer (see configs/agent/dreamer.yaml, docs/dreamer.md)"
-        raise DreamerConfigError(f"{where or 'config'}: {msg}") from None
+    if isinstance(cfg, dict) and isinstance(cfg.get("agent", {}), dict):
+        cfg = {**cfg, "agent": {"algo": "dreamer", **cfg.get("agent", {})}}
+    conf = to_run_config(cfg)
+    if not isinstance(conf, DreamerTrainConfig):
+        raise RunConfigError(f"agent.algo={conf.agent.algo}: not agent=dreamer")
+    return conf

@@ -38,14 +38,6 @@ ENV_CLASSES: dict[str, type[ClusterEnv]] = {
 }
 """``env.name`` -> env class."""
 
-ENV_IDS: dict[str, str] = {
-    "autoscale": "opsworld/Autoscale-v0",
-    "remediate": "opsworld/Remediate-v0",
-    "ops": "opsworld/ClusterOps-v0",
-    "hpa_tune": "opsworld/HPATune-v0",
-}
-"""``env.name`` -> registered Gymnasium id (for the record)."""
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):

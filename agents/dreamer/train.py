@@ -3,8 +3,10 @@
 Writes a run dir like every ``opsworld train`` run.
 
 :func:`train_dreamer` is what ``opsworld train agent=dreamer`` calls (``experiments/train.py``
-hands it the composed config before any SB3 conversion). The loop, per env step of the
-``n_envs`` envs (stepped in lockstep in this process):
+hands it the validated run config). The loop is a driver plus clocks
+(:mod:`agents.dreamer.driver`): per env step of the ``n_envs`` envs (stepped in lockstep in
+this process by the :class:`~agents.dreamer.driver.Driver`), the
+:class:`~agents.dreamer.driver.Clocks` say when to update, evaluate, log and checkpoint:
 
 1. **act**: the first ``agent.prefill`` steps follow ``agent.prefill_policy`` (uniform
    random valid actions, the remediation no-op at ``agent.noop_prob`` if set, or a
@@ -15,11 +17,12 @@ hands it the composed config before any SB3 conversion). The loop, per env step 
 2. **record**: each finished episode goes to the :class:`~agents.world_model.replay.Replay`
    (sequences of ``agent.seq_len`` inside episodes);
 3. **learn**: once the replay holds a full sequence, ``train_ratio / (batch * seq_len)``
-   updates per env step (world model, then actor-critic);
+   updates per env step (world model, then actor-critic; the ``Ratio`` clock);
 4. **evaluate** every ``eval.freq`` env steps: ``eval.episodes`` episodes with their own fixed
    seeds (the same ones at every evaluation, so the curve compares like with like), the
    actor's mode; the best weights go to ``best/agent.pt``;
-5. **log** every ``agent.log_every`` env steps, **checkpoint** every ``checkpoint_freq``;
+5. **log** every ``agent.log_every`` env steps, **checkpoint** every ``checkpoint_freq``
+   (``Every`` clocks; a period missed because ``n_envs`` steps at once is skipped);
 6. stop at ``total_timesteps`` or after ``agent.max_minutes`` of wall-clock, whichever comes
    first; evaluate (unless the last evaluation was at this step) and save.
 
@@ -33,7 +36,7 @@ Seeding: the run seed derives (``numpy.random.SeedSequence``) the env seeds (str
 evaluation seeds (stream 1), the replay's sampling generator, the networks' initialisation
 and the agent's torch generator. Same config, same machine: same run. A checkpoint holds
 the agent (weights, optimisers, generators), the replay (with its generator), the loop's
-counters and each env's generator state at the start of its episode plus the actions
+counters, the clocks and each env's generator state at the start of its episode plus the actions
 since; resuming replays those actions in the deterministic simulator, so a resumed run
 equals an uninterrupted one.
 """
@@ -54,12 +57,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from omegaconf import OmegaConf
 
-from agents.dreamer.actor_critic import ActionDist, ActionSpec, prior_logits
+from agents.dreamer.actor_critic import ActionSpec
 from agents.dreamer.agent import AgentState, DreamerAgent
 from agents.dreamer.config import DreamerConfigError, DreamerTrainConfig, dreamer_config
+from agents.dreamer.driver import Clocks, Driver
 from agents.dreamer.envs import (
-    ENV_IDS,
     EpisodeStats,
     Stream,
     episode_limit,
@@ -69,12 +73,13 @@ from agents.dreamer.envs import (
     shortest_episode,
 )
 from agents.policy import Policy
+from agents.run_config import ENV_IDS, WandbLoggerConfig
 from agents.world_model.config import ObsLayout
 from agents.world_model.replay import Replay
 from agents.world_model.rssm import Carry
 from envs.scenarios.schema import Scenario
 
-STATE_FORMAT = "opsworld.dreamer.checkpoint/1"
+STATE_FORMAT = "opsworld.dreamer.checkpoint/2"
 TRAIN_METRICS: dict[str, str] = {
     "env/ep_reward": "training episode return (sum of rewards)",
     "env/ep_slo_violation": "mean per-step SLO violation of training episodes",
@@ -129,16 +134,15 @@ class RunPaths:
 class Loop:
     """Counters of the training loop (saved in checkpoints).
 
+    The schedule (when to update, evaluate, log, checkpoint) is not here: it is the
+    :class:`~agents.dreamer.driver.Clocks`, saved beside this in checkpoints.
+
     Attributes:
         env_steps: Env steps so far (all envs).
         updates: Updates so far.
-        owed: Updates due but not yet made (fractional).
         prefill_done: Every env acts with the agent (checkpoints wait for it).
         pretrained: World-model-only updates made after the prefill.
         episodes: Training episodes finished.
-        next_eval: Env step of the next evaluation.
-        next_log: Env step of the next metric dump.
-        next_ckpt: Env step of the next checkpoint.
         wall_s: Wall seconds of the run before this process (resumed runs).
         act_s: Seconds spent acting and stepping envs.
         update_s: Seconds spent in updates (pretraining excluded).
@@ -151,13 +155,9 @@ class Loop:
 
     env_steps: int = 0
     updates: int = 0
-    owed: float = 0.0
     prefill_done: bool = False
     pretrained: int = 0
     episodes: int = 0
-    next_eval: int = 0
-    next_log: int = 0
-    next_ckpt: int = 0
     wall_s: float = 0.0
     act_s: float = 0.0
     update_s: float = 0.0
@@ -172,9 +172,16 @@ class Loop:
 # helpers
 
 
+def config_dict(conf: DreamerTrainConfig) -> dict[str, Any]:
+    """The validated config as plain data (enums as their names)."""
+    data = OmegaConf.to_container(OmegaConf.structured(conf), enum_to_str=True)
+    assert isinstance(data, dict)
+    return data  # type: ignore[return-value]
+
+
 def resolved_yaml(conf: DreamerTrainConfig) -> str:
     """The validated config as YAML (what ``config.yaml`` holds)."""
-    return yaml.safe_dump(conf.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config_dict(conf), sort_keys=False)
 
 
 def load_run_config(run_dir: str | Path) -> DreamerTrainConfig:
@@ -219,6 +226,7 @@ class _Logger:
             import wandb
 
             lc = conf.logger
+            assert isinstance(lc, WandbLoggerConfig)
             paths.logs.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=lc.project,
@@ -226,7 +234,7 @@ class _Logger:
                 group=lc.group,
                 name=lc.name,
                 tags=list(lc.tags),
-                config=conf.model_dump(mode="json"),
+                config=config_dict(conf),
                 dir=str(paths.logs),
                 mode=lc.mode or os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
                 sync_tensorboard=True,
@@ -286,9 +294,9 @@ class _Progress:
 
 
 def _behaviour(name: str, scenario: Scenario) -> Policy:
-    from agents.world_model.data import behaviour_policy
+    from agents.registry import make_policy
 
-    return behaviour_policy(name, scenario)
+    return make_policy(name, scenario)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,6 +347,7 @@ def save_checkpoint(
     agent: DreamerAgent,
     replay: Replay,
     loop: Loop,
+    clocks: Clocks,
     streams: list[Stream],
     state: AgentState,
 ) -> Path:
@@ -349,6 +358,7 @@ def save_checkpoint(
             "format": STATE_FORMAT,
             "agent": agent.state_dict(),
             "loop": asdict(loop),
+            "clocks": clocks.state(),
             "streams": [s.state() for s in streams],
             "carry": {"deter": state.carry.deter, "stoch": state.carry.stoch},
             "prev_action": state.prev_action,
@@ -435,35 +445,29 @@ def _run(
 ) -> dict[str, Any]:
     ac = conf.agent
     n = conf.n_envs
-    limit = episode_limit(conf)
     agent, spec = build_agent(conf, scenarios)
     if conf.torch_threads is not None:  # the world-model trainer sets its own count
         torch.set_num_threads(conf.torch_threads)
     replay = Replay(ac.replay_capacity, ac.seq_len, seed=seeds(conf.seed, 1, stream=2)[0])
-    streams = [Stream(make_env(conf, scenarios), s, limit) for s in seeds(conf.seed, n, 0)]
+    streams = [
+        Stream(make_env(conf, scenarios), s, episode_limit(conf)) for s in seeds(conf.seed, n, 0)
+    ]
+    loop = Loop()
+    clocks = Clocks.of(ac, conf.eval.freq, conf.checkpoint_freq)
     state = agent.initial(n)
-    loop = Loop(
-        next_eval=conf.eval.freq if conf.eval.freq > 0 else conf.total_timesteps + 1,
-        next_log=ac.log_every,
-        next_ckpt=conf.checkpoint_freq if conf.checkpoint_freq > 0 else conf.total_timesteps + 1,
-    )
     if ckpt is not None:
-        loop, state = _restore(ckpt, agent, replay, streams, conf)
-    wall_before = loop.wall_s
+        loop, clocks, state = _restore(ckpt, agent, replay, streams, conf)
     if loop.env_steps >= conf.total_timesteps:
         raise DreamerConfigError(
             f"resume={conf.resume}: the checkpoint has {loop.env_steps} env steps, "
             f"total_timesteps={conf.total_timesteps}; raise total_timesteps"
         )
+    driver = Driver(streams, agent, spec, ac, _behaviour, state, [loop.prefill_done] * n)
     sampleable = any(len(e["is_first"]) >= ac.seq_len for e in replay.episodes)
-    driven = [loop.prefill_done] * n  # streams acting with the agent (else the prefill policy)
-    behaviours: list[Any] = [None] * n
-    behaviour_states: list[Any] = [None] * n
     show = conf.progress_bar if conf.progress_bar is not None else sys.stdout.isatty()
     progress = _Progress(show, conf.total_timesteps, loop.env_steps)
+    wall_before, steps_at_start = loop.wall_s, loop.env_steps
     run_start = time.perf_counter()
-    last_metrics: dict[str, float] = {}
-    steps_at_start = loop.env_steps
 
     def wall() -> float:
         return loop.wall_s + time.perf_counter() - run_start
@@ -472,81 +476,40 @@ def _run(
         deadline = math.inf if ac.max_minutes is None else 60.0 * ac.max_minutes
         while loop.env_steps < conf.total_timesteps and wall() < deadline:
             t0 = time.perf_counter()
-            obs = np.stack([s.obs for s in streams])
-            first = np.array([float(s.is_first) for s in streams])
-            masks = np.stack([s.mask() for s in streams]) if streams[0].masked else None
-            # a stream hands over to the agent at its first episode start after the prefill
-            reached = loop.env_steps >= ac.prefill
-            driven = [d or (reached and s.is_first) for d, s in zip(driven, streams, strict=True)]
-            if any(driven):
-                idx, carry = agent.act(obs, first, state, masks)
-            else:
-                carry = state.carry
-            if not all(driven):
-                prefill_idx = _prefill_actions(ac.prefill_policy, spec, masks, n, agent)
-            features = []
-            for i, s in enumerate(streams):
-                if driven[i]:
-                    f, episode, stats = s.step(idx[i])
-                elif ac.prefill_policy != "random":
-                    if s.is_first:
-                        assert s.env.sim is not None
-                        behaviours[i] = _behaviour(ac.prefill_policy, s.env.sim.scenario)
-                        behaviour_states[i] = behaviours[i].reset(1)
-                    acts, behaviour_states[i], _ = behaviours[i].act(
-                        s.env.frame, behaviour_states[i]
-                    )
-                    f, episode, stats = s.step(sim_actions=acts)
-                else:
-                    f, episode, stats = s.step(prefill_idx[i])
-                features.append(f)
-                if episode is not None and stats is not None:
-                    replay.add(episode)
-                    sampleable = sampleable or len(episode["is_first"]) >= ac.seq_len
-                    loop.episodes += 1
-                    logger.record(stats.metrics(), mean=True)
-            state = AgentState(carry, torch.as_tensor(np.stack(features)))
+            for episode, stats in driver.step(loop.env_steps):  # act
+                replay.add(episode)
+                sampleable = sampleable or len(episode["is_first"]) >= ac.seq_len
+                loop.episodes += 1
+                logger.record(stats.metrics(), mean=True)
             loop.env_steps += n
-            loop.prefill_done = all(driven)
+            loop.prefill_done = driver.all_driven
             loop.act_s += time.perf_counter() - t0
+            step = loop.env_steps
 
-            if loop.env_steps >= ac.prefill and sampleable:  # before the agent first acts
+            if step >= ac.prefill and sampleable:  # learn
                 t1 = time.perf_counter()
-                while loop.pretrained < ac.pretrain:
+                while loop.pretrained < ac.pretrain:  # once, before the agent first acts
                     logger.record(agent.update(replay.sample(ac.batch), actor_critic=False), True)
                     loop.pretrained += 1
                 loop.pretrain_s += time.perf_counter() - t1
                 t1 = time.perf_counter()
-                loop.owed += n * ac.updates_per_step
-                while loop.owed >= 1.0:
-                    last_metrics = agent.update(replay.sample(ac.batch))
+                for _ in range(clocks.train(n)):
+                    logger.record(agent.update(replay.sample(ac.batch)), mean=True)
                     loop.updates += 1
-                    loop.owed -= 1.0
-                    logger.record(last_metrics, mean=True)
                 loop.update_s += time.perf_counter() - t1
 
-            if loop.env_steps >= loop.next_eval:
+            if clocks.eval(step):
                 _evaluate(agent, conf, scenarios, loop, paths, logger, wall())
-                loop.next_eval += conf.eval.freq
-            if loop.env_steps >= loop.next_log or loop.env_steps >= conf.total_timesteps:
+            if clocks.log(step) or step >= conf.total_timesteps:
                 _dump(logger, loop, wall())
-                loop.next_log += ac.log_every
-            if loop.env_steps >= loop.next_ckpt and loop.prefill_done:
-                while loop.next_ckpt <= loop.env_steps:
-                    loop.next_ckpt += conf.checkpoint_freq
+            if loop.prefill_done and clocks.ckpt(step):
                 loop.wall_s = wall()
                 run_start = time.perf_counter()
-                save_checkpoint(
-                    paths.checkpoints / f"step_{loop.env_steps}",
-                    agent,
-                    replay,
-                    loop,
-                    streams,
-                    state,
-                )
+                folder = paths.checkpoints / f"step_{step}"
+                save_checkpoint(folder, agent, replay, loop, clocks, streams, driver.state)
             ret = loop.curve[-1]["mean_reward"] if loop.curve else math.nan
             progress.update(
-                loop.env_steps, f"updates {loop.updates}  eval {ret:.2f}  {_fps(loop):.0f} steps/s"
+                step, f"updates {loop.updates}  eval {ret:.2f}  {_fps(loop):.0f} steps/s"
             )
     finally:
         progress.close()
@@ -555,33 +518,47 @@ def _run(
     if not loop.curve or loop.curve[-1]["env_steps"] != loop.env_steps:
         _evaluate(agent, conf, scenarios, loop, paths, logger, train_time)
         _dump(logger, loop, train_time)
-    final = loop.curve[-1]
     torch.save(agent.weights(), paths.agent)
     if conf.checkpoint_freq > 0:
-        save_checkpoint(
-            paths.checkpoints / f"step_{loop.env_steps}", agent, replay, loop, streams, state
-        )
-    trained = loop.env_steps - steps_at_start
-    metrics: dict[str, Any] = {
+        folder = paths.checkpoints / f"step_{loop.env_steps}"
+        save_checkpoint(folder, agent, replay, loop, clocks, streams, driver.state)
+    metrics = _run_metrics(conf, scenarios, loop, ckpt, paths)
+    metrics["trained_timesteps"] = loop.env_steps - steps_at_start
+    metrics["train_time_s"] = train_time
+    metrics["wall_time_s"] = wall_before + time.perf_counter() - start
+    paths.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    return metrics
+
+
+def _run_metrics(
+    conf: DreamerTrainConfig,
+    scenarios: list[Scenario],
+    loop: Loop,
+    ckpt: Path | None,
+    paths: RunPaths,
+) -> dict[str, Any]:
+    """The figures of ``metrics.json`` (the caller adds the timing ones)."""
+    final = loop.curve[-1]
+    return {
         "agent": "dreamer",
-        "size": conf.agent.size,
-        "env": conf.env.name,
+        "size": conf.agent.size.value,
+        "env": conf.env.name.value,
         "env_id": ENV_IDS[conf.env.name],
         "scenario": conf.scenario if conf.suite is None else None,
         "suite": conf.suite,
         "topology": conf.topology,
         "scenarios": [s.name for s in scenarios],
         "seed": conf.seed,
-        "n_envs": n,
+        "n_envs": conf.n_envs,
         "vec_env": "in-process",
         "timesteps": loop.env_steps,
-        "trained_timesteps": trained,
+        "trained_timesteps": None,
         "updates": loop.updates,
         "pretrain_updates": loop.pretrained,
         "pretrain_time_s": loop.pretrain_s,
         "train_ratio": conf.agent.train_ratio,
-        "train_time_s": train_time,
-        "wall_time_s": wall_before + time.perf_counter() - start,
+        "train_time_s": None,
+        "wall_time_s": None,
         "steps_per_s": _fps(loop),
         "env_steps_per_s": loop.env_steps / loop.act_s if loop.act_s > 0 else None,
         "updates_per_s": loop.updates / loop.update_s if loop.update_s > 0 else None,
@@ -595,26 +572,11 @@ def _run(
         "resumed_from": str(ckpt) if ckpt is not None else None,
         "out": str(paths.out),
     }
-    paths.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    return metrics
 
 
 def _fps(loop: Loop) -> float:
     total = loop.act_s + loop.update_s + loop.pretrain_s
     return loop.env_steps / total if total > 0 else 0.0
-
-
-def _prefill_actions(
-    policy: str, spec: ActionSpec, masks: np.ndarray | None, n: int, agent: DreamerAgent
-) -> np.ndarray:
-    """Random valid actions ``[n, dims]`` (ignored for baseline behaviours).
-
-    Uniform, except the remediation no-op at ``agent.noop_prob`` (:func:`prior_logits`).
-    """
-    mask = None if masks is None else torch.as_tensor(masks, dtype=torch.bool)
-    logits = prior_logits(spec, agent.cfg.noop_prob).expand(n, spec.size)
-    dist = ActionDist(logits, spec.nvec, 0.0, mask)
-    return dist.sample(agent.generator).numpy()
 
 
 def _evaluate(
@@ -692,22 +654,23 @@ def _restore(
     replay: Replay,
     streams: list[Stream],
     conf: DreamerTrainConfig,
-) -> tuple[Loop, AgentState]:
+) -> tuple[Loop, Clocks, AgentState]:
     try:
         saved = torch.load(folder / "state.pt", weights_only=True)
         if saved.get("format") != STATE_FORMAT:
-            raise ValueError(f"format {saved.get('format')!r}")
+            raise ValueError(f"format {saved.get('format')!r}, this version reads {STATE_FORMAT}")
         if len(saved["streams"]) != len(streams):
             raise ValueError(f"{len(saved['streams'])} envs, this run has n_envs={len(streams)}")
         agent.load_state_dict(saved["agent"])
         replay.load(folder / "replay.npz")
         for s, st in zip(streams, saved["streams"], strict=True):
             s.restore(st)
-    except (ValueError, KeyError, RuntimeError, OSError) as err:
+        clocks = Clocks.restore(saved["clocks"])
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError) as err:
         raise DreamerConfigError(
             f"resume={folder}: cannot continue it with this config ({type(err).__name__}: "
             f"{str(err)[:300]}); resume with the agent, env, scenario and n_envs of its run"
         ) from None
     loop = Loop(**saved["loop"])
     carry = Carry(saved["carry"]["deter"], saved["carry"]["stoch"])
-    return loop, AgentState(carry, saved["prev_action"])
+    return loop, clocks, AgentState(carry, saved["prev_action"])

@@ -33,18 +33,11 @@ from stable_baselines3.common.vec_env import (
 )
 
 import envs.gym  # noqa: F401  (registers the opsworld ids)
-from agents.sb3.config import EnvName, SB3ConfigError, TrainConfig, VecEnvKind
+from agents.run_config import ENV_IDS
+from agents.sb3.config import SB3ConfigError, TrainConfig, VecEnvKind
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import SuiteError, load_suite
-
-ENV_IDS: dict[EnvName, str] = {
-    EnvName.autoscale: "opsworld/Autoscale-v0",
-    EnvName.remediate: "opsworld/Remediate-v0",
-    EnvName.ops: "opsworld/ClusterOps-v0",
-    EnvName.hpa_tune: "opsworld/HPATune-v0",
-}
-"""``env.name`` -> registered Gymnasium id."""
 
 EVAL_STREAM = 1
 """SeedSequence spawn key of the evaluation envs (training envs use stream 0)."""

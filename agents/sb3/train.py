@@ -3,7 +3,8 @@
 :func:`train_agent` is the library behind ``opsworld train`` (``experiments/train.py`` only
 composes the config and calls it). It
 
-1. checks the config (:func:`agents.sb3.config.check_config`) and loads the scenario once
+1. checks the config (:func:`agents.trainers.validate`, the run schema's one validation
+   path) and loads the scenario once
    (:func:`agents.sb3.envs.check_scenario`) before building anything;
 2. builds the training envs (``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise; each
    env seeded from the run seed through ``SeedSequence``) and a separate evaluation env,
@@ -51,6 +52,7 @@ from stable_baselines3.common.vec_env import (
     unwrap_vec_normalize,
 )
 
+from agents.run_config import ENV_IDS
 from agents.sb3.callbacks import (
     EpisodeStatsCallback,
     FiniteParamsCallback,
@@ -59,17 +61,15 @@ from agents.sb3.callbacks import (
 from agents.sb3.config import (
     AGENT_META_FIELDS,
     Activation,
-    AgentConfig,
     Algo,
     LoggerKind,
+    SB3AgentConfig,
     SB3ConfigError,
     TrainConfig,
     WandbLoggerConfig,
-    check_config,
     policy_name,
 )
 from agents.sb3.envs import (
-    ENV_IDS,
     EVAL_STREAM,
     brief_space,
     check_scenario,
@@ -77,6 +77,7 @@ from agents.sb3.envs import (
     make_vec_env,
     scenario_names,
 )
+from agents.trainers import validate
 
 ALGOS: dict[Algo, type[BaseAlgorithm]] = {
     Algo.ppo: PPO,
@@ -138,7 +139,7 @@ class RunPaths:
         )
 
 
-def model_kwargs(agent: AgentConfig) -> dict[str, Any]:
+def model_kwargs(agent: SB3AgentConfig) -> dict[str, Any]:
     """SB3 constructor kwargs of an agent config (all fields but :data:`AGENT_META_FIELDS`)."""
     kwargs = {
         f.name: getattr(agent, f.name) for f in fields(agent) if f.name not in AGENT_META_FIELDS
@@ -292,7 +293,7 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
         SB3ConfigError: Before anything is built, for a config that cannot work.
     """
     start = time.perf_counter()
-    check_config(conf)
+    validate(conf)
     check_scenario(conf)
     paths = RunPaths.of(conf.out)
     paths.out.mkdir(parents=True, exist_ok=True)

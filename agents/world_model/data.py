@@ -41,13 +41,15 @@ from typing import Any
 import numpy as np
 
 from agents.parallel import parallel_map
-from agents.policy import Policy, StaticPolicy
+from agents.policy import Policy
 from envs.gym.envs import SCALE_DELTAS, SHED_LEVELS, ClusterOpsEnv
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import Suite, SuiteEntry
 from envs.sim.actions import Action, Scale
 
 BEHAVIOURS: tuple[str, ...] = ("static", "hpa", "tuned_hpa", "runbook", "explore")
+"""Episode-collection behaviours: registry policies (:data:`agents.registry.POLICIES`) and
+``explore`` (the ``hpa`` policy under an :class:`Explorer`)."""
 """Behaviour policies :func:`run_episode` knows."""
 EPISODE_KEYS: tuple[str, ...] = ("obs", "action", "reward", "cont", "is_first", "violation")
 """The keys of an episode dict (``wm_contract.md``)."""
@@ -134,23 +136,17 @@ class Explorer:
 def behaviour_policy(behaviour: str, scenario: Scenario) -> Policy:
     """The Policy behind ``behaviour`` (``explore`` runs the HPA under an :class:`Explorer`).
 
+    Every behaviour but ``explore`` is a policy of the one registry
+    (:data:`agents.registry.POLICIES`) with its knobs from ``configs/policy/<name>.yaml``.
+
     Raises:
         ValueError: For an unknown behaviour (the message lists :data:`BEHAVIOURS`).
     """
-    from agents.baselines.hpa import HPAConfig, HPAPolicy
-    from agents.baselines.runbook import RunbookPolicy
+    from agents.registry import make_policy
 
-    if behaviour == "static":
-        return StaticPolicy()
-    if behaviour in ("hpa", "explore"):
-        return HPAPolicy(HPAConfig.cpu(70), scenario)
-    if behaviour == "runbook":
-        return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(70))
-    if behaviour == "tuned_hpa":
-        from agents.baselines.tuned import load_settings, make_hpa
-
-        return make_hpa(load_settings(), scenario)
-    raise ValueError(f"behaviour {behaviour!r} is not one of {list(BEHAVIOURS)}")
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour {behaviour!r} is not one of {list(BEHAVIOURS)}")
+    return make_policy("hpa" if behaviour == "explore" else behaviour, scenario)
 
 
 def explore_seed(seed: int, behaviour: str) -> int:

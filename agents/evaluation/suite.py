@@ -11,8 +11,8 @@ as :class:`~agents.policy.StaticPolicy`, not a lambda or a local function.
 
 The :class:`SuiteResult` holds every run's score and the :func:`~envs.scenarios.scoring.aggregate`
 over all of them, and renders itself as JSON (:meth:`SuiteResult.to_json`) or Markdown
-(:meth:`SuiteResult.to_markdown`). This module is a library; ``opsworld bench incidents``
-(``experiments/bench.py``) is its command-line use.
+(:meth:`SuiteResult.to_markdown`). This module is a library; ``opsworld evaluate`` and
+``opsworld bench incidents`` are its command-line uses.
 """
 
 from __future__ import annotations
@@ -244,7 +244,6 @@ def execute(
     process, otherwise a spawn pool of ``workers`` processes; the first failure cancels the
     rest and is raised.
     """
-
     finished = [0]
 
     def report(i: int, score: RunScore) -> None:

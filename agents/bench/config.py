@@ -1,0 +1,179 @@
+"""Schema of ``opsworld bench``: the suites and their sizes (``configs/bench.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class BenchSuite(StrEnum):
+    """Benchmark suites (``opsworld bench <suite>``)."""
+
+    sim = "sim"
+    incidents = "incidents"
+    world_model = "world_model"
+
+
+@dataclass
+class SimSizes:
+    """Workload sizes of the ``sim`` suite (one set for full runs, one for ``quick=true``).
+
+    Attributes:
+        fluid_sim_s: Simulated seconds per fluid repeat (86400 = one day).
+        fluid_wall_budget_s: A fluid repeat stops after this much wall time.
+        mmc_customers: Customers in the M/M/c runs (bare SimPy and request level).
+        boutique_request_horizon_s: Simulated seconds of boutique at request level.
+    """
+
+    fluid_sim_s: float = 86400.0
+    fluid_wall_budget_s: float = 10.0
+    mmc_customers: int = 500_000
+    boutique_request_horizon_s: float = 120.0
+
+
+@dataclass
+class SimTargets:
+    """Targets the figures are checked against."""
+
+    fluid_steps_per_s: float = 10_000.0
+    request_level_vs_bare_ratio: float = 0.8
+
+
+@dataclass
+class SimSuiteConfig:
+    """Settings of the ``sim`` suite.
+
+    Attributes:
+        fluid_scenarios: Built-ins timed at fluid fidelity; the first gives the headline
+            ``fluid_*`` figures, the others ``<name>_fluid_*``.
+        decision_interval_s: Length of one fluid decision step.
+        request_scenario: Built-in timed at request level (all attempts counted).
+        mmc_servers: ``c``, the number of servers of the M/M/c queue.
+        mmc_pods: Pods of the request-level M/M/c service; ``mmc_servers / mmc_pods`` is the
+            per-pod concurrency.
+        mmc_rho: Utilisation ``lambda / (c mu)``.
+        mmc_mean_service_s: ``1 / mu``.
+        full: Sizes of a full run (``make bench``).
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        targets: Pass/miss thresholds.
+    """
+
+    fluid_scenarios: list[str] = field(default_factory=lambda: ["boutique", "mesh40"])
+    decision_interval_s: float = 15.0
+    request_scenario: str = "boutique"
+    mmc_servers: int = 8
+    mmc_pods: int = 2
+    mmc_rho: float = 0.8
+    mmc_mean_service_s: float = 0.02
+    full: SimSizes = field(default_factory=SimSizes)
+    quick: SimSizes = field(
+        default_factory=lambda: SimSizes(
+            fluid_sim_s=3600.0,
+            fluid_wall_budget_s=1.0,
+            mmc_customers=5_000,
+            boutique_request_horizon_s=15.0,
+        )
+    )
+    targets: SimTargets = field(default_factory=SimTargets)
+
+
+@dataclass
+class IncidentSizes:
+    """Workload sizes of the ``incidents`` suite.
+
+    Attributes:
+        entries: Run the first this many entries of the suite (0: all).
+        seeds: Replicates per entry (replicate indices ``0 .. seeds-1``).
+    """
+
+    entries: int = 0
+    seeds: int = 3
+
+
+@dataclass
+class IncidentsSuiteConfig:
+    """Settings of the ``incidents`` suite.
+
+    Attributes:
+        suite: Scenario suite to run (``configs/suites/<suite>.yaml``, or a path).
+        policy: Policy to run (a key of :data:`POLICIES`).
+        workers: Worker processes (1: in-process).
+        fidelity: Simulator fidelity.
+        full: Sizes of a full run.
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        target_wall_s: A full run must take at most this many wall seconds.
+    """
+
+    suite: str = "holdout"
+    policy: str = "static"
+    workers: int = 2
+    fidelity: str = "fluid"
+    full: IncidentSizes = field(default_factory=IncidentSizes)
+    quick: IncidentSizes = field(default_factory=lambda: IncidentSizes(entries=4, seeds=1))
+    target_wall_s: float = 120.0
+
+
+@dataclass
+class WorldModelSizes:
+    """Workload sizes of the ``world_model`` suite.
+
+    Attributes:
+        batch: Sequences per batch.
+        seq_len: Steps per sequence.
+        warmup: Untimed updates before each timed run.
+        updates: Timed updates per model (interleaved; ``repeats`` is not used).
+    """
+
+    batch: int = 16
+    seq_len: int = 64
+    warmup: int = 2
+    updates: int = 15
+
+
+@dataclass
+class WorldModelSuiteConfig:
+    """Settings of the ``world_model`` suite (training throughput of the world model).
+
+    Attributes:
+        sizes: World-model size presets to time (``tiny``, ``small``); the first gives the
+            headline figures, the others ``<size>_*``.
+        scenario: Built-in scenario whose services fix the observation and action sizes.
+        threads: ``torch.set_num_threads`` for both models.
+        full: Sizes of a full run.
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        target_speedup: Ours must train at least this many times faster than the reference.
+    """
+
+    sizes: list[str] = field(default_factory=lambda: ["tiny", "small"])
+    scenario: str = "boutique"
+    threads: int = 1
+    full: WorldModelSizes = field(default_factory=WorldModelSizes)
+    quick: WorldModelSizes = field(
+        default_factory=lambda: WorldModelSizes(batch=4, seq_len=8, warmup=1, updates=2)
+    )
+    target_speedup: float = 2.0
+
+
+@dataclass
+class BenchConfig:
+    """Schema of ``configs/bench.yaml``.
+
+    Attributes:
+        suite: Which suite to run (``opsworld bench sim`` sets ``suite=sim``).
+        quick: Small sizes (seconds); results go to ``<suite>_bench_quick.*``.
+        repeats: Rates are the best of this many repeats.
+        seed: Seed of every benchmark workload.
+        results_dir: Folder for ``<suite>_bench.json`` and ``.md`` (relative to the cwd).
+        sim: Settings of the ``sim`` suite.
+        incidents: Settings of the ``incidents`` suite.
+        world_model: Settings of the ``world_model`` suite.
+    """
+
+    suite: BenchSuite = BenchSuite.sim
+    quick: bool = False
+    repeats: int = 3
+    seed: int = 0
+    results_dir: str = "experiments/results"
+    sim: SimSuiteConfig = field(default_factory=SimSuiteConfig)
+    incidents: IncidentsSuiteConfig = field(default_factory=IncidentsSuiteConfig)
+    world_model: WorldModelSuiteConfig = field(default_factory=WorldModelSuiteConfig)

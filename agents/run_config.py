@@ -1,0 +1,428 @@
+"""One run schema for ``opsworld train``: the shared run keys, and the agent as a tagged choice.
+
+``configs/train.yaml`` composes the root :class:`RunConfig` with one option of each group:
+``agent`` (``ppo``, ``maskable_ppo``, ``dqn``, ``a2c``, ``dreamer``), ``env`` and ``logger``.
+Every group option is backed by a dataclass registered in Hydra's ConfigStore under
+``schema/<group>/<name>`` (:func:`agents.trainers.register_configs`), so a misspelt key of any
+agent (SB3 or Dreamer) or a value of the wrong type fails at composition with its name.
+``agent.algo`` is the tag: it picks the agent's schema and its trainer
+(:data:`agents.trainers.TRAINERS`).
+
+Validation has one path, :func:`to_run_config`, used for a composed Hydra config, a plain
+mapping and a saved ``config.yaml`` alike:
+
+1. structure and types: OmegaConf merges the input into the structured schema (unknown key,
+   wrong type, bad enum value: an error naming the dotted key);
+2. values: :func:`check_values` walks the dataclass tree and checks every field declared with
+   :func:`bounded` (``agent.gamma`` in ``(0, 1]``, ``agent.learning_rate > 0``, ...), naming the
+   dotted key and the allowed range;
+3. combinations: the agent schema's :meth:`AgentConfig.check` (DQN only on a Discrete env,
+   Dreamer only with box observations, ...) and the run-level checks of :func:`check_run`.
+
+Scenario and suite files are validated by pydantic (``envs.scenarios``) instead: they are
+data files with nested unions, not Hydra-composed runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING
+
+
+class RunConfigError(ValueError):
+    """A run configuration that cannot work; the message names the field and the fix."""
+
+
+class Algo(StrEnum):
+    """``agent.algo``: the tag of the ``agent`` group (one trainer each)."""
+
+    ppo = "ppo"
+    maskable_ppo = "maskable_ppo"
+    dqn = "dqn"
+    a2c = "a2c"
+    dreamer = "dreamer"
+
+
+class EnvName(StrEnum):
+    """Environment of the ``env`` group (see :data:`ENV_IDS`)."""
+
+    autoscale = "autoscale"
+    remediate = "remediate"
+    ops = "ops"
+    hpa_tune = "hpa_tune"
+
+
+ENV_IDS: dict[EnvName, str] = {
+    EnvName.autoscale: "opsworld/Autoscale-v0",
+    EnvName.remediate: "opsworld/Remediate-v0",
+    EnvName.ops: "opsworld/ClusterOps-v0",
+    EnvName.hpa_tune: "opsworld/HPATune-v0",
+}
+"""``env.name`` -> registered Gymnasium id (``envs.gym.ENV_IDS`` maps the ids to classes)."""
+
+
+class ObsKind(StrEnum):
+    """Observation layout: flat ``Box`` or one-level ``Dict`` (see ``docs/envs.md``)."""
+
+    box = "box"
+    dict = "dict"
+
+
+class Fidelity(StrEnum):
+    """Simulator fidelity the env runs at."""
+
+    fluid = "fluid"
+    request = "request"
+
+
+class LoggerKind(StrEnum):
+    """Where metrics go (the ``logger`` group)."""
+
+    none = "none"
+    csv = "csv"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+
+
+class VecEnvKind(StrEnum):
+    """SB3 vectorisation: ``auto`` is ``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise."""
+
+    auto = "auto"
+    dummy = "dummy"
+    subproc = "subproc"
+
+
+# --------------------------------------------------------------------------- value bounds
+@dataclass(frozen=True)
+class Bounds:
+    """Allowed range of a numeric field (None: unbounded on that side).
+
+    Attributes:
+        gt: Exclusive lower bound.
+        ge: Inclusive lower bound.
+        lt: Exclusive upper bound.
+        le: Inclusive upper bound.
+        odd: The value must be odd.
+        items: Bounds every item of a list field (e.g. positive layer sizes).
+        nonempty: A list field must have at least one item.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    odd: bool = False
+    nonempty: bool = False
+
+    def describe(self) -> str:
+        """The range in interval notation, e.g. ``(0, 1]`` or ``>= 1``."""
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if low is not None and high is not None:
+            left = "(" if self.gt is not None else "["
+            right = ")" if self.lt is not None else "]"
+            text = f"in {left}{_num(low)}, {_num(high)}{right}"
+        elif low is not None:
+            text = f"{'>' if self.gt is not None else '>='} {_num(low)}"
+        elif high is not None:
+            text = f"{'<' if self.lt is not None else '<='} {_num(high)}"
+        else:
+            text = "any number"
+        return text + (" and odd" if self.odd else "")
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` is inside the range (NaN never is)."""
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+            and (not self.odd or int(value) % 2 == 1)
+        )
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def bounded(
+    default: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    odd: bool = False,
+    nonempty: bool = False,
+) -> Any:
+    """A dataclass field with a default and the range :func:`check_values` enforces.
+
+    A list default (a layer list) is copied per instance; its items must satisfy the bounds.
+    None is always allowed where the field's type allows it (it means "unset").
+    """
+    meta = {"bounds": Bounds(gt, ge, lt, le, odd, nonempty)}
+    if isinstance(default, list):
+        items = list(default)
+        return field(default_factory=lambda: list(items), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_values(node: Any, prefix: str = "") -> None:
+    """Check every :func:`bounded` field of a dataclass tree.
+
+    Raises:
+        RunConfigError: ``<dotted key>=<value>: must be <range>`` for the first bad field.
+    """
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        bounds: Bounds | None = f.metadata.get("bounds")
+        if bounds is not None and value is not None:
+            if isinstance(value, list | tuple):
+                if bounds.nonempty and not value:
+                    raise RunConfigError(f"{key}=[]: list at least one value")
+                bad = [v for v in value if not bounds.holds(v)]
+                if bad:
+                    raise RunConfigError(
+                        f"{key}={list(value)}: every item must be {bounds.describe()}"
+                    )
+            elif not bounds.holds(value):
+                raise RunConfigError(f"{key}={value}: must be {bounds.describe()}")
+        if is_dataclass(value) and not isinstance(value, type):
+            check_values(value, f"{key}.")
+
+
+# --------------------------------------------------------------------------- agent group
+@dataclass
+class AgentConfig:
+    """Base of every agent schema (``configs/agent/<name>.yaml``).
+
+    Attributes:
+        algo: The tag: which agent (set by the group option, not meant to be overridden).
+    """
+
+    algo: Algo = MISSING
+
+    def check(self, run: RunConfig) -> None:
+        """Reject combinations of this agent with the rest of the run (override per agent).
+
+        Raises:
+            RunConfigError: Naming the fields and the fix.
+        """
+
+
+# --------------------------------------------------------------------------- env group
+@dataclass
+class RewardWeightsConfig:
+    """Weights of the reward's penalties (:class:`envs.gym.envs.RewardWeights`)."""
+
+    slo: float = 1.0
+    cost: float = 0.2
+    disruption: float = 0.05
+
+
+@dataclass
+class EnvConfig:
+    """The ``env`` group (``configs/env/<name>.yaml``).
+
+    Attributes:
+        name: ``autoscale``, ``remediate``, ``ops`` or ``hpa_tune`` (set by the group option).
+        fidelity: Simulator fidelity (``fluid`` is what RL trains on).
+        obs: ``box`` or ``dict`` observations (``dict`` needs ``MultiInputPolicy``; Dreamer
+            reads ``box`` only).
+        reward_weights: Reward penalty weights.
+        max_episode_steps: Truncate episodes after this many decisions; None keeps the
+            registered limit (240) and the scenario's horizon.
+        normalize_obs: SB3: normalise observations with running statistics (``VecNormalize``).
+        normalize_reward: SB3: also scale rewards by a running return std (``VecNormalize``).
+        clip_obs: SB3: clip normalised observations to ``[-clip_obs, clip_obs]``.
+    """
+
+    name: EnvName = MISSING
+    fidelity: Fidelity = Fidelity.fluid
+    obs: ObsKind = ObsKind.box
+    reward_weights: RewardWeightsConfig = field(default_factory=RewardWeightsConfig)
+    max_episode_steps: int | None = bounded(None, ge=1)
+    normalize_obs: bool = True
+    normalize_reward: bool = False
+    clip_obs: float = bounded(10.0, gt=0)
+
+
+# --------------------------------------------------------------------------- logger group
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group: ``none``, ``csv`` or ``tensorboard`` (files under ``<out>/logs``).
+
+    Attributes:
+        kind: Where metrics go (set by the group option).
+    """
+
+    kind: LoggerKind = MISSING
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    """``logger=wandb``: TensorBoard files synced into a W&B run (offline by default).
+
+    Attributes:
+        project: W&B project.
+        entity: W&B entity (team or user); None: the default one.
+        group: Run group (e.g. one sweep).
+        name: Run name; None: W&B's generated name.
+        tags: Run tags.
+        mode: ``offline``, ``online`` or ``disabled``; None reads ``$WANDB_MODE`` and falls
+            back to ``offline`` (no account needed; ``wandb sync`` uploads later).
+    """
+
+    kind: LoggerKind = LoggerKind.wandb
+    project: str = "opsworld"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None
+
+
+LOGGER_SCHEMAS: dict[LoggerKind, type[LoggerConfig]] = {
+    LoggerKind.none: LoggerConfig,
+    LoggerKind.csv: LoggerConfig,
+    LoggerKind.tensorboard: LoggerConfig,
+    LoggerKind.wandb: WandbLoggerConfig,
+}
+
+
+# --------------------------------------------------------------------------- root
+@dataclass
+class EvalConfig:
+    """Evaluation on a separate env (same scenario, its own seeds).
+
+    Attributes:
+        freq: Evaluate every this many env steps during training (the best weights go to
+            ``<out>/best``); 0: only the final evaluation.
+        episodes: Episodes per evaluation, and for the final one in ``metrics.json``.
+        deterministic: Evaluate the greedy (mode) action.
+    """
+
+    freq: int = bounded(20_000, ge=0)
+    episodes: int = bounded(5, ge=1)
+    deterministic: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Schema of ``configs/train.yaml`` (``opsworld train``), for every agent.
+
+    Attributes:
+        agent: The algorithm and its hyperparameters (group ``agent``; ``agent.algo`` tags it).
+        env: The environment (group ``env``).
+        logger: Where metrics go (group ``logger``).
+        scenario: Built-in scenario (``chain3``, ``boutique``, ``mesh40``) or a YAML path;
+            unused when ``suite`` is set.
+        suite: Train on a scenario suite (``train`` or a suite YAML path) instead of
+            ``scenario``: the entries on ``topology``, one drawn per episode.
+        topology: With ``suite``: the topology whose entries to train on (``chain3``,
+            ``boutique``, ...); a policy fits one topology (its observation size).
+        scenario_overrides: Nested overrides of scenario fields, e.g.
+            ``scenario_overrides.traffic.noise={cv: 0.1, tau_s: 60}``.
+        seed: Run seed: seeds torch, the model, and (through ``SeedSequence``) every env.
+        total_timesteps: Env steps to train for (summed over the envs; Dreamer: prefill
+            included).
+        n_envs: Parallel training envs (SB3: vectorised; Dreamer: stepped in lockstep in
+            this process).
+        vec_env: SB3 only: ``auto`` (Dummy for 1 env, Subproc otherwise), ``dummy`` or
+            ``subproc``.
+        eval: Evaluation settings.
+        checkpoint_freq: Save a checkpoint every this many env steps (0: never).
+        progress_bar: Progress bar; None: only when stdout is a terminal.
+        verbose: 1 prints the metric tables to stdout.
+        device: Torch device (``cpu``; small networks gain little from a GPU).
+        torch_threads: Torch intra-op threads; None leaves torch's default.
+        resume: Continue from a checkpoint (SB3: ``<run>/checkpoints/model_<N>_steps.zip``;
+            Dreamer: ``<run>/checkpoints/step_<N>/``) or a finished run dir, up to
+            ``total_timesteps`` in all.
+        out: The run dir (all outputs go there).
+        experiment: Name of the experiment overlay applied (set by the overlay).
+        debug: Name of the debug overlay applied (set by the overlay).
+    """
+
+    agent: AgentConfig = MISSING
+    env: EnvConfig = MISSING
+    logger: LoggerConfig = MISSING
+    scenario: str = "boutique"
+    suite: str | None = None
+    topology: str | None = None
+    scenario_overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = bounded(0, ge=0)
+    total_timesteps: int = bounded(200_000, ge=1)
+    n_envs: int = bounded(4, ge=1)
+    vec_env: VecEnvKind = VecEnvKind.auto
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint_freq: int = bounded(50_000, ge=0)
+    progress_bar: bool | None = None
+    verbose: int = bounded(0, ge=0)
+    device: str = "cpu"
+    torch_threads: int | None = bounded(1, ge=1)
+    resume: str | None = None
+    out: str = "outputs/train"
+    experiment: str | None = None
+    debug: str | None = None
+
+
+def check_run(conf: RunConfig) -> None:
+    """The run-level checks every agent shares (after :func:`check_values`).
+
+    Raises:
+        RunConfigError: Naming the field(s) and the fix.
+    """
+    if conf.suite is not None and conf.topology is None:
+        raise RunConfigError(
+            f"suite={conf.suite} needs topology=<name> (e.g. topology=chain3): a policy fits "
+            "one topology, since its observation size depends on the services"
+        )
+    if conf.topology is not None and conf.suite is None:
+        raise RunConfigError(
+            f"topology={conf.topology} only picks entries of a suite: set suite=train (or a "
+            "suite YAML path) too, or drop topology and choose the scenario with scenario=..."
+        )
+    needs = {
+        LoggerKind.tensorboard: ("tensorboard",),
+        LoggerKind.wandb: ("tensorboard", "wandb"),
+    }.get(conf.logger.kind, ())
+    missing = [p for p in needs if importlib.util.find_spec(p) is None]
+    if missing:
+        raise RunConfigError(
+            f"logger={conf.logger.kind} needs the package(s) {missing}, which are not "
+            f"installed: pip install {' '.join(missing)} (opsworld's dependencies list them), "
+            "or use logger=csv"
+        )
+    if conf.resume is not None and not Path(conf.resume).exists():
+        raise RunConfigError(
+            f"resume={conf.resume}: no such file or folder; give a checkpoint "
+            "(SB3: <run>/checkpoints/model_<N>_steps.zip, Dreamer: <run>/checkpoints/step_<N>) "
+            "or a finished run dir"
+        )
+
+
+def choice(table: Mapping[Any, Any], value: Any, key: str, how: str) -> Any:
+    """``table[value]`` matched by string, or an error that lists the options.
+
+    Raises:
+        RunConfigError: ``value`` is None or not a key of ``table``.
+    """
+    if value is None:
+        raise RunConfigError(f"{key} is missing; choose one with {how}: {[str(k) for k in table]}")
+    for k, v in table.items():
+        if str(k) == str(value):
+            return v
+    raise RunConfigError(
+        f"{key}={value!r} is not known; use {how} with one of {[str(k) for k in table]}"
+    )
