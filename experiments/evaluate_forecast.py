@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 
 from agents.world_model import evaluation
 from agents.world_model.evaluation import EvaluateForecastConfig
-from agents.world_model.fit import FitConfigError
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 
 SCHEMA = EvaluateForecastConfig
@@ -60,10 +59,7 @@ def evaluate_forecast(
     Raises:
         ConfigError: Before anything runs, naming the field.
     """
-    try:
-        return evaluation.evaluate_forecast(to_config(cfg), log)
-    except FitConfigError as err:
-        raise ConfigError(str(err)) from None
+    return evaluation.evaluate_forecast(to_config(cfg), log)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate_forecast")

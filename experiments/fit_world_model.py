@@ -29,7 +29,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from agents.world_model.fit import FitConfigError, FitWorldModelConfig, fit_world_model
+from agents.world_model.fit import FitWorldModelConfig, fit_world_model
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 
 SCHEMA = FitWorldModelConfig
@@ -57,10 +57,7 @@ def fit(
     Raises:
         ConfigError: Before anything runs, naming the field.
     """
-    try:
-        return fit_world_model(to_config(cfg), log)
-    except FitConfigError as err:
-        raise ConfigError(str(err)) from None
+    return fit_world_model(to_config(cfg), log)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit_world_model")

@@ -650,20 +650,6 @@ def test_calibration_split_holds_out_every_kth_entry() -> None:
     assert held == set() and [e.id for e in train] == ids
 
 
-def test_json_default_writes_numpy_scalars_and_paths() -> None:
-    import json
-    from pathlib import Path
-
-    from agents.world_model.evaluation import json_default
-
-    text = json.dumps(
-        {"a": np.float32(0.5), "b": np.int64(3), "c": Path("x/y")}, default=json_default
-    )
-    assert json.loads(text) == {"a": 0.5, "b": 3, "c": "x/y"}
-    with pytest.raises(TypeError, match="not JSON serialisable"):
-        json.dumps({"d": object()}, default=json_default)
-
-
 def test_forecast_package_lists_its_api_once() -> None:
     import importlib
     import inspect

@@ -11,7 +11,7 @@ This ``__init__`` lists the public API; each name lives in one module:
 * :mod:`~agents.world_model.evaluation.report`: :func:`markdown`;
 * :mod:`~agents.world_model.evaluation.plots`: the figures;
 * :mod:`~agents.world_model.evaluation.pipeline`: :func:`evaluate_forecast`, the whole
-  command, and :func:`json_default`.
+  command.
 
 ``docs/forecasting.md`` is the user guide.
 """
@@ -22,7 +22,7 @@ from agents.world_model.evaluation.config import (
     EvaluationSetup,
     setup,
 )
-from agents.world_model.evaluation.pipeline import evaluate_forecast, json_default
+from agents.world_model.evaluation.pipeline import evaluate_forecast
 from agents.world_model.evaluation.plots import (
     plot_coverage,
     plot_example,
@@ -52,7 +52,6 @@ __all__ = [
     "ScoreTask",
     "aggregate",
     "evaluate_forecast",
-    "json_default",
     "markdown",
     "plot_coverage",
     "plot_example",

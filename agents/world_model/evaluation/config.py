@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agents.sb3.config import Fidelity
-from agents.world_model.fit import (
-    FitConfigError,
-    FittedModel,
-    check_at_least,
-    check_behaviours,
-    load_fit,
-    suite_entries,
-)
+from agents.run_config import Fidelity, RunConfigError, bounded, check_values
+from agents.world_model.fit import FittedModel, check_behaviours, load_fit, suite_entries
 from envs.scenarios.suites import SuiteEntry
 
 
@@ -49,17 +42,17 @@ class EvaluateForecastConfig:
     suite: str = "holdout"
     topology: str | None = None
     behaviours: list[str] = field(default_factory=lambda: ["hpa", "runbook"])
-    seeds: int = 1
+    seeds: int = bounded(1, ge=1)
     limit: int | None = None
-    horizon: int | None = None
-    warmup: int = 20
-    every: int = 4
-    n_samples: int = 64
-    workers: int = 2
+    horizon: int | None = bounded(None, ge=1)
+    warmup: int = bounded(20, ge=0)
+    every: int = bounded(4, ge=1)
+    n_samples: int = bounded(64, ge=2)
+    workers: int = bounded(2, ge=1)
     fidelity: Fidelity = Fidelity.fluid
     seed: int = 0
-    threads: int = 1
-    examples: int = 2
+    threads: int = bounded(1, ge=1)
+    examples: int = bounded(2, ge=0)
     progress: bool | None = None
     out: str = "outputs/evaluate_forecast/${now:%Y-%m-%d}/${now:%H-%M-%S}"
 
@@ -89,43 +82,32 @@ def setup(conf: EvaluateForecastConfig) -> EvaluationSetup:
     """Load the model and check ``conf`` against it and the suite.
 
     Raises:
-        FitConfigError: Naming the field: no or a bad ``model``, a ``topology`` other than
+        RunConfigError: Naming the field: no or a bad ``model``, a ``topology`` other than
             the model's, an unknown suite or behaviour, a number out of range, a
             ``horizon`` beyond the fitted one, services that differ from the model's.
     """
+    check_values(conf)
     if conf.model is None:
-        raise FitConfigError("model is required: an 'opsworld fit-world-model' output folder")
+        raise RunConfigError("model is required: an 'opsworld fit-world-model' output folder")
     fit = load_fit(conf.model)
     topology = conf.topology or fit.spec["topology"]
     if topology != fit.spec["topology"]:
-        raise FitConfigError(
+        raise RunConfigError(
             f"topology={topology}: the model was fitted on {fit.spec['topology']!r} "
             "(one world model fits one topology)"
         )
     entries = suite_entries(conf.suite, topology, conf.limit)
     check_behaviours("behaviours", list(conf.behaviours))
-    check_at_least(
-        conf,
-        {
-            "seeds": 1,
-            "workers": 1,
-            "warmup": 0,
-            "every": 1,
-            "n_samples": 2,
-            "threads": 1,
-            "examples": 0,
-        },
-    )
     fitted_h = int(fit.spec["forecast"]["horizon"])
     horizon = conf.horizon or fitted_h
     if not 1 <= horizon <= fitted_h:
-        raise FitConfigError(
+        raise RunConfigError(
             f"horizon={horizon}: must be in [1, {fitted_h}] (the horizon the model's "
             "calibration and naive forecasters were fitted for)"
         )
     services = list(fit.spec["services"])
     if list(entries[0].scenario.service_names) != services:
-        raise FitConfigError(
+        raise RunConfigError(
             f"suite {conf.suite} topology {topology}: services {entries[0].scenario.service_names}"
             f" differ from the model's {services}"
         )

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from agents.evaluation.simulate import json_default
 from agents.world_model.evaluation.aggregate import aggregate
 from agents.world_model.evaluation.config import (
     EvaluateForecastConfig,
@@ -34,15 +35,6 @@ from agents.world_model.evaluation.plots import (
 )
 from agents.world_model.evaluation.report import markdown
 from agents.world_model.evaluation.scoring import EpisodeScores, ScoreTask, score_tasks
-
-
-def json_default(obj: object) -> Any:
-    """``json.dumps`` ``default=``: numpy scalars and paths."""
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {obj!r}")
 
 
 def score_tasks_of(conf: EvaluateForecastConfig, ev: EvaluationSetup) -> list[ScoreTask]:
@@ -129,7 +121,7 @@ def evaluate_forecast(
         ``{"out": ..., "metrics": <metrics.json>, "files": [...]}``.
 
     Raises:
-        FitConfigError: Before anything runs, naming the field.
+        agents.run_config.RunConfigError: Before anything runs, naming the field.
     """
     ev = setup(conf)
     out = Path(conf.out)

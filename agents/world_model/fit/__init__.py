@@ -5,7 +5,7 @@ This ``__init__`` lists the public API; each name lives in one module:
 * :mod:`~agents.world_model.fit.config`: the run schema :class:`FitWorldModelConfig`
   (:class:`WorldModelOverrides`, :class:`CalibSplit`), :func:`world_model_config` and the
   start-up checks shared with the forecast evaluation (:func:`suite_entries`,
-  :func:`check_behaviours`, :func:`check_at_least`, :class:`FitConfigError`);
+  :func:`check_behaviours`); they raise :class:`agents.run_config.RunConfigError`;
 * :mod:`~agents.world_model.fit.train`: :func:`build_trainer`, :func:`train_world_model`;
 * :mod:`~agents.world_model.fit.extras`: :func:`fit_forecast_extras` and
   :class:`ForecastExtras` (calibration and naive baselines);
@@ -19,10 +19,8 @@ This ``__init__`` lists the public API; each name lives in one module:
 from agents.world_model.fit.config import (
     TOP_LEVEL_WM_FIELDS,
     CalibSplit,
-    FitConfigError,
     FitWorldModelConfig,
     WorldModelOverrides,
-    check_at_least,
     check_behaviours,
     suite_entries,
     world_model_config,
@@ -43,13 +41,11 @@ __all__ = [
     "MODEL_CODE",
     "TOP_LEVEL_WM_FIELDS",
     "CalibSplit",
-    "FitConfigError",
     "FitWorldModelConfig",
     "FittedModel",
     "ForecastExtras",
     "WorldModelOverrides",
     "build_trainer",
-    "check_at_least",
     "check_behaviours",
     "fit_forecast_extras",
     "fit_world_model",

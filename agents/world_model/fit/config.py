@@ -2,31 +2,29 @@
 
 :class:`FitWorldModelConfig` is the run config (``configs/fit_world_model.yaml``; the entry
 point ``experiments/fit_world_model.py`` registers it in Hydra's ConfigStore, so a wrong key
-or type fails at composition). :func:`world_model_config` checks its numbers and builds the
-:class:`~agents.world_model.config.WorldModelConfig`; :func:`suite_entries`,
-:func:`check_behaviours` and :func:`check_at_least` are the checks that
-``opsworld evaluate-forecast`` shares. Every check raises :class:`FitConfigError` naming the
-field and the fix, before anything runs.
+or type fails at composition). Its numeric ranges are declared with
+:func:`agents.run_config.bounded` and checked on the run schemas' one path,
+:func:`agents.run_config.check_values`; :func:`world_model_config` runs that and the other
+checks and builds the :class:`~agents.world_model.config.WorldModelConfig`.
+:func:`suite_entries` and :func:`check_behaviours` are shared with
+``opsworld evaluate-forecast``. Every check raises
+:class:`~agents.run_config.RunConfigError` naming the field and the fix, before anything
+runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
 
-from agents.sb3.config import Fidelity
+from agents.run_config import Fidelity, RunConfigError, bounded, check_values
 from agents.world_model.config import WorldModelConfig
 from agents.world_model.data import BEHAVIOURS
 from envs.scenarios.suites import SuiteEntry, SuiteError, load_suite
-
-
-class FitConfigError(ValueError):
-    """A fit or forecast-evaluation setting that cannot work; the message names the field."""
 
 
 @dataclass
@@ -137,28 +135,28 @@ class FitWorldModelConfig:
     behaviours: list[str] = field(
         default_factory=lambda: ["static", "hpa", "tuned_hpa", "runbook", "explore"]
     )
-    replicates: int = 3
-    perturb: float = 1.0
+    replicates: int = bounded(3, ge=1)
+    perturb: float = bounded(1.0, ge=0)
     limit: int | None = None
     size: str = "tiny"
-    updates: int = 8000
-    max_minutes: float | None = None
+    updates: int = bounded(8000, ge=0)
+    max_minutes: float | None = bounded(None, gt=0)
     batch: int = 16
     seq_len: int = 64
     lr: float = 3e-4
     wm: WorldModelOverrides = field(default_factory=WorldModelOverrides)
     seed: int = 0
-    workers: int = 2
+    workers: int = bounded(2, ge=1)
     fidelity: Fidelity = Fidelity.fluid
-    threads: int = 1
-    log_every: int = 100
-    horizon: int = 20
-    warmup: int = 20
-    every: int = 4
-    n_samples: int = 64
+    threads: int = bounded(1, ge=1)
+    log_every: int = bounded(100, ge=1)
+    horizon: int = bounded(20, ge=1)
+    warmup: int = bounded(20, ge=0)
+    every: int = bounded(4, ge=1)
+    n_samples: int = bounded(64, ge=2)
     calib_behaviours: list[str] = field(default_factory=lambda: ["hpa", "runbook"])
     calib_split: CalibSplit = CalibSplit.entries
-    calib_every: int = 4
+    calib_every: int = bounded(4, ge=2)
     calib_level: float = 0.9
     anchor: bool = True
     init: str | None = None
@@ -173,65 +171,48 @@ def suite_entries(
     """The entries of ``suite_name`` on ``topology`` (first ``limit``).
 
     Raises:
-        FitConfigError: Naming ``suite``, ``topology`` or ``limit``.
+        RunConfigError: Naming ``suite``, ``topology`` or ``limit``.
     """
     try:
         suite = load_suite(suite_name)
     except (SuiteError, OSError) as err:
-        raise FitConfigError(f"suite={suite_name}: {err}") from None
+        raise RunConfigError(f"suite={suite_name}: {err}") from None
     names = sorted({e.scenario.topology.name for e in suite.entries})
     if topology is None:
-        raise FitConfigError(
+        raise RunConfigError(
             f"topology is required (one world model fits one topology): one of {names}"
         )
     entries = [e for e in suite.entries if e.scenario.topology.name == topology]
     if not entries:
-        raise FitConfigError(
+        raise RunConfigError(
             f"topology={topology}: no entry of suite {suite.name!r} uses it; its topologies "
             f"are {names}"
         )
     if limit is not None:
         if limit < 1:
-            raise FitConfigError(f"limit={limit}: must be >= 1 (or null for all entries)")
+            raise RunConfigError(f"limit={limit}: must be >= 1 (or null for all entries)")
         entries = entries[:limit]
     return entries
 
 
 def check_behaviours(key: str, names: list[str]) -> None:
-    """Raise :class:`FitConfigError` unless ``names`` is a non-empty list of known behaviours."""
+    """Raise :class:`RunConfigError` unless ``names`` is a non-empty list of known behaviours."""
     bad = [b for b in names if b not in BEHAVIOURS]
     if bad or not names:
-        raise FitConfigError(f"{key}={names}: use some of {list(BEHAVIOURS)}")
+        raise RunConfigError(f"{key}={names}: use some of {list(BEHAVIOURS)}")
 
 
 def world_model_config(conf: FitWorldModelConfig) -> WorldModelConfig:
     """Check ``conf``'s values and build its WorldModelConfig (``size`` preset + overrides).
 
     Raises:
-        FitConfigError: Naming the first bad field.
+        RunConfigError: Naming the first bad field.
     """
+    check_values(conf)
     check_behaviours("behaviours", list(conf.behaviours))
     check_behaviours("calib_behaviours", list(conf.calib_behaviours))
-    check_at_least(
-        conf,
-        {
-            "replicates": 1,
-            "updates": 0,
-            "workers": 1,
-            "threads": 1,
-            "log_every": 1,
-            "horizon": 1,
-            "warmup": 0,
-            "every": 1,
-            "n_samples": 2,
-            "calib_every": 2,
-            "perturb": 0,
-        },
-    )
     if conf.calib_level not in (0.8, 0.9):
-        raise FitConfigError(f"calib_level={conf.calib_level}: must be 0.8 or 0.9")
-    if conf.max_minutes is not None and conf.max_minutes <= 0:
-        raise FitConfigError(f"max_minutes={conf.max_minutes}: must be > 0 (or null)")
+        raise RunConfigError(f"calib_level={conf.calib_level}: must be 0.8 or 0.9")
     try:
         return WorldModelConfig.preset(
             conf.size,
@@ -244,11 +225,4 @@ def world_model_config(conf: FitWorldModelConfig) -> WorldModelConfig:
             },
         )
     except (ValidationError, ValueError) as err:
-        raise FitConfigError(f"size={conf.size} / wm={conf.wm.given()}: {err}") from None
-
-
-def check_at_least(conf: Any, lows: Mapping[str, float]) -> None:
-    """Raise :class:`FitConfigError` for the first field of ``conf`` below its bound in ``lows``."""
-    for name, low in lows.items():
-        if getattr(conf, name) < low:
-            raise FitConfigError(f"{name}={getattr(conf, name)}: must be >= {low}")
+        raise RunConfigError(f"size={conf.size} / wm={conf.wm.given()}: {err}") from None

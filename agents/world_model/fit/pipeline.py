@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from agents.run_config import RunConfigError
 from agents.world_model.config import ObsLayout, WorldModelConfig
 from agents.world_model.data import Collection, collect
 from agents.world_model.fit.config import (
     CalibSplit,
-    FitConfigError,
     FitWorldModelConfig,
     suite_entries,
     world_model_config,
@@ -57,7 +57,7 @@ def calibration_split(
     out of training to calibrate on; with ``split=replicate`` none is.
 
     Raises:
-        FitConfigError: No entry is left to train on.
+        RunConfigError: No entry is left to train on.
     """
     held_out = (
         {e.id for i, e in enumerate(entries) if i % every == every - 1}
@@ -66,7 +66,7 @@ def calibration_split(
     )
     train_entries = [e for e in entries if e.id not in held_out]
     if not train_entries:
-        raise FitConfigError(f"calib_every={every}: leaves no entry to train on")
+        raise RunConfigError(f"calib_every={every}: leaves no entry to train on")
     return held_out, train_entries
 
 
@@ -281,7 +281,7 @@ def fit_world_model(conf: FitWorldModelConfig, log: Log | None = print) -> dict[
         ``{"out": <folder>, **summary}`` (the summary is also ``summary.json``).
 
     Raises:
-        FitConfigError: Before anything runs, naming the field.
+        RunConfigError: Before anything runs, naming the field.
     """
     wm_cfg = world_model_config(conf)
     entries = suite_entries(conf.suite, conf.topology, conf.limit)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.world_model.fit.config import FitConfigError
+from agents.run_config import RunConfigError
 from agents.world_model.forecast import Calibration, NaiveForecaster, NaiveViolation
 from agents.world_model.model import WorldModel
 from agents.world_model.trainer import load_model
@@ -72,19 +72,19 @@ def load_fit(path: str | Path) -> FittedModel:
     """Load a ``fit-world-model`` run folder (no pickles: ``weights_only`` torch, npz, JSON).
 
     Raises:
-        FitConfigError: When ``path`` is not such a folder (naming the missing files).
+        RunConfigError: When ``path`` is not such a folder (naming the missing files).
     """
     path = Path(path)
     spec_path = path / "spec.json"
     if not spec_path.exists():
-        raise FitConfigError(
+        raise RunConfigError(
             f"model={path}: not an 'opsworld fit-world-model' folder (no spec.json)"
         )
     spec = json.loads(spec_path.read_text())
     files = {k: path / v for k, v in spec["forecast"].items() if isinstance(v, str)}
     missing = [str(p) for p in [path / spec["checkpoint"], *files.values()] if not p.exists()]
     if missing:
-        raise FitConfigError(f"model={path}: missing {', '.join(missing)}")
+        raise RunConfigError(f"model={path}: missing {', '.join(missing)}")
     saved, now = spec.get("model_code", {}), model_code_digest()
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:

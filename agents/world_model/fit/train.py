@@ -18,9 +18,9 @@ from types import TracebackType
 import numpy as np
 import torch
 
+from agents.run_config import RunConfigError
 from agents.world_model.config import ObsLayout, WorldModelConfig
 from agents.world_model.data import ProgressBar
-from agents.world_model.fit.config import FitConfigError
 from agents.world_model.model import WorldModel
 from agents.world_model.replay import Replay
 from agents.world_model.trainer import WorldModelTrainer
@@ -41,21 +41,21 @@ def build_trainer(
     WorldModelConfig (``wm_cfg`` is ignored; ``threads`` still applies).
 
     Raises:
-        FitConfigError: ``init`` has no checkpoint, or one that does not fit this model.
+        RunConfigError: ``init`` has no checkpoint, or one that does not fit this model.
     """
     torch.manual_seed(seed)
     if init is None:
         return WorldModelTrainer(WorldModel(layout, n_actions, wm_cfg), wm_cfg, seed=seed)
     path = Path(init) / "checkpoint.pt"
     if not path.exists():
-        raise FitConfigError(f"init={init}: no checkpoint.pt (a fit-world-model folder?)")
+        raise RunConfigError(f"init={init}: no checkpoint.pt (a fit-world-model folder?)")
     state = torch.load(path, weights_only=True)
     wm_cfg = WorldModelConfig(**{**state["config"], "threads": threads})
     trainer = WorldModelTrainer(WorldModel(layout, n_actions, wm_cfg), wm_cfg, seed=seed)
     try:
         trainer.load_state_dict(state)
     except ValueError as err:
-        raise FitConfigError(f"init={init}: {err}") from None
+        raise RunConfigError(f"init={init}: {err}") from None
     return trainer
 
 
