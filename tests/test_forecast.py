@@ -423,8 +423,11 @@ def composer():
 def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
     import json
 
-    from experiments.evaluate_forecast import FORECASTERS, evaluate_forecast
-    from experiments.fit_world_model import fit, load_fit
+    from agents.world_model.evaluation import FORECASTERS
+    from agents.world_model.fit import load_fit
+    from experiments.cli import ConfigError
+    from experiments.evaluate_forecast import evaluate_forecast
+    from experiments.fit_world_model import fit
 
     wm_dir = tmp_path / "wm"
     cfg = composer(
@@ -457,6 +460,10 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
     assert (split["episodes"], split["naive_episodes"]) == (1, 2)
     for f in ("checkpoint.pt", "spec.json", "metrics.csv", "summary.json", "config.yaml"):
         assert (wm_dir / f).exists(), f
+    # 3 updates logged every 2: rows after update 2 and after the last one
+    rows = (wm_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[-2:] == ["update", "wall_s"]
+    assert [r.split(",")[-2] for r in rows[1:]] == ["2.0", "3.0"]
     loaded = load_fit(wm_dir)
     assert loaded.spec["services"] == ["frontend", "api", "db"]
     assert len(loaded.calibration.scale["p99"]) == 20
@@ -521,6 +528,55 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
     text = (out / "forecast.md").read_text()
     assert "## `p99` (s)" in text and "Brier" in text
 
+    # two worker processes score the same episodes to the same numbers
+    cfg2 = composer(
+        "evaluate_forecast",
+        [
+            f"model={wm_dir}",
+            "limit=1",
+            "behaviours=[runbook,hpa]",
+            "every=20",
+            "n_samples=8",
+            "workers=2",
+            "examples=0",
+            f"out={tmp_path / 'fc2'}",
+        ],
+    )
+    cfg1 = composer(
+        "evaluate_forecast",
+        [
+            f"model={wm_dir}",
+            "limit=1",
+            "behaviours=[runbook,hpa]",
+            "every=20",
+            "n_samples=8",
+            "workers=1",
+            "examples=0",
+            f"out={tmp_path / 'fc1'}",
+        ],
+    )
+
+    def numbers(res: dict) -> str:
+        m = {k: v for k, v in res["metrics"].items() if k not in ("wall_s", "per_episode")}
+        m["per_episode"] = [
+            {k: v for k, v in e.items() if k != "wall_s"} for e in res["metrics"]["per_episode"]
+        ]
+        return json.dumps(m, sort_keys=True)
+
+    two = evaluate_forecast(cfg2, log=None)
+    assert [e["behaviour"] for e in two["metrics"]["per_episode"]] == ["runbook", "hpa"]
+    assert numbers(two) == numbers(evaluate_forecast(cfg1, log=None))
+
+    # the fitted model fixes the topology and the longest horizon
+    with pytest.raises(ConfigError, match="fitted on 'chain3'"):
+        evaluate_forecast(
+            composer("evaluate_forecast", [f"model={wm_dir}", "topology=boutique"]), log=None
+        )
+    with pytest.raises(ConfigError, match=r"horizon=21: must be in \[1, 20\]"):
+        evaluate_forecast(
+            composer("evaluate_forecast", [f"model={wm_dir}", "horizon=21"]), log=None
+        )
+
 
 def test_entry_points_refuse_bad_configs(composer, tmp_path) -> None:
     from experiments.cli import ConfigError
@@ -547,11 +603,24 @@ def test_entry_points_refuse_bad_configs(composer, tmp_path) -> None:
         evaluate_forecast(composer("evaluate_forecast", [f"out={tmp_path}"]), log=None)
     with pytest.raises(ConfigError, match=r"spec\.json"):
         evaluate_forecast(composer("evaluate_forecast", [f"model={tmp_path}"]), log=None)
+    with pytest.raises(ConfigError, match=r"init=.*no checkpoint\.pt"):
+        fit(
+            composer(
+                "fit_world_model",
+                ["topology=chain3", "limit=1", f"init={tmp_path}", f"out={tmp_path / 'o'}"],
+            ),
+            log=None,
+        )
+    with pytest.raises(ConfigError, match="n_samples=1: must be >= 2"):
+        fit(
+            composer("fit_world_model", ["topology=chain3", "n_samples=1", f"out={tmp_path}"]),
+            log=None,
+        )
 
 
 def test_wm_overrides_cover_the_world_model_config() -> None:
     from agents.world_model.config import WorldModelConfig
-    from experiments.fit_world_model import TOP_LEVEL_WM_FIELDS, WorldModelOverrides
+    from agents.world_model.fit import TOP_LEVEL_WM_FIELDS, WorldModelOverrides
 
     names = {f.name for f in dataclasses.fields(WorldModelOverrides)}
     assert names | set(TOP_LEVEL_WM_FIELDS) == set(WorldModelConfig.model_fields)
@@ -563,3 +632,52 @@ def test_cli_knows_the_commands() -> None:
     assert cli.main(["fit-world-model", "topologee=chain3"]) == cli.EXIT_USAGE
     assert cli.main(["evaluate-forecast", "modle=x"]) == cli.EXIT_USAGE
     assert "evaluate-forecast" in cli.usage()
+
+
+def test_calibration_split_holds_out_every_kth_entry() -> None:
+    from agents.world_model.fit import CalibSplit
+    from agents.world_model.fit.config import suite_entries
+    from agents.world_model.fit.pipeline import calibration_split
+
+    entries = suite_entries("train", "chain3", limit=5)
+    ids = [e.id for e in entries]
+    held, train = calibration_split(entries, CalibSplit.entries, 2)
+    assert held == {ids[1], ids[3]}
+    assert [e.id for e in train] == [ids[0], ids[2], ids[4]]
+    held, train = calibration_split(entries, CalibSplit.entries, 4)
+    assert held == {ids[3]} and len(train) == 4
+    held, train = calibration_split(entries, CalibSplit.replicate, 2)
+    assert held == set() and [e.id for e in train] == ids
+
+
+def test_forecast_package_lists_its_api_once() -> None:
+    import importlib
+    import inspect
+
+    import agents.world_model.forecast as fc
+
+    for name in fc.__all__:
+        obj = getattr(fc, name)
+        home = getattr(obj, "__module__", None)
+        if home is not None and (inspect.isclass(obj) or inspect.isfunction(obj)):
+            assert home.startswith("agents.world_model.forecast."), (name, home)
+    # a submodule is never shadowed by a function of the same name
+    for sub in ("types", "calibration", "episodes", "rollout", "naive"):
+        assert inspect.ismodule(importlib.import_module(f"agents.world_model.forecast.{sub}"))
+        assert not hasattr(fc, sub) or inspect.ismodule(getattr(fc, sub))
+
+
+def test_entry_points_import_no_other_entry_point() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, experiments.fit_world_model, experiments.evaluate_forecast; "
+        "print(sorted(m for m in sys.modules if m.startswith('experiments.')))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == [
+        "['experiments.cli',",
+        "'experiments.evaluate_forecast',",
+        "'experiments.fit_world_model']",
+    ]
