@@ -1,0 +1,128 @@
+"""Forecast scoring by hand: a ramp episode whose truths, errors and coverage are known exactly.
+
+Service ``s`` serves ``a_s + b_s t`` requests per second at step ``t``. A persistence
+forecast made at origin ``t`` says ``a_s + b_s t`` for every step ahead, so its error ``h``
+steps ahead is exactly ``h b_s`` and its MAE over ``h = 1..H`` is ``b_s (H + 1) / 2``. Draws
+spread evenly over ``point +- K`` put the central 90 % interval at ``point +- 0.9 K`` and the
+80 % one at ``point +- 0.8 K`` (linear quantiles of an even grid), so which steps' truths
+fall inside, and hence the coverage, is known too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.world_model import ObsLayout
+from agents.world_model.forecast import (
+    METRICS,
+    NaiveForecaster,
+    NaiveViolation,
+    forecast_origins,
+    planned_actions,
+    raw_series,
+    truths,
+)
+from agents.world_model.forecast_metrics import coverage, mae
+from experiments.evaluate_forecast import score_draws
+
+T = 41  # rows 0..40
+H = 5
+A = np.array([100.0, 40.0])  # rps at t = 0
+B = np.array([2.0, 3.0])  # rps added per step
+N_DRAWS = 21
+
+
+def _symlog(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _ramp_episode() -> tuple[dict[str, np.ndarray], ObsLayout]:
+    layout = ObsLayout(n_services=2)
+    obs = np.zeros((T, layout.obs_size))
+    t = np.arange(T, dtype=np.float64)
+    constant = {"p99": 0.1, "error_rate": 0.0, "replicas_ready": 3.0}
+    for s in range(2):
+        obs[:, layout.service_index(s, "rps")] = _symlog(A[s] + B[s] * t)
+        for metric, value in constant.items():
+            obs[:, layout.service_index(s, metric)] = _symlog(np.full(T, value))
+    obs[:, layout.mask] = 1.0
+    action = np.arange(T, dtype=np.float32)[:, None] * np.ones((1, 3), dtype=np.float32)
+    violation = np.zeros(T)
+    violation[20] = 1.0
+    return {"obs": obs, "action": action, "violation": violation}, layout
+
+
+def _ramp(t: np.ndarray) -> np.ndarray:
+    """``[..., S]`` rps of the ramp at rows ``t``."""
+    return A + B * np.asarray(t, dtype=np.float64)[..., None]
+
+
+def test_origins_and_truths_are_the_rows_after_each_origin() -> None:
+    ep, layout = _ramp_episode()
+    origins = forecast_origins(T, H, warmup=3, every=2)
+    np.testing.assert_array_equal(origins, np.arange(3, T - H, 2))
+    assert origins[-1] + H == T - 1  # the last origin's last truth is the last row
+    truth = truths(ep, layout, origins, H)
+    assert set(truth) == set(METRICS)
+    steps = origins[:, None] + np.arange(1, H + 1)[None, :]  # [B, H]
+    np.testing.assert_allclose(truth["rps"], _ramp(steps), rtol=1e-12)
+    np.testing.assert_allclose(truth["replicas_ready"], 3.0, rtol=1e-12)
+    # the actions planned after an origin are those of rows t+1 .. t+H
+    np.testing.assert_array_equal(planned_actions(ep, origins, H)[..., 0], steps)
+
+
+def test_persistence_error_is_h_times_the_slope() -> None:
+    ep, layout = _ramp_episode()
+    origins = forecast_origins(T, H, warmup=3, every=2)
+    series = raw_series(ep, layout, "rps")
+    np.testing.assert_allclose(series, _ramp(np.arange(T)), rtol=1e-12)
+    pers = NaiveForecaster("persistence", H)
+    point = pers.point(series, origins)
+    np.testing.assert_allclose(point, np.repeat(_ramp(origins)[:, None], H, axis=1), rtol=1e-12)
+    truth = truths(ep, layout, origins, H)["rps"]
+    err = np.abs(point - truth)  # [B, H, S]
+    h = np.arange(1, H + 1)[:, None]
+    np.testing.assert_allclose(err, np.broadcast_to(h * B, err.shape), rtol=1e-9)
+    for s in range(2):
+        assert mae(point[..., s], truth[..., s]) == pytest.approx(B[s] * (H + 1) / 2, rel=1e-9)
+
+
+def test_scores_of_even_draws_around_persistence_are_known_exactly() -> None:
+    ep, layout = _ramp_episode()
+    origins = forecast_origins(T, H, warmup=3, every=2)
+    series = raw_series(ep, layout, "rps")
+    pers = NaiveForecaster("persistence", H)
+    pers.residuals["rps"] = np.zeros((H, 2, pers.levels.size))  # no spread: draws = point
+    draws = pers.samples("rps", series, origins)  # [B, M, H, S]
+    point = draws[:, 0]
+    np.testing.assert_array_equal(draws, np.repeat(point[:, None], pers.levels.size, axis=1))
+    # K = 3.5 b: the 90 % interval reaches 3.15 b (steps 1-3 inside), the 80 % one 2.8 b (1-2)
+    spread = 3.5 * B * np.linspace(-1.0, 1.0, N_DRAWS)[:, None]  # [N, S]
+    even = point[:, None] + spread[None, :, None, :]  # [B, N, H, S]
+    truth = truths(ep, layout, origins, H)["rps"]
+    scores = score_draws(even, truth)
+    h = np.arange(1, H + 1)[:, None]
+    np.testing.assert_allclose(scores["abs_err"].mean(0), h * B, rtol=1e-9)  # median = point
+    in90 = scores["in90"].mean(0)  # [H, S]
+    in80 = scores["in80"].mean(0)
+    np.testing.assert_array_equal(
+        in90, np.broadcast_to([[1.0], [1.0], [1.0], [0.0], [0.0]], in90.shape)
+    )
+    np.testing.assert_array_equal(
+        in80, np.broadcast_to([[1.0], [1.0], [0.0], [0.0], [0.0]], in80.shape)
+    )
+    assert float(np.mean(scores["in90"])) == pytest.approx(3 / 5)
+    assert float(np.mean(scores["in80"])) == pytest.approx(2 / 5)
+    # the same through forecast_metrics.coverage on the interval ends
+    lo = point - 0.9 * 3.5 * B
+    hi = point + 0.9 * 3.5 * B
+    assert coverage(lo, hi, truth) == pytest.approx(3 / 5)
+
+
+def test_violation_outcomes_look_at_the_next_h_rows() -> None:
+    ep, _ = _ramp_episode()
+    origins = np.arange(0, T - H)
+    out = NaiveViolation.outcomes(ep["violation"], origins, H)
+    # row 20 violated: origins 15..19 see it within 1..5 steps; origin 20 does not
+    np.testing.assert_array_equal(np.flatnonzero(out), np.arange(15, 20))
