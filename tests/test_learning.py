@@ -7,9 +7,10 @@ seed. An agent that learns cuts replicas where the load allows and keeps the SLO
 does not learn scales at random, pays for it or breaks SLOs. Each run has a fixed seed and a
 fixed budget; nothing here is timed.
 
-PPO (2,048 steps, seed 0) reaches -2.05 here. Dreamer at its debug size does not yet beat
-static on this task within a test's budget (1,000-2,000 steps, about 100 s on 2 shared
-cores: -7.7 to -20.8), so it has no such test yet.
+PPO gets 2,048 steps with seed 0 (SB3's PPO on this env outside the pipeline reached -2.05
+after 1,000 steps, cutting replicas with a trace of SLO violation). Dreamer at its debug
+size does not yet beat static on this task within a test's budget (1,000-2,000 steps, about
+100 s on 2 shared cores: -7.7 to -20.8), so it has no such test yet.
 """
 
 from __future__ import annotations
