@@ -126,3 +126,95 @@ def test_violation_outcomes_look_at_the_next_h_rows() -> None:
     out = NaiveViolation.outcomes(ep["violation"], origins, H)
     # row 20 violated: origins 15..19 see it within 1..5 steps; origin 20 does not
     np.testing.assert_array_equal(np.flatnonzero(out), np.arange(15, 20))
+
+
+# ---------------------------------------------------------------- metric edges (mutation testing)
+def test_metrics_on_integer_inputs_are_float_and_exact() -> None:
+    from agents.world_model.forecast_metrics import abs_error, crps, crps_samples
+
+    err = abs_error(np.array([1, 5]), np.array([3, 2]))
+    assert err.dtype == np.float64
+    np.testing.assert_array_equal(err, [2.0, 3.0])
+    c = crps_samples(np.array([[0, 2], [1, 1]]), np.array([1, 3]))
+    assert c.dtype == np.float64
+    np.testing.assert_allclose(c, [0.5, 2.0], rtol=1e-12)
+    assert crps(np.array([[0, 2], [1, 1]]), np.array([np.nan, 3.0])) == 2.0
+    assert np.isnan(crps(np.array([[0.0, 2.0]]), np.array([np.nan])))
+    # three members by hand: E|X - y| = (1 + 0 + 3) / 3, E|X - X'| / 2 = (1 + 3 + 4) * 2 / 9 / 2
+    assert crps_samples(np.array([[5.0, 1.0, 2.0]]), np.array([2.0]))[0] == pytest.approx(
+        4 / 3 - 8 / 9, rel=1e-12
+    )
+
+
+def test_inside_and_coverage_edges() -> None:
+    from agents.world_model.forecast_metrics import inside
+
+    y = np.array([1.0, 0.999, 2.0, 2.001, np.nan])
+    got = inside(np.ones(5), np.full(5, 2.0), y)
+    np.testing.assert_array_equal(got[:4], [1.0, 0.0, 1.0, 0.0])
+    assert np.isnan(got[4])
+    assert coverage(np.ones(5), np.full(5, 2.0), y) == 0.5
+    assert np.isnan(coverage(np.zeros(1), np.ones(1), np.array([np.nan])))
+    assert mae(np.array([1.0, 4.0]), np.array([np.nan, 1.0])) == 3.0
+
+
+def test_interval_levels_bounds_and_values() -> None:
+    from agents.world_model.forecast_metrics import interval_levels
+
+    assert interval_levels(0.5) == (0.25, 0.75)
+    assert interval_levels(0.95) == (0.025, 0.975)  # rounded to 10 digits
+    assert interval_levels(1e-9) == (0.4999999995, 0.5000000005)
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=rf"^interval level {bad} must be in \(0, 1\)$"):
+            interval_levels(bad)
+
+
+def test_brier_edges() -> None:
+    from agents.world_model.forecast_metrics import brier
+
+    assert brier(np.array([0.0, 1.0]), np.array([0.0, 1.0])) == 0.0  # the ends are valid
+    assert brier(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == 1.0
+    assert brier(np.array([0.2, np.nan, 0.6]), np.array([1.0, 1.0, np.nan])) == pytest.approx(0.64)
+    assert np.isnan(brier(np.array([0.5]), np.array([np.nan])))
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=r"^brier: probabilities must lie in \[0, 1\]$"):
+            brier(np.array([0.5, bad]), np.array([1.0, 0.0]))
+
+
+def test_reliability_edges_and_dict() -> None:
+    from agents.world_model.forecast_metrics import reliability
+
+    one = reliability(np.array([0.0, 0.3, 1.0]), np.array([1.0, 0.0, 1.0]), n_bins=1)
+    np.testing.assert_array_equal(one.count, [3.0])
+    np.testing.assert_allclose(one.mean_p, [1.3 / 3], rtol=1e-12)
+    np.testing.assert_allclose(one.frequency, [2 / 3], rtol=1e-12)
+    p = np.array([0.0, 0.25, 0.5, 0.74, 0.75, 1.0, np.nan, 0.3])
+    o = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, np.nan])
+    rel = reliability(p, o, n_bins=4)  # NaN p or outcome: left out
+    np.testing.assert_allclose(rel.edges, [0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_array_equal(rel.count, [1.0, 1.0, 2.0, 2.0])  # left-closed, last closed
+    np.testing.assert_allclose(rel.mean_p, [0.0, 0.25, 0.62, 0.875], rtol=1e-12)
+    np.testing.assert_allclose(rel.frequency, [0.0, 1.0, 0.5, 1.0], rtol=1e-12)
+    assert rel.as_dict() == {
+        "edges": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "mean_p": [0.0, 0.25, 0.62, 0.875],
+        "frequency": [0.0, 1.0, 0.5, 1.0],
+        "count": [1.0, 1.0, 2.0, 2.0],
+    }
+    gap = reliability(np.array([0.9]), np.array([0.0]), n_bins=3).as_dict()
+    assert gap["mean_p"][:2] == [None, None] and gap["frequency"] == [None, None, 0.0]
+    assert gap["count"] == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"^reliability: n_bins=0 must be >= 1$"):
+        reliability(np.array([0.5]), np.array([1.0]), n_bins=0)
+    for bad in (-0.01, 1.01):
+        with pytest.raises(ValueError, match=r"^reliability: probabilities must lie in \[0, 1\]$"):
+            reliability(np.array([0.5, bad]), np.array([1.0, 0.0]))
+
+
+def test_empirical_quantiles_interpolate_linearly_on_the_last_axis() -> None:
+    from agents.world_model.forecast_metrics import empirical_quantiles
+
+    x = np.array([[[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]])  # [1, 2, 4]
+    q = empirical_quantiles(x, np.array([0.25, 0.5]))
+    assert q.shape == (1, 2, 2)
+    np.testing.assert_allclose(q, [[[0.75, 1.5], [0.75, 1.5]]], rtol=1e-12)
