@@ -218,3 +218,16 @@ def test_empirical_quantiles_interpolate_linearly_on_the_last_axis() -> None:
     q = empirical_quantiles(x, np.array([0.25, 0.5]))
     assert q.shape == (1, 2, 2)
     np.testing.assert_allclose(q, [[[0.75, 1.5], [0.75, 1.5]]], rtol=1e-12)
+
+
+def test_crps_and_levels_on_more_axes_and_digits() -> None:
+    from agents.world_model.forecast_metrics import crps_samples, interval_levels, reliability
+
+    x = np.array([[[2.0, 0.0], [5.0, 1.0]], [[1.0, 1.0], [0.0, 4.0]]])  # [2, 2, M=2]
+    y = np.array([[1.0, 1.0], [3.0, 4.0]])
+    # per entry: E|X - y| - |x1 - x2| / 4
+    np.testing.assert_allclose(crps_samples(x, y), [[0.5, 1.0], [2.0, 1.0]], rtol=1e-12)
+    assert interval_levels(0.12345678912) == (0.4382716054, 0.5617283946)  # 10 digits
+    assert reliability(np.array([0.5]), np.array([1.0])).count.size == 10  # default bins
+    top_empty = reliability(np.array([0.1]), np.array([1.0]), n_bins=3)
+    np.testing.assert_array_equal(top_empty.frequency, [1.0, np.nan, np.nan])

@@ -92,6 +92,22 @@ EQUIVALENT: list[tuple[str, str]] = [
     ),
     (r"np\.where\(a >= 0, wq", "at a = 0 the Erlang-C wait is 0 anyway"),
     (r"if a > c:", "a = c: c mu - lam = 0 divides by zero and gives inf, also refused"),
+    (r'float\("NAN"\)', 'float("NAN") is the same NaN'),
+    (
+        r"or True else float\(\"nan\"\)|or True$",
+        "nanmean of an all-NaN array is NaN too (it only warns)",
+    ),
+    (r"\.astype\(None\)", "astype(None) is float64, the type asked for"),
+    (
+        r"right=None|np\.digitize\(p, edges\[1:-1\], \)",
+        "right=None and the default are both right=False",
+    ),
+    (
+        r"np\.clip\(np\.digitize\(p, edges\[1:-1\], right=False\), "
+        r"(None, n_bins - 1|0, None|0, n_bins \+ 1)\)",
+        "digitize over the inner edges already returns 0 .. n_bins - 1 for p in [0, 1]",
+    ),
+    (r"np\.sort\(np\.asarray\(samples, dtype=np\.float64\), \)", "np.sort's default axis is -1"),
 ]
 
 
