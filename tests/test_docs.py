@@ -162,6 +162,7 @@ def test_the_short_examples_are_found() -> None:
     assert any(line.startswith("opsworld evaluate-forecast") for line in lines)
 
 
+@pytest.mark.slow  # seconds each when idle; minutes on a loaded 2-core machine
 @pytest.mark.parametrize(("where", "lines"), BLOCKS, ids=[w for w, _ in BLOCKS])
 def test_short_doc_examples_run(where: str, lines: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}

@@ -55,6 +55,7 @@ def test_static_return_on_the_task_is_exactly_minus_four() -> None:
         assert total == pytest.approx(STATIC_RETURN, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_ppo_beats_static(composer: Callable[..., DictConfig], tmp_path: Path) -> None:
     cfg = composer(
         "debug=default",
