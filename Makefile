@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint type bench clean venv
+.PHONY: demo test lint type bench mutation clean venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: train a small PPO autoscaler for chain3 (about a minute; configs/experiment/
+# The main job: train a small PPO autoscaler for chain3 (about two minutes; configs/experiment/
 # demo.yaml), evaluate it against the Kubernetes HPA, the tuned HPA, the runbook and static
 # provisioning on the `demo` incident suite (configs/suites/demo.yaml: 6 incidents x 2 seeds),
 # print the table and write the plots (about 30 s).
@@ -45,6 +45,14 @@ type: $(STAMP)
 # Simulator speed; writes experiments/results/sim_bench.{json,md} (under two minutes).
 bench: $(STAMP)
 	$(BIN)/opsworld bench sim
+
+# Mutation testing (mutmut) of queueing, forecast metrics, scoring and the engine's scrape;
+# writes experiments/results/mutation.md. Not part of `make test`: minutes per module.
+# One module: make mutation MODULES=queueing
+MODULES ?=
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,mutation]'
+	$(BIN)/python tests/mutation/run_mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,6 @@ from envs.sim.validation import (
     compare,
     mmc_scenario,
     run_frames,
-    run_stats,
     utilisation,
     without_timeouts,
 )
@@ -226,6 +225,9 @@ def _assert_close(fluid, request, span: float, *, p99_tol: float = 0.20) -> None
     assert (rel <= _throughput_tol(request, span)).all(), (rel, _throughput_tol(request, span))
     np.testing.assert_allclose(fluid.mean_latency, request.mean_latency, rtol=0.10)
     np.testing.assert_allclose(fluid.p99, request.p99, rtol=p99_tol)
+    # p50 and p95 too (measured on these cases: at most 17% at boutique's frontend, 8% elsewhere)
+    np.testing.assert_allclose(fluid.p50, request.p50, rtol=0.20)
+    np.testing.assert_allclose(fluid.p95, request.p95, rtol=0.20)
 
 
 @pytest.mark.parametrize("util", [0.2, 0.5, 0.7, 0.9])
@@ -251,10 +253,3 @@ def test_fluid_matches_request_level_error_rate_under_overload(name: str, util: 
     np.testing.assert_allclose(fluid.error_rate, request.error_rate, atol=0.01)
     rel = np.abs(fluid.throughput / request.throughput - 1.0)
     assert (rel <= _throughput_tol(request, 90.0 - 15.0)).all()
-
-
-def test_run_stats_skips_warmup() -> None:
-    frames = run_frames(_small_chain("fluid", horizon=60.0))
-    stats = run_stats(frames, warmup=1)
-    assert stats.throughput.shape == (3,)
-    assert np.isfinite(stats.p99).all()

@@ -64,7 +64,7 @@ def test_evaluate_writes_results_matching_direct_runs(composer, tmp_path: Path) 
     assert set(ret["results"]) == {"static", "hpa"}
     for name in ("static", "hpa"):
         assert (out / name / "results.md").read_text().startswith("# Suite `train`")
-        assert (out / "timelines" / name).glob("*.png")
+        assert len(list((out / "timelines" / name).glob("*.png"))) == 1  # timelines=1
     assert (out / "pareto.png").stat().st_size > 1000
     assert (out / "summary.md").exists()
     summary = json.loads((out / "summary.json").read_text())

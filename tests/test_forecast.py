@@ -521,8 +521,10 @@ def test_fit_and_evaluate_forecast_end_to_end(composer, tmp_path) -> None:
         assert len(metrics["per_step"][f]["p99"]["mae"]) == 20
         cov = metrics["overall"][f]["rps"]["coverage90"]
         assert 0.0 <= cov <= 1.0
-    # a persistence forecast one step ahead is the last value: its MAE is small but exact
-    # persistence MAE grows with the horizon on average
+    # persistence's error grows with the horizon: noisy traffic drifts away from the last
+    # value (exact values of persistence scoring: tests/test_forecast_scoring.py)
+    pers_rps = metrics["per_step"]["persistence"]["rps"]["mae"]
+    assert 0 < pers_rps[0] < 0.75 * float(np.mean(pers_rps[-10:]))
     assert 0.0 <= metrics["violation"]["model"]["brier"] <= 1.0
     assert res["metrics"]["horizon"] == 20
     text = (out / "forecast.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -88,3 +90,56 @@ def test_gamma_sf_is_one_below_zero() -> None:
     out = q.gamma_sf(np.array([-1.0, 0.0, 1.0]), np.array(2.0), np.array(1.0))
     assert out[0] == 1.0 and out[1] == 1.0
     assert out[2] == pytest.approx(stats.gamma(2.0).sf(1.0))
+
+
+# ---------------------------------------------------------------- edges (mutation testing)
+def test_erlang_edges_exact() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the edges are handled, not warned about
+        b = q.erlang_b(np.array([0.0, 3.0, 0.0, 4.0]), np.array([5.0, 0.0, 0.0, 2.0]))
+        np.testing.assert_array_equal(b[:3], [1.0, 0.0, 1.0])  # no server blocks; no load never
+        assert b[3] == pytest.approx(2.0**4 / 24 / (1 + 2 + 2 + 4 / 3 + 2 / 3))
+        c = q.erlang_c(np.array([2.0, 3.0, 4.0]), np.array([3.0, 0.0, 2.0]))
+        np.testing.assert_array_equal(c[:2], [1.0, 0.0])  # overloaded: everyone waits
+        assert 0.0 < c[2] < 1.0
+        assert (
+            q.allen_cunneen_wait(np.array(4.0), np.array(0.0), np.array(0.1), np.array(1.0)) == 0.0
+        )
+    with pytest.raises(ValueError, match="unstable"):
+        q.mmc_mean_wait(4.0, 1.0, 4)  # a == c
+
+
+def test_allen_cunneen_below_one_erlang() -> None:
+    # a = 0.5 on 2 servers, exponential service: the M/M/c wait exactly
+    got = float(q.allen_cunneen_wait(np.array(2.0), np.array(0.5), np.array(0.1), np.array(1.0)))
+    assert got == pytest.approx(q.mmc_mean_wait(5.0, 10.0, 2), rel=1e-12) and got > 0
+
+
+def test_mmc_response_cdf_when_the_wait_rate_equals_the_service_rate() -> None:
+    # c mu - lam = mu (lam = (c - 1) mu): Exp(mu) + Exp(mu) is Erlang-2, the special branch
+    c, mu = 2, 10.0
+    lam = (c - 1) * mu
+    t = np.array([0.0, 0.05, 0.1, 0.3, 1.0])
+    cc = float(q.erlang_c(np.array(c), np.array(lam / mu)))
+    sf = (1 - cc) * np.exp(-mu * t) + cc * np.exp(-mu * t) * (1 + mu * t)
+    np.testing.assert_allclose(q.mmc_response_cdf(t, lam, mu, c), 1 - sf, rtol=1e-12, atol=1e-15)
+    near = q.mmc_response_cdf(t, lam * (1 - 1e-9), mu, c)  # the general branch, next to it
+    np.testing.assert_allclose(near, 1 - sf, atol=1e-6)
+
+
+def test_gamma_helpers_off_the_tabulated_points() -> None:
+    # a level that is not tabulated goes through ndtri (Wilson-Hilferty within 1.5% for k >= 1)
+    k, theta = np.array([1.0, 4.0]), np.array([0.5, 0.01])
+    exact = special.gammaincinv(k, 0.9) * theta
+    np.testing.assert_allclose(q.gamma_quantile(0.9, k, theta), exact, rtol=0.015)
+    # below 1 and at 0
+    x = np.array([0.0, 0.2, 0.7])
+    np.testing.assert_allclose(
+        q.gamma_sf(x, np.full(3, 2.0), np.full(3, 0.5)),
+        special.gammaincc(2.0, x / 0.5),
+        rtol=1e-12,
+    )
+    # a variance of zero is floored at 1e-12 mean^2 (+1e-18)
+    kk, th = q.gamma_shape_scale(np.array(2.0), np.array(0.0))
+    assert float(kk) == pytest.approx(4.0 / (4e-12 + 1e-18), rel=1e-12)
+    assert float(th) == pytest.approx((4e-12 + 1e-18) / 2.0, rel=1e-12)

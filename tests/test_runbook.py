@@ -283,13 +283,17 @@ def test_every_action_is_explained_and_state_is_explicit() -> None:
     sim = Simulator(sc)
     f = sim.reset()
     state = s1
+    taken: list[tuple[float, Action, str]] = []
     while not sim.done:
         actions, state, info = pol.act(f, state)
         disruptive = [a for a in actions if isinstance(a, DISRUPTIVE)]
         assert len(info["runbook"]) >= len(disruptive)
         for d in info["runbook"]:
             assert d["rule"] and d["why"] and d["action"]
+        taken += [(sim.now, a, info["runbook"][0]["rule"]) for a in disruptive]
         f = sim.step(actions)[-1]
+    # it acts: one rollback of api, three decisions after the bad deploy, by the deploy rule
+    assert taken == [(345.0, Rollback("api"), "bad_deploy")]
     assert s1 == pol.reset()  # the initial state was not mutated
     assert isinstance(pol.reset(2), tuple)
 

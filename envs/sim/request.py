@@ -13,6 +13,12 @@ storms outlive their trigger.
 Every attempt is counted exactly once, when its caller learns its fate: completed, failed
 (timeout, application error, failed downstream call, lost with its pod) or dropped (no
 ready pod, or the queue is full). Latency is recorded for completed and failed attempts.
+
+``in_flight`` is not derived from those counters: the engine counts the attempt generators
+alive (incremented when one starts, decremented when it ends, whatever the path) and, apart,
+the ones still running after their caller gave up; in flight is the first minus the second.
+So ``arrived = completed + failed + dropped + in_flight`` is a checked invariant, not a
+definition, and a counter that counts an attempt twice (or never) breaks it.
 """
 
 from __future__ import annotations
@@ -126,6 +132,10 @@ class RequestEngine(Engine):
         self._failed = [0] * n
         self._dropped = [0] * n
         self._own_busy = [0.0] * n
+        self._alive = [0] * n  # attempt generators started and not yet ended
+        self._abandoned = [0] * n  # of those, the ones whose caller already gave up
+        self._expired: set[int] = set()  # ids of ``done`` events a caller's timeout fired
+        self._spawned = 0  # external requests the source created (shed ones included)
         self._lat: list[list[float]] = [[] for _ in range(n)]
         self._doomed: set[int] = set()
         self._edge_fault: list[dict[int, tuple[float, float, float]]] = [{} for _ in range(n)]
@@ -199,6 +209,7 @@ class RequestEngine(Engine):
             t = nxt
             if t > env.now:
                 yield env.timeout(t - env.now)
+            self._spawned += 1
             if self._shed > 0 and uniform() < self._shed:
                 # shed at the ingress: a rejected user request, counted as dropped at the entry
                 self._arrived[entry] += 1
@@ -252,12 +263,28 @@ class RequestEngine(Engine):
     def _expire(self, done: simpy.Event, s: int, t0: float, _timer: simpy.Event) -> None:
         """The caller's timeout fired: the attempt fails now if it has not finished."""
         if not done.triggered:
+            self._abandoned[s] += 1  # the attempt's generator runs on (wasted work)
+            self._expired.add(id(done))
             self._failed[s] += 1
             self._lat[s].append(self.env.now - t0)
             done.succeed(False)
 
     def _attempt(self, s: int, done: simpy.Event | None) -> Generator[simpy.Event, Any, bool]:
-        """One attempt at service ``s``; reports through ``done`` when the caller may time out."""
+        """One attempt at service ``s``; reports through ``done`` when the caller may time out.
+
+        Counted alive from its first line to its end (``try``/``finally``), independently of
+        the arrived/completed/failed/dropped counters.
+        """
+        self._alive[s] += 1
+        try:
+            return (yield from self._attempt_body(s, done))
+        finally:
+            self._alive[s] -= 1
+            if done is not None and id(done) in self._expired:
+                self._expired.discard(id(done))
+                self._abandoned[s] -= 1
+
+    def _attempt_body(self, s: int, done: simpy.Event | None) -> Generator[simpy.Event, Any, bool]:
         env = self.env
         t0 = env.now
         self._arrived[s] += 1
@@ -313,12 +340,21 @@ class RequestEngine(Engine):
         return ok
 
     # ------------------------------------------------------------------ scrape
+    def live_in_flight(self) -> np.ndarray:
+        """``(S,)`` attempts alive whose caller still waits, counted from the processes."""
+        return np.array(self._alive, dtype=np.float64) - np.array(self._abandoned, dtype=np.float64)
+
+    @property
+    def spawned(self) -> int:
+        """External requests the traffic source has created so far (shed ones included)."""
+        return self._spawned
+
     def _read_data_plane(self) -> DataPlaneReading:
         n = self.n
         counters = np.array(
             [self._arrived, self._completed, self._failed, self._dropped], dtype=np.float64
         ).T
-        in_flight = counters[:, 0] - counters[:, 1] - counters[:, 2] - counters[:, 3]
+        in_flight = self.live_in_flight()
         p50 = np.full(n, np.nan)
         p95 = np.full(n, np.nan)
         p99 = np.full(n, np.nan)

@@ -117,21 +117,42 @@ class RunStats:
     error_rate: np.ndarray  # (failed + dropped) / finished attempts
     mean_latency: np.ndarray  # mean over scrapes of the interval mean latency
     p99: np.ndarray  # mean over scrapes of the interval p99
+    p50: np.ndarray  # mean over scrapes of the interval p50
+    p95: np.ndarray  # mean over scrapes of the interval p95
 
 
 def run_stats(frames: list[Telemetry], warmup: int = 1) -> RunStats:
-    """Steady-state statistics of a run, skipping the first ``warmup`` scrapes."""
+    """Steady-state statistics of a run, skipping the first ``warmup`` scrapes.
+
+    Counter-based figures (throughput, error rate) use the counters' change from frame
+    ``warmup`` to the last frame; latency figures average the interval statistics of frames
+    ``warmup + 1 ..`` (the intervals that begin at or after frame ``warmup``), ignoring NaN.
+
+    Raises:
+        ValueError: If fewer than ``warmup + 2`` frames are given (no interval left).
+    """
+    if warmup < 0 or len(frames) < warmup + 2:
+        raise ValueError(
+            f"run_stats: warmup={warmup} needs at least warmup + 2 frames, got {len(frames)}; "
+            "run longer or lower warmup"
+        )
     first, last = frames[warmup], frames[-1]
     span = last.t - first.t
     d = last.counters - first.counters
     finished = d[:, 1:].sum(axis=1)
     body = frames[warmup + 1 :]
+
+    def interval_mean(field: str) -> np.ndarray:
+        return np.asarray(np.nanmean([f[field] for f in body], axis=0))
+
     return RunStats(
         services=last.services,
         throughput=d[:, 1] / span,
         error_rate=np.where(finished > 0, (d[:, 2] + d[:, 3]) / np.maximum(finished, 1e-12), 0),
-        mean_latency=np.nanmean([f["mean_latency"] for f in body], axis=0),
-        p99=np.nanmean([f["p99"] for f in body], axis=0),
+        mean_latency=interval_mean("mean_latency"),
+        p99=interval_mean("p99"),
+        p50=interval_mean("p50"),
+        p95=interval_mean("p95"),
     )
 
 
