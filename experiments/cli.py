@@ -92,6 +92,8 @@ COMMANDS: dict[str, Command] = {
     "evaluate-forecast": Command(
         "experiments.evaluate_forecast", "score a world model's forecasts vs naive ones on a suite"
     ),
+    "export": Command("experiments.export", "export a trained policy or baseline as a bundle"),
+    "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
     # Later: "serve", "shadow" -- one line each.
 }
 
