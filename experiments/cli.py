@@ -94,7 +94,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "export": Command("experiments.export", "export a trained policy or baseline as a bundle"),
     "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
-    # Later: "serve", "shadow" -- one line each.
+    "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
+    # Later: "shadow" -- one line.
 }
 
 EXIT_USAGE = 2

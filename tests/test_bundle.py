@@ -89,7 +89,7 @@ def copy(bundle: Path, tmp_path: Path) -> Path:
 def test_every_algorithm_exports_with_zero_parity_mismatches(
     bundles: dict[str, tuple[Path, Path]], algo: str
 ) -> None:
-    run, bundle = bundles[algo]
+    _, bundle = bundles[algo]
     manifest = read_manifest(bundle)
     assert manifest["algorithm"] == algo
     assert manifest["parity"]["random_mismatches"] == 0
