@@ -139,7 +139,10 @@ COMMANDS: dict[str, Command] = {
     "evaluate-forecast": Command(
         "experiments.evaluate_forecast", "score a world model's forecasts vs naive ones on a suite"
     ),
-    # Later: "serve", "shadow" -- one line each.
+    "export": Command("experiments.export", "export a trained policy or baseline as a bundle"),
+    "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
+    "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
+    # Later: "shadow" -- one line.
 }
 
 EXIT_USAGE = 2

@@ -1,0 +1,965 @@
+"""Policy bundles: export a trained policy to a verified folder, and load it back anywhere.
+
+A bundle is a folder:
+
+* ``manifest.json``: schema version, policy kind and algorithm, topology (service names and a
+  hash of the call graph), the controller's :class:`~envs.core.spec.ControlSpec`, the
+  observation spec (encoder spec, layout, normalisation parameters), the action spec (codec
+  layout, ``nvec``, masks), the network, the guard configuration, library versions, the hash
+  of the training config, the training and evaluation figures with the commands that made
+  them, the training features' reference statistics (for drift checks), and the parity
+  check's result;
+* ``weights.safetensors``: the decision network (``safetensors.torch.save_model``);
+* ``obs_norm.safetensors``: the observation normalisation statistics (float64);
+* ``policy.onnx``: the same network for onnxruntime, written only after the parity check;
+* ``SHA256SUMS``: ``sha256sum -c`` lines over every other file.
+
+No file is a pickle. :func:`load_bundle` verifies the sums (a changed, missing or extra file
+is refused, naming it), validates the manifest and rebuilds a :class:`BundlePolicy`, a
+:class:`~envs.core.policy.Policy` that needs neither Stable-Baselines3 nor the simulator:
+onnxruntime runs ``policy.onnx`` when present (``backend="onnx"``), torch runs the
+safetensors weights otherwise (``backend="torch"``).
+
+**What is exported.** SB3 runs (PPO, MaskablePPO, A2C, DQN) export their deterministic
+decision: the actor path (features, the policy MLP, the action head; DQN's Q-network) as
+one plain-torch MLP, fed the observation normalised as ``VecNormalize`` does (float64, then
+float32), choosing the mode per dimension (``softmax`` then ``argmax`` as SB3's
+categorical distributions do; masked logits at ``-1e8`` as sb3-contrib's). The rule
+baselines (``hpa``, ``tuned_hpa``, ``runbook``, ``tuned_runbook``) export as
+configuration-only bundles (no weights). Dreamer bundles are not implemented yet.
+
+**Parity.** :func:`export_run` compares, before writing ``policy.onnx``, the exported
+network (torch and ONNX) with the SB3 model on random observations and masks, and the
+bundle policy with :class:`agents.sb3.policy.SB3Policy` along a 50-decision rollout of the
+run's scenario; any mismatch refuses the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import platform
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from agents.baselines.hpa import HPAConfig, HPAPolicy
+from agents.guard import GuardConfig
+from envs.core.actions import Action
+from envs.core.spec import ControlSpec
+from envs.core.telemetry import Telemetry
+from envs.gym.codec import ActionCodec, ControlBelief
+from envs.gym.encoder import ObsEncoder
+
+SCHEMA_VERSION = 1
+"""Version of the manifest layout; a loader refuses another."""
+
+MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"
+WEIGHTS = "weights.safetensors"
+OBS_NORM = "obs_norm.safetensors"
+ONNX = "policy.onnx"
+
+HUGE_NEG = -1e8
+"""sb3-contrib's logit for a masked-out choice."""
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "Tanh": nn.Tanh,
+    "ReLU": nn.ReLU,
+    "ELU": nn.ELU,
+    "LeakyReLU": nn.LeakyReLU,
+    "GELU": nn.GELU,
+    "SiLU": nn.SiLU,
+}
+"""Hidden activations a bundle may name."""
+
+BASELINES: tuple[str, ...] = ("hpa", "tuned_hpa", "runbook", "tuned_runbook")
+"""Rule policies that export as configuration-only bundles."""
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be exported or loaded; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# the decision network
+
+
+class DecisionNet(nn.Module):
+    """An MLP from a normalised observation and masks to one choice per action dimension.
+
+    Linear layers with the activation after every one but the last; the last gives logits
+    (``head="categorical"``) or Q-values (``head="q"``), ``sum(nvec)`` of them, split per
+    dimension; masked-out entries become ``-1e8``; the mode is the argmax of the softmax
+    (categorical) or of the values (Q).
+
+    Args:
+        sizes: Layer widths, input first (``[obs, hidden..., sum(nvec)]``).
+        activation: A name in :data:`ACTIVATIONS`.
+        nvec: Choices per action dimension.
+        head: ``categorical`` or ``q``.
+    """
+
+    def __init__(
+        self, sizes: list[int], activation: str, nvec: list[int], head: str = "categorical"
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise BundleError(f"network.activation {activation!r}: one of {sorted(ACTIVATIONS)}")
+        if len(sizes) < 2 or sizes[-1] != sum(nvec):
+            raise BundleError(
+                f"network.sizes {sizes} must end with sum(nvec) = {sum(nvec)} outputs"
+            )
+        if head not in ("categorical", "q"):
+            raise BundleError(f"network.head {head!r}: 'categorical' or 'q'")
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+            if i < len(sizes) - 2:
+                layers.append(ACTIVATIONS[activation]())
+        self.mlp = nn.Sequential(*layers)
+        self.sizes = [int(n) for n in sizes]
+        self.activation = activation
+        self.nvec = [int(n) for n in nvec]
+        self.head = head
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` float32 and ``(B, sum(nvec))`` bool -> ``(B, len(nvec))`` int64."""
+        out = self.mlp(obs)
+        out = torch.where(mask, out, torch.full_like(out, HUGE_NEG))
+        picks = []
+        for part in torch.split(out, self.nvec, dim=1):
+            if self.head == "categorical":
+                logp = part - part.logsumexp(dim=-1, keepdim=True)
+                picks.append(torch.softmax(logp, dim=-1).argmax(dim=-1))
+            else:
+                picks.append(part.argmax(dim=-1))
+        return torch.stack(picks, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# files and sums
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sums(folder: Path) -> Path:
+    """Write ``SHA256SUMS`` (``sha256sum -c`` format, sorted) over every other file."""
+    lines = [
+        f"{sha256(p)}  {p.relative_to(folder).as_posix()}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != SUMS
+    ]
+    path = folder / SUMS
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_sums(folder: str | Path) -> dict[str, str]:
+    """Check every file against ``SHA256SUMS``; returns ``{file: sha256}``.
+
+    Raises:
+        BundleError: ``SHA256SUMS`` missing or malformed, a listed file missing or changed,
+            or a file present that it does not list, each naming the file.
+    """
+    root = Path(folder)
+    sums_path = root / SUMS
+    if not sums_path.is_file():
+        raise BundleError(f"{root}: {SUMS} is missing; not an opsworld bundle (re-export it)")
+    listed: dict[str, str] = {}
+    for n, line in enumerate(sums_path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or name in listed:
+            raise BundleError(f"{sums_path}: line {n} is not '<sha256>  <file>': {line!r}")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"{sums_path}: line {n} names a path outside the bundle: {name!r}")
+        listed[name] = digest
+    present = {
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != SUMS
+    }
+    for name in sorted(set(listed) - present):
+        raise BundleError(f"{root / name}: listed in {SUMS} but missing")
+    for name in sorted(present - set(listed)):
+        raise BundleError(f"{root / name}: not listed in {SUMS} (a file was added)")
+    for name, digest in sorted(listed.items()):
+        if sha256(root / name) != digest:
+            raise BundleError(f"{root / name}: SHA-256 differs from {SUMS} (the file changed)")
+    return listed
+
+
+def bundle_sha(folder: str | Path) -> str:
+    """The bundle's identity: the SHA-256 of its ``SHA256SUMS`` file."""
+    return sha256(Path(folder) / SUMS)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries an export or a load depends on."""
+    out = {"python": platform.python_version()}
+    for dist in (
+        "opsworld",
+        "torch",
+        "numpy",
+        "safetensors",
+        "onnx",
+        "onnxruntime",
+        "stable-baselines3",
+        "sb3-contrib",
+        "gymnasium",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the manifest
+
+
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "schema_version": int,
+    "kind": str,
+    "algorithm": str,
+    "name": str,
+    "topology": dict,
+    "control_spec": dict,
+    "guard": dict,
+    "versions": dict,
+    "files": dict,
+}
+KINDS: tuple[str, ...] = ("sb3", "baseline")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """Parse and check ``manifest.json`` (schema version, fields, kinds).
+
+    Raises:
+        BundleError: Naming the file and the field.
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing") from None
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: must hold a JSON object")
+    for key, typ in REQUIRED.items():
+        if key not in data:
+            raise BundleError(f"{path}: field {key!r} is missing")
+        if not isinstance(data[key], typ):
+            raise BundleError(f"{path}: field {key!r} has the wrong type")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {data['schema_version']} != {SCHEMA_VERSION}; re-export"
+        )
+    if data["kind"] not in KINDS:
+        raise BundleError(f"{path}: kind {data['kind']!r} is not one of {list(KINDS)}")
+    if data["kind"] == "sb3":
+        for key in ("observation", "action", "network"):
+            if not isinstance(data.get(key), dict):
+                raise BundleError(f"{path}: an sb3 bundle needs the object {key!r}")
+    return data
+
+
+def call_graph_hash(topology: Any) -> str:
+    """SHA-256 of the call graph: entry, then sorted ``src->dst p calls`` edges."""
+    edges = sorted(
+        f"{e.src}->{e.dst} p={e.probability!r} calls={e.calls!r}" for e in topology.edges
+    )
+    lines = [f"entry {topology.entry}", *edges]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def topology_record(scenario: Any) -> dict[str, Any]:
+    """Topology name, service names, entry and the call graph's hash of a scenario."""
+    topo = scenario.topology
+    return {
+        "name": topo.name,
+        "entry": topo.entry,
+        "services": list(scenario.service_names),
+        "call_graph_hash": call_graph_hash(topo),
+        "edges": len(topo.edges),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass(frozen=True)
+class ObsNorm:
+    """``VecNormalize``'s observation normalisation, frozen.
+
+    Attributes:
+        enabled: Whether observations are normalised at all.
+        clip: ``clip_obs``.
+        epsilon: ``epsilon``.
+        stats: ``key -> (mean, var)`` float64 arrays (key ``obs`` for a Box observation).
+    """
+
+    enabled: bool
+    clip: float
+    epsilon: float
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def apply(self, key: str, x: np.ndarray) -> np.ndarray:
+        """Normalise one key's array as ``VecNormalize.normalize_obs`` does (to float32)."""
+        if not self.enabled or key not in self.stats:
+            return np.asarray(x, dtype=np.float32)
+        mean, var = self.stats[key]
+        out = np.clip((x - mean) / np.sqrt(var + self.epsilon), -self.clip, self.clip)
+        return out.astype(np.float32)
+
+
+class _TorchRunner:
+    def __init__(self, net: DecisionNet) -> None:
+        self.net = net.eval()
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self.net(torch.as_tensor(obs), torch.as_tensor(mask))
+        return out.numpy()
+
+
+class _OnnxRunner:
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return cast(np.ndarray, self.session.run(None, {"obs": obs, "mask": mask})[0])
+
+
+@dataclass(frozen=True)
+class BundleTuneState:
+    """State of one stream of an ``hpa_tune`` bundle: the belief and the HPA's state."""
+
+    belief: ControlBelief
+    hpa: Any
+
+
+class BundlePolicy:
+    """A verified bundle as a :class:`~envs.core.policy.Policy` (no SB3, no simulator).
+
+    Decides exactly as :class:`agents.sb3.policy.SB3Policy` does (deterministic mode): the
+    stream's :class:`~envs.gym.codec.ControlBelief` takes the frame, the encoder encodes it,
+    the normalisation and the network choose, the codec decodes the choice.
+
+    Attributes:
+        name: The bundle's name.
+        manifest: The parsed manifest.
+        sha: The bundle's SHA (of its ``SHA256SUMS``).
+        backend: ``onnx`` or ``torch``.
+    """
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], sha: str, backend: str) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.sha = sha
+        self.name = str(manifest["name"])
+        self.spec = spec_from_manifest(manifest)
+        obs = manifest["observation"]
+        act = manifest["action"]
+        self.encoder = ObsEncoder.from_spec(obs["encoder"])
+        self.obs_kind: str = obs["kind"]
+        self.obs_keys: list[str] = list(obs["keys"])
+        self.codec = ActionCodec(act["layout"], self.spec, allow_drain=bool(act["allow_drain"]))
+        nvec = [int(n) for n in act["nvec"]]
+        if list(self.codec.space_spec.nvec) != nvec:
+            raise BundleError(
+                f"{folder / MANIFEST}: action.nvec {nvec} differs from the codec's "
+                f"{list(self.codec.space_spec.nvec)} for layout {act['layout']!r}"
+            )
+        self.discrete = bool(act["discrete"])
+        self.masked = bool(act["masked"])
+        self.mask_size = sum(nvec)
+        raw = load_numpy(str(folder / OBS_NORM))
+        norm = obs["normalization"]
+        self.norm = ObsNorm(
+            bool(norm["enabled"]),
+            float(norm["clip"]),
+            float(norm["epsilon"]),
+            {k: (raw[f"{k}.mean"], raw[f"{k}.var"]) for k in norm["keys"]},
+        )
+        net_spec = manifest["network"]
+        if net_spec["sizes"][0] != sum(int(n) for n in obs["sizes"].values()):
+            raise BundleError(
+                f"{folder / MANIFEST}: network input {net_spec['sizes'][0]} != observation "
+                f"size {sum(obs['sizes'].values())}"
+            )
+        self.hpa: Any = None
+        if act["layout"] == "hpa_tune":
+            self.hpa = hpa_from_manifest(manifest["hpa"], self.spec)
+        if backend == "onnx":
+            self.run: Any = _OnnxRunner(folder / ONNX)
+        else:
+            net = DecisionNet(
+                list(net_spec["sizes"]), net_spec["activation"], nvec, net_spec["head"]
+            )
+            missing, unexpected = load_model(net, str(folder / WEIGHTS), strict=False)
+            if missing or unexpected:
+                raise BundleError(
+                    f"{folder / WEIGHTS}: tensors missing {sorted(missing)}, "
+                    f"unexpected {sorted(unexpected)} for the manifest's network"
+                )
+            self.run = _TorchRunner(net)
+        self.backend = backend
+
+    def reset(self, n: int = 1) -> Any:
+        """Fresh state (one for ``n == 1``, else a list of ``n``)."""
+
+        def fresh() -> ControlBelief | BundleTuneState:
+            belief = ControlBelief.initial(self.spec)
+            if self.hpa is not None:
+                return BundleTuneState(belief, self.hpa.reset(1))
+            return belief
+
+        return fresh() if n == 1 else [fresh() for _ in range(n)]
+
+    def model_input(self, frame: Telemetry) -> np.ndarray:
+        """The network's ``(1, D)`` float32 input for ``frame``."""
+        if self.obs_kind == "box":
+            return self.norm.apply("obs", self.encoder.encode(frame)[None])
+        encoded = self.encoder.encode_dict(frame)
+        parts = [self.norm.apply(k, encoded[k][None]).reshape(1, -1) for k in self.obs_keys]
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def choose(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Indices per dimension for a batch of inputs and masks."""
+        if not self.masked:
+            masks = np.ones_like(masks, dtype=bool)
+        return self.run(np.ascontiguousarray(obs, dtype=np.float32), masks.astype(bool))
+
+    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
+        """Decide on one frame (see :meth:`agents.sb3.policy.SB3Policy.act`)."""
+        tune = state if isinstance(state, BundleTuneState) else None
+        if self.hpa is not None and tune is None:
+            raise TypeError("an hpa_tune bundle needs the BundleTuneState of reset()")
+        belief = (tune.belief if tune is not None else cast(ControlBelief, state)).observe(obs)
+        masks = self.codec.masks(belief)
+        idx = self.choose(self.model_input(obs), masks[None])[0]
+        action: Any = int(idx[0]) if self.discrete else idx
+        info: dict[str, Any] = {"action": np.asarray(action).tolist()}
+        if self.hpa is not None and tune is not None:
+            targets = self.codec.targets(action)
+            scaling, hpa_state, _ = self.hpa.act(obs, tune.hpa, targets)
+            actions = self.codec.decode(action, belief, scaling)
+            new_state: Any = BundleTuneState(belief.after(actions, self.codec.services), hpa_state)
+            info["hpa_targets"] = list(targets.values())
+        else:
+            actions = self.codec.decode(action, belief)
+            new_state = belief.after(actions, self.codec.services)
+        info["masked_out"] = self.codec.masked_out(action, masks)
+        if self.masked:
+            info["n_valid"] = int(masks.sum())
+        return actions, new_state, info
+
+
+def spec_from_manifest(manifest: dict[str, Any]) -> ControlSpec:
+    """The :class:`ControlSpec` a manifest records."""
+    raw: dict[str, Any] = manifest["control_spec"]
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return ControlSpec(**fields)
+
+
+def hpa_from_manifest(record: dict[str, Any], spec: ControlSpec) -> HPAPolicy:
+    """The tuned HPA an ``hpa_tune`` policy drives, from the manifest's ``hpa`` record."""
+    config = HPAConfig.model_validate(record["config"])
+    lows = {s: max(1, lo) for s, lo in zip(spec.services, spec.replicas_min, strict=True)}
+    highs = dict(zip(spec.services, spec.replicas_max, strict=True))
+    config = config.model_copy(update={"min_replicas": lows, "max_replicas": highs})
+    policy = HPAPolicy(config, list(spec.services))
+    policy.name = str(record.get("name", "tuned_hpa"))
+    return policy
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle.
+
+    Attributes:
+        folder: Where it lies.
+        manifest: The parsed manifest.
+        sha: SHA-256 of its ``SHA256SUMS``.
+        policy: The policy (a :class:`BundlePolicy` or a rule baseline).
+        guard: The guard configuration it ships.
+    """
+
+    folder: Path
+    manifest: dict[str, Any]
+    sha: str
+    policy: Any
+    guard: GuardConfig
+
+    @property
+    def version(self) -> str:
+        """The model version: the manifest's ``model_version`` (the export's hash prefix)."""
+        return str(self.manifest.get("model_version", self.sha[:12]))
+
+
+def load_bundle(folder: str | Path, backend: Literal["auto", "onnx", "torch"] = "auto") -> Bundle:
+    """Verify and load a bundle.
+
+    Args:
+        folder: The bundle folder.
+        backend: ``onnx`` (needs ``policy.onnx``), ``torch``, or ``auto`` (ONNX when present).
+
+    Raises:
+        BundleError: A failed check, naming the file.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a folder; give the bundle folder (opsworld export out=)")
+    verify_sums(root)
+    manifest = read_manifest(root)
+    sha = bundle_sha(root)
+    for name in manifest["files"]:
+        if not (root / name).is_file():
+            raise BundleError(f"{root / name}: named in {MANIFEST} but missing")
+    guard = GuardConfig.model_validate(manifest["guard"])
+    if manifest["kind"] == "baseline":
+        policy: Any = baseline_from_manifest(manifest)
+    else:
+        has_onnx = (root / ONNX).is_file()
+        if backend == "onnx" and not has_onnx:
+            raise BundleError(f"{root / ONNX}: missing; use backend=torch")
+        chosen = "onnx" if (backend == "onnx" or (backend == "auto" and has_onnx)) else "torch"
+        policy = BundlePolicy(root, manifest, sha, chosen)
+    return Bundle(root, manifest, sha, policy, guard)
+
+
+def baseline_from_manifest(manifest: dict[str, Any]) -> Any:
+    """A rule baseline from a configuration-only bundle (its scenario is in the manifest)."""
+    from agents.baselines.runbook import RunbookPolicy
+    from agents.baselines.tuned import TunedHPASettings, make_hpa
+    from envs.scenarios.schema import Scenario
+
+    record = manifest["baseline"]
+    name = record["policy"]
+    scenario = Scenario.model_validate(record["scenario"])
+    target = int(record["target_cpu_utilization"])
+    settings = TunedHPASettings(target, int(record.get("scale_down_stabilization_s", 300)))
+    if name == "hpa":
+        return HPAPolicy(HPAConfig.cpu(target), scenario)
+    if name == "tuned_hpa":
+        return make_hpa(settings, scenario)
+    if name == "runbook":
+        return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(target))
+    if name == "tuned_runbook":
+        policy = RunbookPolicy(scenario, hpa_config=settings.hpa_config())
+        policy.name = "tuned_runbook"
+        return policy
+    raise BundleError(f"{MANIFEST}: baseline.policy {name!r} is not one of {list(BASELINES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | tuple | set | frozenset):
+        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
+    raise TypeError(f"not JSON-able in a manifest: {type(obj).__name__}")
+
+
+def _dump(folder: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False, default=_plain)
+    (folder / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def _prepare(out: str | Path, force: bool) -> Path:
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        if not force:
+            raise BundleError(f"{root}: not empty; choose another out= or pass force=true")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def export_onnx(net: DecisionNet, obs_size: int, mask_size: int) -> bytes:
+    """The network as ONNX bytes (TorchScript exporter: batch axis dynamic, one file)."""
+    buf = io.BytesIO()
+    args = (torch.zeros(2, obs_size), torch.ones(2, mask_size, dtype=torch.bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            args,
+            cast(Any, buf),
+            dynamo=False,
+            input_names=["obs", "mask"],
+            output_names=["action"],
+            dynamic_axes={"obs": {0: "batch"}, "mask": {0: "batch"}, "action": {0: "batch"}},
+            opset_version=17,
+        )
+    return buf.getvalue()
+
+
+def decision_net_from_sb3(model: Any) -> tuple[DecisionNet, str]:
+    """Copy an SB3 model's actor path into a :class:`DecisionNet`; returns it and its head."""
+    from stable_baselines3.dqn.policies import DQNPolicy
+
+    policy = model.policy
+    if isinstance(policy, DQNPolicy):
+        linears = [m for m in policy.q_net.q_net if isinstance(m, nn.Linear)]
+        acts = [type(m).__name__ for m in policy.q_net.q_net if not isinstance(m, nn.Linear)]
+        head = "q"
+    else:
+        if not policy.share_features_extractor and policy.pi_features_extractor is None:
+            raise BundleError("unsupported SB3 policy: no actor features extractor")
+        linears = [m for m in policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
+        acts = [type(m).__name__ for m in policy.mlp_extractor.policy_net]
+        acts = [a for a in acts if a != "Linear"]
+        linears.append(policy.action_net)
+        head = "categorical"
+    activation = acts[0] if acts else "Tanh"
+    if len(set(acts)) > 1:
+        raise BundleError(f"unsupported SB3 policy: mixed activations {acts}")
+    sizes = [linears[0].in_features] + [lin.out_features for lin in linears]
+    nvec = (
+        [int(model.action_space.n)]
+        if hasattr(model.action_space, "n")
+        else [int(n) for n in model.action_space.nvec]
+    )
+    net = DecisionNet(sizes, activation, nvec, head)
+    with torch.no_grad():
+        targets = [m for m in net.mlp if isinstance(m, nn.Linear)]
+        for dst, src in zip(targets, linears, strict=True):
+            dst.weight.copy_(src.weight.detach().cpu())
+            dst.bias.copy_(src.bias.detach().cpu())
+    return net.eval(), head
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    model: str = "model.zip",
+    vecnormalize: str = "vecnormalize.pkl",
+    guard: GuardConfig | None = None,
+    onnx: bool = True,
+    parity_samples: int = 512,
+    parity_steps: int = 50,
+    seed: int = 0,
+    command: str = "",
+    force: bool = False,
+) -> Path:
+    """Export an ``opsworld train`` run dir (PPO, MaskablePPO, A2C, DQN) as a bundle.
+
+    Loads the run with :class:`agents.sb3.policy.SB3Policy` (its pickles: trusted run dirs
+    only), copies the decision network, checks parity (random inputs; a rollout of
+    ``parity_steps`` decisions of the run's scenario) and writes the bundle.
+
+    Raises:
+        BundleError: An unsupported run, or any parity mismatch.
+    """
+    from agents.sb3.policy import SB3Policy
+
+    run = Path(run_dir)
+    if (run / "agent.pt").is_file() and not (run / model).is_file():
+        raise BundleError(f"{run}: a Dreamer run; Dreamer bundles are not implemented yet")
+    sb3 = SB3Policy(run, model=model, vecnormalize=vecnormalize)
+    net, head = decision_net_from_sb3(sb3.model)
+    stats = sb3.vec_normalize
+    root = _prepare(out, force)
+    obs_space: Any = sb3.model.observation_space
+    rms: dict[str, Any]
+    if sb3.obs_kind == "box":
+        keys = ["obs"]
+        sizes = {"obs": int(np.prod(obs_space.shape))}
+        rms = {"obs": stats.obs_rms} if stats.norm_obs else {}
+    else:
+        keys = list(obs_space.spaces)
+        sizes = {k: int(np.prod(obs_space.spaces[k].shape)) for k in keys}
+        norm_keys = list(stats.norm_obs_keys or []) if stats.norm_obs else []
+        obs_rms: Any = stats.obs_rms
+        rms = {k: obs_rms[k] for k in norm_keys}
+    arrays: dict[str, np.ndarray] = {}
+    for k, r in rms.items():
+        arrays[f"{k}.mean"] = np.asarray(r.mean, dtype=np.float64)
+        arrays[f"{k}.var"] = np.asarray(r.var, dtype=np.float64)
+    save_numpy(arrays, str(root / OBS_NORM))
+    save_model(net, str(root / WEIGHTS))
+    layout = sb3.codec.space_spec
+    scenario = sb3.scenario
+    config_text = (run / "config.yaml").read_text(encoding="utf-8")
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "sb3",
+        "algorithm": sb3.config.agent.algo.value,
+        "name": f"{sb3.name}-{scenario.topology.name}",
+        "topology": topology_record(scenario),
+        "control_spec": asdict(sb3.codec.spec),
+        "observation": {
+            "encoder": sb3.encoder.spec(),
+            "kind": sb3.obs_kind,
+            "keys": keys,
+            "sizes": sizes,
+            "normalization": {
+                "enabled": bool(stats.norm_obs),
+                "clip": float(stats.clip_obs),
+                "epsilon": float(stats.epsilon),
+                "keys": sorted(rms),
+                "file": OBS_NORM,
+            },
+        },
+        "action": {
+            "layout": layout.layout,
+            "nvec": list(layout.nvec),
+            "discrete": layout.discrete,
+            "masked": bool(sb3._masked),
+            "mask_size": int(sum(layout.nvec)),
+            "allow_drain": sb3.allow_drain,
+            "deterministic": True,
+        },
+        "network": {
+            "sizes": net.sizes,
+            "activation": net.activation,
+            "head": head,
+            "inputs": {"obs": ["batch", sum(sizes.values())], "mask": ["batch", sum(layout.nvec)]},
+            "outputs": {"action": ["batch", len(layout.nvec)]},
+        },
+        "guard": (guard or GuardConfig()).model_dump(mode="json"),
+        "versions": library_versions(),
+        "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
+        "figures": {"training": metrics, "commands": [c for c in (command,) if c]},
+        "feature_reference": feature_reference(rms),
+        "source": {"run_dir": str(run.resolve()), "model": model, "vecnormalize": vecnormalize},
+        "files": {},
+    }
+    if sb3.hpa is not None:
+        manifest["hpa"] = {"name": sb3.hpa.name, "config": sb3.hpa.config.model_dump(mode="json")}
+    manifest["files"] = {WEIGHTS: "decision network", OBS_NORM: "observation normalisation"}
+    _dump(root, manifest)
+    write_sums(root)
+    # parity: random inputs, then a recorded rollout through the bundle (torch, then ONNX)
+    rng = np.random.default_rng(seed)
+    n_in = sum(sizes.values())
+    report = parity_random(sb3, net, rng, parity_samples, keys, sizes)
+    onnx_bytes = export_onnx(net, n_in, int(sum(layout.nvec))) if onnx else None
+    if onnx_bytes is not None:
+        (root / ONNX).write_bytes(onnx_bytes)
+        manifest["files"][ONNX] = "decision network (onnxruntime)"
+        _dump(root, manifest)
+        write_sums(root)
+        report_onnx = parity_onnx(root, net, rng, parity_samples, n_in, int(sum(layout.nvec)))
+        report["onnx_mismatches"] = report_onnx
+    frames = record_frames(sb3, parity_steps, seed)
+    report["rollout_steps"] = len(frames)
+    report["rollout_mismatches"] = {}
+    for backend in ("torch", "onnx") if onnx_bytes is not None else ("torch",):
+        bundle = load_bundle(root, backend=cast(Any, backend))
+        report["rollout_mismatches"][backend] = rollout_mismatches(sb3, bundle.policy, frames)
+    bad = (
+        report["random_mismatches"]
+        + report.get("onnx_mismatches", 0)
+        + sum(report["rollout_mismatches"].values())
+    )
+    manifest["parity"] = report
+    if bad:
+        shutil.rmtree(root)
+        raise BundleError(f"{run}: parity check failed ({report}); no bundle written")
+    digest = hashlib.sha256(
+        json.dumps(manifest, sort_keys=True, default=_plain).encode()
+    ).hexdigest()
+    manifest["model_version"] = f"{manifest['algorithm']}-{digest[:12]}"
+    _dump(root, manifest)
+    write_sums(root)
+    return root
+
+
+def feature_reference(rms: dict[str, Any]) -> dict[str, Any]:
+    """The training features' running mean and std per key (``VecNormalize``'s statistics).
+
+    The drift reference of shadow mode: the statistics of the encoded observations the
+    policy was trained on.
+    """
+    return {
+        k: {
+            "mean": [float(x) for x in np.asarray(r.mean).ravel()],
+            "std": [float(math.sqrt(max(v, 0.0))) for v in np.asarray(r.var).ravel()],
+            "count": float(r.count),
+        }
+        for k, r in rms.items()
+    }
+
+
+def _random_masks(rng: np.random.Generator, nvec: list[int], n: int) -> np.ndarray:
+    masks = rng.random((n, sum(nvec))) < 0.6
+    start = 0
+    for k in nvec:  # at least one valid choice per dimension, as a codec guarantees
+        rows = ~masks[:, start : start + k].any(axis=1)
+        masks[rows, start + rng.integers(0, k, size=int(rows.sum()))] = True
+        start += k
+    return masks
+
+
+def parity_random(
+    sb3: Any,
+    net: DecisionNet,
+    rng: np.random.Generator,
+    n: int,
+    keys: list[str],
+    sizes: dict[str, int],
+) -> dict[str, Any]:
+    """Mismatches of the network against the SB3 model on random normalised inputs."""
+    obs = rng.normal(0.0, 2.0, size=(n, sum(sizes.values()))).astype(np.float32)
+    masks = _random_masks(rng, net.nvec, n)
+    if not sb3._masked:
+        masks[:] = True
+    with torch.no_grad():
+        ours = net(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    if sb3.obs_kind == "box":
+        model_obs: Any = obs
+    else:
+        model_obs, start = {}, 0
+        space = sb3.model.observation_space.spaces
+        for k in keys:
+            model_obs[k] = obs[:, start : start + sizes[k]].reshape((n, *space[k].shape))
+            start += sizes[k]
+    kwargs: dict[str, Any] = {"deterministic": True}
+    if sb3._masked:
+        kwargs["action_masks"] = masks
+    theirs, _ = sb3.model.predict(model_obs, **kwargs)
+    theirs = np.asarray(theirs).reshape(n, -1)
+    return {"random_samples": n, "random_mismatches": int((ours != theirs).any(axis=1).sum())}
+
+
+def parity_onnx(
+    root: Path, net: DecisionNet, rng: np.random.Generator, n: int, n_in: int, n_mask: int
+) -> int:
+    """Mismatches of ``policy.onnx`` against the torch network on random inputs."""
+    obs = rng.normal(0.0, 2.0, size=(n, n_in)).astype(np.float32)
+    masks = _random_masks(rng, net.nvec, n)
+    with torch.no_grad():
+        ours = net(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
+    theirs = _OnnxRunner(root / ONNX)(obs, masks)
+    return int((ours != theirs).any(axis=1).sum())
+
+
+def record_frames(policy: Any, steps: int, seed: int) -> list[Telemetry]:
+    """Frames of a rollout of ``policy`` on its scenario (``steps`` decisions at most)."""
+    from agents.rollout import rollout
+    from envs.sim.simulator import Simulator
+
+    frames: list[Telemetry] = []
+
+    class Recorder:
+        name = "recorder"
+
+        def reset(self, n: int = 1) -> Any:
+            return policy.reset(n)
+
+        def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
+            frames.append(obs)
+            return policy.act(obs, state)
+
+    scenario = policy.scenario
+    horizon = min(float(scenario.horizon_s), steps * float(scenario.decision_interval_s))
+    scenario = scenario.model_copy(update={"horizon_s": horizon})
+    rollout(Simulator(scenario, seed=seed), Recorder())
+    return frames[:steps]
+
+
+def rollout_mismatches(reference: Any, candidate: Any, frames: list[Telemetry]) -> int:
+    """Decisions where two policies fed the same frames act differently."""
+    s_ref, s_can = reference.reset(1), candidate.reset(1)
+    bad = 0
+    for frame in frames:
+        a_ref, s_ref, _ = reference.act(frame, s_ref)
+        a_can, s_can, _ = candidate.act(frame, s_can)
+        bad += int(a_ref != a_can)
+    return bad
+
+
+def export_baseline(
+    policy: str,
+    scenario: Any,
+    out: str | Path,
+    *,
+    guard: GuardConfig | None = None,
+    target_cpu_utilization: int | None = None,
+    command: str = "",
+    force: bool = False,
+) -> Path:
+    """Export a rule baseline for ``scenario`` as a configuration-only bundle (no weights).
+
+    The tuned policies take their knobs from ``configs/policy/tuned_hpa.yaml``;
+    ``hpa`` and ``runbook`` use ``target_cpu_utilization`` (default 70).
+
+    Raises:
+        BundleError: An unknown policy name.
+    """
+    from agents.baselines.tuned import load_settings
+    from envs.gym.codec import control_spec
+
+    if policy not in BASELINES:
+        raise BundleError(f"policy={policy!r}: one of {list(BASELINES)} (or run=<run dir>)")
+    root = _prepare(out, force)
+    tuned = load_settings()
+    if policy.startswith("tuned"):
+        target = tuned.target_cpu_utilization
+    else:
+        target = 70 if target_cpu_utilization is None else int(target_cpu_utilization)
+    record = {
+        "policy": policy,
+        "target_cpu_utilization": target,
+        "scale_down_stabilization_s": tuned.scale_down_stabilization_s
+        if policy.startswith("tuned")
+        else 300,
+        "scenario": scenario.model_dump(mode="json"),
+    }
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "baseline",
+        "algorithm": policy,
+        "name": f"{policy}-{scenario.topology.name}",
+        "topology": topology_record(scenario),
+        "control_spec": asdict(control_spec(scenario)),
+        "baseline": record,
+        "guard": (guard or GuardConfig()).model_dump(mode="json"),
+        "versions": library_versions(),
+        "config_hash": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
+        "figures": {"commands": [c for c in (command,) if c]},
+        "files": {},
+    }
+    manifest["model_version"] = f"{policy}-{manifest['config_hash'][:12]}"
+    _dump(root, manifest)
+    write_sums(root)
+    baseline_from_manifest(manifest)  # it builds
+    return root
