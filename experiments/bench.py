@@ -62,7 +62,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from agents.policy import Policy, StaticPolicy
+from agents.policy import StaticPolicy
+from envs.core.policy import Policy
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Diurnal, Noise, Scenario
 from envs.scenarios.suites import SuiteError, load_suite

@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from agents.policy import Policy
+from agents.rollout import rollout
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import aggregate
 from envs.scenarios.suites import Suite, SuiteError, load_suite
@@ -368,7 +369,7 @@ def write_timelines(
     paths = []
     for e in suite.entries[: max(0, n)]:
         policy = build_policy(spec, e.scenario)
-        result = Simulator(e.scenario, fidelity=fidelity, seed=e.run_seed(0)).run(policy)
+        result = rollout(Simulator(e.scenario, fidelity=fidelity, seed=e.run_seed(0)), policy)
         paths.append(
             plot_timeline(result.frames, e.scenario, folder / f"{e.id}.png", actions=result.actions)
         )

@@ -39,12 +39,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from agents.policy import Policy, ScriptedPolicy, StaticPolicy
+from agents.policy import ScriptedPolicy, StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.core.policy import Policy
+from envs.core.telemetry import Telemetry
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
 from envs.sim.simulator import SimResult, Simulator
-from envs.sim.telemetry import Telemetry
 
 COMMAND = "python -m experiments.incident_plots"
 ONSET_S = 120.0
@@ -304,7 +306,7 @@ def scenario_for(demo: Demo, variant: Variant, fidelity: str, seed: int = 0) -> 
 def run_variant(demo: Demo, variant: Variant, fidelity: str, seed: int = 0) -> SimResult:
     """Simulate one variant of ``demo`` to its horizon."""
     policy: Policy = ScriptedPolicy(variant.script) if variant.script else StaticPolicy()
-    return Simulator(scenario_for(demo, variant, fidelity, seed)).run(policy)
+    return rollout(Simulator(scenario_for(demo, variant, fidelity, seed)), policy)
 
 
 def _series(frames: Sequence[Telemetry], field_name: str, service: str | None) -> np.ndarray:
@@ -430,8 +432,8 @@ def plot_telemetry(path: Path, fidelity: str, seed: int = 0) -> Path:
         "seed": seed,
         "traffic.noise": {"cv": 0.15, "tau_s": 30.0},
     }
-    truth = Simulator(load_scenario("chain3", {**base, "faults": []})).run(StaticPolicy())
-    seen = Simulator(load_scenario("chain3", {**base, "faults": faults})).run(StaticPolicy())
+    truth = rollout(Simulator(load_scenario("chain3", {**base, "faults": []})), StaticPolicy())
+    seen = rollout(Simulator(load_scenario("chain3", {**base, "faults": faults})), StaticPolicy())
     t = np.array([f.t for f in seen.frames])
     panels = (
         ("rps", "frontend", "entry rps\n(req/s)"),

@@ -43,10 +43,12 @@ from rich.table import Table
 
 from agents.baselines.hpa import HPAConfig, HPAPolicy
 from agents.baselines.runbook import RunbookPolicy
-from agents.policy import Policy, StaticPolicy
+from agents.policy import StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Action
+from envs.core.policy import Policy
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action
 from envs.sim.export import SUFFIXES, write_telemetry
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
@@ -354,9 +356,9 @@ def simulate(
             transient=True,
         ) as bar:
             task = bar.add_task("simulate", total=scenario.horizon_s)
-            result = sim.run(policy, progress=lambda now, _h: bar.update(task, completed=now))
+            result = rollout(sim, policy, progress=lambda now, _h: bar.update(task, completed=now))
     else:
-        result = sim.run(policy)
+        result = rollout(sim, policy)
     wall = time.perf_counter() - start
 
     telemetry_path = out / f"telemetry{SUFFIXES[conf.format.value]}"

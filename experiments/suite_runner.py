@@ -1,8 +1,8 @@
 """Run a policy over a scenario suite, in parallel, and score every run.
 
 :func:`run_suite` runs every (entry, replicate) of a :class:`~envs.scenarios.suites.Suite`
-with a fresh policy from ``policy_factory``: ``Simulator(entry.scenario, fidelity=fidelity,
-seed=entry.run_seed(replicate)).run(policy)``, then
+with a fresh policy from ``policy_factory``: ``rollout(Simulator(entry.scenario, fidelity=fidelity,
+seed=entry.run_seed(replicate)), policy)``, then
 :func:`~envs.scenarios.scoring.score_episode`. Runs are independent and each is fully
 determined by its scenario and seed, so the result is the same for any number of workers.
 With ``workers > 1`` they go to a :class:`concurrent.futures.ProcessPoolExecutor` (spawned
@@ -28,7 +28,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.policy import Policy
+from agents.rollout import rollout
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import METRICS, EpisodeScore, MetricSummary, aggregate, score_episode
 from envs.scenarios.suites import Suite
@@ -225,7 +226,7 @@ def run_one(
     start = time.perf_counter()
     try:
         policy = policy_factory()
-        result = Simulator(scenario, fidelity=fidelity, seed=seed).run(policy)
+        result = rollout(Simulator(scenario, fidelity=fidelity, seed=seed), policy)
         score = score_episode(result)
     except Exception as exc:
         raise SuiteRunError(

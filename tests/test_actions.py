@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import simpy
 
-from envs.scenarios.schema import Scenario
-from envs.sim.actions import (
+from envs.core.actions import (
     DrainNode,
     InvalidActionError,
     Noop,
@@ -24,11 +23,12 @@ from envs.sim.actions import (
     Rollback,
     Scale,
     ShedLoad,
-    validate_action,
 )
+from envs.core.telemetry import Telemetry
+from envs.scenarios.schema import Scenario
+from envs.scenarios.validate import validate_action
 from envs.sim.cluster import ControlPlane, NodeState, PodState
 from envs.sim.simulator import Simulator
-from envs.sim.telemetry import Telemetry
 
 STARTUP_S = 20.0
 """Deterministic pod start-up time of :func:`service`."""

@@ -19,8 +19,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from agents.policy import StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Noop, Scale, ShedLoad
 from envs.scenarios.loader import load_scenario
-from envs.sim.actions import Noop, Scale, ShedLoad
 from envs.sim.export import IN_FLIGHT_COLUMN, frames_to_table, read_telemetry
 from envs.sim.simulator import Simulator
 from experiments import bench as bench_mod
@@ -94,7 +95,7 @@ def test_simulate_writes_outputs_that_round_trip(
     scenario = load_scenario(out / "scenario.yaml")
     assert scenario.fidelity == fidelity and scenario.seed == 3 and scenario.horizon_s == 120
     assert scenario == load_scenario("chain3", {"fidelity": fidelity, "seed": 3, "horizon_s": 120})
-    again = Simulator(scenario).run(StaticPolicy())
+    again = rollout(Simulator(scenario), StaticPolicy())
     expected = frames_to_table(again.frames)
     assert list(table) == list(expected)
     for k, col in expected.items():

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import simpy
 
+from envs.core.actions import Restart, Scale
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Restart, Scale
 from envs.sim.cluster import (
     BACKOFF_RESET_S,
     ControlPlane,
@@ -26,7 +27,6 @@ from envs.sim.cluster import (
     PodState,
 )
 from envs.sim.simulator import Simulator
-from envs.sim.telemetry import Telemetry
 
 STARTUP_S = 20.0
 """Deterministic pod start-up time of :func:`service`."""

@@ -30,12 +30,14 @@ from agents.dreamer.agent import DreamerAgent
 from agents.dreamer.config import DreamerAgentConfig, dreamer_config
 from agents.dreamer.planner import PlannerPolicy, WhatIfPlanner
 from agents.dreamer.policy import DreamerPolicy
-from agents.policy import Policy
+from agents.rollout import rollout
 from agents.world_model import ObsLayout, WorldModel
 from agents.world_model.rssm import Carry
+from envs.core.actions import Scale
+from envs.core.policy import Policy
 from envs.gym.envs import AutoscaleEnv, ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
-from envs.sim.actions import Scale, validate_action
+from envs.scenarios.validate import validate_action
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR, ConfigError
@@ -364,11 +366,11 @@ def _runs_an_incident_validly_and_repeatably(run_dir: Path) -> None:
     """A DreamerPolicy of ``run_dir`` through a chain3 incident: valid actions, and the same
     ones again from a fresh policy (the mode is deterministic)."""
     scenario = load_scenario("chain3", INCIDENT)
-    result = Simulator(scenario, seed=5).run(DreamerPolicy(run_dir))
+    result = rollout(Simulator(scenario, seed=5), DreamerPolicy(run_dir))
     assert len(result.frames) > 10
     for _, action in result.actions:
         validate_action(action, scenario)
-    again = Simulator(scenario, seed=5).run(DreamerPolicy(run_dir))
+    again = rollout(Simulator(scenario, seed=5), DreamerPolicy(run_dir))
     assert again.actions == result.actions
 
 
@@ -385,7 +387,9 @@ def test_dreamer_policy_acts_on_a_simulator_episode(
     _runs_an_incident_validly_and_repeatably(out)
     scenario = load_scenario("chain3", INCIDENT)
     sampled = [
-        Simulator(scenario, seed=5).run(DreamerPolicy(out, deterministic=False, seed=1)).actions
+        rollout(
+            Simulator(scenario, seed=5), DreamerPolicy(out, deterministic=False, seed=1)
+        ).actions
         for _ in range(2)
     ]
     assert sampled[0] == sampled[1]  # a sampling policy draws from its stream's seeded state
@@ -405,8 +409,10 @@ def test_what_if_planner_compares_every_candidate(env_cls: type) -> None:
     env = env_cls(scenario="chain3")
     env.reset(seed=0)
     wm, ac, _ = _model_and_learner(env_cls)
-    planner = WhatIfPlanner(wm, env, critic=ac.critic, horizon=4, samples=5, seed=1)
-    cands = planner.candidates()
+    planner = WhatIfPlanner(
+        wm, env.codec, env.scenarios[0], critic=ac.critic, horizon=4, samples=5, seed=1
+    )
+    cands = planner.candidates(env.belief)
     labels = [c.label for c in cands]
     assert labels[0] == "noop" and not cands[0].actions and len(set(labels)) == len(labels)
     if env_cls is not RemediateEnv:
@@ -416,7 +422,7 @@ def test_what_if_planner_compares_every_candidate(env_cls: type) -> None:
         assert "rollback api" not in labels  # masked: no previous version yet
         assert not any(lb.startswith("drain") for lb in labels)
     carry = wm.initial(1)
-    plan = planner.plan(carry)
+    plan = planner.plan(carry, env.belief)
     s = len(env.services)
     assert len(plan.outcomes) == len(cands)
     for o in plan.outcomes:
@@ -427,11 +433,13 @@ def test_what_if_planner_compares_every_candidate(env_cls: type) -> None:
     md = plan.to_markdown()
     assert all(f"| {label} |" in md for label in labels) and "**best**" in md
     assert plan.as_dict()["chosen"] == plan.chosen.candidate.label
-    assert planner.plan(carry).scores.tolist() == plan.scores.tolist()  # seeded
-    follow = WhatIfPlanner(wm, env, actor=ac.actor, follow="actor", horizon=3, samples=2)
-    explicit = follow.candidate("scale api to 5", [Scale("api", 5)])
+    assert planner.plan(carry, env.belief).scores.tolist() == plan.scores.tolist()  # seeded
+    follow = WhatIfPlanner(
+        wm, env.codec, env.scenarios[0], actor=ac.actor, follow="actor", horizon=3, samples=2
+    )
+    explicit = follow.candidate("scale api to 5", [Scale("api", 5)], env.belief)
     assert explicit.features[3] == pytest.approx(math.log(1 + 3))  # from 2 replicas to 5
-    assert len(follow.plan(carry, [explicit]).outcomes) == 1
+    assert len(follow.plan(carry, env.belief, [explicit]).outcomes) == 1
 
 
 def test_planner_policy_explains_each_decision(composer: Any, tmp_path: Path) -> None:
@@ -496,8 +504,8 @@ def test_hpa_tune_dreamer_policy_end_to_end(composer: Any, tmp_path: Path) -> No
 
     entry = next(e for e in load_suite("train").on_topology("chain3") if "memory-leak" in e.id)
     sc = load_scenario(entry.scenario)
-    tuned = Simulator(sc, seed=7).run(make_hpa(load_settings(), sc))
-    mine = Simulator(sc, seed=7).run(_AlwaysTuned(out))
+    tuned = rollout(Simulator(sc, seed=7), make_hpa(load_settings(), sc))
+    mine = rollout(Simulator(sc, seed=7), _AlwaysTuned(out))
     assert len(tuned.actions) > 10 and mine.actions == tuned.actions
     assert mine.summary == tuned.summary
 

@@ -19,6 +19,7 @@ from agents.baselines import tuned
 from agents.baselines.hpa import HPAConfig, HPAPolicy
 from agents.baselines.runbook import RunbookPolicy
 from agents.policy import StaticPolicy
+from agents.rollout import rollout
 from envs.scenarios.scoring import score_episode
 from envs.scenarios.suites import load_suite
 from envs.sim.simulator import Simulator
@@ -79,8 +80,9 @@ def test_evaluate_writes_results_matching_direct_runs(composer, tmp_path: Path) 
         assert data["runs"] == 2
         for entry, row in zip(suite.entries, data["per_run"], strict=True):
             assert row["entry"] == entry.id
-            result = Simulator(entry.scenario, fidelity="fluid", seed=entry.run_seed(0)).run(
-                make(entry.scenario)
+            result = rollout(
+                Simulator(entry.scenario, fidelity="fluid", seed=entry.run_seed(0)),
+                make(entry.scenario),
             )
             direct = score_episode(result)
             assert row["seed"] == entry.run_seed(0)
@@ -233,8 +235,8 @@ def test_tuned_runbook_is_the_runbook_over_the_tuned_hpa(composer) -> None:
     assert policy.hpa.config == settings.hpa_config()
     # same decisions as a RunbookPolicy built by hand with that HPA
     by_hand = RunbookPolicy(scenario, hpa_config=settings.hpa_config())
-    a = Simulator(scenario, seed=3).run(policy)
-    b = Simulator(scenario, seed=3).run(by_hand)
+    a = rollout(Simulator(scenario, seed=3), policy)
+    b = rollout(Simulator(scenario, seed=3), by_hand)
     assert [f.t for f in a.frames] == [f.t for f in b.frames]
     assert score_episode(a).slo_violation_min == score_episode(b).slo_violation_min
     assert [repr(x) for x in a.actions] == [repr(x) for x in b.actions]

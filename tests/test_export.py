@@ -9,6 +9,16 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from envs.core.telemetry import (
+    CLUSTER_FIELDS,
+    CLUSTER_INDEX,
+    COUNTER_FIELDS,
+    FIELD_INDEX,
+    LATENCY_BUCKETS_S,
+    SERVICE_FIELDS,
+    Telemetry,
+    make_frame,
+)
 from envs.scenarios.schema import Scenario
 from envs.sim.export import (
     CLUSTER_COLUMNS,
@@ -21,16 +31,6 @@ from envs.sim.export import (
     write_telemetry,
 )
 from envs.sim.plots import _highlighted, plot_timeline
-from envs.sim.telemetry import (
-    CLUSTER_FIELDS,
-    CLUSTER_INDEX,
-    COUNTER_FIELDS,
-    FIELD_INDEX,
-    LATENCY_BUCKETS_S,
-    SERVICE_FIELDS,
-    Telemetry,
-    make_frame,
-)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -31,12 +31,13 @@ import numpy as np
 import pytest
 
 from agents.policy import ScriptedPolicy, StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.core.telemetry import Telemetry
 from envs.scenarios.loader import ScenarioError, load_scenario
 from envs.scenarios.schema import FAULT_KINDS, Fault, Scenario
-from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
 from envs.sim.faults import FaultRecord
 from envs.sim.simulator import SimResult, Simulator
-from envs.sim.telemetry import Telemetry
 
 FIDELITIES = ("fluid", "request")
 ONSET = 65.0
@@ -114,7 +115,7 @@ def chain3(fidelity: str, horizon: float, faults: list[dict[str, Any]], **over: 
 def simulate(sc: Scenario, script: Mapping[float, Sequence[Action]] | None = None) -> Run:
     """Run ``sc`` under the scripted policy (no script: the static no-op policy)."""
     policy = ScriptedPolicy(script) if script else StaticPolicy()
-    return Run(Simulator(sc).run(policy))
+    return Run(rollout(Simulator(sc), policy))
 
 
 def assert_clean_before_onset(run: Run) -> None:

@@ -10,9 +10,11 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import envs.gym as og
+from agents.rollout import rollout
+from envs.core.actions import Restart, Rollback, Scale, ShedLoad
+from envs.gym.codec import HPA_TARGETS
 from envs.gym.encoder import SERVICE_FEATURES, ObsEncoder, symexp, symlog
 from envs.scenarios.loader import load_scenario
-from envs.sim.actions import Restart, Rollback, Scale, ShedLoad
 from envs.sim.simulator import Simulator
 
 IDS = sorted(og.ENV_IDS)
@@ -118,8 +120,11 @@ def test_remediation_indices_and_masks() -> None:
     shed = 1 + 3 * n_svc
     assert not mask[shed]  # shedding 0 is what is in force
     assert env.decode(shed + 2) == [ShedLoad(0.5)]
-    # after a deploy, rollback becomes valid
+    # after a deploy, rollback becomes valid once a frame shows the new version
     env.sim.engine.cp.deploy(1, error_rate=0.5)  # type: ignore[union-attr]
+    assert not env.action_masks()[1 + 3 * 1 + 1]  # the env decodes from telemetry only
+    env.step(0)
+    assert env.frame["deploy_version"][1] == 1
     assert env.action_masks()[1 + 3 * 1 + 1]
     assert env.decode(1 + 3 * 1 + 1) == [Rollback("api")]
 
@@ -267,7 +272,7 @@ def test_hpa_tune_at_the_tuned_target_without_remediation_is_the_tuned_hpa() -> 
     from envs.scenarios.scoring import score_episode
 
     settings = load_settings()
-    assert og.envs.HPA_TARGETS[2] == settings.target_cpu_utilization == 50
+    assert HPA_TARGETS[2] == settings.target_cpu_utilization == 50
     sc = _train_entry("chain3-memory-leak-api")  # the HPA scales a lot here
     env = og.HPATuneEnv(scenario=sc)
     _, info = env.reset(seed=5)
@@ -281,7 +286,7 @@ def test_hpa_tune_at_the_tuned_target_without_remediation_is_the_tuned_hpa() -> 
         actions += [(t, a) for a in step_info["actions"]]
         assert step_info["hpa_targets"] == [50] * len(env.services)
     ref_sim = Simulator(sc, fidelity="fluid", seed=info["sim_seed"])
-    ref = ref_sim.run(make_hpa(settings, sc))
+    ref = rollout(ref_sim, make_hpa(settings, sc))
     assert len(ref.frames) == len(frames) and len(ref.actions) > 10
     for mine, theirs in zip(frames, ref.frames, strict=True):
         np.testing.assert_array_equal(mine.values, theirs.values)
@@ -318,7 +323,7 @@ def test_hpa_tune_targets_remediation_and_choice_features() -> None:
         )
         _, _, _, _, info = env.step(action)
         np.testing.assert_allclose(info["action_features"], onehot @ m, atol=1e-6)
-        assert info["hpa_targets"] == [og.envs.HPA_TARGETS[k] for k in action[:s]]
+        assert info["hpa_targets"] == [HPA_TARGETS[k] for k in action[:s]]
     assert env.hpa_state is not before
 
 

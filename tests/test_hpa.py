@@ -31,11 +31,11 @@ from agents.baselines.hpa import (
     stabilize_recommendation,
     utilization_ratio,
 )
-from agents.policy import Policy, StaticPolicy
-from envs.scenarios.loader import load_scenario
-from envs.sim.actions import Scale
-from envs.sim.simulator import Simulator
-from envs.sim.telemetry import (
+from agents.policy import StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Scale
+from envs.core.policy import Policy
+from envs.core.telemetry import (
     CLUSTER_FIELDS,
     COUNTER_FIELDS,
     FIELD_INDEX,
@@ -44,6 +44,8 @@ from envs.sim.telemetry import (
     Telemetry,
     make_frame,
 )
+from envs.scenarios.loader import load_scenario
+from envs.sim.simulator import Simulator
 
 
 def pods(n: int, usage: int | None, request: int = 1000, **kw: object) -> list[PodSample]:
@@ -522,8 +524,8 @@ def _flash_crowd() -> object:
 
 def test_closed_loop_flash_crowd_scales_up_and_beats_static() -> None:
     sc = _flash_crowd()
-    static = Simulator(sc).run(StaticPolicy())  # type: ignore[arg-type]
-    hpa = Simulator(sc).run(HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
+    static = rollout(Simulator(sc), StaticPolicy())  # type: ignore[arg-type]
+    hpa = rollout(Simulator(sc), HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
     ups = [(t, a) for t, a in hpa.actions if isinstance(a, Scale) and a.replicas > 2]
     assert ups and min(t for t, _ in ups) <= 345.0  # reacts within two syncs of the onset
     assert all(t >= 300.0 for t, _ in hpa.actions)  # nothing to do before the crowd
@@ -536,8 +538,8 @@ def test_closed_loop_flash_crowd_scales_up_and_beats_static() -> None:
 
 def test_closed_loop_is_deterministic() -> None:
     sc = _flash_crowd()
-    a = Simulator(sc).run(HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
-    b = Simulator(sc).run(HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
+    a = rollout(Simulator(sc), HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
+    b = rollout(Simulator(sc), HPAPolicy(HPAConfig(), sc))  # type: ignore[arg-type]
     assert a.actions == b.actions
     assert a.summary == b.summary
     assert all(

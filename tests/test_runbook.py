@@ -13,12 +13,11 @@ from pydantic import ValidationError
 
 from agents.baselines.hpa import HPAConfig, HPAPolicy
 from agents.baselines.runbook import RunbookConfig, RunbookPolicy, RunbookState
-from agents.policy import Policy, StaticPolicy
-from envs.scenarios.loader import load_scenario
-from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
-from envs.sim.simulator import SimResult, Simulator
-from envs.sim.telemetry import (
+from agents.policy import StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.core.policy import Policy
+from envs.core.telemetry import (
     CLUSTER_FIELDS,
     CLUSTER_INDEX,
     COUNTER_FIELDS,
@@ -28,6 +27,9 @@ from envs.sim.telemetry import (
     Telemetry,
     make_frame,
 )
+from envs.scenarios.loader import load_scenario
+from envs.scenarios.schema import Scenario
+from envs.sim.simulator import SimResult, Simulator
 
 DISRUPTIVE = (Restart, Rollback, ShedLoad, DrainNode)
 
@@ -37,7 +39,7 @@ def chain3(*faults: dict[str, Any], horizon_s: float = 1200.0, **overrides: Any)
 
 
 def run(sc: Scenario, policy: Policy | None = None) -> SimResult:
-    return Simulator(sc).run(policy if policy is not None else RunbookPolicy(sc))
+    return rollout(Simulator(sc), policy if policy is not None else RunbookPolicy(sc))
 
 
 def violation(result: SimResult) -> float:

@@ -12,6 +12,18 @@ import pytest
 from scipy import stats
 
 from agents.policy import StaticPolicy
+from agents.rollout import rollout
+from envs.core.actions import DrainNode, Noop, Restart, Rollback, Scale, ShedLoad
+from envs.core.telemetry import (
+    CLUSTER_FIELDS,
+    CLUSTER_INDEX,
+    COUNTER_FIELDS,
+    FIELD_INDEX,
+    LATENCY_BUCKETS_S,
+    SERVICE_FIELDS,
+    Telemetry,
+    make_frame,
+)
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import (
@@ -31,19 +43,8 @@ from envs.scenarios.scoring import (
     summarize_metric,
     time_to_mitigate,
 )
-from envs.sim.actions import DrainNode, Noop, Restart, Rollback, Scale, ShedLoad
 from envs.sim.faults import FaultRecord
 from envs.sim.simulator import Decision, SimResult, Simulator
-from envs.sim.telemetry import (
-    CLUSTER_FIELDS,
-    CLUSTER_INDEX,
-    COUNTER_FIELDS,
-    FIELD_INDEX,
-    LATENCY_BUCKETS_S,
-    SERVICE_FIELDS,
-    Telemetry,
-    make_frame,
-)
 
 DT = 15.0
 SERVICES = ("frontend", "api", "db")
@@ -327,7 +328,7 @@ def test_unknown_state_rate_ignores_structural_nans() -> None:
 
 def test_real_run_agrees_with_the_engine_accounting() -> None:
     sc = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db()]})
-    r = Simulator(sc, seed=3).run(StaticPolicy())
+    r = rollout(Simulator(sc, seed=3), StaticPolicy())
     s = score_episode(r)
     assert s.slo_violation_min * 60 == pytest.approx(r.summary["slo_violation_s"]["frontend"])
     assert s.p99_max_s == pytest.approx(r.summary["entry_p99_max_s"])
@@ -352,8 +353,8 @@ def test_telemetry_faults_do_not_change_the_score_of_the_same_trajectory(mode: s
         tele["service"] = "frontend"
     base = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db()]})
     blind = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db(), tele]})
-    clean = score_episode(Simulator(base, seed=5).run(StaticPolicy()))
-    r = Simulator(blind, seed=5).run(StaticPolicy())
+    clean = score_episode(rollout(Simulator(base, seed=5), StaticPolicy()))
+    r = rollout(Simulator(blind, seed=5), StaticPolicy())
     hidden = score_episode(r)
     assert slo_timeline(r).from_histogram.sum() == 20  # frames at 375 .. 660
     assert hidden.slo_violation_min == clean.slo_violation_min > 0
@@ -366,7 +367,7 @@ def test_telemetry_faults_do_not_change_the_score_of_the_same_trajectory(mode: s
 
 def test_fault_free_run_and_too_short_result() -> None:
     sc = load_scenario("chain3", {"horizon_s": 300})
-    r = Simulator(sc, seed=1).run(StaticPolicy())
+    r = rollout(Simulator(sc, seed=1), StaticPolicy())
     s = score_episode(r)
     assert s.n_faults == 0 and s.time_to_mitigate_s is None and not s.mitigated
     assert s.slo_violation_min == 0.0 and s.metrics()["mitigated"] is None

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from agents.policy import StaticPolicy
+from agents.rollout import rollout
 from envs.scenarios.schema import FAULT_KINDS
 from envs.scenarios.scoring import METRICS, slo_timeline
 from envs.scenarios.suites import (
@@ -72,7 +73,7 @@ def test_quiet_period_is_quiet(train: Suite, holdout: Suite) -> None:
     for e in (*train, *holdout):
         onset = min(f.at_s for f in e.scenario.faults)
         quiet = e.scenario.model_copy(update={"faults": [], "horizon_s": onset})
-        r = Simulator(quiet, seed=e.run_seed(0)).run(StaticPolicy())
+        r = rollout(Simulator(quiet, seed=e.run_seed(0)), StaticPolicy())
         assert not slo_timeline(r).violating.any(), e.id
 
 

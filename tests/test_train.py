@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.policy import Policy
+from agents.rollout import rollout
 from agents.sb3.config import (
     AGENT_SCHEMAS,
     EnvConfig,
@@ -34,11 +34,14 @@ from agents.sb3.config import (
     check_config,
 )
 from agents.sb3.envs import ENV_IDS, check_scenario, env_seeds, make_env
-from agents.sb3.policy import ControlBelief, SB3Policy, control_view, load_run_config
-from envs.gym.envs import HPA_TARGETS, ClusterEnv, ClusterOpsEnv, RemediateEnv
+from agents.sb3.policy import SB3Policy, load_run_config
+from envs.core.actions import DrainNode
+from envs.core.policy import Policy
+from envs.gym.codec import HPA_TARGETS, ControlBelief
+from envs.gym.envs import ClusterEnv
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.suites import load_suite
-from envs.sim.actions import DrainNode, validate_action
+from envs.scenarios.validate import validate_action
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR, ConfigError
@@ -265,7 +268,7 @@ def test_valid_combination_trains_saves_and_serves(
     policy = Recorder(SB3Policy(run))
     assert isinstance(policy.policy, Policy) and policy.name == f"sb3-{agent}"
     scenario = load_scenario("chain3", INCIDENT)
-    result = Simulator(scenario).run(policy)
+    result = rollout(Simulator(scenario), policy)
     assert len(result.decisions) == len(policy.infos) == 20
     for _, action in result.actions:
         validate_action(action, scenario)
@@ -304,7 +307,7 @@ def test_suite_training_draws_the_topologys_train_entries(
     # the trained policy runs a holdout chain3 incident (shortened to 10 minutes)
     entry = load_suite("holdout").on_topology("chain3").entries[0]
     scenario = load_scenario(entry.scenario, {"horizon_s": 600})
-    result = Simulator(scenario, seed=entry.run_seed(0)).run(SB3Policy(run))
+    result = rollout(Simulator(scenario, seed=entry.run_seed(0)), SB3Policy(run))
     assert len(result.decisions) == 40
     for _, action in result.actions:
         validate_action(action, scenario)
@@ -372,67 +375,6 @@ def test_tensorboard_and_wandb_loggers(
     metrics = train_mod.train(cfg)
     assert metrics["best_eval_mean_reward"] is None  # no periodic evaluation
     assert list((tmp_path / "logs").glob("**/events.out.tfevents.*"))
-
-
-# --------------------------------------------------------------------------- adapter
-
-
-@pytest.mark.parametrize("env_cls", [RemediateEnv, ClusterOpsEnv])
-def test_control_view_matches_the_env_along_a_trajectory(env_cls: type) -> None:
-    """With complete telemetry, masks and decoded actions equal the env's own (drains aside)."""
-    kwargs = {"scenario": "chain3", "scenario_overrides": {**INCIDENT, "horizon_s": 600}}
-    real, twin = env_cls(**kwargs), env_cls(**kwargs)
-    real.reset(seed=3)
-    rng = np.random.default_rng(3)
-    belief = ControlBelief.initial([s.replicas.initial for s in real.specs])
-    n_rem = real.n_remediations
-    drains = np.zeros(n_rem, dtype=bool)
-    drains[n_rem - real.n_nodes :] = True
-    seen_rollback = False
-    done = False
-    while not done:
-        belief = belief.update(real._frame)
-        if not np.isnan(belief.deploy_version).any():  # outside the telemetry gap
-            twin.sim = control_view(belief, real.n_nodes, allow_drain=False)
-            want, got = real.action_masks(), twin.action_masks()
-            rem_want, rem_got = want[-n_rem:], got[-n_rem:]
-            assert (rem_want[~drains] == rem_got[~drains]).all(), real.sim.now
-            assert not rem_got[drains].any()
-            seen_rollback |= bool(rem_got[2 + 3 * 1])  # roll back api
-            for _ in range(8):
-                a = real.action_space.sample()
-                k = int(np.asarray(a).ravel()[-1])
-                if drains[k]:
-                    continue
-                assert twin.decode(a) == real.decode(a)
-        a = real.action_space.sample()
-        if isinstance(real, RemediateEnv) and rng.random() < 0.2:
-            a = 2 + 3 * 1  # roll back api now and then
-        _, _, _, done, _ = real.step(a)
-    assert seen_rollback
-
-
-def test_belief_keeps_last_values_through_a_gap_and_masks_rollback() -> None:
-    sim = Simulator(load_scenario("chain3", INCIDENT))
-    frames = [sim.reset()]
-    while not sim.done:
-        frames.extend(sim.step([]))
-    belief = ControlBelief.initial([1, 1, 1])
-    for frame in frames:
-        before = belief
-        belief = belief.update(frame)
-        if np.isnan(frame["replicas_desired"]).all():  # the gap
-            assert belief.desired == before.desired == (2, 2, 2)
-            assert np.isnan(belief.deploy_version).all()
-            view = control_view(belief, 3, allow_drain=True)
-            assert view.engine.cp.history == [[], [], []] and view.engine.cp.nodes == []
-        elif frame.t >= 120:
-            assert belief.deploy_version[1] > 0  # api was deployed at 45 s
-            assert control_view(belief, 3, allow_drain=True).engine.cp.history[1] == [0]
-    assert any(np.isnan(f["replicas_desired"]).all() for f in frames)
-    # draining: only with allow_drain, and only up to the ready-node count
-    assert len(control_view(belief, 3, allow_drain=True).engine.cp.nodes) == 3
-    assert control_view(belief, 3, allow_drain=False).engine.cp.nodes == []
 
 
 # --------------------------------------------------------------------------- console

@@ -16,9 +16,9 @@ Two layers:
   simulated seconds; every history the controller keeps (recommendations, scale events) is
   an argument and a return value, never hidden.
 * **The policy**, :class:`HPAPolicy`, which builds the per-pod view the algorithm needs
-  from a :class:`~envs.sim.telemetry.Telemetry` frame (:func:`pods_from_telemetry`), runs
+  from a :class:`~envs.core.telemetry.Telemetry` frame (:func:`pods_from_telemetry`), runs
   :func:`reconcile` for every scaled service once per sync period, and emits
-  :class:`~envs.sim.actions.Scale` when the result differs from the current desired count.
+  :class:`~envs.core.actions.Scale` when the result differs from the current desired count.
 
 The simulator reports service-level sums, not per-pod samples. The mapping (documented in
 ``docs/baselines.md``): ready pods have metrics and share the service's usage and request
@@ -38,9 +38,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from envs.core.actions import Action, Scale
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action, Scale
-from envs.sim.telemetry import Telemetry
 
 _EPS = 1e-9
 
@@ -887,7 +887,7 @@ class HPAState:
 
 
 class HPAPolicy:
-    """The Kubernetes HPA as a :class:`~agents.policy.Policy`; see the module docstring.
+    """The Kubernetes HPA as a :class:`~envs.core.policy.Policy`; see the module docstring.
 
     It syncs at the first frame and then whenever ``sync_period_s`` has passed: with the
     default 15 s decision interval and sync period, at every decision; with a decision

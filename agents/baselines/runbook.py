@@ -43,9 +43,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.baselines.hpa import HPAConfig, HPAPolicy, HPAState
+from envs.core.actions import Action, Restart, Rollback, Scale, ShedLoad
+from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action, Restart, Rollback, Scale, ShedLoad
-from envs.sim.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
 
 _EPS = 1e-9
 _SAMPLE_FIELDS = (

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from agents.baselines.hpa import HPABehavior, HPAConfig, HPAPolicy, ScaleDownRules
-from agents.policy import Policy
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 
 TARGETS: tuple[int, ...] = (40, 50, 60, 70, 80, 90)
@@ -112,10 +112,13 @@ def load_settings(path: str | Path = CONFIG_PATH) -> TunedHPASettings:
 
 def _run_entry(scenario: Scenario, seed: int, settings: TunedHPASettings) -> tuple[float, float]:
     """(SLO-violation minutes, allocated cost) of one fluid run (a worker's job)."""
+    # The search runs the simulator; imported here so that building the tuned HPA (what
+    # SB3Policy / DreamerPolicy of an hpa_tune run do) never imports envs.sim.
+    from agents.rollout import rollout
     from envs.scenarios.scoring import score_episode
     from envs.sim.simulator import Simulator
 
-    result = Simulator(scenario, fidelity="fluid", seed=seed).run(make_hpa(settings, scenario))
+    result = rollout(Simulator(scenario, fidelity="fluid", seed=seed), make_hpa(settings, scenario))
     score = score_episode(result)
     return score.slo_violation_min, score.allocated_cost
 

@@ -7,7 +7,7 @@
 * :mod:`agents.dreamer.envs`: the run's envs and the episodes they record;
 * :mod:`agents.dreamer.train`: the online training loop (``opsworld train agent=dreamer``);
 * :mod:`agents.dreamer.policy`: :class:`~agents.dreamer.policy.DreamerPolicy`, a run dir
-  behind the :class:`agents.policy.Policy` protocol;
+  behind the :class:`envs.core.policy.Policy` protocol;
 * :mod:`agents.dreamer.planner`: the latent what-if planner and
   :class:`~agents.dreamer.planner.PlannerPolicy`.
 

@@ -39,6 +39,7 @@ from agents.dreamer.config import DreamerAgentConfig
 from agents.world_model.math import TwoHot
 from agents.world_model.nets import MLP, Linear
 from agents.world_model.rssm import Carry
+from envs.gym.codec import ActionCodec
 
 
 class NonFiniteError(RuntimeError):
@@ -72,27 +73,19 @@ class ActionSpec:
             )
 
     @classmethod
+    def from_codec(cls, codec: ActionCodec) -> ActionSpec:
+        """The spec of an :class:`~envs.gym.codec.ActionCodec` (an env's ``codec``)."""
+        return cls(
+            codec.nvec,
+            np.asarray(codec.feature_matrix(), dtype=np.float32),
+            masked=codec.has_remediation,
+            discrete=codec.space_spec.discrete,
+        )
+
+    @classmethod
     def from_env(cls, env: Any) -> ActionSpec:
         """The spec of a :class:`~envs.gym.envs.ClusterEnv` (unwrapped or not)."""
-        from gymnasium import spaces
-
-        from envs.gym.envs import AutoscaleEnv
-
-        base = env.unwrapped
-        space = base.action_space
-        nvec: tuple[int, ...]
-        if isinstance(space, spaces.Discrete):
-            nvec, discrete = (int(space.n),), True
-        elif isinstance(space, spaces.MultiDiscrete):
-            nvec, discrete = tuple(int(n) for n in space.nvec), False
-        else:
-            raise TypeError(f"ActionSpec: {space} is neither Discrete nor MultiDiscrete")
-        return cls(
-            nvec,
-            np.asarray(base.action_feature_matrix(), dtype=np.float32),
-            masked=not isinstance(base, AutoscaleEnv),
-            discrete=discrete,
-        )
+        return cls.from_codec(env.unwrapped.codec)
 
     @property
     def size(self) -> int:

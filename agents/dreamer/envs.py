@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 
 from agents.dreamer.config import DreamerConfigError, DreamerTrainConfig
+from envs.core.actions import Action
 from envs.gym import MAX_EPISODE_STEPS
 from envs.gym.envs import AutoscaleEnv, ClusterEnv, ClusterOpsEnv, HPATuneEnv, RemediateEnv
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import SuiteError, load_suite
-from envs.sim.actions import Action
 
 ENV_CLASSES: dict[str, type[ClusterEnv]] = {
     "autoscale": AutoscaleEnv,

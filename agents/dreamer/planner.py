@@ -19,7 +19,7 @@ and reports per candidate:
 The best candidate is the one with the highest ``score`` (ties: the earlier candidate, and
 the no-op comes first, so the planner does nothing unless the model expects a gain).
 :meth:`Plan.to_markdown` renders the comparison as the explanation of the decision.
-:class:`PlannerPolicy` acts on telemetry with it (a :class:`agents.policy.Policy`).
+:class:`PlannerPolicy` acts on telemetry with it (a :class:`envs.core.policy.Policy`).
 
 Candidates (:meth:`WhatIfPlanner.candidates`) come from the env's action space and its
 current (possibly belief-built) control plane: the no-op, each service scaled by -2, -1,
@@ -45,18 +45,16 @@ from agents.dreamer.policy import DreamerPolicy, DreamerState
 from agents.world_model.math import symexp
 from agents.world_model.model import WorldModel
 from agents.world_model.rssm import Carry
-from envs.gym.envs import (
+from envs.core.actions import Action
+from envs.core.telemetry import Telemetry
+from envs.gym.codec import (
     SCALE_DELTAS,
     SERVICE_REMEDIATIONS,
     SHED_LEVELS,
-    AutoscaleEnv,
-    ClusterEnv,
-    ClusterOpsEnv,
-    HPATuneEnv,
-    RemediateEnv,
+    ActionCodec,
+    ControlBelief,
 )
-from envs.sim.actions import Action
-from envs.sim.telemetry import Telemetry
+from envs.scenarios.schema import Scenario
 
 Follow = Literal["noop", "actor"]
 
@@ -202,8 +200,10 @@ class WhatIfPlanner:
 
     Args:
         wm: The world model.
-        env: The env whose action space, decoding and control plane give the candidates
-            (a real env, or one bound to a telemetry belief as :class:`DreamerPolicy` does).
+        codec: The action codec of the run's env: its layout and decoding give the
+            candidates (under the :class:`~envs.gym.codec.ControlBelief` passed to
+            :meth:`candidates` and :meth:`plan`).
+        scenario: The scenario whose pods' CPU requests price the imagined replicas.
         actor: The actor, for ``follow="actor"``.
         critic: The critic, to bootstrap the score at the horizon's end.
         horizon: Imagined steps.
@@ -218,7 +218,8 @@ class WhatIfPlanner:
     def __init__(
         self,
         wm: WorldModel,
-        env: ClusterEnv,
+        codec: ActionCodec,
+        scenario: Scenario,
         *,
         actor: Actor | None = None,
         critic: Critic | None = None,
@@ -234,60 +235,66 @@ class WhatIfPlanner:
             raise ValueError("WhatIfPlanner: follow='actor' needs an actor")
         if horizon < 1 or samples < 1:
             raise ValueError(f"WhatIfPlanner: horizon={horizon}, samples={samples} must be >= 1")
-        self.wm, self.env, self.actor, self.critic = wm, env, actor, critic
-        self.spec = ActionSpec.from_env(env)
+        if codec.layout == "hpa_tune":
+            raise ValueError(
+                "WhatIfPlanner proposes replica and remediation actions; an hpa_tune layout "
+                "acts through HPA targets"
+            )
+        self.wm, self.codec, self.actor, self.critic = wm, codec, actor, critic
+        self.spec = ActionSpec.from_codec(codec)
         self.horizon, self.samples, self.follow = horizon, samples, follow
         self.quantiles = tuple(float(q) for q in quantiles)
         self.discount = discount
         self.allow_drain = allow_drain
         self.seed = seed
         layout = wm.layout
-        self.services = tuple(env.services)
+        self.services = tuple(codec.services)
+        specs = scenario.topology.services
         s_range = range(len(self.services))
         self._p99 = [layout.service_index(s, "p99") for s in s_range]
         self._err = [layout.service_index(s, "error_rate") for s in s_range]
         self._ready = [layout.service_index(s, "replicas_ready") for s in s_range]
         self._starting = [layout.service_index(s, "replicas_starting") for s in s_range]
-        self._cpu = np.array([spec.pod.cpu_request for spec in env.specs])
-        base = float(sum(spec.replicas.initial * spec.pod.cpu_request for spec in env.specs))
+        self._cpu = np.array([spec.pod.cpu_request for spec in specs])
+        base = float(sum(spec.replicas.initial * spec.pod.cpu_request for spec in specs))
         self._base_cores = max(base, 1e-9)
 
     # ------------------------------------------------------------------ candidates
-    def candidate(self, label: str, actions: Sequence[Action]) -> Candidate:
-        """An explicit candidate: any simulator actions, encoded against the env's state."""
-        desired = self.env._sim.engine.cp.desired
-        features = self.env.action_encoder.encode(list(actions), desired)
+    def candidate(self, label: str, actions: Sequence[Action], belief: ControlBelief) -> Candidate:
+        """An explicit candidate: any typed actions, encoded against ``belief``."""
+        features = self.codec.action_encoder.encode(list(actions), belief.desired)
         return Candidate(label, tuple(actions), features)
 
-    def _from_index(self, label: str, index: Sequence[int]) -> Candidate:
+    def _from_index(self, label: str, index: Sequence[int], belief: ControlBelief) -> Candidate:
         action: Any = int(index[0]) if self.spec.discrete else np.asarray(index)
-        c = self.candidate(label, self.env.decode(action))
+        c = self.candidate(label, self.codec.decode(action, belief), belief)
         return Candidate(c.label, c.actions, c.features, tuple(int(i) for i in index))
 
-    def candidates(self) -> list[Candidate]:
-        """The default candidates for the env's current state (see the module docstring)."""
-        env = self.env
+    def candidates(self, belief: ControlBelief) -> list[Candidate]:
+        """The default candidates under ``belief`` (see the module docstring)."""
+        codec = self.codec
         n_svc = len(self.services)
         keep = SCALE_DELTAS.index(0)
-        scaling = isinstance(env, AutoscaleEnv | ClusterOpsEnv)
-        remediation = isinstance(env, RemediateEnv | ClusterOpsEnv)
+        scaling = codec.layout in ("autoscale", "cluster_ops")
+        remediation = codec.has_remediation
         base = [keep] * n_svc if scaling else []
         tail = [0] if remediation else []
-        out = [self._from_index("noop", base + tail)]
+        out = [self._from_index("noop", base + tail, belief)]
         if scaling:
             for s, name in enumerate(self.services):
                 for k, d in enumerate(SCALE_DELTAS):
                     if d != 0:
                         idx = list(base)
                         idx[s] = k
-                        out.append(self._from_index(f"{name} {_delta_label(d)}", idx + tail))
+                        label = f"{name} {_delta_label(d)}"
+                        out.append(self._from_index(label, idx + tail, belief))
         if remediation:
-            mask = env.action_masks()[-env.n_remediations :]
-            for k in range(1, env.n_remediations):
+            mask = codec.remediation_mask(belief)
+            for k in range(1, codec.n_remediations):
                 label = self._remediation_label(k)
                 if not mask[k] or (label.startswith("drain") and not self.allow_drain):
                     continue
-                out.append(self._from_index(label, [*base, k]))
+                out.append(self._from_index(label, [*base, k], belief))
         return [c for i, c in enumerate(out) if i == 0 or c.actions]
 
     def _remediation_label(self, k: int) -> str:
@@ -303,14 +310,20 @@ class WhatIfPlanner:
 
     # ------------------------------------------------------------------ planning
     @torch.no_grad()
-    def plan(self, carry: Carry, candidates: Sequence[Candidate] | None = None) -> Plan:
+    def plan(
+        self,
+        carry: Carry,
+        belief: ControlBelief,
+        candidates: Sequence[Candidate] | None = None,
+    ) -> Plan:
         """Imagine every candidate from ``carry`` (one stream) and pick the best.
 
         Args:
             carry: The posterior carry of the current frame (batch of one).
+            belief: The control belief at the current frame (masks, decoding).
             candidates: What to compare (default :meth:`candidates`).
         """
-        cands = list(candidates) if candidates is not None else self.candidates()
+        cands = list(candidates) if candidates is not None else self.candidates(belief)
         if not cands:
             raise ValueError("WhatIfPlanner.plan: no candidates")
         assert carry.deter.shape[0] == 1, "plan one stream at a time"
@@ -324,7 +337,7 @@ class WhatIfPlanner:
         action = first.repeat_interleave(n, 0)
         mask = None
         if self.follow == "actor" and self.spec.masked:
-            mask = torch.as_tensor(self.env.action_masks(), dtype=torch.bool)[None]
+            mask = torch.as_tensor(self.codec.masks(belief), dtype=torch.bool)[None]
         feats: list[torch.Tensor] = []
         for t in range(h):
             if t > 0:
@@ -371,7 +384,7 @@ class WhatIfPlanner:
 
 
 class PlannerPolicy:
-    """Acts with :class:`WhatIfPlanner` on telemetry (a :class:`agents.policy.Policy`).
+    """Acts with :class:`WhatIfPlanner` on telemetry (a :class:`envs.core.policy.Policy`).
 
     The posterior filter, the control belief and the decoding are those of
     :class:`~agents.dreamer.policy.DreamerPolicy` (the same run dir); each decision takes
@@ -404,7 +417,7 @@ class PlannerPolicy:
         seed: int = 0,
     ) -> None:
         self.policy = DreamerPolicy(run_dir, weights=weights, allow_drain=allow_drain)
-        if isinstance(self.policy.env, HPATuneEnv):
+        if self.policy.codec.layout == "hpa_tune":
             raise ValueError(
                 f"{run_dir}: the what-if planner proposes replica and remediation actions; "
                 "an env=hpa_tune run acts through HPA targets (use DreamerPolicy)"
@@ -412,7 +425,8 @@ class PlannerPolicy:
         agent = self.policy.agent
         self.planner = WhatIfPlanner(
             agent.wm,
-            self.policy.env,
+            self.policy.codec,
+            self.policy.scenario,
             actor=agent.ac.actor,
             critic=agent.ac.critic if bootstrap else None,
             horizon=horizon or agent.cfg.horizon,
@@ -430,11 +444,10 @@ class PlannerPolicy:
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
         """Plan on one frame and take the best candidate's actions."""
         st = cast(DreamerState, state)
-        belief = st.belief.update(obs)
+        belief = st.belief.observe(obs)
         st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator)
         carry = self.policy.posterior(obs, st)
-        self.policy._bind(belief)
-        plan = self.planner.plan(carry)
+        plan = self.planner.plan(carry, belief)
         actions = list(plan.chosen.candidate.actions)
         info = {"plan": plan.as_dict(), "explanation": plan.to_markdown()}
         return actions, self.policy.advance(belief, carry, actions, st.generator), info

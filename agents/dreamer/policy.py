@@ -1,29 +1,28 @@
-"""``DreamerPolicy``: a trained Dreamer run dir behind the :class:`agents.policy.Policy` protocol.
+"""``DreamerPolicy``: a trained Dreamer run dir as a :class:`envs.core.policy.Policy`.
 
 ``DreamerPolicy(run_dir)`` reads the run's ``config.yaml`` (validated by
-:func:`agents.dreamer.config.dreamer_config`), builds the env of the run (never reset: its
-encoder, masks and decoding are used) and loads ``agent.pt`` (``torch.load`` with
-``weights_only=True``: tensors and primitives, no pickled code). For each Telemetry frame:
+:func:`agents.dreamer.config.dreamer_config`), builds the run's observation encoder and
+:class:`~envs.gym.codec.ActionCodec` from its (first) scenario, and loads ``agent.pt``
+(``torch.load`` with ``weights_only=True``: tensors and primitives, no pickled code). No env
+and no simulator are built (a test loads it with :mod:`envs.sim` blocked). For each
+Telemetry frame:
 
-1. the env's :class:`~envs.gym.encoder.ObsEncoder` encodes the frame (the training code
-   path);
-2. the world model's posterior step updates the stream's carry from the frame and the
+1. the stream's :class:`~envs.gym.codec.ControlBelief` takes in the frame;
+2. the :class:`~envs.gym.encoder.ObsEncoder` encodes the frame (the training code path);
+3. the world model's posterior step updates the stream's carry from the frame and the
    features of the previous decision's actions (``is_first`` on the first frame);
-3. the actor picks its mode (or samples, ``deterministic=False``), under the action mask
-   that the env would compute (Remediate / ClusterOps);
-4. the env's own ``decode`` turns the choice into simulator actions against a control plane
-   rebuilt from telemetry (:class:`agents.sb3.policy.ControlBelief`: replicas relative to
-   the frame's ``replicas_desired`` and clamped to the scenario's min/max; the Remediate
-   indices as ``RemediateEnv._remediation`` maps them; rollback only with a previous
-   version; drains off unless ``allow_drain``), exactly as SB3 policies do;
-5. :class:`~envs.gym.encoder.ActionEncoder` encodes what was done, for the next posterior
+4. the actor picks its mode (or samples, ``deterministic=False``), under the codec's action
+   mask for the belief (Remediate / ClusterOps / HPATune);
+5. the codec decodes the choice under the belief, as the env does (drains are masked
+   unless ``allow_drain``: telemetry does not say which nodes are ready; see
+   :mod:`agents.sb3.policy`), and the belief moves by the actions taken;
+6. :class:`~envs.gym.encoder.ActionEncoder` encodes what was done, for the next posterior
    step.
 
-For an ``env=hpa_tune`` run (:class:`~envs.gym.envs.HPATuneEnv`) step 4 is the env's own
-:meth:`~envs.gym.envs.HPATuneEnv.decide`: the env's HPA reconciles on the frame with the
-chosen CPU targets, from the stream's HPA state (kept in :class:`DreamerState`), and the
-remediation decodes as above; step 5 encodes the choice (``onehot @ M``), as the env
-reports it in training.
+For an ``env=hpa_tune`` run step 5 is what :meth:`~envs.gym.envs.HPATuneEnv.decide` does:
+the tuned HPA reconciles on the frame with the chosen CPU targets, from the stream's HPA
+state (kept in :class:`DreamerState`), and the codec adds the remediation; step 6 encodes
+the choice (``onehot @ M``), as the env reports it in training.
 
 The state of a stream (:class:`DreamerState`) is explicit: the control belief, the world
 model's carry, the previous action's features, whether the next frame is the first and,
@@ -39,17 +38,17 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from agents.baselines.tuned import load_settings, make_hpa
 from agents.dreamer.actor_critic import ActionSpec
 from agents.dreamer.agent import AgentState, DreamerAgent
-from agents.dreamer.envs import make_env, run_scenarios
+from agents.dreamer.envs import ENV_CLASSES, run_scenarios
 from agents.dreamer.train import load_run_config
-from agents.sb3.policy import ControlBelief, control_view
 from agents.world_model.config import ObsLayout
 from agents.world_model.rssm import Carry
-from envs.gym.envs import HPATuneEnv
-from envs.sim.actions import Action
-from envs.sim.simulator import Simulator
-from envs.sim.telemetry import Telemetry
+from envs.core.actions import Action
+from envs.core.telemetry import Telemetry
+from envs.gym.codec import ActionCodec, ControlBelief, control_spec
+from envs.gym.encoder import ObsEncoder
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class DreamerState:
 
 
 class DreamerPolicy:
-    """A trained Dreamer agent as a :class:`agents.policy.Policy`; see the module docstring.
+    """A trained Dreamer agent as a :class:`envs.core.policy.Policy`; see the module docstring.
 
     Args:
         run_dir: An ``opsworld train agent=dreamer`` run dir (``config.yaml``, ``agent.pt``).
@@ -93,7 +92,10 @@ class DreamerPolicy:
     Attributes:
         name: ``dreamer``.
         config: The run's config.
-        env: The (never reset) env whose encoder, masks and decode are used.
+        scenario: The run's (first) training scenario.
+        encoder: The observation encoder of the run's env.
+        codec: The action codec of the run's env.
+        hpa: The tuned HPA of an ``hpa_tune`` run (None otherwise).
         agent: The world model and actor-critic.
     """
 
@@ -114,10 +116,16 @@ class DreamerPolicy:
         self.seed = seed
         if threads is not None:
             torch.set_num_threads(threads)
-        self.env = make_env(self.config, run_scenarios(self.config))
-        self.spec = ActionSpec.from_env(self.env)
+        self.scenario = scenario = run_scenarios(self.config)[0]
+        self.encoder = ObsEncoder(tuple(scenario.service_names))
+        layout = ENV_CLASSES[self.config.env.name].layout
+        self.codec = ActionCodec(layout, control_spec(scenario), allow_drain=allow_drain)
+        self.hpa: Any = None  # the tuned HPA (an HPAPolicy) of an hpa_tune run
+        if layout == "hpa_tune":
+            self.hpa = make_hpa(load_settings(), scenario)
+        self.spec = ActionSpec.from_codec(self.codec)
         self.agent = DreamerAgent(
-            ObsLayout.from_encoder(self.env.encoder),
+            ObsLayout.from_encoder(self.encoder),
             self.spec,
             self.config.agent,
             seed=seed,
@@ -132,48 +140,41 @@ class DreamerPolicy:
             self.config.eval.deterministic if deterministic is None else deterministic
         )
         self.allow_drain = allow_drain
-        self._initial = [s.replicas.initial for s in self.env.specs]
 
     def reset(self, n: int = 1) -> DreamerState | list[DreamerState]:
         """Fresh state: one :class:`DreamerState` (``n == 1``) or a list of ``n``."""
         states = [
             DreamerState(
-                ControlBelief.initial(self._initial),
+                ControlBelief.initial(self.codec.spec),
                 self.agent.wm.initial(1),
                 torch.zeros(1, self.spec.feature_size),
                 generator=torch.Generator().manual_seed(self.seed + i),
-                hpa=self.env.hpa.reset(1) if isinstance(self.env, HPATuneEnv) else None,
+                hpa=self.hpa.reset(1) if self.hpa is not None else None,
             )
             for i in range(n)
         ]
         return states[0] if n == 1 else states
 
-    def _bind(self, belief: ControlBelief) -> None:
-        view = control_view(belief, self.env.n_nodes, self.allow_drain)
-        self.env.sim = cast(Simulator, view)  # duck-typed: decode and masks read engine.cp
-
     def action_masks(self, belief: ControlBelief) -> np.ndarray:
-        """The env's ``action_masks()`` under ``belief`` (True = valid)."""
-        self._bind(belief)
-        return self.env.action_masks()
+        """The codec's masks under ``belief`` (True = valid)."""
+        return self.codec.masks(belief)
 
     def decode(self, index: np.ndarray, belief: ControlBelief) -> list[Action]:
-        """The env's ``decode`` of per-dimension indices under ``belief``.
+        """The codec's decoding of per-dimension indices under ``belief``.
 
         Not for ``hpa_tune``: its decision needs the frame and the HPA's state (:meth:`act`).
         """
-        self._bind(belief)
-        return self.env.decode(self.spec.to_env(index))
+        return self.codec.decode(self.spec.to_env(index), belief)
 
     def step(self, obs: Telemetry, state: DreamerState) -> tuple[np.ndarray, Carry, np.ndarray]:
         """Posterior step and actor choice: ``(indices [dims], carry, mask)``.
 
-        ``state.belief`` must already include ``obs`` (:meth:`ControlBelief.update`).
+        ``state.belief`` must already include ``obs`` (:meth:`ControlBelief.observe`).
         """
         belief = state.belief
         mask = self.action_masks(belief)
         idx, carry = self.agent.act(
-            self.env.encoder.encode(obs)[None],
+            self.encoder.encode(obs)[None],
             np.array([float(state.first)]),
             AgentState(state.carry, state.prev_action),
             mask[None] if self.spec.masked else None,
@@ -185,7 +186,7 @@ class DreamerPolicy:
     def posterior(self, obs: Telemetry, state: DreamerState) -> Carry:
         """The world model's posterior carry after ``obs`` (no actor)."""
         return self.agent.observe(
-            self.env.encoder.encode(obs)[None],
+            self.encoder.encode(obs)[None],
             np.array([float(state.first)]),
             AgentState(state.carry, state.prev_action),
             sample=not self.deterministic,
@@ -207,9 +208,9 @@ class DreamerPolicy:
         ``hpa_tune`` run feeds the choice's); ``hpa`` is the HPA's state after the step.
         """
         if features is None:
-            features = self.env.action_encoder.encode(actions, belief.desired)
+            features = self.codec.action_encoder.encode(actions, belief.desired)
         return DreamerState(
-            belief,
+            belief.after(actions, self.codec.services),
             carry,
             torch.as_tensor(features)[None],
             first=False,
@@ -229,19 +230,20 @@ class DreamerPolicy:
             dimension) and ``masked_out`` (the remediation chosen was invalid: nothing done).
         """
         st = cast(DreamerState, state)
-        belief = st.belief.update(obs)
+        belief = st.belief.observe(obs)
         st = DreamerState(belief, st.carry, st.prev_action, st.first, st.generator, st.hpa)
         idx, carry, mask = self.step(obs, st)
         choice = self.spec.to_env(idx)
         info: dict[str, Any] = {
             "action": idx.tolist(),
-            "masked_out": self.env.masked_out(choice, mask),
+            "masked_out": self.codec.masked_out(choice, mask),
         }
-        if isinstance(self.env, HPATuneEnv):
-            self._bind(belief)
-            actions, hpa, _ = self.env.decide(choice, obs, st.hpa)
-            info["hpa_targets"] = list(self.env.targets(choice).values())
-            features = self.env.choice_features(choice)
+        if self.hpa is not None:
+            targets = self.codec.targets(choice)
+            scaling, hpa, _ = self.hpa.act(obs, st.hpa, targets)
+            actions = self.codec.decode(choice, belief, scaling)
+            info["hpa_targets"] = list(targets.values())
+            features = self.codec.choice_features(choice)
             return actions, self.advance(belief, carry, actions, st.generator, features, hpa), info
         actions = self.decode(idx, belief)
         return actions, self.advance(belief, carry, actions, st.generator), info

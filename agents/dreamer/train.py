@@ -68,10 +68,10 @@ from agents.dreamer.envs import (
     seeds,
     shortest_episode,
 )
-from agents.policy import Policy
 from agents.world_model.config import ObsLayout
 from agents.world_model.replay import Replay
 from agents.world_model.rssm import Carry
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 
 STATE_FORMAT = "opsworld.dreamer.checkpoint/1"

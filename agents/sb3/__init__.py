@@ -5,7 +5,7 @@
 * :mod:`agents.sb3.callbacks`: the ``env/...`` episode metrics and best-model statistics;
 * :mod:`agents.sb3.train`: :func:`~agents.sb3.train.train_agent`, the training run;
 * :mod:`agents.sb3.policy`: :class:`~agents.sb3.policy.SB3Policy`, a trained run dir behind
-  the :class:`agents.policy.Policy` protocol (trusted run dirs only: SB3 zips hold pickles).
+  the :class:`envs.core.policy.Policy` protocol (trusted run dirs only: SB3 zips hold pickles).
 
 ``docs/training.md`` is the user guide.
 """

@@ -52,6 +52,7 @@ EVAL_STREAM = 1
 FORKSERVER_PRELOAD: tuple[str, ...] = (
     "stable_baselines3.common.vec_env.subproc_vec_env",
     "agents.sb3.envs",
+    "envs.sim.simulator",  # the envs import it at their first reset
 )
 """Modules the forkserver imports once for all ``SubprocVecEnv`` workers."""
 

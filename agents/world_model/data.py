@@ -42,11 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from agents.policy import Policy, StaticPolicy
-from envs.gym.envs import SCALE_DELTAS, SHED_LEVELS, ClusterOpsEnv
+from agents.policy import StaticPolicy
+from envs.core.actions import Action, Scale
+from envs.core.policy import Policy
+from envs.gym.codec import SCALE_DELTAS, SHED_LEVELS
+from envs.gym.envs import ClusterOpsEnv
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import Suite, SuiteEntry
-from envs.sim.actions import Action, Scale
 
 BEHAVIOURS: tuple[str, ...] = ("static", "hpa", "tuned_hpa", "runbook", "explore")
 """Behaviour policies :func:`run_episode` knows."""

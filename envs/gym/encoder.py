@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 
-from envs.sim.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
+from envs.core.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
+from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, Telemetry
 
 SERVICE_FEATURES: tuple[str, ...] = (
     "rps",
@@ -167,6 +169,33 @@ class ObsEncoder:
         return out
 
 
+def observation_space(encoder: ObsEncoder, kind: str = "box") -> spaces.Space[Any]:
+    """The Gymnasium space of ``encoder``'s output: ``"box"`` (flat) or ``"dict"``.
+
+    The environments and the policy adapters build their observation space here, so a
+    policy checks a saved model against the space without building an env.
+    """
+    s, f, c = encoder.n_services, len(encoder.service_features), len(encoder.cluster_features)
+    big = BOUND
+    if kind == "box":
+        n_val = s * f + c
+        n_time = len(TIME_FEATURES)
+        low = np.concatenate([np.full(n_val, -big), -np.ones(n_time), np.zeros(n_val)])
+        high = np.concatenate([np.full(n_val, big), np.ones(n_time), np.ones(n_val)])
+        return spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+    if kind == "dict":
+        return spaces.Dict(
+            {
+                "service_values": spaces.Box(-big, big, (s, f), np.float32),
+                "mask": spaces.Box(0.0, 1.0, (s, f), np.float32),
+                "cluster": spaces.Box(-big, big, (c,), np.float32),
+                "cluster_mask": spaces.Box(0.0, 1.0, (c,), np.float32),
+                "time": spaces.Box(-1.0, 1.0, (len(TIME_FEATURES),), np.float32),
+            }
+        )
+    raise ValueError(f"obs must be 'box' or 'dict', got {kind!r}")
+
+
 def symlog_scalar(x: float) -> float:
     """:func:`symlog` of one number."""
     return float(np.sign(x) * np.log1p(abs(x)))
@@ -212,8 +241,6 @@ class ActionEncoder:
         ``desired`` holds the desired replicas per service (topology order) when they were
         taken.
         """
-        from envs.sim.actions import DrainNode, Restart, Rollback, Scale, ShedLoad
-
         index = {name: i for i, name in enumerate(self.services)}
         k = len(ACTION_SERVICE_FEATURES)
         out = np.zeros(self.size, dtype=np.float32)

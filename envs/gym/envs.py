@@ -11,36 +11,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
-from envs.gym.encoder import (
-    BOUND,
-    CLUSTER_FEATURES,
-    SERVICE_FEATURES,
-    TIME_FEATURES,
-    ActionEncoder,
-    ObsEncoder,
-    symlog_scalar,
-)
+from envs.core.actions import Action
+from envs.core.telemetry import Telemetry
+from envs.gym.codec import ActionCodec, ControlBelief, control_spec
+from envs.gym.encoder import ActionEncoder, ObsEncoder, observation_space
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action, DrainNode, Restart, Rollback, Scale, ShedLoad
-from envs.sim.cluster import NodeState
-from envs.sim.simulator import Simulator
-from envs.sim.telemetry import Telemetry
+from envs.scenarios.scoring import TrustedReady
 
-SCALE_DELTAS: tuple[int, ...] = (-2, -1, 0, 1, 2)
-"""Replica changes a scaling dimension can ask for (index 2 = keep)."""
-SERVICE_REMEDIATIONS: tuple[str, ...] = ("restart", "rollback", "scale_up")
-SHED_LEVELS: tuple[float, ...] = (0.0, 0.25, 0.5)
-HPA_TARGETS: tuple[int, ...] = (30, 40, 50, 60, 70)
-"""CPU utilisation targets (percent) an :class:`HPATuneEnv` dimension picks from (index 2 =
-50 %, the tuned HPA's)."""
-DISRUPTIVE = (Restart, Rollback, DrainNode)
+if TYPE_CHECKING:
+    from envs.sim.simulator import Simulator
 
 
 @dataclass(frozen=True)
@@ -53,9 +38,17 @@ class RewardWeights:
 
 
 class ClusterEnv(gym.Env[Any, Any]):
-    """Base class: see :class:`AutoscaleEnv` for the shared spec."""
+    """Base class: see :class:`AutoscaleEnv` for the shared spec.
+
+    Subclasses set :attr:`layout` (an :mod:`envs.gym.codec` layout). Actions decode through
+    the env's :class:`~envs.gym.codec.ActionCodec` under its
+    :class:`~envs.gym.codec.ControlBelief`, which is updated from the frames the env emits
+    and the actions it applies only, exactly as a served policy decodes: the env never
+    reads the control plane to decode or mask.
+    """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium's convention)
+    layout = "autoscale"
 
     def __init__(
         self,
@@ -95,152 +88,46 @@ class ClusterEnv(gym.Env[Any, Any]):
         self.action_encoder = ActionEncoder(self.services)
         self.specs = base.topology.services
         self.n_nodes = base.cluster.nodes
-        s, f, c = len(self.services), len(SERVICE_FEATURES), len(CLUSTER_FEATURES)
-        big = BOUND
-        if obs == "box":
-            n_val = s * f + c
-            low = np.concatenate([np.full(n_val, -big), -np.ones(4), np.zeros(n_val)])
-            high = np.concatenate([np.full(n_val, big), np.ones(4), np.ones(n_val)])
-            self.observation_space: spaces.Space[Any] = spaces.Box(
-                low.astype(np.float32), high.astype(np.float32), dtype=np.float32
-            )
-        else:
-            self.observation_space = spaces.Dict(
-                {
-                    "service_values": spaces.Box(-big, big, (s, f), np.float32),
-                    "mask": spaces.Box(0.0, 1.0, (s, f), np.float32),
-                    "cluster": spaces.Box(-big, big, (c,), np.float32),
-                    "cluster_mask": spaces.Box(0.0, 1.0, (c,), np.float32),
-                    "time": spaces.Box(-1.0, 1.0, (len(TIME_FEATURES),), np.float32),
-                }
-            )
+        self.codec = ActionCodec(self.layout, control_spec(base))
+        self.action_space = self.codec.action_space()
+        self.observation_space = observation_space(self.encoder, obs)
+        self.belief = ControlBelief.initial(self.codec.spec)
         self.sim: Simulator | None = None
         self._frame: Telemetry | None = None
+        s = len(self.services)
         self._last_viol = np.zeros(s)
         self._slo_mask = np.zeros(s, dtype=bool)
         self._base_cost_rate = 1.0
         self._last_cost = 0.0
+        self._ready: TrustedReady | None = None
 
     # ------------------------------------------------------------------ actions
-    def decode(self, action: Any) -> list[Action]:
-        """Translate an element of ``action_space`` into simulator actions."""
-        raise NotImplementedError
-
-    def _scaling(self, deltas: np.ndarray) -> list[Action]:
-        cp = self._sim.engine.cp
-        out: list[Action] = []
-        for i, k in enumerate(deltas):
-            delta = SCALE_DELTAS[int(k)]
-            if delta == 0:
-                continue
-            r = self.specs[i].replicas
-            target = int(np.clip(cp.desired[i] + delta, r.min, r.max))
-            if target != cp.desired[i]:
-                out.append(Scale(self.services[i], target))
-        return out
-
     @property
     def n_remediations(self) -> int:
         """Size of the remediation choice (no-op included)."""
-        return (
-            1 + len(SERVICE_REMEDIATIONS) * len(self.services) + len(SHED_LEVELS) + (self.n_nodes)
-        )
+        return self.codec.n_remediations
 
-    def _remediation(self, k: int) -> list[Action]:
-        if k == 0:
-            return []
-        k -= 1
-        n_svc = len(SERVICE_REMEDIATIONS) * len(self.services)
-        if k < n_svc:
-            svc, what = divmod(k, len(SERVICE_REMEDIATIONS))
-            name = self.services[svc]
-            kind = SERVICE_REMEDIATIONS[what]
-            if kind == "restart":
-                return [Restart(name)]
-            if kind == "rollback":
-                return [Rollback(name)]
-            cp = self._sim.engine.cp
-            return [Scale(name, min(cp.desired[svc] + 1, self.specs[svc].replicas.max))]
-        k -= n_svc
-        if k < len(SHED_LEVELS):
-            return [ShedLoad(SHED_LEVELS[k])]
-        return [DrainNode(k - len(SHED_LEVELS))]
-
-    def _remediation_mask(self) -> np.ndarray:
-        cp = self._sim.engine.cp
-        mask = np.ones(self.n_remediations, dtype=bool)
-        for svc in range(len(self.services)):
-            base = 1 + svc * len(SERVICE_REMEDIATIONS)
-            mask[base + 1] = bool(cp.history[svc])  # rollback needs a previous version
-            mask[base + 2] = cp.desired[svc] < self.specs[svc].replicas.max
-        base = 1 + len(SERVICE_REMEDIATIONS) * len(self.services)
-        for j, level in enumerate(SHED_LEVELS):
-            mask[base + j] = abs(level - cp.shed_fraction) > 1e-9
-        base += len(SHED_LEVELS)
-        for node in range(self.n_nodes):
-            ok = node < len(cp.nodes) and cp.nodes[node].state == NodeState.READY
-            mask[base + node] = ok
-        return mask
-
-    def _with_remediation(self, scaling: list[Action], k: int) -> list[Action]:
-        """``scaling`` plus remediation ``k`` (nothing if masked).
-
-        A remediation's scale-up of a service replaces that service's Scale in ``scaling``.
-        """
-        extra = self._remediation(k) if self._remediation_mask()[k] else []
-        touched = {x.service for x in extra if isinstance(x, Scale)}
-        kept = [x for x in scaling if not (isinstance(x, Scale) and x.service in touched)]
-        return kept + extra
-
-    def _masks_then_remediation(self, n_free: int) -> np.ndarray:
-        """``n_free`` always-valid choices, then the remediation mask.
-
-        The flat mask layout of a MultiDiscrete space whose last dimension is the remediation.
-        """
-        return np.concatenate([np.ones(n_free, dtype=bool), self._remediation_mask()])
+    def decode(self, action: Any) -> list[Action]:
+        """Translate an element of ``action_space`` into typed actions (under the belief)."""
+        return self.codec.decode(action, self.belief)
 
     def masked_out(self, action: Any, masks: np.ndarray) -> bool:
         """Whether ``action`` chose a remediation that ``masks`` rules out (a no-op then).
 
         ``masks`` is this env's ``action_masks()`` at the time of the choice.
         """
-        return False
+        return self.codec.masked_out(action, masks)
 
     def action_masks(self) -> np.ndarray:
         """Valid actions (True = valid), flat as sb3-contrib's MaskablePPO reads them."""
-        raise NotImplementedError
+        return self.codec.masks(self.belief)
 
     def action_feature_matrix(self) -> np.ndarray:
         """``M`` with ``onehot(action) @ M`` = the action's :class:`ActionEncoder` features.
 
-        Clamps and masks are ignored (they need the cluster's state). ``onehot``
-        concatenates one one-hot per action dimension (MultiDiscrete) or is one one-hot
-        (Discrete). A world model imagines with this linear map.
+        See :meth:`envs.gym.codec.ActionCodec.feature_matrix`.
         """
-        raise NotImplementedError
-
-    def _scaling_matrix(self) -> np.ndarray:
-        s, n = len(self.services), len(SCALE_DELTAS)
-        m = np.zeros((s * n, self.action_encoder.size), dtype=np.float32)
-        for i in range(s):
-            for k, d in enumerate(SCALE_DELTAS):
-                m[i * n + k, 3 * i] = symlog_scalar(d)
-        return m
-
-    def _remediation_matrix(self) -> np.ndarray:
-        s, r = len(self.services), len(SERVICE_REMEDIATIONS)
-        m = np.zeros((self.n_remediations, self.action_encoder.size), dtype=np.float32)
-        for svc in range(s):
-            base = 1 + svc * r
-            m[base + 0, 3 * svc + 1] = 1.0  # restart
-            m[base + 1, 3 * svc + 2] = 1.0  # rollback
-            m[base + 2, 3 * svc] = symlog_scalar(1.0)  # scale up by one
-        base = 1 + r * s
-        for j, level in enumerate(SHED_LEVELS):
-            m[base + j, -3] = 1.0
-            m[base + j, -2] = level
-        m[base + len(SHED_LEVELS) :, -1] = 1.0
-        return m
+        return self.codec.feature_matrix()
 
     # ------------------------------------------------------------------ gym API
     @property
@@ -263,9 +150,16 @@ class ClusterEnv(gym.Env[Any, Any]):
             idx = int(self.np_random.integers(len(self.scenarios)))
         sc = self.scenarios[int(idx)]
         sim_seed = int(self.np_random.integers(2**31 - 1))
+        # Imported here, not at module level: the policies build their codec and encoder
+        # from this package without the simulator (see envs.gym.codec).
+        from envs.sim.simulator import Simulator
+
         self.sim = Simulator(sc, fidelity=self.fidelity, seed=sim_seed)
         frame = self.sim.reset()
         self._frame = frame
+        self.belief = ControlBelief.initial(self.codec.spec).observe(frame)
+        self._ready = TrustedReady(self.sim.scenario)
+        self._ready.observe(frame)
         eng = self.sim.engine
         self._last_viol = eng.violation_s.copy()
         self._slo_mask = ~np.isnan(eng.slo_p99)
@@ -276,32 +170,41 @@ class ClusterEnv(gym.Env[Any, Any]):
 
     @property
     def frame(self) -> Telemetry:
-        """The latest telemetry frame (what a :class:`~agents.policy.Policy` decides on)."""
+        """The latest telemetry frame (what a :class:`~envs.core.policy.Policy` decides on)."""
         if self._frame is None:
             raise RuntimeError("call reset() first")
         return self._frame
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Apply ``action``, run one decision interval, return the Gymnasium 5-tuple."""
-        assert self.action_space.contains(action), f"invalid action {action!r}"
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r}: not in {self.action_space}")
         return self.step_actions(self.decode(action))
 
     def step_actions(
         self, actions: Sequence[Action]
     ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """As :meth:`step`, with simulator actions instead of an element of ``action_space``.
+        """As :meth:`step`, with typed actions instead of an element of ``action_space``.
 
-        For baseline policies (which speak simulator actions); ``info["action_features"]``
-        encodes the actions with :class:`~envs.gym.encoder.ActionEncoder`.
+        For baseline policies (which speak typed actions); ``info["action_features"]``
+        encodes the actions with :class:`~envs.gym.encoder.ActionEncoder`. An action the
+        cluster refuses now (a drain of a node that is gone, a rollback with no previous
+        version: what the belief cannot see) is not applied, not counted and listed in
+        ``info["refused"]``.
         """
         sim = self._sim
-        actions = list(actions)
-        features = self.action_encoder.encode(actions, sim.engine.cp.desired)
+        actions, refused = sim.admissible(list(actions))
+        features = self.action_encoder.encode(actions, self.belief.desired)
+        disruptive = sum(self._trusted_ready.disruptive(a) for a in actions)
         frames = sim.step(actions)
+        self.belief = self.belief.after(actions, self.services)
+        for f in frames:
+            self.belief = self.belief.observe(f)
+            self._trusted_ready.observe(f)
         frame = frames[-1] if frames else self._frame
         assert frame is not None
         self._frame = frame
-        reward, parts = self._reward(actions)
+        reward, parts = self._reward(disruptive)
         truncated = sim.done
         info = {
             "t": sim.now,
@@ -309,10 +212,18 @@ class ClusterEnv(gym.Env[Any, Any]):
             "reward_components": parts,
             "action_features": features,
         }
+        if refused:
+            info["refused"] = [f"{a!r}: {why}" for a, why in refused]
         return self._observe(frame), reward, False, truncated, info
 
+    @property
+    def _trusted_ready(self) -> TrustedReady:
+        if self._ready is None:
+            raise RuntimeError("call reset() before step()")
+        return self._ready
+
     # ------------------------------------------------------------------ reward
-    def _reward(self, actions: list[Action]) -> tuple[float, dict[str, float]]:
+    def _reward(self, disruptive: int) -> tuple[float, dict[str, float]]:
         eng = self._sim.engine
         dt = self._sim.scenario.decision_interval_s
         viol = eng.violation_s
@@ -322,10 +233,6 @@ class ClusterEnv(gym.Env[Any, Any]):
         cost_total = eng.cp.allocated_cost()
         cost = (cost_total - self._last_cost) / (self._base_cost_rate * dt / 3600.0)
         self._last_cost = cost_total
-        disruptive = sum(
-            isinstance(a, DISRUPTIVE) or (isinstance(a, ShedLoad) and a.fraction > 0)
-            for a in actions
-        )
         w = self.weights
         parts = {
             "slo_violation": slo,
@@ -392,7 +299,10 @@ _SPEC_COMMON = """
       itself does not move when pods scale within fixed nodes, so it would make
       over-provisioning free; an agent trained on it learned to scale everything to its
       maximum;
-    * ``disruption``: number of disruptive actions (restart, rollback, drain, shedding > 0).
+    * ``disruption``: number of disruptive actions applied in the step, as the scorer counts
+      them (:func:`envs.core.actions.is_disruptive`): restart, rollback, drain, shedding > 0,
+      and a scale-down below the service's ready replicas (from the latest trustworthy
+      frame, :class:`envs.scenarios.scoring.TrustedReady`).
 
     Defaults ``w_slo = 1``, ``w_cost = 0.2``, ``w_disruption = 0.05``
     (:class:`RewardWeights`). SLO violation and cost come from the ground truth, never from
@@ -421,7 +331,10 @@ _SPEC_COMMON = """
 
     ## Version History
 
-    * v0: first version.
+    * v0: first version. Since the action codec (issue 10): actions decode under a
+      telemetry-only :class:`~envs.gym.codec.ControlBelief`, an action the cluster refuses
+      is dropped (``info["refused"]``), and ``disruption`` counts scale-downs below the
+      ready replicas (the scorer's definition).
 """
 
 
@@ -443,21 +356,7 @@ class AutoscaleEnv(ClusterEnv):
     start-up time; a scale request reaches the cluster after ``actuation_delay_s``.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.action_space = spaces.MultiDiscrete([len(SCALE_DELTAS)] * len(self.services))
-
-    def decode(self, action: Any) -> list[Action]:
-        """Per-service replica deltas -> Scale actions."""
-        return self._scaling(np.asarray(action))
-
-    def action_masks(self) -> np.ndarray:
-        """All scaling choices are valid (they are clamped)."""
-        return np.ones(len(SCALE_DELTAS) * len(self.services), dtype=bool)
-
-    def action_feature_matrix(self) -> np.ndarray:
-        """See :meth:`ClusterEnv.action_feature_matrix`."""
-        return self._scaling_matrix()
+    layout = "autoscale"
 
 
 class RemediateEnv(ClusterEnv):
@@ -486,28 +385,7 @@ class RemediateEnv(ClusterEnv):
     action that is masked out is still accepted and becomes a no-op.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.action_space = spaces.Discrete(self.n_remediations)
-
-    def decode(self, action: Any) -> list[Action]:
-        """One remediation index -> at most one action (masked choices do nothing)."""
-        k = int(action)
-        if not self._remediation_mask()[k]:
-            return []
-        return self._remediation(k)
-
-    def action_masks(self) -> np.ndarray:
-        """Valid remediation indices (True = valid)."""
-        return self._remediation_mask()
-
-    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
-        """See :meth:`ClusterEnv.masked_out`."""
-        return not bool(masks[int(action)])
-
-    def action_feature_matrix(self) -> np.ndarray:
-        """See :meth:`ClusterEnv.action_feature_matrix`."""
-        return self._remediation_matrix()
+    layout = "remediate"
 
 
 class ClusterOpsEnv(ClusterEnv):
@@ -527,28 +405,7 @@ class ClusterOpsEnv(ClusterEnv):
     layout).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.action_space = spaces.MultiDiscrete(
-            [len(SCALE_DELTAS)] * len(self.services) + [self.n_remediations]
-        )
-
-    def decode(self, action: Any) -> list[Action]:
-        """Deltas, then the remediation; a later Scale of the same service replaces one."""
-        a = np.asarray(action)
-        return self._with_remediation(self._scaling(a[:-1]), int(a[-1]))
-
-    def action_masks(self) -> np.ndarray:
-        """Scaling dims all valid, then the remediation mask."""
-        return self._masks_then_remediation(len(SCALE_DELTAS) * len(self.services))
-
-    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
-        """See :meth:`ClusterEnv.masked_out`."""
-        return not bool(masks[-self.n_remediations :][int(np.asarray(action)[-1])])
-
-    def action_feature_matrix(self) -> np.ndarray:
-        """See :meth:`ClusterEnv.action_feature_matrix`."""
-        return np.concatenate([self._scaling_matrix(), self._remediation_matrix()])
+    layout = "cluster_ops"
 
 
 class HPATuneEnv(ClusterEnv):
@@ -583,19 +440,15 @@ class HPATuneEnv(ClusterEnv):
     ``step_actions`` bypasses the HPA (a baseline's actions are applied alone).
     """
 
+    layout = "hpa_tune"
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.action_space = spaces.MultiDiscrete(
-            [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
-        )
         from agents.baselines.tuned import load_settings  # lazily: envs must not import agents
 
         self._hpa_settings = load_settings()  # read once, not at every episode's reset
         self.hpa = self._make_hpa(self.scenarios[0])
         self.hpa_state: Any = self.hpa.reset(1)
-        nvec = [len(HPA_TARGETS)] * len(self.services) + [self.n_remediations]
-        self._offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]).astype(np.int64)
-        self._choice_matrix = self.action_feature_matrix()
 
     def _make_hpa(self, scenario: Scenario) -> Any:
         """The tuned HPA on ``scenario`` (imported lazily: envs must not import agents)."""
@@ -614,59 +467,38 @@ class HPATuneEnv(ClusterEnv):
 
     def targets(self, action: Any) -> dict[str, int]:
         """The CPU target (percent) per service that ``action`` chooses."""
-        a = np.asarray(action)
-        return {name: HPA_TARGETS[int(k)] for name, k in zip(self.services, a[:-1], strict=True)}
+        return self.codec.targets(action)
 
     def decide(
-        self, action: Any, frame: Telemetry, hpa_state: Any
+        self, action: Any, frame: Telemetry, hpa_state: Any, belief: ControlBelief
     ) -> tuple[list[Action], Any, dict[str, Any]]:
-        """``action`` -> simulator actions on ``frame``, from the HPA's state ``hpa_state``.
+        """``action`` -> typed actions on ``frame``, from the HPA's state ``hpa_state``.
 
-        The HPA reconciles with the chosen targets, the remediation decodes as in
-        :class:`ClusterOpsEnv` (masked choices do nothing; its scale-up replaces the HPA's
-        Scale of the same service). Pure: returns ``(actions, new HPA state, HPA info)``.
-        The env and :class:`agents.dreamer.policy.DreamerPolicy` both decide through here.
+        The HPA reconciles with the chosen targets, the remediation decodes under
+        ``belief`` as in :class:`ClusterOpsEnv` (masked choices do nothing; its scale-up
+        replaces the HPA's Scale of the same service). Pure: returns ``(actions, new HPA
+        state, HPA info)``.
         """
-        a = np.asarray(action)
-        scaling, new_state, info = self.hpa.act(frame, hpa_state, self.targets(a))
-        return self._with_remediation(scaling, int(a[-1])), new_state, info
+        scaling, new_state, info = self.hpa.act(frame, hpa_state, self.targets(action))
+        return self.codec.decode(action, belief, scaling), new_state, info
 
     def decode(self, action: Any) -> list[Action]:
         """What ``action`` would do now (the HPA's state is not advanced; :meth:`step` does)."""
-        return self.decide(action, self.frame, self.hpa_state)[0]
+        return self.decide(action, self.frame, self.hpa_state, self.belief)[0]
 
     def choice_features(self, action: Any) -> np.ndarray:
         """``onehot(action) @ action_feature_matrix()``: the features of the choice."""
-        a = np.asarray(action, dtype=np.int64).reshape(-1)
-        onehot = np.zeros(len(self._choice_matrix), dtype=np.float32)
-        onehot[self._offsets + a] = 1.0
-        return (onehot @ self._choice_matrix).astype(np.float32)
+        return self.codec.choice_features(action)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """The HPA reconciles with the chosen targets; its actions and the remediation run."""
-        assert self.action_space.contains(action), f"invalid action {action!r}"
-        actions, self.hpa_state, _ = self.decide(action, self.frame, self.hpa_state)
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r}: not in {self.action_space}")
+        actions, self.hpa_state, _ = self.decide(action, self.frame, self.hpa_state, self.belief)
         obs, reward, terminated, truncated, info = self.step_actions(actions)
         info["action_features"] = self.choice_features(action)
         info["hpa_targets"] = list(self.targets(action).values())
         return obs, reward, terminated, truncated, info
-
-    def action_masks(self) -> np.ndarray:
-        """Target dims all valid, then the remediation mask."""
-        return self._masks_then_remediation(len(HPA_TARGETS) * len(self.services))
-
-    def masked_out(self, action: Any, masks: np.ndarray) -> bool:
-        """See :meth:`ClusterEnv.masked_out`."""
-        return not bool(masks[-self.n_remediations :][int(np.asarray(action)[-1])])
-
-    def action_feature_matrix(self) -> np.ndarray:
-        """See :meth:`ClusterEnv.action_feature_matrix` and the class docstring."""
-        s, n = len(self.services), len(HPA_TARGETS)
-        m = np.zeros((s * n, self.action_encoder.size), dtype=np.float32)
-        for i in range(s):
-            for k, target in enumerate(HPA_TARGETS):
-                m[i * n + k, 3 * i] = (50.0 - target) / 20.0
-        return np.concatenate([m, self._remediation_matrix()])
 
 
 for _env in (AutoscaleEnv, RemediateEnv, ClusterOpsEnv, HPATuneEnv):

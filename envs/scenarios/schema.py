@@ -50,7 +50,9 @@ class PodSpec(_Strict):
     memory_per_request_mb: NonNegFloat = 1.0
     """Extra memory per request in service or queued on the pod."""
     concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
-    """Worker slots per pod; a slot is held for the whole request, downstream calls included."""
+    """Worker slots per pod. A slot is held only for the service's own processing
+    (``service_time``); the attempt releases it before making its downstream calls, which
+    it then awaits without holding a worker (an asynchronous server)."""
     queue_per_pod: Annotated[int, Field(ge=0)] = 64
     """Requests that may wait per ready pod; arrivals beyond this are dropped (HTTP 503)."""
     service_time: Distribution = Distribution(mean=0.02, cv=1.0)

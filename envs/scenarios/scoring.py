@@ -17,7 +17,7 @@ SLO'd service:
   and no telemetry fault was active at the scrape), which is the engine's exact p99 and so
   reproduces the engine's own ``slo_violation_s`` accounting to the second; otherwise from
   the delta of the cumulative latency histogram with
-  :func:`~envs.sim.telemetry.histogram_quantile` (exact for an SLO threshold that is a
+  :func:`~envs.core.telemetry.histogram_quantile` (exact for an SLO threshold that is a
   bucket bound, interpolated otherwise).
 
 An interval violates a service's SLO when ``p99 > slo.p99_latency_s`` or ``error_rate >
@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from envs.scenarios.schema import Scenario, TelemetryFault
-from envs.sim.actions import DrainNode, Noop, Restart, Rollback, Scale, ShedLoad
-from envs.sim.telemetry import (
+from envs.core.actions import Action, Noop, Scale, is_disruptive
+from envs.core.telemetry import (
     CLUSTER_INDEX,
     COUNTER_FIELDS,
     FIELD_INDEX,
@@ -46,6 +45,7 @@ from envs.sim.telemetry import (
     Telemetry,
     histogram_quantile,
 )
+from envs.scenarios.schema import Scenario, TelemetryFault
 
 if TYPE_CHECKING:
     from envs.sim.simulator import SimResult
@@ -502,39 +502,52 @@ def time_to_mitigate(
     return None, False, impacted, None
 
 
-def count_disruptive(result: SimResult) -> int:
-    """Actions that take serving capacity or traffic away, or replace running pods.
+class TrustedReady:
+    """Ready replicas per service as the latest trustworthy frame shows them.
 
-    ``Restart``, ``Rollback``, ``DrainNode``, ``ShedLoad`` with ``fraction > 0`` (each one
-    issued, repeats included), and ``Scale`` to fewer replicas than the service had ready
-    (it terminates serving pods; a scale-down that only cancels pods not ready yet is not
-    disruptive). Ready replicas are read from the latest trustworthy frame at or before the
-    action (frames inside a telemetry-fault window are skipped), or the initial replicas
-    when there is none.
+    Frames inside a telemetry-fault window (:func:`degraded_times`) are skipped, and so is a
+    service whose ``replicas_ready`` is missing; before any such frame, the initial
+    replicas. Feed frames in time order with :meth:`observe`; :meth:`disruptive` applies
+    :func:`envs.core.actions.is_disruptive` with them. The env reward and
+    :func:`count_disruptive` both count through this class.
     """
-    sc = result.scenario
-    degraded = degraded_times(sc)
-    initial = {s.name: s.replicas.initial for s in sc.topology.services}
-    ready_col = FIELD_INDEX["replicas_ready"]
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.services = tuple(scenario.service_names)
+        self._degraded = degraded_times(scenario)
+        self.ready = np.array([s.replicas.initial for s in scenario.topology.services], float)
+
+    def observe(self, frame: Telemetry) -> None:
+        """Take ``frame``'s ready replicas where it is trustworthy and observed."""
+        if not _trusted(frame, self._degraded):
+            return
+        col = FIELD_INDEX["replicas_ready"]
+        seen = frame.mask[:, col]
+        self.ready[seen] = frame.values[seen, col]
+
+    def disruptive(self, action: Action) -> bool:
+        """:func:`~envs.core.actions.is_disruptive` with the ready replicas known now."""
+        ready = 0.0
+        if isinstance(action, Scale):
+            ready = float(self.ready[self.services.index(action.service)])
+        return is_disruptive(action, ready)
+
+
+def count_disruptive(result: SimResult) -> int:
+    """Disruptive actions of a run (:func:`envs.core.actions.is_disruptive`), repeats included.
+
+    A ``Scale``'s ready replicas are read from the latest trustworthy frame at or before the
+    action (:class:`TrustedReady`).
+    """
+    tracker = TrustedReady(result.scenario)
     frames = result.frames
-    times = np.array([f.t for f in frames])
+    j = 0
     n = 0
     for t, a in result.actions:
-        if isinstance(a, Restart | Rollback | DrainNode):
-            n += 1
-        elif isinstance(a, ShedLoad):
-            n += int(a.fraction > 0)
-        elif isinstance(a, Scale):
-            ready = float(initial[a.service])
-            j = int(np.searchsorted(times, t + _EPS, side="right")) - 1
-            while j >= 0:
-                f = frames[j]
-                row = f.services.index(a.service)
-                if _trusted(f, degraded) and f.mask[row, ready_col]:
-                    ready = float(f.values[row, ready_col])
-                    break
-                j -= 1
-            n += int(a.replicas < ready)
+        while j < len(frames) and frames[j].t <= t + _EPS:
+            tracker.observe(frames[j])
+            j += 1
+        n += int(tracker.disruptive(a))
     return n
 
 

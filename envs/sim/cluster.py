@@ -25,8 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 
-from envs.scenarios.schema import Distribution, Scenario
-from envs.sim.actions import (
+from envs.core.actions import (
     Action,
     DrainNode,
     InvalidActionError,
@@ -35,8 +34,9 @@ from envs.sim.actions import (
     Rollback,
     Scale,
     ShedLoad,
-    validate_action,
 )
+from envs.scenarios.schema import Distribution, Scenario
+from envs.scenarios.validate import validate_action
 
 BACKOFF_INITIAL_S = 10.0
 BACKOFF_MAX_S = 300.0

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action
-from envs.sim.cluster import ControlPlane
-from envs.sim.faults import FaultInjector, traffic_with_faults
-from envs.sim.telemetry import (
+from envs.core.actions import Action
+from envs.core.telemetry import (
     CLUSTER_FIELDS,
     COUNTER_FIELDS,
     FIELD_INDEX,
@@ -29,6 +26,9 @@ from envs.sim.telemetry import (
     SERVICE_FIELDS,
     Telemetry,
 )
+from envs.scenarios.schema import Scenario
+from envs.sim.cluster import ControlPlane
+from envs.sim.faults import FaultInjector, traffic_with_faults
 from envs.sim.traffic import TrafficModel
 
 _F = FIELD_INDEX

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from envs.sim.telemetry import (
+from envs.core.telemetry import (
     CLUSTER_FIELDS,
     COUNTER_FIELDS,
     LATENCY_BUCKETS_S,
@@ -117,7 +117,7 @@ def frames_to_table(frames: list[Telemetry]) -> dict[str, np.ndarray]:
 def table_to_frames(table: dict[str, np.ndarray]) -> list[Telemetry]:
     """Rebuild frames from a table made by :func:`frames_to_table` (or read back from disk).
 
-    Masks are derived from NaNs, as :func:`envs.sim.telemetry.make_frame` does.
+    Masks are derived from NaNs, as :func:`envs.core.telemetry.make_frame` does.
     """
     missing = [c for c in COLUMNS if c not in table]
     if missing:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from envs.core.telemetry import FIELD_INDEX, Telemetry
 from envs.scenarios.schema import (
     BadDeployFault,
     Burst,
@@ -40,7 +41,6 @@ from envs.scenarios.schema import (
     Traffic,
 )
 from envs.sim.cluster import PodState
-from envs.sim.telemetry import FIELD_INDEX, Telemetry
 
 if TYPE_CHECKING:
     from envs.sim.engine import Engine

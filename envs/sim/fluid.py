@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from envs.core.telemetry import LATENCY_BUCKETS_S
 from envs.scenarios.schema import Scenario
 from envs.sim import queueing as q
 from envs.sim.engine import DataPlaneReading, Engine
-from envs.sim.telemetry import LATENCY_BUCKETS_S
 
 _BOUNDS = np.array(LATENCY_BUCKETS_S)
 FIXED_POINT_RTOL = 1e-3

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from envs.core.actions import Action
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action
-from envs.sim.telemetry import Telemetry
 
 GREY = "#b0b0b0"
 

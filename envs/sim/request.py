@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import simpy
 
+from envs.core.telemetry import LATENCY_BUCKETS_S
 from envs.scenarios.schema import Distribution, Scenario
 from envs.sim.engine import DataPlaneReading, Engine
-from envs.sim.telemetry import LATENCY_BUCKETS_S
 
 _BLOCK = 4096
 _BOUNDS = np.array(LATENCY_BUCKETS_S)

@@ -4,24 +4,24 @@
 ``"request"``). Both engines share the control plane (pods, nodes, deployments, actions,
 cost) and differ only in how requests are served. ``reset`` returns the first frame;
 ``step(actions)`` applies the actions at the current decision point and runs the simulation
-to the next one, returning the frames scraped on the way.
+to the next one, returning the frames scraped on the way. Running a whole horizon under a
+policy is :func:`agents.rollout.rollout` (the simulator does not know about policies).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from agents.policy import Policy
+from envs.core.actions import Action, InvalidActionError
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
-from envs.sim.actions import Action
 from envs.sim.engine import Engine, make_engine
 from envs.sim.faults import FaultRecord
-from envs.sim.telemetry import Telemetry
 
 
 @dataclass
@@ -100,29 +100,46 @@ class Simulator:
             raise RuntimeError(f"the episode is over (t = {self.now:g} s = horizon); call reset()")
         return self.engine.advance(list(actions))
 
-    def run(
+    def admissible(
+        self, actions: Sequence[Action]
+    ) -> tuple[list[Action], list[tuple[Action, str]]]:
+        """Split ``actions`` into those the cluster accepts now and those it refuses.
+
+        In order, each action is checked together with the ones accepted before it (two
+        rollbacks of one service need two previous versions), as :meth:`step` checks the
+        batch. Returns ``(accepted, [(refused action, reason), ...])``.
+        """
+        accepted: list[Action] = []
+        refused: list[tuple[Action, str]] = []
+        try:  # the usual case, one check: the whole batch is fine
+            self.engine.cp.check(list(actions))
+        except InvalidActionError:
+            pass
+        else:
+            return list(actions), refused
+        for a in actions:
+            try:
+                self.engine.cp.check([*accepted, a])
+            except InvalidActionError as err:
+                refused.append((a, str(err)))
+            else:
+                accepted.append(a)
+        return accepted, refused
+
+    def result(
         self,
-        policy: Policy,
-        progress: Callable[[float, float], None] | None = None,
+        frames: list[Telemetry],
+        actions: list[tuple[float, Action]],
+        decisions: list[Decision],
     ) -> SimResult:
-        """Run the whole horizon under ``policy``; ``progress(now, horizon)`` after each step."""
-        frame = self.reset()
-        frames = [frame]
-        log: list[tuple[float, Action]] = []
-        state = policy.reset(1)
-        decisions: list[Decision] = []
-        while not self.done:
-            seen = frames[-1]
-            acts, state, _ = policy.act(seen, state)
-            decisions.append(Decision(self.now, 1.0 - float(seen.mask.mean()), len(acts)))
-            log.extend((self.now, a) for a in acts)
-            frames.extend(self.step(acts))
-            if progress is not None:
-                progress(self.now, self.scenario.horizon_s)
+        """Package a finished run of this simulator: summary and fault records added.
+
+        :func:`agents.rollout.rollout` calls it at the horizon.
+        """
         return SimResult(
             self.scenario,
             frames,
-            log,
+            actions,
             summarize(self.scenario, frames),
             decisions,
             [dataclasses.replace(r) for r in self.engine.faults.records],

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
 from envs.sim.simulator import Simulator
-from envs.sim.telemetry import Telemetry
 
 
 def visit_ratios(scenario: Scenario) -> np.ndarray:
