@@ -47,6 +47,7 @@ from agents.policy import StaticPolicy
 from agents.rollout import rollout
 from envs.core.actions import Action
 from envs.core.policy import Policy
+from envs.live.openmetrics import write_openmetrics
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.export import SUFFIXES, write_telemetry
@@ -67,6 +68,7 @@ class Format(StrEnum):
 
     parquet = "parquet"
     csv = "csv"
+    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
 
 
 @dataclass
@@ -361,8 +363,13 @@ def simulate(
         result = rollout(sim, policy)
     wall = time.perf_counter() - start
 
-    telemetry_path = out / f"telemetry{SUFFIXES[conf.format.value]}"
-    write_telemetry(result.frames, telemetry_path, conf.format.value)
+    if conf.format is Format.openmetrics:  # t = horizon is now; docs/live.md
+        write_openmetrics(
+            result.frames, sim.services, out / "metrics.om", time.time() // 1 - scenario.horizon_s
+        )
+    else:
+        telemetry_path = out / f"telemetry{SUFFIXES[conf.format.value]}"
+        write_telemetry(result.frames, telemetry_path, conf.format.value)
     plot_timeline(result.frames, scenario, out / "timeline.png", actions=result.actions)
     write_actions(result.actions, out / "actions.csv")
     resolved = OmegaConf.structured(conf)
