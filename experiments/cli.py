@@ -92,6 +92,7 @@ COMMANDS: dict[str, Command] = {
     "evaluate-forecast": Command(
         "experiments.evaluate_forecast", "score a world model's forecasts vs naive ones on a suite"
     ),
+    "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
     # Later: "serve", "shadow" -- one line each.
 }
 

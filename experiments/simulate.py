@@ -369,7 +369,7 @@ def simulate(
         )
     else:
         telemetry_path = out / f"telemetry{SUFFIXES[conf.format.value]}"
-        write_telemetry(result.frames, telemetry_path, conf.format.value)
+        write_telemetry(result.frames, telemetry_path, "csv" if conf.format is Format.csv else None)
     plot_timeline(result.frames, scenario, out / "timeline.png", actions=result.actions)
     write_actions(result.actions, out / "actions.csv")
     resolved = OmegaConf.structured(conf)

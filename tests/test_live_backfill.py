@@ -17,6 +17,8 @@ from agents.rollout import rollout
 from envs.core.telemetry import COUNTER_FIELDS, FIELD_INDEX, Telemetry, make_frame
 from envs.live.cluster_metrics import HTTP_CODES, MIB, ClusterMetrics
 from envs.live.openmetrics import openmetrics_lines, write_openmetrics
+from envs.live.profile import load_profile
+from envs.live.prometheus import PrometheusSource
 from envs.scenarios.loader import load_scenario
 from envs.sim.simulator import Simulator
 
@@ -202,6 +204,19 @@ def test_promtool_backfill_answers_promql(
         )
         assert {r["metric"]["deployment"] for r in p99} == set(sim.services)
         assert all(0 < float(r["value"][1]) < 10 for r in p99)
+        # replay mode over the backfilled range: one frame per scrape, gauges as simulated
+        profile = load_profile("kube").model_copy(update={"freshness": None})
+        source = PrometheusSource(prom.url, profile, sim.services)
+        replayed = list(source.replay(start + 300, start + 600, 15.0))
+        assert [f.telemetry.t for f in replayed] == [start + 300 + 15 * i for i in range(21)]
+        by_t = {start + f.t: f for f in frames}
+        for live in replayed:
+            want = by_t[live.telemetry.t]
+            np.testing.assert_array_equal(live.telemetry["replicas_ready"], want["replicas_ready"])
+            np.testing.assert_allclose(
+                live.telemetry["cpu_request"], want["cpu_request"], rtol=1e-9
+            )
+            assert np.isfinite(live.telemetry["rps"]).all() and live.reasons == {}
     finally:
         prom.stop()
 

@@ -1,0 +1,245 @@
+"""The exporter scraped by a real Prometheus, read back through the query profile.
+
+Tolerances (stated, and why):
+
+* gauges (replicas, CPU requests, memory) equal the frame Prometheus scraped (rel 1e-9);
+* ratios of rates over the same window (error rate, mean latency, p50/p95/p99 from the
+  histogram) equal the same ratio over the frames at the window's first and last scrape
+  (rel 1e-6): both use the same two samples, and ``rate()``'s extrapolation cancels;
+* rates (rps, CPU usage) agree with the frames' counter difference within 10 %: Prometheus
+  divides by wall time between scrapes and extrapolates to the window's edges, the frames by
+  simulated time (1 s frames, 1 s scrapes, 15 s window: up to one frame of 15).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_fixture import PrometheusServer, free_port
+
+from agents.policy import StaticPolicy
+from envs.core.telemetry import LATENCY_BUCKETS_S, Telemetry, histogram_quantile
+from envs.live.exporter import ExporterServer, LiveSimulation, serve
+from envs.live.profile import ProfileError, load_profile
+from envs.live.prometheus import PrometheusSource, parse_value
+from envs.scenarios.loader import load_scenario
+from envs.sim.simulator import Simulator
+
+NS = "live-exporter"
+WINDOW = 15.0
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[ExporterServer]:
+    sc = load_scenario("chain3", {"scrape_interval_s": 1.0, "decision_interval_s": 15.0})
+    server = serve(LiveSimulation(Simulator(sc), StaticPolicy(), speed=1.0, namespace=NS))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def scraped(prometheus: PrometheusServer, exporter: ExporterServer) -> PrometheusServer:
+    prometheus.set_targets({"opsworld-exporter": [f"127.0.0.1:{exporter.port}"]})
+    prometheus.wait_for(f'kube_deployment_status_replicas_ready{{namespace="{NS}"}}', 60)
+    time.sleep(WINDOW + 4)  # a full rate window of 1 s scrapes
+    return prometheus
+
+
+def frame_at(server: ExporterServer, t: float) -> Telemetry:
+    (frame,) = [p.frame for p in server.live.history if p.frame.t == t]
+    return frame
+
+
+def test_metrics_endpoint_serves_cluster_names(exporter: ExporterServer) -> None:
+    text = httpx.get(f"{exporter.url}/metrics", timeout=5).text
+    for name in (
+        "kube_deployment_spec_replicas",
+        "kube_deployment_status_replicas_ready",
+        "kube_pod_container_status_restarts_total",
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "http_requests_total{",
+        "http_request_duration_seconds_bucket{",
+        "http_request_duration_seconds_sum",
+        "http_request_duration_seconds_count",
+        "opsworld_exporter_simulated_seconds",
+    ):
+        assert name in text, name
+    assert 'le="+Inf"' in text and 'code="503"' in text and 'pod="frontend-' in text
+    assert 'namespace="live-exporter"' in text
+    assert exporter.host == "127.0.0.1"
+
+
+def test_prometheus_telemetry_agrees_with_the_simulator(
+    scraped: PrometheusServer, exporter: ExporterServer
+) -> None:
+    at = time.time() - 1.0
+    window = f"{WINDOW:g}s"
+    profile = load_profile("kube").with_variables(namespace=NS, window=window)
+    source = PrometheusSource(scraped.url, profile, exporter.live.sim.services)
+    live = source.frame(at)
+    assert live.reasons == {}, live.reasons
+    tel = live.telemetry
+
+    def sim_seconds(fn: str) -> float:
+        (r,) = scraped.query(f"{fn}(opsworld_exporter_simulated_seconds[{window}])", at)
+        return float(r["value"][1])
+
+    t_now = float(scraped.query("opsworld_exporter_simulated_seconds", at)[0]["value"][1])
+    t_lo, t_hi = sim_seconds("min_over_time"), sim_seconds("max_over_time")
+    assert t_hi == t_now and WINDOW - 3 <= t_hi - t_lo <= WINDOW
+    now, lo, hi = frame_at(exporter, t_now), frame_at(exporter, t_lo), frame_at(exporter, t_hi)
+    span = t_hi - t_lo
+    for s, svc in enumerate(tel.services):
+        got = tel.service(svc)
+        # gauges: the frame on show at `at`
+        for field in ("replicas_ready", "replicas_desired", "cpu_request", "memory_usage_mb"):
+            assert got[field] == pytest.approx(now[field][s], rel=1e-9), (svc, field)
+        assert got["restarts"] == now["restarts"][s]
+        # ratios over the window: exact up to float error
+        d = {c: hi.counter(c)[s] - lo.counter(c)[s] for c in ("completed", "failed", "dropped")}
+        finished = sum(d.values())
+        assert got["error_rate"] == pytest.approx((d["failed"] + d["dropped"]) / finished, abs=1e-9)
+        buckets = hi.histogram[s] - lo.histogram[s]
+        for q, field in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+            want = histogram_quantile(q, np.asarray(LATENCY_BUCKETS_S), buckets)[0]
+            assert got[field] == pytest.approx(want, rel=1e-6), (svc, field)
+        # rates: within 10 %
+        assert got["rps"] == pytest.approx(finished / span, rel=0.10), svc
+        cpu = (
+            sum(p.frame["cpu_usage"][s] for p in exporter.live.history if t_lo < p.frame.t <= t_hi)
+            / span
+        )  # cpu_usage is the mean over each 1 s frame
+        assert got["cpu_usage"] == pytest.approx(cpu, rel=0.10), svc
+        assert got["cpu_util"] == pytest.approx(got["cpu_usage"] / got["cpu_request"], rel=1e-12)
+    assert tel.cluster_value("nodes_ready") == now.cluster_value("nodes_ready")
+    assert tel.cluster_value("cost_rate_per_hour") == pytest.approx(
+        now.cluster_value("cost_rate_per_hour"), rel=1e-9
+    )
+
+
+def test_replay_mode_matches_instant_queries(
+    scraped: PrometheusServer, exporter: ExporterServer
+) -> None:
+    profile = load_profile("kube").with_variables(namespace=NS, window="10s")
+    source = PrometheusSource(scraped.url, profile, exporter.live.sim.services)
+    end = float(int(time.time()) - 2)
+    frames = list(source.replay(end - 4, end, 2.0))
+    assert [f.telemetry.t for f in frames] == [end - 4, end - 2, end]
+    for f in frames:
+        inst = source.frame(f.telemetry.t)
+        np.testing.assert_array_equal(f.telemetry.mask, inst.telemetry.mask)
+        np.testing.assert_allclose(f.telemetry.values, inst.telemetry.values, rtol=1e-12)
+
+
+def test_missing_series_is_missing_not_zero(scraped: PrometheusServer) -> None:
+    profile = load_profile("kube").with_variables(namespace="no-such-namespace")
+    live = PrometheusSource(scraped.url, profile, ("frontend",)).frame()
+    assert not live.telemetry.mask.any()
+    assert np.isnan(live.telemetry.values).all()
+    assert live.reasons["*"].startswith("stale: no recent sample")
+    profile = profile.model_copy(update={"freshness": None})
+    live = PrometheusSource(scraped.url, profile, ("frontend",)).frame()
+    assert live.reasons["frontend/rps"] == "empty result"
+    assert np.isnan(live.telemetry["rps"]).all()
+
+
+def test_dead_prometheus_gives_all_missing_frame_with_reasons() -> None:
+    port = free_port()  # nothing listens there
+    slept: list[float] = []
+    source = PrometheusSource(
+        f"http://127.0.0.1:{port}",
+        load_profile("kube"),
+        ("frontend", "api"),
+        timeout_s=1.0,
+        retries=2,
+        backoff_s=0.1,
+        sleep=slept.append,
+    )
+    live = source.frame()
+    assert not live.telemetry.mask.any() and not live.telemetry.cluster_mask.any()
+    assert "unreachable" in live.reasons["*"]
+    assert slept == [0.1, 0.2]  # one query retried with backoff, then the frame gave up
+    frames = list(source.replay(1000.0, 1010.0, 5.0))
+    assert len(frames) == 3 and all(not f.telemetry.mask.any() for f in frames)
+
+
+def test_bad_query_is_a_reason_not_an_exception(scraped: PrometheusServer) -> None:
+    raw = load_profile("kube").model_dump()
+    raw["services"] = {"rps": "sum by (deployment) (rate(http_requests_total[1m]"}
+    raw["freshness"] = None
+    live = PrometheusSource(scraped.url, load_profile(raw), ("frontend",)).frame()
+    assert live.reasons["frontend/rps"].startswith("bad_data")
+
+
+def test_profile_validation() -> None:
+    raw = load_profile("kube").model_dump()
+    with pytest.raises(ProfileError, match="unknown Telemetry service field"):
+        load_profile({**raw, "services": {"rpz": "up"}})
+    with pytest.raises(ProfileError, match=r"undefined variable\(s\) \['cluster_name'\]"):
+        load_profile({**raw, "services": {"rps": 'up{cluster="${cluster_name}"}'}})
+    with pytest.raises(ProfileError, match="unknown query profile 'nope'"):
+        load_profile("nope")
+    with pytest.raises(ProfileError, match="has no variable"):
+        load_profile("kube").with_variables(nmespace="x")
+
+
+def test_parse_value() -> None:
+    assert np.isnan(parse_value("NaN"))
+    assert parse_value("+Inf") == np.inf and parse_value("-Inf") == -np.inf
+    assert parse_value("1e3") == 1000.0
+
+
+def test_exporter_command_serves_metrics() -> None:
+    """``opsworld exporter`` serves /metrics (HPA by default) and announces its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli",
+            "exporter",
+            "scenario=chain3",
+            f"port={port}",
+            "speed=5",
+            "duration_s=60",
+            "namespace=cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert 'kube_deployment_spec_replicas{deployment="api",namespace="cli"}' in text
+        assert 'speed="5"' in text
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in out
+
+
+def test_exporter_command_rejects_bad_speed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "exporter", "speed=0", "port=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "speed=0.0: must be > 0" in done.stderr
