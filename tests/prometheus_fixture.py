@@ -178,6 +178,12 @@ def repo_rule_files() -> list[Path]:
     return sorted(RULES_DIR.glob("*.rules.yml"))
 
 
+LIVE_NAMESPACE = "live"
+"""``namespace`` label of the session's simulator exporter."""
+RATE_WINDOW_S = 15.0
+"""The rate window the live tests query (the ``scraped`` fixture waits for one full window)."""
+
+
 @pytest.fixture(scope="session")
 def prometheus() -> Iterator[PrometheusServer]:
     """One Prometheus per test session; see the module docstring."""
@@ -192,3 +198,33 @@ def prometheus() -> Iterator[PrometheusServer]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def exporter() -> Iterator[Any]:
+    """``opsworld exporter``'s library: chain3, 1 s frames, static replicas, speed 1."""
+    from agents.policy import StaticPolicy
+    from envs.live.exporter import LiveSimulation, serve
+    from envs.scenarios.loader import load_scenario
+    from envs.sim.simulator import Simulator
+
+    sc = load_scenario("chain3", {"scrape_interval_s": 1.0, "decision_interval_s": 15.0})
+    live = LiveSimulation(Simulator(sc), StaticPolicy(), speed=1.0, namespace=LIVE_NAMESPACE)
+    server = serve(live)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def scraped(prometheus: PrometheusServer, exporter: Any) -> PrometheusServer:
+    """The session Prometheus scraping the exporter, with one full rate window of data."""
+    prometheus.set_targets({"opsworld-exporter": [f"127.0.0.1:{exporter.port}"]})
+    prometheus.wait_for(f'kube_deployment_status_replicas_ready{{namespace="{LIVE_NAMESPACE}"}}')
+    first = time.monotonic()
+    prometheus.wait_for(
+        f'namespace_deployment:http_requests:rate5m{{namespace="{LIVE_NAMESPACE}"}}'
+    )
+    time.sleep(max(0.0, RATE_WINDOW_S + 4 - (time.monotonic() - first)))
+    return prometheus

@@ -16,41 +16,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-from prometheus_fixture import PrometheusServer, free_port
+from prometheus_fixture import LIVE_NAMESPACE, RATE_WINDOW_S, PrometheusServer, free_port
 
-from agents.policy import StaticPolicy
 from envs.core.telemetry import LATENCY_BUCKETS_S, Telemetry, histogram_quantile
-from envs.live.exporter import ExporterServer, LiveSimulation, serve
+from envs.live.exporter import ExporterServer
 from envs.live.profile import ProfileError, load_profile
 from envs.live.prometheus import PrometheusSource, parse_value
-from envs.scenarios.loader import load_scenario
-from envs.sim.simulator import Simulator
 
-NS = "live-exporter"
-WINDOW = 15.0
-
-
-@pytest.fixture(scope="module")
-def exporter() -> Iterator[ExporterServer]:
-    sc = load_scenario("chain3", {"scrape_interval_s": 1.0, "decision_interval_s": 15.0})
-    server = serve(LiveSimulation(Simulator(sc), StaticPolicy(), speed=1.0, namespace=NS))
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def scraped(prometheus: PrometheusServer, exporter: ExporterServer) -> PrometheusServer:
-    prometheus.set_targets({"opsworld-exporter": [f"127.0.0.1:{exporter.port}"]})
-    prometheus.wait_for(f'kube_deployment_status_replicas_ready{{namespace="{NS}"}}', 60)
-    time.sleep(WINDOW + 4)  # a full rate window of 1 s scrapes
-    return prometheus
+NS = LIVE_NAMESPACE
+WINDOW = RATE_WINDOW_S
 
 
 def frame_at(server: ExporterServer, t: float) -> Telemetry:
@@ -74,7 +52,7 @@ def test_metrics_endpoint_serves_cluster_names(exporter: ExporterServer) -> None
     ):
         assert name in text, name
     assert 'le="+Inf"' in text and 'code="503"' in text and 'pod="frontend-' in text
-    assert 'namespace="live-exporter"' in text
+    assert f'namespace="{NS}"' in text
     assert exporter.host == "127.0.0.1"
 
 
