@@ -22,10 +22,14 @@ import numpy as np
 import pytest
 from prometheus_fixture import LIVE_NAMESPACE, RATE_WINDOW_S, PrometheusServer, free_port
 
+from agents.policy import StaticPolicy
 from envs.core.telemetry import LATENCY_BUCKETS_S, Telemetry, histogram_quantile
-from envs.live.exporter import ExporterServer
+from envs.live.cluster_metrics import ClusterMetrics
+from envs.live.exporter import ExporterServer, LiveSimulation
 from envs.live.profile import ProfileError, load_profile
 from envs.live.prometheus import PrometheusSource, parse_value
+from envs.scenarios.loader import load_scenario
+from envs.sim.simulator import Simulator
 
 NS = LIVE_NAMESPACE
 WINDOW = RATE_WINDOW_S
@@ -221,3 +225,75 @@ def test_exporter_command_rejects_bad_speed() -> None:
     )
     assert done.returncode == 2
     assert "speed=0.0: must be > 0" in done.stderr
+
+
+class FakeClock:
+    """Wall clock that advances only when slept on (the simulation runs instantly)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, dt: float) -> None:
+        self.now += dt
+
+
+def test_faults_play_out_in_wall_clock_time() -> None:
+    """Frames go on show at t0 + t / speed; a crash loop, a bad deploy and a scrape gap show
+    up in the cluster series as they would on a cluster."""
+    sc = load_scenario(
+        "chain3",
+        {
+            "horizon_s": 300.0,
+            "faults": [
+                {"kind": "pod_crash", "service": "api", "crash_loop": True, "at_s": 30.0},
+                {"kind": "bad_deploy", "service": "frontend", "error_rate": 0.3, "at_s": 60.0},
+                {"kind": "telemetry", "mode": "gap", "at_s": 200.0, "duration_s": 40.0},
+            ],
+        },
+    )
+    clock = FakeClock()
+    live = LiveSimulation(Simulator(sc), StaticPolicy(), speed=10.0, clock=clock, sleep=clock.sleep)
+    live.run()
+    assert live.t0 == 1_000.0 and live.error is None
+    assert [p.frame.t for p in live.history] == [15.0 * i for i in range(21)]
+    for p in live.history:
+        assert p.wall == pytest.approx(live.t0 + p.frame.t / 10.0, abs=1e-9)
+    services = live.sim.services
+    api, front = services.index("api"), services.index("frontend")
+    cm = ClusterMetrics(services)
+    hashes, restarts, errors, gap_gauges = set(), [], [], []
+    for p in live.history:
+        fams = {f.name: f for f in cm.update(p.frame)}
+        hashes.update(n.split("-")[1] for n in cm.pod_names("frontend"))
+        restarts.append(
+            sum(
+                v
+                for _, lab, v in fams["kube_pod_container_status_restarts"].samples
+                if dict(lab)["deployment"] == "api"
+            )
+            if "kube_pod_container_status_restarts" in fams
+            else 0.0
+        )
+        errors.append(
+            sum(
+                v
+                for _, lab, v in fams["http_requests"].samples
+                if dict(lab)["deployment"] == "frontend" and dict(lab)["code"] == "500"
+            )
+            if "http_requests" in fams
+            else 0.0
+        )
+        if 200.0 < p.frame.t < 240.0:
+            gap_gauges.append("kube_deployment_spec_replicas" in fams)
+    assert restarts[1] == 0 and max(restarts) > 0  # the crash loop restarts api's containers
+    assert live.history[-1].frame["restarts"][api] >= max(restarts)
+    assert len(hashes) >= 2  # the bad deploy rolled out a new pod template
+    assert errors[3] < 1 and max(errors) > 1000  # and it answers 500s
+    assert gap_gauges and not any(gap_gauges)  # no gauge exported during the scrape gap
+    assert (
+        live.history[-1].frame["deploy_version"][front]
+        > live.history[0].frame["deploy_version"][front]
+    )
