@@ -13,6 +13,7 @@ Tolerances (stated, and why):
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -297,3 +298,66 @@ def test_faults_play_out_in_wall_clock_time() -> None:
         live.history[-1].frame["deploy_version"][front]
         > live.history[0].frame["deploy_version"][front]
     )
+
+
+class FaultyFront:
+    """A loopback HTTP front for Prometheus that answers 503 (or stalls) for the first
+    ``bad`` requests, then forwards to the real Prometheus."""
+
+    def __init__(self, upstream: str, bad: int, mode: str = "503") -> None:
+        import http.server
+        import threading
+
+        front = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                front.requests += 1
+                if front.requests <= bad:
+                    if mode == "stall":
+                        time.sleep(1.5)
+                    body = b'{"status":"error","errorType":"timeout","error":"query timed out"}'
+                    self.send_response(503)
+                else:
+                    r = httpx.get(upstream + self.path, timeout=10)
+                    body = r.content
+                    self.send_response(r.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)  # a stalled answer's client has given up
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["503", "stall"])
+def test_retries_ride_out_5xx_and_timeouts(scraped: PrometheusServer, mode: str) -> None:
+    raw = load_profile("kube").with_variables(namespace=NS).model_dump()
+    raw["services"] = {"replicas_ready": raw["services"]["replicas_ready"]}
+    raw["cluster"], raw["freshness"] = {}, None
+    profile = load_profile(raw)
+    slept: list[float] = []
+    front = FaultyFront(scraped.url, bad=2, mode=mode)
+    try:
+        kw = {"timeout_s": 1.0, "backoff_s": 0.05, "sleep": slept.append}
+        live = PrometheusSource(front.url, profile, ("api",), retries=2, **kw).frame()  # type: ignore[arg-type]
+        assert live.reasons == {} and live.telemetry["replicas_ready"][0] >= 1
+        assert slept == [0.05, 0.1] and front.requests == 3
+        front.requests = 0
+        live = PrometheusSource(front.url, profile, ("api",), retries=0, **kw).frame()  # type: ignore[arg-type]
+        want = "HTTP 503 query timed out" if mode == "503" else "timeout (ReadTimeout)"
+        assert live.reasons == {"api/replicas_ready": want}
+        assert np.isnan(live.telemetry["replicas_ready"][0])
+    finally:
+        front.close()
