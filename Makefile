@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint type bench mutation clean venv
+.PHONY: demo test lint type bench mutation clean venv prometheus
 
 venv: $(STAMP)
 
@@ -32,7 +32,26 @@ demo: $(STAMP)
 	@echo "Timelines: $(DEMO_OUT)/eval/timelines/<policy>/<incident>.png"
 	@echo "Model:     $(DEMO_OUT)/train/model.zip  (+ vecnormalize.pkl, metrics.json)"
 
-test: $(STAMP)
+# Real Prometheus (Debian's 2.42 with promtool) for the live-cluster tests (docs/live.md).
+# Installed as root when missing (CI runs as root); the package's service is never started:
+# a policy-rc.d that refuses starts is put in place for the install when none exists, and a
+# service that started anyway is stopped. Tests start their own Prometheus on 127.0.0.1.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "prometheus/promtool missing: run 'sudo apt-get install -y --no-install-recommends prometheus' (Debian's 2.42), then make again" >&2; \
+		exit 1; \
+	fi; \
+	made=0; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; \
+	fi; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }; \
+	rc=$$?; if [ $$made = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	(systemctl stop prometheus || service prometheus stop) >/dev/null 2>&1 || true; \
+	exit $$rc
+
+test: $(STAMP) prometheus
 	WANDB_MODE=disabled $(BIN)/python -m pytest -n 2 --durations=15
 
 lint: $(STAMP)

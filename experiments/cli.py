@@ -142,6 +142,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("experiments.export", "export a trained policy or baseline as a bundle"),
     "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
     "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
+    "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
     # Later: "shadow" -- one line.
 }
 

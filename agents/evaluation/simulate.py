@@ -36,6 +36,7 @@ from agents.rollout import rollout
 from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.core.actions import Action
+from envs.live.openmetrics import write_openmetrics
 from envs.sim.export import SUFFIXES, write_telemetry
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
@@ -46,6 +47,7 @@ class Format(StrEnum):
 
     parquet = "parquet"
     csv = "csv"
+    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
 
 
 def _action_row(t: float, action: Action) -> dict[str, Any]:
@@ -161,8 +163,13 @@ def simulate_scenario(
         result = rollout(sim, policy)
     wall = time.perf_counter() - start
 
-    telemetry_path = out / f"telemetry{SUFFIXES[fmt.value]}"
-    write_telemetry(result.frames, telemetry_path, fmt.value)
+    if fmt is Format.openmetrics:  # the run ends now (t = horizon); docs/live.md
+        write_openmetrics(
+            result.frames, sim.services, out / "metrics.om", time.time() // 1 - scenario.horizon_s
+        )
+    else:
+        telemetry_path = out / f"telemetry{SUFFIXES[fmt.value]}"
+        write_telemetry(result.frames, telemetry_path, fmt.value)
     plot_timeline(
         result.frames, scenario, out / "timeline.png", actions=result.actions, faults=result.faults
     )
