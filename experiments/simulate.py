@@ -31,10 +31,10 @@ from agents.evaluation.simulate import (
     simulate_scenario,
     write_actions,
 )
-from envs.core.policy import Policy
 from agents.registry import POLICIES, PolicyConfig, StaticPolicyConfig, validate_policy
 from agents.registry import register_configs as register_policies
 from agents.run_config import Fidelity, RunConfigError
+from envs.core.policy import Policy
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver

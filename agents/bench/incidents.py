@@ -10,8 +10,8 @@ from rich.console import Console
 from agents.bench.config import BenchConfig
 from agents.evaluation.suite import RunScore, run_suite
 from agents.policy import StaticPolicy
-from envs.core.policy import Policy
 from agents.run_config import RunConfigError as ConfigError
+from envs.core.policy import Policy
 from envs.scenarios.suites import SuiteError, load_suite
 
 POLICIES: dict[str, Callable[[], Policy]] = {"static": StaticPolicy}

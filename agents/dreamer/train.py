@@ -72,11 +72,11 @@ from agents.dreamer.envs import (
     seeds,
     shortest_episode,
 )
-from envs.core.policy import Policy
 from agents.run_config import ENV_IDS, WandbLoggerConfig
 from agents.world_model.config import ObsLayout
 from agents.world_model.replay import Replay
 from agents.world_model.rssm import Carry
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 
 STATE_FORMAT = "opsworld.dreamer.checkpoint/2"

@@ -40,10 +40,10 @@ import yaml
 from matplotlib.figure import Figure
 
 from agents.evaluation.suite import RunScore, SuiteResult, execute
-from agents.rollout import rollout
-from envs.core.policy import Policy
 from agents.registry import POLICIES, PolicyConfig, make_policy, policy_config
+from agents.rollout import rollout
 from agents.run_config import RunConfigError
+from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import aggregate
 from envs.scenarios.suites import Suite, SuiteError, load_suite

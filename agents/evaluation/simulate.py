@@ -33,10 +33,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from agents.rollout import rollout
-from envs.core.policy import Policy
-from envs.scenarios.schema import Scenario
 from envs.core.actions import Action
+from envs.core.policy import Policy
 from envs.live.openmetrics import write_openmetrics
+from envs.scenarios.schema import Scenario
 from envs.sim.export import SUFFIXES, write_telemetry
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
@@ -169,7 +169,7 @@ def simulate_scenario(
         )
     else:
         telemetry_path = out / f"telemetry{SUFFIXES[fmt.value]}"
-        write_telemetry(result.frames, telemetry_path, fmt.value)
+        write_telemetry(result.frames, telemetry_path, "csv" if fmt is Format.csv else "parquet")
     plot_timeline(
         result.frames, scenario, out / "timeline.png", actions=result.actions, faults=result.faults
     )

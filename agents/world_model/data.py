@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 
 from agents.parallel import parallel_map
+from envs.core.actions import Action, Scale
 from envs.core.policy import Policy
 from envs.gym.codec import SCALE_DELTAS, SHED_LEVELS
 from envs.gym.envs import ClusterOpsEnv
 from envs.scenarios.schema import Scenario
 from envs.scenarios.suites import Suite, SuiteEntry
-from envs.core.actions import Action, Scale
 
 BEHAVIOURS: tuple[str, ...] = ("static", "hpa", "tuned_hpa", "runbook", "explore")
 """Episode-collection behaviours: registry policies (:data:`agents.registry.POLICIES`) and
