@@ -431,6 +431,7 @@ def wait_for_infers(srv: Server, n: int) -> None:
 # ------------------------------------------------------------------------------ schemathesis
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(server: Server) -> None:
     import schemathesis
 
@@ -441,7 +442,7 @@ def test_schemathesis_finds_no_server_error(server: Server) -> None:
         if "admin" in operation.path:
             examples = 60
         elif operation.path.endswith("/infer"):
-            examples = 700
+            examples = 900
         else:
             examples = 60
 
