@@ -438,7 +438,7 @@ def test_schemathesis_finds_no_server_error(server: Server) -> None:
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     calls: list[int] = []
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]  # an Err raises: a broken schema
         if "admin" in operation.path:
             examples = 60
         elif operation.path.endswith("/infer"):
