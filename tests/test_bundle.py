@@ -26,15 +26,17 @@ from agents.bundle import (
     WEIGHTS,
     BundleError,
     baseline_from_manifest,
+    load_bundle,
+    read_manifest,
+    write_sums,
+)
+from agents.bundle_export import (
     decision_net_from_sb3,
     export_baseline,
     export_run,
-    load_bundle,
     parity_random,
-    read_manifest,
     record_frames,
     rollout_mismatches,
-    write_sums,
 )
 from agents.guard import GuardConfig
 from envs.core.telemetry import Telemetry

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from agents.bundle import export_run, record_frames
+from agents.bundle_export import export_run, record_frames
 from agents.guard import Guard, GuardConfig, GuardedPolicy
 from agents.rollout import rollout
 from agents.serving.schemas import Frame, frame_json, to_telemetry
