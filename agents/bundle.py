@@ -11,7 +11,8 @@ A bundle is a folder:
   check's result;
 * ``weights.safetensors``: the decision network (``safetensors.torch.save_model``);
 * ``obs_norm.safetensors``: the observation normalisation statistics (float64);
-* ``policy.onnx``: the same network for onnxruntime, written only after the parity check;
+* ``policy.onnx``: the same network for onnxruntime, written only after the parity check
+  (:mod:`agents.bundle_export` writes bundles);
 * ``SHA256SUMS``: ``sha256sum -c`` lines over every other file.
 
 No file is a pickle. :func:`load_bundle` verifies the sums (a changed, missing or extra file
@@ -28,31 +29,26 @@ categorical distributions do; masked logits at ``-1e8`` as sb3-contrib's). The r
 baselines (``hpa``, ``tuned_hpa``, ``runbook``, ``tuned_runbook``) export as
 configuration-only bundles (no weights). Dreamer bundles are not implemented yet.
 
-**Parity.** :func:`export_run` compares, before writing ``policy.onnx``, the exported
-network (torch and ONNX) with the SB3 model on random observations and masks, and the
-bundle policy with :class:`agents.sb3.policy.SB3Policy` along a 50-decision rollout of the
-run's scenario; any mismatch refuses the export.
+**Parity.** :func:`agents.bundle_export.export_run` compares, before writing
+``policy.onnx``, the exported network (torch and ONNX) with the SB3 model on random
+observations and masks, and the bundle policy with :class:`agents.sb3.policy.SB3Policy`
+along a 50-decision rollout of the run's scenario; any mismatch refuses the export. The
+manifest's ``baseline`` record of a rule bundle holds its scenario and HPA configuration,
+so loading it needs no config file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import math
-import platform
-import shutil
-import warnings
-from dataclasses import asdict, dataclass
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import nn
 
 from agents.baselines.hpa import HPAConfig, HPAPolicy
@@ -213,27 +209,6 @@ def bundle_sha(folder: str | Path) -> str:
     return sha256(Path(folder) / SUMS)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries an export or a load depends on."""
-    out = {"python": platform.python_version()}
-    for dist in (
-        "opsworld",
-        "torch",
-        "numpy",
-        "safetensors",
-        "onnx",
-        "onnxruntime",
-        "stable-baselines3",
-        "sb3-contrib",
-        "gymnasium",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # the manifest
 
@@ -285,27 +260,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return data
 
 
-def call_graph_hash(topology: Any) -> str:
-    """SHA-256 of the call graph: entry, then sorted ``src->dst p calls`` edges."""
-    edges = sorted(
-        f"{e.src}->{e.dst} p={e.probability!r} calls={e.calls!r}" for e in topology.edges
-    )
-    lines = [f"entry {topology.entry}", *edges]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def topology_record(scenario: Any) -> dict[str, Any]:
-    """Topology name, service names, entry and the call graph's hash of a scenario."""
-    topo = scenario.topology
-    return {
-        "name": topo.name,
-        "entry": topo.entry,
-        "services": list(scenario.service_names),
-        "call_graph_hash": call_graph_hash(topo),
-        "edges": len(topo.edges),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # loading
 
@@ -345,7 +299,9 @@ class _TorchRunner:
         return out.numpy()
 
 
-class _OnnxRunner:
+class OnnxRunner:
+    """``policy.onnx`` in onnxruntime (one thread): ``(obs, mask) -> action``."""
+
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
 
@@ -357,6 +313,7 @@ class _OnnxRunner:
         )
 
     def __call__(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Indices per dimension for a batch."""
         return cast(np.ndarray, self.session.run(None, {"obs": obs, "mask": mask})[0])
 
 
@@ -421,7 +378,7 @@ class BundlePolicy:
         if act["layout"] == "hpa_tune":
             self.hpa = hpa_from_manifest(manifest["hpa"], self.spec)
         if backend == "onnx":
-            self.run: Any = _OnnxRunner(folder / ONNX)
+            self.run: Any = OnnxRunner(folder / ONNX)
         else:
             net = DecisionNet(
                 list(net_spec["sizes"]), net_spec["activation"], nvec, net_spec["head"]
@@ -559,27 +516,23 @@ def load_bundle(folder: str | Path, backend: Literal["auto", "onnx", "torch"] = 
 
 
 def baseline_from_manifest(manifest: dict[str, Any]) -> Any:
-    """A rule baseline from a configuration-only bundle (its scenario is in the manifest)."""
+    """A rule baseline from a configuration-only bundle (scenario and HPA in the manifest)."""
     from agents.baselines.runbook import RunbookPolicy
-    from agents.baselines.tuned import TunedHPASettings, make_hpa
     from envs.scenarios.schema import Scenario
 
     record = manifest["baseline"]
     name = record["policy"]
+    if name not in BASELINES:
+        raise BundleError(f"{MANIFEST}: baseline.policy {name!r} is not one of {list(BASELINES)}")
     scenario = Scenario.model_validate(record["scenario"])
-    target = int(record["target_cpu_utilization"])
-    settings = TunedHPASettings(target, int(record.get("scale_down_stabilization_s", 300)))
-    if name == "hpa":
-        return HPAPolicy(HPAConfig.cpu(target), scenario)
-    if name == "tuned_hpa":
-        return make_hpa(settings, scenario)
-    if name == "runbook":
-        return RunbookPolicy(scenario, hpa_config=HPAConfig.cpu(target))
-    if name == "tuned_runbook":
-        policy = RunbookPolicy(scenario, hpa_config=settings.hpa_config())
-        policy.name = "tuned_runbook"
-        return policy
-    raise BundleError(f"{MANIFEST}: baseline.policy {name!r} is not one of {list(BASELINES)}")
+    hpa_config = HPAConfig.model_validate(record["hpa_config"])
+    policy: Any
+    if name in ("hpa", "tuned_hpa"):
+        policy = HPAPolicy(hpa_config, scenario)
+    else:
+        policy = RunbookPolicy(scenario, hpa_config=hpa_config)
+    policy.name = name
+    return policy
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,369 +550,3 @@ def _plain(obj: Any) -> Any:
 def _dump(folder: Path, manifest: dict[str, Any]) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False, default=_plain)
     (folder / MANIFEST).write_text(text + "\n", encoding="utf-8")
-
-
-def _prepare(out: str | Path, force: bool) -> Path:
-    root = Path(out)
-    if root.exists() and any(root.iterdir()):
-        if not force:
-            raise BundleError(f"{root}: not empty; choose another out= or pass force=true")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def export_onnx(net: DecisionNet, obs_size: int, mask_size: int) -> bytes:
-    """The network as ONNX bytes (TorchScript exporter: batch axis dynamic, one file)."""
-    buf = io.BytesIO()
-    args = (torch.zeros(2, obs_size), torch.ones(2, mask_size, dtype=torch.bool))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            args,
-            cast(Any, buf),
-            dynamo=False,
-            input_names=["obs", "mask"],
-            output_names=["action"],
-            dynamic_axes={"obs": {0: "batch"}, "mask": {0: "batch"}, "action": {0: "batch"}},
-            opset_version=17,
-        )
-    return buf.getvalue()
-
-
-def decision_net_from_sb3(model: Any) -> tuple[DecisionNet, str]:
-    """Copy an SB3 model's actor path into a :class:`DecisionNet`; returns it and its head."""
-    from stable_baselines3.dqn.policies import DQNPolicy
-
-    policy = model.policy
-    if isinstance(policy, DQNPolicy):
-        linears = [m for m in policy.q_net.q_net if isinstance(m, nn.Linear)]
-        acts = [type(m).__name__ for m in policy.q_net.q_net if not isinstance(m, nn.Linear)]
-        head = "q"
-    else:
-        if not policy.share_features_extractor and policy.pi_features_extractor is None:
-            raise BundleError("unsupported SB3 policy: no actor features extractor")
-        linears = [m for m in policy.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
-        acts = [type(m).__name__ for m in policy.mlp_extractor.policy_net]
-        acts = [a for a in acts if a != "Linear"]
-        linears.append(policy.action_net)
-        head = "categorical"
-    activation = acts[0] if acts else "Tanh"
-    if len(set(acts)) > 1:
-        raise BundleError(f"unsupported SB3 policy: mixed activations {acts}")
-    sizes = [linears[0].in_features] + [lin.out_features for lin in linears]
-    nvec = (
-        [int(model.action_space.n)]
-        if hasattr(model.action_space, "n")
-        else [int(n) for n in model.action_space.nvec]
-    )
-    net = DecisionNet(sizes, activation, nvec, head)
-    with torch.no_grad():
-        targets = [m for m in net.mlp if isinstance(m, nn.Linear)]
-        for dst, src in zip(targets, linears, strict=True):
-            dst.weight.copy_(src.weight.detach().cpu())
-            dst.bias.copy_(src.bias.detach().cpu())
-    return net.eval(), head
-
-
-def export_run(
-    run_dir: str | Path,
-    out: str | Path,
-    *,
-    model: str = "model.zip",
-    vecnormalize: str = "vecnormalize.pkl",
-    guard: GuardConfig | None = None,
-    onnx: bool = True,
-    parity_samples: int = 512,
-    parity_steps: int = 50,
-    seed: int = 0,
-    command: str = "",
-    force: bool = False,
-) -> Path:
-    """Export an ``opsworld train`` run dir (PPO, MaskablePPO, A2C, DQN) as a bundle.
-
-    Loads the run with :class:`agents.sb3.policy.SB3Policy` (its pickles: trusted run dirs
-    only), copies the decision network, checks parity (random inputs; a rollout of
-    ``parity_steps`` decisions of the run's scenario) and writes the bundle.
-
-    Raises:
-        BundleError: An unsupported run, or any parity mismatch.
-    """
-    from agents.sb3.policy import SB3Policy
-
-    run = Path(run_dir)
-    if (run / "agent.pt").is_file() and not (run / model).is_file():
-        raise BundleError(f"{run}: a Dreamer run; Dreamer bundles are not implemented yet")
-    sb3 = SB3Policy(run, model=model, vecnormalize=vecnormalize)
-    net, head = decision_net_from_sb3(sb3.model)
-    stats = sb3.vec_normalize
-    root = _prepare(out, force)
-    obs_space: Any = sb3.model.observation_space
-    rms: dict[str, Any]
-    if sb3.obs_kind == "box":
-        keys = ["obs"]
-        sizes = {"obs": int(np.prod(obs_space.shape))}
-        rms = {"obs": stats.obs_rms} if stats.norm_obs else {}
-    else:
-        keys = list(obs_space.spaces)
-        sizes = {k: int(np.prod(obs_space.spaces[k].shape)) for k in keys}
-        norm_keys = list(stats.norm_obs_keys or []) if stats.norm_obs else []
-        obs_rms: Any = stats.obs_rms
-        rms = {k: obs_rms[k] for k in norm_keys}
-    arrays: dict[str, np.ndarray] = {}
-    for k, r in rms.items():
-        arrays[f"{k}.mean"] = np.asarray(r.mean, dtype=np.float64)
-        arrays[f"{k}.var"] = np.asarray(r.var, dtype=np.float64)
-    save_numpy(arrays, str(root / OBS_NORM))
-    save_model(net, str(root / WEIGHTS))
-    layout = sb3.codec.space_spec
-    scenario = sb3.scenario
-    config_text = (run / "config.yaml").read_text(encoding="utf-8")
-    metrics_path = run / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "sb3",
-        "algorithm": sb3.config.agent.algo.value,
-        "name": f"{sb3.name}-{scenario.topology.name}",
-        "topology": topology_record(scenario),
-        "control_spec": asdict(sb3.codec.spec),
-        "observation": {
-            "encoder": sb3.encoder.spec(),
-            "kind": sb3.obs_kind,
-            "keys": keys,
-            "sizes": sizes,
-            "normalization": {
-                "enabled": bool(stats.norm_obs),
-                "clip": float(stats.clip_obs),
-                "epsilon": float(stats.epsilon),
-                "keys": sorted(rms),
-                "file": OBS_NORM,
-            },
-        },
-        "action": {
-            "layout": layout.layout,
-            "nvec": list(layout.nvec),
-            "discrete": layout.discrete,
-            "masked": bool(sb3._masked),
-            "mask_size": int(sum(layout.nvec)),
-            "allow_drain": sb3.allow_drain,
-            "deterministic": True,
-        },
-        "network": {
-            "sizes": net.sizes,
-            "activation": net.activation,
-            "head": head,
-            "inputs": {"obs": ["batch", sum(sizes.values())], "mask": ["batch", sum(layout.nvec)]},
-            "outputs": {"action": ["batch", len(layout.nvec)]},
-        },
-        "guard": (guard or GuardConfig()).model_dump(mode="json"),
-        "versions": library_versions(),
-        "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
-        "figures": {"training": metrics, "commands": [c for c in (command,) if c]},
-        "feature_reference": feature_reference(rms),
-        "source": {"run_dir": str(run.resolve()), "model": model, "vecnormalize": vecnormalize},
-        "files": {},
-    }
-    if sb3.hpa is not None:
-        manifest["hpa"] = {"name": sb3.hpa.name, "config": sb3.hpa.config.model_dump(mode="json")}
-    manifest["files"] = {WEIGHTS: "decision network", OBS_NORM: "observation normalisation"}
-    _dump(root, manifest)
-    write_sums(root)
-    # parity: random inputs, then a recorded rollout through the bundle (torch, then ONNX)
-    rng = np.random.default_rng(seed)
-    n_in = sum(sizes.values())
-    report = parity_random(sb3, net, rng, parity_samples, keys, sizes)
-    onnx_bytes = export_onnx(net, n_in, int(sum(layout.nvec))) if onnx else None
-    if onnx_bytes is not None:
-        (root / ONNX).write_bytes(onnx_bytes)
-        manifest["files"][ONNX] = "decision network (onnxruntime)"
-        _dump(root, manifest)
-        write_sums(root)
-        report_onnx = parity_onnx(root, net, rng, parity_samples, n_in, int(sum(layout.nvec)))
-        report["onnx_mismatches"] = report_onnx
-    frames = record_frames(sb3, parity_steps, seed)
-    report["rollout_steps"] = len(frames)
-    report["rollout_mismatches"] = {}
-    for backend in ("torch", "onnx") if onnx_bytes is not None else ("torch",):
-        bundle = load_bundle(root, backend=cast(Any, backend))
-        report["rollout_mismatches"][backend] = rollout_mismatches(sb3, bundle.policy, frames)
-    bad = (
-        report["random_mismatches"]
-        + report.get("onnx_mismatches", 0)
-        + sum(report["rollout_mismatches"].values())
-    )
-    manifest["parity"] = report
-    if bad:
-        shutil.rmtree(root)
-        raise BundleError(f"{run}: parity check failed ({report}); no bundle written")
-    digest = hashlib.sha256(
-        json.dumps(manifest, sort_keys=True, default=_plain).encode()
-    ).hexdigest()
-    manifest["model_version"] = f"{manifest['algorithm']}-{digest[:12]}"
-    _dump(root, manifest)
-    write_sums(root)
-    return root
-
-
-def feature_reference(rms: dict[str, Any]) -> dict[str, Any]:
-    """The training features' running mean and std per key (``VecNormalize``'s statistics).
-
-    The drift reference of shadow mode: the statistics of the encoded observations the
-    policy was trained on.
-    """
-    return {
-        k: {
-            "mean": [float(x) for x in np.asarray(r.mean).ravel()],
-            "std": [float(math.sqrt(max(v, 0.0))) for v in np.asarray(r.var).ravel()],
-            "count": float(r.count),
-        }
-        for k, r in rms.items()
-    }
-
-
-def _random_masks(rng: np.random.Generator, nvec: list[int], n: int) -> np.ndarray:
-    masks = rng.random((n, sum(nvec))) < 0.6
-    start = 0
-    for k in nvec:  # at least one valid choice per dimension, as a codec guarantees
-        rows = ~masks[:, start : start + k].any(axis=1)
-        masks[rows, start + rng.integers(0, k, size=int(rows.sum()))] = True
-        start += k
-    return masks
-
-
-def parity_random(
-    sb3: Any,
-    net: DecisionNet,
-    rng: np.random.Generator,
-    n: int,
-    keys: list[str],
-    sizes: dict[str, int],
-) -> dict[str, Any]:
-    """Mismatches of the network against the SB3 model on random normalised inputs."""
-    obs = rng.normal(0.0, 2.0, size=(n, sum(sizes.values()))).astype(np.float32)
-    masks = _random_masks(rng, net.nvec, n)
-    if not sb3._masked:
-        masks[:] = True
-    with torch.no_grad():
-        ours = net(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
-    if sb3.obs_kind == "box":
-        model_obs: Any = obs
-    else:
-        model_obs, start = {}, 0
-        space = sb3.model.observation_space.spaces
-        for k in keys:
-            model_obs[k] = obs[:, start : start + sizes[k]].reshape((n, *space[k].shape))
-            start += sizes[k]
-    kwargs: dict[str, Any] = {"deterministic": True}
-    if sb3._masked:
-        kwargs["action_masks"] = masks
-    theirs, _ = sb3.model.predict(model_obs, **kwargs)
-    theirs = np.asarray(theirs).reshape(n, -1)
-    return {"random_samples": n, "random_mismatches": int((ours != theirs).any(axis=1).sum())}
-
-
-def parity_onnx(
-    root: Path, net: DecisionNet, rng: np.random.Generator, n: int, n_in: int, n_mask: int
-) -> int:
-    """Mismatches of ``policy.onnx`` against the torch network on random inputs."""
-    obs = rng.normal(0.0, 2.0, size=(n, n_in)).astype(np.float32)
-    masks = _random_masks(rng, net.nvec, n)
-    with torch.no_grad():
-        ours = net(torch.as_tensor(obs), torch.as_tensor(masks)).numpy()
-    theirs = _OnnxRunner(root / ONNX)(obs, masks)
-    return int((ours != theirs).any(axis=1).sum())
-
-
-def record_frames(policy: Any, steps: int, seed: int) -> list[Telemetry]:
-    """Frames of a rollout of ``policy`` on its scenario (``steps`` decisions at most)."""
-    from agents.rollout import rollout
-    from envs.sim.simulator import Simulator
-
-    frames: list[Telemetry] = []
-
-    class Recorder:
-        name = "recorder"
-
-        def reset(self, n: int = 1) -> Any:
-            return policy.reset(n)
-
-        def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
-            frames.append(obs)
-            return policy.act(obs, state)
-
-    scenario = policy.scenario
-    horizon = min(float(scenario.horizon_s), steps * float(scenario.decision_interval_s))
-    scenario = scenario.model_copy(update={"horizon_s": horizon})
-    rollout(Simulator(scenario, seed=seed), Recorder())
-    return frames[:steps]
-
-
-def rollout_mismatches(reference: Any, candidate: Any, frames: list[Telemetry]) -> int:
-    """Decisions where two policies fed the same frames act differently."""
-    s_ref, s_can = reference.reset(1), candidate.reset(1)
-    bad = 0
-    for frame in frames:
-        a_ref, s_ref, _ = reference.act(frame, s_ref)
-        a_can, s_can, _ = candidate.act(frame, s_can)
-        bad += int(a_ref != a_can)
-    return bad
-
-
-def export_baseline(
-    policy: str,
-    scenario: Any,
-    out: str | Path,
-    *,
-    guard: GuardConfig | None = None,
-    target_cpu_utilization: int | None = None,
-    command: str = "",
-    force: bool = False,
-) -> Path:
-    """Export a rule baseline for ``scenario`` as a configuration-only bundle (no weights).
-
-    The tuned policies take their knobs from ``configs/policy/tuned_hpa.yaml``;
-    ``hpa`` and ``runbook`` use ``target_cpu_utilization`` (default 70).
-
-    Raises:
-        BundleError: An unknown policy name.
-    """
-    from agents.baselines.tuned import load_settings
-    from envs.gym.codec import control_spec
-
-    if policy not in BASELINES:
-        raise BundleError(f"policy={policy!r}: one of {list(BASELINES)} (or run=<run dir>)")
-    root = _prepare(out, force)
-    tuned = load_settings()
-    if policy.startswith("tuned"):
-        target = tuned.target_cpu_utilization
-    else:
-        target = 70 if target_cpu_utilization is None else int(target_cpu_utilization)
-    record = {
-        "policy": policy,
-        "target_cpu_utilization": target,
-        "scale_down_stabilization_s": tuned.scale_down_stabilization_s
-        if policy.startswith("tuned")
-        else 300,
-        "scenario": scenario.model_dump(mode="json"),
-    }
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "baseline",
-        "algorithm": policy,
-        "name": f"{policy}-{scenario.topology.name}",
-        "topology": topology_record(scenario),
-        "control_spec": asdict(control_spec(scenario)),
-        "baseline": record,
-        "guard": (guard or GuardConfig()).model_dump(mode="json"),
-        "versions": library_versions(),
-        "config_hash": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
-        "figures": {"commands": [c for c in (command,) if c]},
-        "files": {},
-    }
-    manifest["model_version"] = f"{policy}-{manifest['config_hash'][:12]}"
-    _dump(root, manifest)
-    write_sums(root)
-    baseline_from_manifest(manifest)  # it builds
-    return root

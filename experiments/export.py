@@ -1,4 +1,4 @@
-"""``opsworld export``: write a verified policy bundle (see :mod:`agents.bundle`).
+"""``opsworld export``: write a verified policy bundle (:mod:`agents.bundle_export`).
 
 ``opsworld export run=<training run dir> out=<dir>`` exports a trained SB3 policy (PPO,
 MaskablePPO, A2C, DQN); ``opsworld export policy=<hpa|tuned_hpa|runbook|tuned_runbook>
@@ -20,7 +20,8 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from agents.bundle import BundleError, export_baseline, export_run
+from agents.bundle import BundleError
+from agents.bundle_export import export_baseline, export_run
 from agents.guard import guard_config
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 

@@ -26,7 +26,7 @@ def test_import_contracts_are_kept() -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     for contract in (
         "Layers: experiments -> agents -> envs",
-        "Inside envs: gym -> sim -> scenarios -> core",
+        "Inside envs: gym -> sim -> scenarios -> kube -> core",
         "envs.core imports nothing else of the project",
         "Nothing under envs imports agents",
         "The world model does not need Stable-Baselines3",

@@ -26,22 +26,23 @@ from agents.bundle import (
     WEIGHTS,
     BundleError,
     baseline_from_manifest,
+    load_bundle,
+    read_manifest,
+    write_sums,
+)
+from agents.bundle_export import (
     decision_net_from_sb3,
     export_baseline,
     export_run,
-    load_bundle,
     parity_random,
-    read_manifest,
     record_frames,
     rollout_mismatches,
-    write_sums,
 )
 from agents.guard import GuardConfig
 from envs.core.telemetry import Telemetry
 from envs.scenarios.loader import load_scenario
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR
-from experiments.simulate import PolicyConfig, make_policy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,30 +295,28 @@ def test_baseline_bundles_act_as_the_baseline(name: str, tmp_path: Path) -> None
     loaded = load_bundle(bundle)
     assert sorted(p.name for p in bundle.iterdir()) == sorted([MANIFEST, SUMS])
     assert loaded.manifest["kind"] == "baseline" and loaded.version.startswith(f"{name}-")
-    direct = make_policy(_policy_config(name), scenario)
+    direct = _direct(name, scenario)
     assert loaded.policy.name == direct.name
     frames = _frames(direct, scenario)
     assert rollout_mismatches(direct, loaded.policy, frames) == 0
     assert baseline_from_manifest(loaded.manifest).name == direct.name
 
 
-def _policy_config(name: str) -> PolicyConfig:
-    from experiments import simulate
+def _direct(name: str, scenario: Any) -> Any:
+    """The baseline as ``opsworld simulate policy=<name>`` builds it (default knobs)."""
+    from agents.baselines import HPAConfig, HPAPolicy, RunbookPolicy
+    from agents.baselines.tuned import load_settings, make_hpa
 
-    classes = {
-        "hpa": simulate.HPAPolicyConfig,
-        "tuned_hpa": simulate.TunedHPAPolicyConfig,
-        "runbook": simulate.RunbookPolicyConfig,
-        "tuned_runbook": simulate.TunedRunbookPolicyConfig,
-    }
-    cfg: Any = classes[name]()
+    if name == "hpa":
+        return HPAPolicy(HPAConfig.cpu(70), scenario)
     if name == "tuned_hpa":
-        from agents.baselines.tuned import load_settings
-
-        s = load_settings()
-        cfg.target_cpu_utilization = s.target_cpu_utilization
-        cfg.scale_down_stabilization_s = s.scale_down_stabilization_s
-    return cfg
+        return make_hpa(load_settings(), scenario)
+    policy = RunbookPolicy(
+        scenario,
+        hpa_config=HPAConfig.cpu(70) if name == "runbook" else load_settings().hpa_config(),
+    )
+    policy.name = name
+    return policy
 
 
 def _frames(policy: Any, scenario: Any) -> list[Telemetry]:

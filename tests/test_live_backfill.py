@@ -243,3 +243,15 @@ def test_simulate_format_openmetrics(tmp_path: Path) -> None:
     assert max(stamps) - min(stamps) == pytest.approx(120.0)
     assert before - 1 <= max(stamps) <= time.time() + 1
     assert not (tmp_path / "telemetry.parquet").exists()
+
+
+def test_live_bench_smoke(tmp_path: Path) -> None:
+    """experiments/live_bench.py on 15 simulated minutes: every figure present and sane."""
+    from experiments.live_bench import bench
+
+    f = bench(0.25, tmp_path)
+    assert f["replay_frames"] == (900 - 60) // 15 + 1
+    assert f["series"] > 100 and f["samples"] >= f["series"] * 60
+    assert f["backfill_s"] > 0 and f["replay_frames_per_s"] > 0
+    assert 0 < f["instant_frame_p50_ms"] <= f["instant_frame_p99_ms"]
+    assert f["queries_per_frame"] == 16

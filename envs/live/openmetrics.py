@@ -14,6 +14,7 @@ data's age (docs/live.md).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+@functools.lru_cache(maxsize=65536)
 def format_labels(labels: Labels) -> str:
     """``{a="x",b="y"}`` (empty string for no labels)."""
     if not labels:
@@ -42,6 +44,7 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
+@functools.lru_cache(maxsize=65536)
 def _series_key(kind: Kind, name: str, labels: Labels) -> tuple[str, Labels]:
     """Series identity of a sample; a histogram's buckets, sum and count form one point."""
     if kind is Kind.histogram:
