@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from agents.world_model import ObsLayout
+from agents.world_model.evaluation.scoring import score_draws
 from agents.world_model.forecast import (
     METRICS,
     NaiveForecaster,
@@ -24,7 +25,6 @@ from agents.world_model.forecast import (
     truths,
 )
 from agents.world_model.forecast_metrics import coverage, mae
-from experiments.evaluate_forecast import score_draws
 
 T = 41  # rows 0..40
 H = 5
