@@ -317,14 +317,6 @@ class OnnxRunner:
         return cast(np.ndarray, self.session.run(None, {"obs": obs, "mask": mask})[0])
 
 
-@dataclass(frozen=True)
-class BundleTuneState:
-    """State of one stream of an ``hpa_tune`` bundle: the belief and the HPA's state."""
-
-    belief: ControlBelief
-    hpa: Any
-
-
 class BundlePolicy:
     """A verified bundle as a :class:`~envs.core.policy.Policy` (no SB3, no simulator).
 
@@ -374,9 +366,9 @@ class BundlePolicy:
                 f"{folder / MANIFEST}: network input {net_spec['sizes'][0]} != observation "
                 f"size {sum(obs['sizes'].values())}"
             )
-        self.hpa: Any = None
+        self.in_cluster_hpa: HPAConfig | None = None
         if act["layout"] == "hpa_tune":
-            self.hpa = hpa_from_manifest(manifest["hpa"], self.spec)
+            self.in_cluster_hpa = HPAConfig.model_validate(manifest["hpa"]["config"])
         if backend == "onnx":
             self.run: Any = OnnxRunner(folder / ONNX)
         else:
@@ -394,14 +386,9 @@ class BundlePolicy:
 
     def reset(self, n: int = 1) -> Any:
         """Fresh state (one for ``n == 1``, else a list of ``n``)."""
-
-        def fresh() -> ControlBelief | BundleTuneState:
-            belief = ControlBelief.initial(self.spec)
-            if self.hpa is not None:
-                return BundleTuneState(belief, self.hpa.reset(1))
-            return belief
-
-        return fresh() if n == 1 else [fresh() for _ in range(n)]
+        if n == 1:
+            return ControlBelief.initial(self.spec)
+        return [ControlBelief.initial(self.spec) for _ in range(n)]
 
     def model_input(self, frame: Telemetry) -> np.ndarray:
         """The network's ``(1, D)`` float32 input for ``frame``."""
@@ -419,23 +406,15 @@ class BundlePolicy:
 
     def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
         """Decide on one frame (see :meth:`agents.sb3.policy.SB3Policy.act`)."""
-        tune = state if isinstance(state, BundleTuneState) else None
-        if self.hpa is not None and tune is None:
-            raise TypeError("an hpa_tune bundle needs the BundleTuneState of reset()")
-        belief = (tune.belief if tune is not None else cast(ControlBelief, state)).observe(obs)
+        belief = cast(ControlBelief, state).observe(obs)
         masks = self.codec.masks(belief)
         idx = self.choose(self.model_input(obs), masks[None])[0]
         action: Any = int(idx[0]) if self.discrete else idx
         info: dict[str, Any] = {"action": np.asarray(action).tolist()}
-        if self.hpa is not None and tune is not None:
-            targets = self.codec.targets(action)
-            scaling, hpa_state, _ = self.hpa.act(obs, tune.hpa, targets)
-            actions = self.codec.decode(action, belief, scaling)
-            new_state: Any = BundleTuneState(belief.after(actions, self.codec.services), hpa_state)
-            info["hpa_targets"] = list(targets.values())
-        else:
-            actions = self.codec.decode(action, belief)
-            new_state = belief.after(actions, self.codec.services)
+        actions = self.codec.decode(action, belief)
+        new_state = belief.after(actions, self.codec.services)
+        if self.in_cluster_hpa is not None:  # the cluster's HPA scales; we set its targets
+            info["hpa_targets"] = list(self.codec.targets(action).values())
         info["masked_out"] = self.codec.masked_out(action, masks)
         if self.masked:
             info["n_valid"] = int(masks.sum())
@@ -447,17 +426,6 @@ def spec_from_manifest(manifest: dict[str, Any]) -> ControlSpec:
     raw: dict[str, Any] = manifest["control_spec"]
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     return ControlSpec(**fields)
-
-
-def hpa_from_manifest(record: dict[str, Any], spec: ControlSpec) -> HPAPolicy:
-    """The tuned HPA an ``hpa_tune`` policy drives, from the manifest's ``hpa`` record."""
-    config = HPAConfig.model_validate(record["config"])
-    lows = {s: max(1, lo) for s, lo in zip(spec.services, spec.replicas_min, strict=True)}
-    highs = dict(zip(spec.services, spec.replicas_max, strict=True))
-    config = config.model_copy(update={"min_replicas": lows, "max_replicas": highs})
-    policy = HPAPolicy(config, list(spec.services))
-    policy.name = str(record.get("name", "tuned_hpa"))
-    return policy
 
 
 @dataclass(frozen=True)

@@ -256,8 +256,11 @@ def export_run(
         "source": {"run_dir": str(run.resolve()), "model": model, "vecnormalize": vecnormalize},
         "files": {},
     }
-    if sb3.hpa is not None:
-        manifest["hpa"] = {"name": sb3.hpa.name, "config": sb3.hpa.config.model_dump(mode="json")}
+    if sb3.in_cluster_hpa is not None:  # the HPA the policy retargets with SetHPATarget
+        manifest["hpa"] = {
+            "name": "tuned_hpa",
+            "config": sb3.in_cluster_hpa.model_dump(mode="json"),
+        }
     manifest["files"] = {WEIGHTS: "decision network", OBS_NORM: "observation normalisation"}
     _dump(root, manifest)
     write_sums(root)
