@@ -446,7 +446,7 @@ def test_unknown_top_level_key_and_slo_key() -> None:
     assert (
         "scenario field 'horizon': Extra inputs are not permitted, got 10; allowed keys at " in msg
     )
-    assert "at the top level: actuation_delay_s, cluster," in msg
+    assert "at the top level: actuation_delay_s, autoscaling, cluster," in msg
     assert "did you mean 'horizon_s'?" in msg
     assert "allowed keys at 'slos.frontend': error_rate, p99_latency_s" in msg
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +26,7 @@ TOLERANCE_RANGE_SINCE = (1, 33)
 """First release with the ``1 - down <= ratio <= 1 + up`` rule and per-direction tolerances."""
 
 
+@lru_cache(maxsize=64)
 def parse_version(version: str) -> tuple[int, int]:
     """``"1.33"`` -> ``(1, 33)``.
 
