@@ -371,7 +371,13 @@ def write_timelines(
         policy = build_policy(spec, e.scenario)
         result = rollout(Simulator(e.scenario, fidelity=fidelity, seed=e.run_seed(0)), policy)
         paths.append(
-            plot_timeline(result.frames, e.scenario, folder / f"{e.id}.png", actions=result.actions)
+            plot_timeline(
+                result.frames,
+                e.scenario,
+                folder / f"{e.id}.png",
+                actions=result.actions,
+                faults=result.faults,
+            )
         )
     return paths
 

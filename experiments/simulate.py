@@ -370,7 +370,9 @@ def simulate(
     else:
         telemetry_path = out / f"telemetry{SUFFIXES[conf.format.value]}"
         write_telemetry(result.frames, telemetry_path, "csv" if conf.format is Format.csv else None)
-    plot_timeline(result.frames, scenario, out / "timeline.png", actions=result.actions)
+    plot_timeline(
+        result.frames, scenario, out / "timeline.png", actions=result.actions, faults=result.faults
+    )
     write_actions(result.actions, out / "actions.csv")
     resolved = OmegaConf.structured(conf)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(resolved, resolve=True))

@@ -185,8 +185,11 @@ def test_decoded_actions_respect_bounds_and_masks(
             assert belief.can_rollback(SPEC.services.index(a.service))
         if isinstance(a, ShedLoad):
             assert a.fraction != shed
-    if codec.masked_out(action, masks):
-        assert acts == hpa  # a masked remediation is a no-op
+    if codec.masked_out(action, masks):  # a masked remediation is a no-op
+        without = np.array(action).reshape(-1).copy()
+        without[-1] = 0
+        plain = int(without[0]) if layout == "remediate" else without
+        assert acts == codec.decode(plain, belief, hpa)
     assert len([a for a in acts if isinstance(a, Restart | Rollback | ShedLoad)]) <= 1
     # keep-everything (autoscale) decodes to nothing
     if layout == "autoscale":
@@ -301,6 +304,19 @@ def test_trained_policies_decide_on_recorded_telemetry_without_the_simulator(
     assert any(acts for acts in expected["sb3"]) or any(acts for acts in expected["dreamer"])
 
 
+def test_dreamer_policy_imports_neither_sb3_nor_the_simulator() -> None:
+    code = (
+        "import sys, agents.dreamer.policy, agents.dreamer.planner\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('stable_baselines3', "
+        "'sb3_contrib') or m.startswith(('agents.sb3', 'envs.sim'))]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_the_block_itself_bites() -> None:
     """The finder of the serving test does stop an import of the simulator."""
     code = SERVE.split("from agents.dreamer.policy")[0] + "import envs.gym.envs\n"
@@ -309,3 +325,61 @@ def test_the_block_itself_bites() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert proc.returncode != 0 and "blocked: envs.sim" in proc.stderr
+
+
+# --------------------------------------------------------------------------- disruption
+
+
+def test_env_reward_counts_disruption_as_the_scorer_does() -> None:
+    """Item 8 of issue 10: one definition, the same count in the reward and the score."""
+    from envs.scenarios.scoring import count_disruptive
+    from envs.sim.simulator import SimResult
+
+    env = ClusterOpsEnv(scenario="chain3", scenario_overrides={**INCIDENT, "horizon_s": 600})
+    env.reset(seed=1)
+    rng = np.random.default_rng(1)
+    frames, log, total = [env.frame], [], 0.0
+    done = False
+    while not done:
+        t = env.frame.t
+        acts: list[Action] = []
+        for s in env.services:  # scale-downs below and above the ready count, restarts, sheds
+            r = int(rng.integers(1, 6))
+            if rng.random() < 0.3:
+                acts.append(Scale(s, r))
+        if rng.random() < 0.2:
+            acts.append(Restart(env.services[int(rng.integers(3))]))
+        if rng.random() < 0.2:
+            acts.append(ShedLoad(float(rng.choice([0.0, 0.25]))))
+        _, _, _, done, info = env.step_actions(acts)
+        assert "refused" not in info
+        log += [(t, a) for a in acts]
+        frames.append(env.frame)
+        total += info["reward_components"]["disruption"]
+    result = SimResult(env._sim.scenario, frames, log)
+    n = count_disruptive(result)
+    assert total == n > 0
+    assert 0 < n < len(log)  # some actions (scale-ups, shedding 0) were not disruptive
+
+
+def test_is_disruptive_table() -> None:
+    from envs.core.actions import Noop, SetHPATarget, is_disruptive
+
+    assert is_disruptive(Restart("a"), 0) and is_disruptive(Rollback("a"), 0)
+    assert is_disruptive(DrainNode(0), 0) and is_disruptive(ShedLoad(0.25), 0)
+    assert not is_disruptive(ShedLoad(0.0), 0) and not is_disruptive(Noop(), 0)
+    assert is_disruptive(Scale("a", 2), 3) and not is_disruptive(Scale("a", 3), 3)
+    assert not is_disruptive(Scale("a", 4), 3) and not is_disruptive(SetHPATarget("a", 50), 0)
+
+
+def test_set_hpa_target_is_validated() -> None:
+    from envs.core.actions import InvalidActionError, SetHPATarget
+    from envs.scenarios.validate import validate_action
+
+    sc = load_scenario("chain3")
+    assert validate_action(SetHPATarget("api", 60), sc) == SetHPATarget("api", 60)
+    with pytest.raises(InvalidActionError, match="set_hpa_target: unknown service 'web'"):
+        validate_action(SetHPATarget("web", 60), sc)
+    for bad in (0, 101, 50.5, True):
+        with pytest.raises(InvalidActionError, match=r"cpu_target must be an int percent"):
+            validate_action(SetHPATarget("api", bad), sc)  # type: ignore[arg-type]

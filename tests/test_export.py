@@ -9,6 +9,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from envs.core.actions import DrainNode, Noop, Restart, Rollback, Scale, ShedLoad
 from envs.core.telemetry import (
     CLUSTER_FIELDS,
     CLUSTER_INDEX,
@@ -30,7 +31,8 @@ from envs.sim.export import (
     table_to_frames,
     write_telemetry,
 )
-from envs.sim.plots import _highlighted, plot_timeline
+from envs.sim.faults import FaultRecord
+from envs.sim.plots import _highlighted, action_label, fault_spans, plot_timeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -207,3 +209,36 @@ def test_plot_highlights_entry_then_busiest() -> None:
         f.values[0, util] = 0.0
     shown = _highlighted(frames, entry=0, top_k=3)
     assert shown == [0, 11, 10, 9]
+
+
+def test_action_labels_name_kind_and_target() -> None:
+    assert action_label(Scale("db", 4)) == "scale db 4"
+    assert action_label(Restart("api")) == "restart api"
+    assert action_label(Rollback("api")) == "rollback api"
+    assert action_label(ShedLoad(0.25)) == "shed 0.25"
+    assert action_label(DrainNode(2)) == "drain node2"
+    assert action_label(Noop()) == "noop"
+
+
+def test_fault_spans_run_from_onset_to_cause_end() -> None:
+    faults = [
+        FaultRecord(0, "bad_deploy", "api", onset=300.0, end=420.0, started=True),
+        FaultRecord(1, "crash_loop", "db", onset=900.0, end=None, started=True),
+        FaultRecord(2, "node_loss", "node1", onset=5000.0, end=None, started=False),
+    ]
+    assert fault_spans(faults, horizon_s=1800.0) == [
+        (300.0, 420.0, "bad_deploy api"),
+        (900.0, 1800.0, "crash_loop db"),
+    ]
+
+
+def test_plot_with_faults_and_many_actions(tmp_path: Path) -> None:
+    frames = synthetic(n_services=3, n_frames=20)
+    actions = [(float(10 * k), Restart(frames[0].services[k % 3])) for k in range(40)]
+    faults = [FaultRecord(0, "crash_loop", frames[0].services[1], 50.0, 120.0, True)]
+    plain = plot_timeline(frames, scenario_for(frames), tmp_path / "plain.png")
+    rich = plot_timeline(
+        frames, scenario_for(frames), tmp_path / "rich.png", actions=actions, faults=faults
+    )
+    assert rich.read_bytes().startswith(PNG_MAGIC)
+    assert rich.read_bytes() != plain.read_bytes()

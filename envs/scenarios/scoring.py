@@ -212,7 +212,7 @@ def score_episode(result: SimResult) -> EpisodeScore:
     """Score one run; see :class:`EpisodeScore` and ``docs/scoring.md``.
 
     Args:
-        result: What :meth:`Simulator.run <envs.sim.simulator.Simulator.run>` returned (or a
+        result: What :func:`agents.rollout.rollout` returned (or a
             hand-built result with at least two frames).
 
     Returns:

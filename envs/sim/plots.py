@@ -6,8 +6,15 @@
 1. entry request rate (shaded: the scenario's traffic bursts, ramps included);
 2. p99 latency per service, log scale; the entry service bold, SLO targets dashed;
 3. error rate per service, with the entry's allowed error rate dashed;
-4. ready replicas per service (solid) and desired replicas (dashed);
-5. cost rate (left axis) and cumulative cost (right axis).
+4. ready replicas per service (solid) and desired replicas (dashed), with the policy's actions
+   as labelled ticks (``kind service``: ``restart api``, ``scale db 4``);
+5. cost: the node bill's rate (left axis), and on the right axis the cumulative node bill beside
+   the cumulative *allocated* cost (the pods' share by CPU request, what the scores and the
+   Pareto charts use).
+
+Each fault of the run (``faults``: the simulator's records) is shaded on every panel from its
+onset to the end of its cause (to the horizon when it never ended), in its own colour, and
+named in the first panel's legend (``kind target``).
 
 Missing values (NaN) are drawn as gaps, never as zeros. To stay readable with many services,
 only the entry service and the ``top_k`` busiest other services (by mean CPU utilisation) get a
@@ -30,8 +37,38 @@ from matplotlib.ticker import FuncFormatter
 from envs.core.actions import Action
 from envs.core.telemetry import Telemetry
 from envs.scenarios.schema import Scenario
+from envs.sim.faults import FaultRecord
 
 GREY = "#b0b0b0"
+FAULT_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+MAX_ACTION_LABELS = 24
+"""Actions beyond this many get a tick but no text (the panel stays readable)."""
+
+
+def action_label(action: Action) -> str:
+    """Short text for one action: its kind and what it acts on (``scale db 4``)."""
+    kind = action.kind
+    service = getattr(action, "service", None)
+    if kind == "scale":
+        return f"scale {service} {getattr(action, 'replicas', '')}"
+    if service is not None:
+        return f"{kind} {service}"
+    if kind == "shed_load":
+        return f"shed {getattr(action, 'fraction', 0.0):g}"
+    if kind == "drain_node":
+        return f"drain node{getattr(action, 'node', '')}"
+    return kind
+
+
+def fault_spans(faults: Sequence[FaultRecord], horizon_s: float) -> list[tuple[float, float, str]]:
+    """``(start_s, end_s, label)`` of every fault that started: onset to cause end."""
+    spans = []
+    for f in faults:
+        if not f.started and f.end is None and f.onset >= horizon_s:
+            continue
+        end = horizon_s if f.end is None else min(f.end, horizon_s)
+        spans.append((f.onset, max(end, f.onset), f"{f.kind} {f.target}"))
+    return spans
 
 
 def _time_unit(horizon_s: float) -> tuple[str, float]:
@@ -109,6 +146,7 @@ def plot_timeline(
     path: str | Path,
     actions: Sequence[tuple[float, Action]] = (),
     top_k: int = 9,
+    faults: Sequence[FaultRecord] = (),
 ) -> Path:
     """Draw the run's timeline as a PNG (see the module docstring for the panels).
 
@@ -116,8 +154,10 @@ def plot_timeline(
         frames: Frames of one run, in time order (at least one).
         scenario: The scenario that produced them (entry service, SLOs, bursts, name).
         path: Output PNG; its parent folder is created.
-        actions: Optional ``(t, action)`` log; drawn as ticks on the replica panel.
+        actions: Optional ``(t, action)`` log; drawn as labelled ticks on the replica panel.
         top_k: Number of non-entry services given a colour and a label.
+        faults: Optional fault records (``SimResult.faults``); each shaded from onset to the
+            end of its cause.
 
     Returns:
         The path written.
@@ -151,6 +191,13 @@ def plot_timeline(
         end = b.at_s + b.duration_s + b.ramp_s
         for ax in axes:
             ax.axvspan(b.at_s / div, end / div, color="orange", alpha=0.08)
+
+    for k, (start, end, label) in enumerate(fault_spans(faults, horizon)):
+        colour = FAULT_COLOURS[k % len(FAULT_COLOURS)]
+        for ax in axes:
+            ax.axvspan(start / div, end / div, color=colour, alpha=0.10, lw=0)
+            ax.axvline(start / div, color=colour, lw=0.8, alpha=0.6)
+        ax_rps.plot([], [], color=colour, alpha=0.35, lw=6, label=f"fault: {label}")
 
     rps = _series(frames, "rps")
     ax_rps.plot(t, rps[:, entry], color=colours[entry], lw=1.8, label=f"{names[entry]} (entry)")
@@ -201,16 +248,37 @@ def plot_timeline(
     if actions:
         at = np.array([a[0] for a in actions]) / div
         ax_rep.plot(at, np.zeros_like(at), "|", color="crimson", ms=10, label="actions")
+        top = np.nanmax(np.concatenate([ready.ravel(), desired.ravel(), [1.0]]))
+        for k, (when, action) in enumerate(actions[:MAX_ACTION_LABELS]):
+            ax_rep.annotate(
+                action_label(action),
+                (when / div, 0.0),
+                xytext=(2, 6 + 9 * (k % 4)),
+                textcoords="offset points",
+                rotation=0,
+                fontsize=6,
+                color="crimson",
+                annotation_clip=True,
+            )
+        if len(actions) > MAX_ACTION_LABELS:
+            ax_rep.plot(
+                [], [], lw=0, label=f"(first {MAX_ACTION_LABELS} of {len(actions)} labelled)"
+            )
+        ax_rep.set_ylim(0, max(top * 1.15, 1.0))
     ax_rep.set_ylabel("replicas")
     ax_rep.set_ylim(bottom=0)
 
     rate = np.array([f.cluster_value("cost_rate_per_hour") for f in frames])
     total = np.array([f.cluster_value("cost_total") for f in frames])
-    ax_cost.plot(t, rate, color="tab:green", lw=1.5, label="cost rate (/h)")
-    ax_cost.set_ylabel("cost rate\n(per hour)")
+    allocated = np.array([f.cluster_value("allocated_cost_total") for f in frames])
+    ax_cost.plot(t, rate, color="tab:green", lw=1.5, label="node bill rate (/h)")
+    ax_cost.set_ylabel("node bill rate\n(per hour)")
     ax_cost.set_ylim(bottom=0)
     ax_total = ax_cost.twinx()
-    ax_total.plot(t, total, color="tab:purple", lw=1.5, label="cumulative cost")
+    ax_total.plot(t, total, color="tab:purple", lw=1.5, label="cumulative node bill")
+    ax_total.plot(
+        t, allocated, color="tab:orange", lw=1.5, ls="-.", label="cumulative allocated cost"
+    )
     ax_total.set_ylabel("cumulative cost")
     ax_total.set_ylim(bottom=0)
     ax_cost.set_xlabel(f"simulated time ({unit})")
