@@ -363,7 +363,7 @@ def test_env_reward_counts_disruption_as_the_scorer_does() -> None:
 
 
 def test_is_disruptive_table() -> None:
-    from envs.core.actions import Noop, SetHPATarget, is_disruptive
+    from envs.core.actions import Noop, is_disruptive
 
     assert is_disruptive(Restart("a"), 0) and is_disruptive(Rollback("a"), 0)
     assert is_disruptive(DrainNode(0), 0) and is_disruptive(ShedLoad(0.25), 0)
@@ -373,7 +373,7 @@ def test_is_disruptive_table() -> None:
 
 
 def test_set_hpa_target_is_validated() -> None:
-    from envs.core.actions import InvalidActionError, SetHPATarget
+    from envs.core.actions import InvalidActionError
     from envs.scenarios.validate import validate_action
 
     sc = load_scenario("chain3")
