@@ -34,7 +34,7 @@ from envs.gym.codec import (
 )
 from envs.gym.envs import ClusterOpsEnv, RemediateEnv
 from envs.scenarios.loader import load_scenario
-from envs.sim.cluster import NodeState
+from envs.sim.control import NodeState
 from envs.sim.simulator import Simulator
 from experiments import train as train_mod
 from experiments.cli import CONFIG_DIR
