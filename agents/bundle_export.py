@@ -378,6 +378,7 @@ def record_frames(policy: Any, steps: int, seed: int) -> list[Telemetry]:
 
     class Recorder:
         name = "recorder"
+        in_cluster_hpa = getattr(policy, "in_cluster_hpa", None)  # hpa_tune: the HPA it steers
 
         def reset(self, n: int = 1) -> Any:
             return policy.reset(n)
