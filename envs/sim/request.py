@@ -272,19 +272,10 @@ class RequestEngine(Engine):
     def _attempt(self, s: int, done: simpy.Event | None) -> Generator[simpy.Event, Any, bool]:
         """One attempt at service ``s``; reports through ``done`` when the caller may time out.
 
-        Counted alive from its first line to its end (``try``/``finally``), independently of
-        the arrived/completed/failed/dropped counters.
+        Counted alive from the moment it takes a place in the pool's queue to its end
+        (``try``/``finally``), independently of the arrived/completed/failed/dropped counters
+        (an attempt dropped at once is never alive: it ends in the instant it starts).
         """
-        self._alive[s] += 1
-        try:
-            return (yield from self._attempt_body(s, done))
-        finally:
-            self._alive[s] -= 1
-            if done is not None and id(done) in self._expired:
-                self._expired.discard(id(done))
-                self._abandoned[s] -= 1
-
-    def _attempt_body(self, s: int, done: simpy.Event | None) -> Generator[simpy.Event, Any, bool]:
         env = self.env
         t0 = env.now
         self._arrived[s] += 1
@@ -296,48 +287,55 @@ class RequestEngine(Engine):
             if done is not None:
                 done.succeed(False)
             return False
-        req = pool.request()
+        self._alive[s] += 1
         try:
-            yield req
-        except _Flushed:
-            # every pod went away while the attempt queued: connection reset
+            req = pool.request()
+            try:
+                yield req
+            except _Flushed:
+                # every pod went away while the attempt queued: connection reset
+                if done is None or not done.triggered:
+                    self._failed[s] += 1
+                    self._lat[s].append(env.now - t0)
+                    if done is not None:
+                        done.succeed(False)
+                return False
+            sampler = self._svc_sampler[s]
+            own = self._svc_mean[s] * self._lat_factor[s]
+            if sampler is not None:
+                own *= sampler()
+            yield env.timeout(own)
+            self._own_busy[s] += own
+            pool.release(req)
+            ok = True
+            if self._doomed and id(req) in self._doomed:
+                self._doomed.discard(id(req))
+                ok = False  # its pod died under it
+            elif self._err[s] > 0 and self._uniform() < self._err[s]:
+                ok = False  # application error: answers at once, calls nothing
+            else:
+                for child, prob, n_calls, frac in self._children[s]:
+                    if prob < 1.0 and self._uniform() >= prob:
+                        continue
+                    calls = n_calls + (1 if frac > 0 and self._uniform() < frac else 0)
+                    path = self._edge_fault[s].get(child) if self._edge_fault[s] else None
+                    for _ in range(calls):
+                        if not (yield from self._call(child, path)):
+                            ok = False
             if done is None or not done.triggered:
-                self._failed[s] += 1
+                if ok:
+                    self._completed[s] += 1
+                else:
+                    self._failed[s] += 1
                 self._lat[s].append(env.now - t0)
                 if done is not None:
-                    done.succeed(False)
-            return False
-        sampler = self._svc_sampler[s]
-        own = self._svc_mean[s] * self._lat_factor[s]
-        if sampler is not None:
-            own *= sampler()
-        yield env.timeout(own)
-        self._own_busy[s] += own
-        pool.release(req)
-        ok = True
-        if self._doomed and id(req) in self._doomed:
-            self._doomed.discard(id(req))
-            ok = False  # its pod died under it
-        elif self._err[s] > 0 and self._uniform() < self._err[s]:
-            ok = False  # application error: answers at once, calls nothing
-        else:
-            for child, prob, n_calls, frac in self._children[s]:
-                if prob < 1.0 and self._uniform() >= prob:
-                    continue
-                calls = n_calls + (1 if frac > 0 and self._uniform() < frac else 0)
-                path = self._edge_fault[s].get(child) if self._edge_fault[s] else None
-                for _ in range(calls):
-                    if not (yield from self._call(child, path)):
-                        ok = False
-        if done is None or not done.triggered:
-            if ok:
-                self._completed[s] += 1
-            else:
-                self._failed[s] += 1
-            self._lat[s].append(env.now - t0)
-            if done is not None:
-                done.succeed(ok)
-        return ok
+                    done.succeed(ok)
+            return ok
+        finally:
+            self._alive[s] -= 1
+            if self._expired and done is not None and id(done) in self._expired:
+                self._expired.discard(id(done))
+                self._abandoned[s] -= 1
 
     # ------------------------------------------------------------------ scrape
     def live_in_flight(self) -> np.ndarray:
