@@ -155,6 +155,8 @@ class DreamerBundleState:
         stoch: ``[1, K, C]`` float32 latent (one-hot).
         prev_action: ``[1, A]`` float32 features of the previous decision's actions.
         first: The next frame is the stream's first.
+        seen: The belief at the last frame, before its decision (the what-if planner's
+            candidates are alternatives to that decision); None before the first frame.
     """
 
     belief: ControlBelief
@@ -162,6 +164,7 @@ class DreamerBundleState:
     stoch: np.ndarray
     prev_action: np.ndarray
     first: bool = True
+    seen: ControlBelief | None = None
 
 
 def recurrent_state_spec(cfg: WorldModelConfig, action_size: int) -> dict[str, Any]:
@@ -341,6 +344,7 @@ class DreamerBundlePolicy:
             stoch,
             np.asarray(features, dtype=np.float32)[None],
             first=False,
+            seen=belief,
         )
         return actions, new, info
 
@@ -359,11 +363,14 @@ class DreamerBundlePolicy:
         quantiles: tuple[float, ...],
         seed: int,
     ) -> dict[str, Any]:
-        """Quantiles of the next ``horizon`` steps from the stream's carry, under no actions.
+        """Quantiles of the next ``horizon`` steps from the stream's carry.
+
+        The imagined future takes the actions decided on the last frame (the stream's
+        ``prev_action`` features), then none.
 
         Draws are in raw units clipped to each metric's physical range (p99, rps and
-        replicas at least 0, the error rate in [0, 1]); ``p_violation`` is the share-weighted
-        probability of at least one SLO-violating step within the horizon.
+        replicas at least 0, the error rate in [0, 1]); ``p_violation`` is the mean over the
+        draws of the probability of at least one SLO-violating step within the horizon.
 
         Raises:
             ValueError: The stream has not seen a frame yet.
@@ -372,6 +379,7 @@ class DreamerBundlePolicy:
             raise ValueError("the stream has no frame yet: send frames (infer) first")
         wm = self.nets.wm
         planned = torch.zeros(1, horizon, self.action_spec.feature_size)
+        planned[0, 0] = torch.as_tensor(state.prev_action[0])
         gen = torch.Generator().manual_seed(int(seed))
         n_svc = len(self.codec.services)
         sf = sample_futures(wm, self.carry(state), planned, samples, n_svc, gen)
@@ -406,13 +414,16 @@ class DreamerBundlePolicy:
     ) -> dict[str, Any]:
         """The what-if planner's predicted outcome of each candidate action.
 
+        The candidates are the alternatives at the stream's last frame (its belief before
+        the decision), imagined from the posterior carry of that frame.
+
         Raises:
             ValueError: The stream has not seen a frame yet, or an ``hpa_tune`` bundle.
         """
-        if state.first:
+        if state.first or state.seen is None:
             raise ValueError("the stream has no frame yet: send frames (infer) first")
         plan = self.planner(horizon=horizon, samples=samples, seed=seed).plan(
-            self.carry(state), state.belief
+            self.carry(state), state.seen
         )
         out = plan.as_dict()
         out["explanation"] = plan.to_markdown()

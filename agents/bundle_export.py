@@ -608,8 +608,9 @@ def export_dreamer_run(
     from agents.world_model.config import ObsLayout
 
     run = Path(run_dir)
-    if not (run / weights).is_file():
-        raise BundleError(f"{run / weights}: missing; is {run} a finished Dreamer run?")
+    for name in ("config.yaml", weights):
+        if not (run / name).is_file():
+            raise BundleError(f"{run / name}: missing; is {run} a finished Dreamer run?")
     policy = DreamerPolicy(run, weights=weights, deterministic=True)
     agent, cfg = policy.agent, policy.config.agent
     spec = policy.spec
