@@ -12,7 +12,8 @@ A bundle is a folder:
 * ``weights.safetensors``: the decision network (``safetensors.torch.save_model``);
 * ``obs_norm.safetensors``: the observation normalisation statistics (float64);
 * ``policy.onnx``: the same network for onnxruntime, written only after the parity check
-  (:mod:`agents.bundle_export` writes bundles);
+  (:mod:`agents.bundle_export` writes bundles); a Dreamer bundle has ``rssm_step.onnx``
+  instead (:mod:`agents.bundle_dreamer`);
 * ``SHA256SUMS``: ``sha256sum -c`` lines over every other file.
 
 No file is a pickle. :func:`load_bundle` verifies the sums (a changed, missing or extra file
@@ -27,7 +28,9 @@ one plain-torch MLP, fed the observation normalised as ``VecNormalize`` does (fl
 float32), choosing the mode per dimension (``softmax`` then ``argmax`` as SB3's
 categorical distributions do; masked logits at ``-1e8`` as sb3-contrib's). The rule
 baselines (``hpa``, ``tuned_hpa``, ``runbook``, ``tuned_runbook``) export as
-configuration-only bundles (no weights). Dreamer bundles are not implemented yet.
+configuration-only bundles (no weights). Dreamer runs export their world model, actor and
+critic, and ``rssm_step.onnx``, one recurrent step with the carry as explicit inputs and
+outputs (:mod:`agents.bundle_dreamer`; the manifest's ``recurrent_state`` lists it).
 
 **Parity.** :func:`agents.bundle_export.export_run` compares, before writing
 ``policy.onnx``, the exported network (torch and ONNX) with the SB3 model on random
@@ -224,7 +227,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "versions": dict,
     "files": dict,
 }
-KINDS: tuple[str, ...] = ("sb3", "baseline")
+KINDS: tuple[str, ...] = ("sb3", "dreamer", "baseline")
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -253,10 +256,13 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         )
     if data["kind"] not in KINDS:
         raise BundleError(f"{path}: kind {data['kind']!r} is not one of {list(KINDS)}")
-    if data["kind"] == "sb3":
-        for key in ("observation", "action", "network"):
-            if not isinstance(data.get(key), dict):
-                raise BundleError(f"{path}: an sb3 bundle needs the object {key!r}")
+    needs: dict[str, tuple[str, ...]] = {
+        "sb3": ("observation", "action", "network"),
+        "dreamer": ("observation", "action", "network", "recurrent_state", "scenario"),
+    }
+    for key in needs.get(data["kind"], ()):
+        if not isinstance(data.get(key), dict):
+            raise BundleError(f"{path}: a {data['kind']} bundle needs the object {key!r}")
     return data
 
 
@@ -474,6 +480,14 @@ def load_bundle(folder: str | Path, backend: Literal["auto", "onnx", "torch"] = 
     guard = GuardConfig.model_validate(manifest["guard"])
     if manifest["kind"] == "baseline":
         policy: Any = baseline_from_manifest(manifest)
+    elif manifest["kind"] == "dreamer":
+        from agents.bundle_dreamer import STEP_ONNX, DreamerBundlePolicy
+
+        has_step = (root / STEP_ONNX).is_file()
+        if backend == "onnx" and not has_step:
+            raise BundleError(f"{root / STEP_ONNX}: missing; use backend=torch")
+        chosen = "onnx" if (backend == "onnx" or (backend == "auto" and has_step)) else "torch"
+        policy = DreamerBundlePolicy(root, manifest, sha, chosen)
     else:
         has_onnx = (root / ONNX).is_file()
         if backend == "onnx" and not has_onnx:

@@ -173,6 +173,8 @@ def export_run(
 ) -> Path:
     """Export an ``opsworld train`` run dir (PPO, MaskablePPO, A2C, DQN) as a bundle.
 
+    A Dreamer run dir (``agent.pt``, no ``model.zip``) goes to :func:`export_dreamer_run`.
+
     Loads the run with :class:`agents.sb3.policy.SB3Policy` (its pickles: trusted run dirs
     only), copies the decision network, checks parity (random inputs; a rollout of
     ``parity_steps`` decisions of the run's scenario) and writes the bundle.
@@ -184,7 +186,16 @@ def export_run(
 
     run = Path(run_dir)
     if (run / "agent.pt").is_file() and not (run / model).is_file():
-        raise BundleError(f"{run}: a Dreamer run; Dreamer bundles are not implemented yet")
+        return export_dreamer_run(
+            run,
+            out,
+            guard=guard,
+            onnx=onnx,
+            parity_steps=parity_steps,
+            seed=seed,
+            command=command,
+            force=force,
+        )
     sb3 = SB3Policy(run, model=model, vecnormalize=vecnormalize)
     net, head = decision_net_from_sb3(sb3.model)
     stats = sb3.vec_normalize
@@ -457,4 +468,276 @@ def export_baseline(
     _dump(root, manifest)
     write_sums(root)
     baseline_from_manifest(manifest)  # it builds
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Dreamer
+
+
+def _rms_norm_symbolic(g: Any, x: Any, normalized_shape: Any, weight: Any, eps: Any) -> Any:
+    """``aten::rms_norm`` for the TorchScript ONNX exporter (opset 17 has no RMS norm).
+
+    ``x * 1 / sqrt(mean(x^2, -1) + eps) * weight``, the order torch computes it in.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    value = sh._maybe_get_const(eps, "f")
+    e = 1e-6 if sh._is_none(eps) or value is None else float(value)
+    ms = g.op("ReduceMean", g.op("Mul", x, x), axes_i=[-1], keepdims_i=1)
+    eps_t = g.op("Constant", value_t=torch.tensor(e, dtype=torch.float32))
+    y = g.op("Mul", x, g.op("Reciprocal", g.op("Sqrt", g.op("Add", ms, eps_t))))
+    return y if sh._is_none(weight) else g.op("Mul", y, weight)
+
+
+def export_step_onnx(
+    step: nn.Module,
+    obs_size: int,
+    deter: int,
+    stoch: tuple[int, int],
+    action_size: int,
+    mask_size: int,
+) -> bytes:
+    """:class:`~agents.bundle_dreamer.DreamerStep` as ONNX bytes.
+
+    The TorchScript exporter (not dynamo: it would fix a batch-1 example's batch size and
+    write the weights to a side ``.onnx.data`` file) traces one step with a batch of 2, so
+    the batch axis stays dynamic and the weights inline; there is no loop over time to unroll.
+    """
+    from agents.bundle_dreamer import STEP_INPUTS, STEP_OUTPUTS
+
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm_symbolic, 17)
+    b = 2
+    args = (
+        torch.zeros(b, obs_size),
+        torch.zeros(b),
+        torch.zeros(b, deter),
+        torch.zeros(b, *stoch),
+        torch.zeros(b, action_size),
+        torch.ones(b, mask_size, dtype=torch.bool),
+    )
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step,
+            args,
+            cast(Any, buf),
+            dynamo=False,
+            input_names=list(STEP_INPUTS),
+            output_names=list(STEP_OUTPUTS),
+            dynamic_axes={n: {0: "batch"} for n in (*STEP_INPUTS, *STEP_OUTPUTS)},
+            opset_version=17,
+            do_constant_folding=False,
+        )
+    return buf.getvalue()
+
+
+def _random_step_inputs(
+    rng: np.random.Generator, n: int, obs_size: int, cfg: Any, action_size: int, nvec: list[int]
+) -> dict[str, np.ndarray]:
+    stoch = np.zeros((n, cfg.stoch, cfg.classes), np.float32)
+    picks = rng.integers(0, cfg.classes, size=(n, cfg.stoch))
+    np.put_along_axis(stoch, picks[..., None], 1.0, axis=-1)
+    return {
+        "obs": rng.normal(0.0, 1.5, size=(n, obs_size)).astype(np.float32),
+        "is_first": (rng.random(n) < 0.2).astype(np.float32),
+        "deter": rng.uniform(-1.0, 1.0, size=(n, cfg.deter)).astype(np.float32),
+        "stoch": stoch,
+        "prev_action": rng.normal(0.0, 1.0, size=(n, action_size)).astype(np.float32),
+        "mask": _random_masks(rng, nvec, n),
+    }
+
+
+def parity_dreamer_random(
+    policy: Any, step: nn.Module, feed: dict[str, np.ndarray], masked: bool
+) -> tuple[int, int]:
+    """Mismatches of the bundle's step against the run's agent on random inputs.
+
+    Returns ``(action mismatches, carry mismatches)``: the agent's deterministic
+    :meth:`~agents.dreamer.agent.DreamerAgent.act` against :class:`DreamerStep`, row by row
+    (batch 1, as a stream acts).
+    """
+    from agents.dreamer.agent import AgentState
+    from agents.world_model.rssm import Carry
+
+    bad_action = bad_carry = 0
+    for i in range(len(feed["obs"])):
+        row = {k: v[i : i + 1] for k, v in feed.items()}
+        state = AgentState(
+            Carry(torch.as_tensor(row["deter"]), torch.as_tensor(row["stoch"])),
+            torch.as_tensor(row["prev_action"]),
+        )
+        theirs, carry = policy.agent.act(
+            row["obs"], row["is_first"], state, row["mask"] if masked else None, deterministic=True
+        )
+        with torch.no_grad():
+            ours, deter, stoch = step(*(torch.as_tensor(row[k]) for k in row))
+        bad_action += int(not np.array_equal(theirs, ours.numpy()))
+        bad_carry += int(not (torch.equal(carry.deter, deter) and torch.equal(carry.stoch, stoch)))
+    return bad_action, bad_carry
+
+
+def export_dreamer_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    weights: str = "agent.pt",
+    guard: GuardConfig | None = None,
+    onnx: bool = True,
+    parity_samples: int = 256,
+    parity_steps: int = 50,
+    seed: int = 0,
+    command: str = "",
+    force: bool = False,
+) -> Path:
+    """Export an ``opsworld train agent=dreamer`` run dir as a bundle (deterministic policy).
+
+    Copies the world model, actor and critic into :class:`~agents.bundle_dreamer.DreamerNets`
+    (safetensors), checks parity of :class:`~agents.bundle_dreamer.DreamerStep` against the
+    run's agent on random observations, carries and masks, writes ``rssm_step.onnx`` and
+    checks it on the same inputs, then replays a ``parity_steps``-decision rollout of the
+    run's scenario through the bundle (torch and onnxruntime) against
+    :class:`agents.dreamer.policy.DreamerPolicy`. Any mismatch refuses the export.
+
+    Raises:
+        BundleError: A run dir that is not a Dreamer run, or any parity mismatch.
+    """
+    from agents.bundle_dreamer import STEP_ONNX, DreamerNets, DreamerStep, recurrent_state_spec
+    from agents.dreamer.policy import DreamerPolicy
+    from agents.world_model.config import ObsLayout
+
+    run = Path(run_dir)
+    for name in ("config.yaml", weights):
+        if not (run / name).is_file():
+            raise BundleError(f"{run / name}: missing; is {run} a finished Dreamer run?")
+    policy = DreamerPolicy(run, weights=weights, deterministic=True)
+    agent, cfg = policy.agent, policy.config.agent
+    spec = policy.spec
+    wm_cfg = agent.wm_cfg
+    nets = DreamerNets(
+        ObsLayout.from_encoder(policy.encoder), spec, wm_cfg, cfg.hidden, cfg.unimix, cfg.bins
+    )
+    nets.wm.load_state_dict(agent.wm.state_dict())
+    nets.actor.load_state_dict(agent.ac.actor.state_dict())
+    nets.critic.load_state_dict(agent.ac.critic.state_dict())
+    nets.eval()
+    step = DreamerStep(nets, spec.masked).eval()
+    root = _prepare(out, force)
+    save_model(nets, str(root / WEIGHTS))
+    scenario = policy.scenario
+    layout = policy.codec.space_spec
+    config_text = (run / "config.yaml").read_text(encoding="utf-8")
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    obs_size = int(policy.encoder.size)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "dreamer",
+        "algorithm": "dreamer",
+        "name": f"dreamer-{scenario.topology.name}",
+        "topology": topology_record(scenario),
+        "control_spec": asdict(policy.codec.spec),
+        "observation": {"encoder": policy.encoder.spec(), "size": obs_size},
+        "action": {
+            "layout": layout.layout,
+            "nvec": list(spec.nvec),
+            "discrete": spec.discrete,
+            "masked": spec.masked,
+            "mask_size": spec.size,
+            "feature_size": spec.feature_size,
+            "allow_drain": policy.allow_drain,
+            "deterministic": True,
+        },
+        "network": {
+            "world_model": wm_cfg.model_dump(mode="json"),
+            "hidden": list(cfg.hidden),
+            "unimix": float(cfg.unimix),
+            "bins": int(cfg.bins),
+            "discount": float(cfg.discount),
+            "horizon": int(cfg.horizon),
+            "inputs": {
+                "obs": ["batch", obs_size],
+                "is_first": ["batch"],
+                "deter": ["batch", wm_cfg.deter],
+                "stoch": ["batch", wm_cfg.stoch, wm_cfg.classes],
+                "prev_action": ["batch", spec.feature_size],
+                "mask": ["batch", spec.size],
+            },
+            "outputs": {
+                "action": ["batch", spec.dims],
+                "deter_next": ["batch", wm_cfg.deter],
+                "stoch_next": ["batch", wm_cfg.stoch, wm_cfg.classes],
+            },
+        },
+        "recurrent_state": recurrent_state_spec(wm_cfg, spec.feature_size),
+        "scenario": scenario.model_dump(mode="json"),
+        "guard": (guard or GuardConfig()).model_dump(mode="json"),
+        "versions": library_versions(),
+        "config_hash": hashlib.sha256(config_text.encode()).hexdigest(),
+        "figures": {"training": metrics, "commands": [c for c in (command,) if c]},
+        "source": {"run_dir": str(run.resolve()), "weights": weights},
+        "files": {WEIGHTS: "world model, actor and critic"},
+    }
+    if policy.in_cluster_hpa is not None:
+        manifest["hpa"] = {
+            "name": "tuned_hpa",
+            "config": policy.in_cluster_hpa.model_dump(mode="json"),
+        }
+    _dump(root, manifest)
+    write_sums(root)
+    rng = np.random.default_rng(seed)
+    feed = _random_step_inputs(
+        rng, parity_samples, obs_size, wm_cfg, spec.feature_size, list(spec.nvec)
+    )
+    if not spec.masked:
+        feed["mask"][:] = True
+    bad_action, bad_carry = parity_dreamer_random(policy, step, feed, spec.masked)
+    report: dict[str, Any] = {
+        "random_samples": parity_samples,
+        "random_mismatches": bad_action,
+        "random_carry_mismatches": bad_carry,
+    }
+    onnx_bytes = None
+    if onnx and not bad_action:
+        onnx_bytes = export_step_onnx(
+            step,
+            obs_size,
+            wm_cfg.deter,
+            (wm_cfg.stoch, wm_cfg.classes),
+            spec.feature_size,
+            spec.size,
+        )
+        (root / STEP_ONNX).write_bytes(onnx_bytes)
+        manifest["files"][STEP_ONNX] = "one recurrent decision step (onnxruntime)"
+        _dump(root, manifest)
+        write_sums(root)
+        from agents.bundle_dreamer import OnnxStep
+
+        with torch.no_grad():
+            ours = step(*(torch.as_tensor(feed[k]) for k in feed))[0].numpy()
+        theirs = OnnxStep(root / STEP_ONNX)(feed)[0]
+        report["onnx_mismatches"] = int((ours != theirs).any(axis=1).sum())
+    frames = record_frames(policy, parity_steps, seed)
+    report["rollout_steps"] = len(frames)
+    report["rollout_mismatches"] = {}
+    for backend in ("torch", "onnx") if onnx_bytes is not None else ("torch",):
+        bundle = load_bundle(root, backend=cast(Any, backend))
+        report["rollout_mismatches"][backend] = rollout_mismatches(policy, bundle.policy, frames)
+    bad = (
+        bad_action
+        + bad_carry
+        + report.get("onnx_mismatches", 0)
+        + sum(report["rollout_mismatches"].values())
+    )
+    manifest["parity"] = report
+    if bad:
+        shutil.rmtree(root)
+        raise BundleError(f"{run}: parity check failed ({report}); no bundle written")
+    digest = hashlib.sha256(
+        json.dumps(manifest, sort_keys=True, default=_plain).encode()
+    ).hexdigest()
+    manifest["model_version"] = f"dreamer-{digest[:12]}"
+    _dump(root, manifest)
+    write_sums(root)
     return root

@@ -662,6 +662,8 @@ class GuardedPolicy:
         self.policy = policy
         self.guard = guard
         self.name = f"{policy.name}+guard"
+        # an hpa_tune policy steers the control plane's HPA: the rollout must still run it
+        self.in_cluster_hpa = getattr(policy, "in_cluster_hpa", None)
 
     def reset(self, n: int = 1) -> GuardedState | list[GuardedState]:
         """Fresh state (one for ``n == 1``, else a list of ``n``)."""

@@ -80,6 +80,8 @@ class EvaluateConfig:
         deterministic: How a trained policy picks its action: True the mode, False a seeded
             sample, None each kind's default (SB3: the mode; Dreamer: the run's
             ``eval.deterministic``). Built-in policies ignore it.
+        guard: Put every policy behind the safety guard (default limits; labels get
+            ``-guard``): ``guard_policy(policy, control_spec(scenario))``.
         out: Output folder.
     """
 
@@ -94,6 +96,7 @@ class EvaluateConfig:
     timelines: int = 3
     weights: str = "final"
     deterministic: bool | None = None
+    guard: bool = False
     out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
 
 

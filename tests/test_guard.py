@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -416,3 +417,34 @@ def test_guarded_policy_runs_the_simulator_and_reports_every_intervention() -> N
                 lo, hi = guard.bounds[a.service]
                 assert lo <= a.replicas <= hi
     assert infos[3]["proposed"] == [] and infos[4]["proposed"] != []
+
+
+def test_evaluate_guard_true_wraps_every_policy_and_scores_the_guarded_runs(
+    tmp_path: Path,
+) -> None:
+    """``opsworld evaluate guard=true``: labels get ``-guard`` and each run's score is that
+    of ``guard_policy(policy, control_spec(scenario))`` run directly."""
+    from agents.evaluation.evaluate import PolicySpec, build_policy, load_policy_config
+    from envs.scenarios.scoring import score_episode
+    from envs.scenarios.suites import load_suite
+    from experiments import evaluate as ev
+
+    base = {"suite": "holdout", "topology": "chain3", "limit": 1, "seeds": 1, "workers": 1}
+    ret = ev.evaluate(
+        {**base, "policies": ["hpa"], "guard": True, "timelines": 0, "out": str(tmp_path)},
+        log=None,
+    )
+    assert set(ret["results"]) == {"hpa-guard"}
+    row = ret["results"]["hpa-guard"]["per_run"][0]
+    entry = load_suite("holdout").on_topology("chain3").entries[0]
+    spec = PolicySpec("hpa", config=load_policy_config("hpa"), guard=True)
+    policy = build_policy(spec, entry.scenario)
+    assert isinstance(policy, GuardedPolicy) and policy.name == "hpa+guard"
+    direct = score_episode(
+        rollout(Simulator(entry.scenario, fidelity="fluid", seed=entry.run_seed(0)), policy)
+    )
+    assert row["entry"] == entry.id
+    assert row["slo_violation_min"] == pytest.approx(direct.slo_violation_min)
+    assert row["cost"] == pytest.approx(direct.cost)
+    plain = build_policy(PolicySpec("hpa", config=load_policy_config("hpa")), entry.scenario)
+    assert not isinstance(plain, GuardedPolicy)

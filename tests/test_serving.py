@@ -384,26 +384,26 @@ def test_reload_and_rollback_under_load_fail_no_request(
                 "-c",
                 LOAD,
                 f"{srv.url}/v2/models/{srv.name}/infer",
-                "100",
-                "8",
+                "200",
+                "10",
                 str(out),
             ],
             cwd=REPO,
         )
-        wait_for_infers(srv, 200)  # swap while the load runs, whatever this machine's speed
+        wait_for_infers(srv, 400)  # swap while the load runs, whatever this machine's speed
         r = httpx.post(
             f"{srv.url}/v2/admin/reload", json={"bundle": str(other)}, headers=auth, timeout=60
         )
         assert r.status_code == 200, r.text
         v2 = r.json()["model_version"]
-        wait_for_infers(srv, 500)
+        wait_for_infers(srv, 1200)
         r = httpx.post(f"{srv.url}/v2/admin/rollback", headers=auth, timeout=30)
         assert r.status_code == 200 and r.json()["model_version"] == v1
         assert load.wait(timeout=120) == 0
     finally:
         srv.stop()
     results = json.loads(out.read_text())
-    assert len(results) == 800
+    assert len(results) == 2000  # 200 requests/s for 10 s
     failed = [r for r in results if r[1] != 200]
     assert failed == []
     versions = [r[2] for r in results]  # in order of completion

@@ -12,6 +12,7 @@ class BenchSuite(StrEnum):
     sim = "sim"
     incidents = "incidents"
     world_model = "world_model"
+    serve = "serve"
 
 
 @dataclass
@@ -155,6 +156,52 @@ class WorldModelSuiteConfig:
 
 
 @dataclass
+class ServeSizes:
+    """Workload sizes of the ``serve`` suite.
+
+    Attributes:
+        rates: Request rates (requests/s) of the open-loop load, one run each.
+        duration_s: Seconds of load per rate.
+        frames: Telemetry frames of a holdout incident the requests cycle through.
+        in_process_repeats: Passes over the frames for the in-process latency.
+    """
+
+    rates: list[float] = field(default_factory=lambda: [100.0, 500.0, 1000.0])
+    duration_s: float = 10.0
+    frames: int = 200
+    in_process_repeats: int = 5
+
+
+@dataclass
+class ServeSuiteConfig:
+    """Settings of the ``serve`` suite (the policy server under load).
+
+    Attributes:
+        ppo_run: A trained PPO run dir to export (None: a short run, default network).
+        dreamer_run: A trained Dreamer run dir (None: a short run, tiny preset).
+        connections: Keep-alive connections of the load generator.
+        streams: Streams the requests spread over (each request one new frame).
+        full: Sizes of a full run.
+        quick: Sizes with ``quick=true`` (seconds; for tests).
+        target_p99_ms: PPO on ONNX at the highest rate must have p99 at most this.
+        target_model_share: ... and the network at most this share of the request time.
+    """
+
+    ppo_run: str | None = None
+    dreamer_run: str | None = None
+    connections: int = 32
+    streams: int = 64
+    full: ServeSizes = field(default_factory=ServeSizes)
+    quick: ServeSizes = field(
+        default_factory=lambda: ServeSizes(
+            rates=[50.0], duration_s=1.0, frames=20, in_process_repeats=1
+        )
+    )
+    target_p99_ms: float = 2.0
+    target_model_share: float = 0.05
+
+
+@dataclass
 class BenchConfig:
     """Schema of ``configs/bench.yaml``.
 
@@ -167,6 +214,7 @@ class BenchConfig:
         sim: Settings of the ``sim`` suite.
         incidents: Settings of the ``incidents`` suite.
         world_model: Settings of the ``world_model`` suite.
+        serve: Settings of the ``serve`` suite.
     """
 
     suite: BenchSuite = BenchSuite.sim
@@ -177,3 +225,4 @@ class BenchConfig:
     sim: SimSuiteConfig = field(default_factory=SimSuiteConfig)
     incidents: IncidentsSuiteConfig = field(default_factory=IncidentsSuiteConfig)
     world_model: WorldModelSuiteConfig = field(default_factory=WorldModelSuiteConfig)
+    serve: ServeSuiteConfig = field(default_factory=ServeSuiteConfig)

@@ -27,6 +27,7 @@ module feeds :func:`~agents.evaluation.suite.run_one` a picklable per-entry fact
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -66,6 +67,7 @@ class EvaluateSettings(Protocol):
     weights: str
     deterministic: bool | None
     out: str
+    guard: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,6 +85,8 @@ class PolicySpec:
         kind: ``sb3`` or ``dreamer`` (for a run dir).
         weights: ``final`` or ``best`` (see :class:`EvaluateConfig`).
         deterministic: Mode (True), seeded sample (False) or the kind's default (None).
+        guard: Put the policy behind the safety guard (:func:`agents.guard.guard_policy`,
+            default limits, for the scenario's cluster).
     """
 
     label: str
@@ -91,6 +95,7 @@ class PolicySpec:
     kind: str = "sb3"
     weights: str = "final"
     deterministic: bool | None = None
+    guard: bool = False
 
 
 WEIGHT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -106,7 +111,16 @@ _SB3_CACHE: dict[tuple[str, str, bool | None], Policy] = {}
 
 
 def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
-    """A fresh policy for one run on ``scenario`` (a trained model loads once per process)."""
+    """A fresh policy for one run on ``scenario`` (a trained model loads once per process).
+
+    With ``spec.guard`` the policy comes behind the safety guard for the scenario's cluster.
+    """
+    if spec.guard:
+        from agents.guard import guard_policy
+        from envs.gym.codec import control_spec
+
+        inner = build_policy(dataclasses.replace(spec, guard=False), scenario)
+        return guard_policy(inner, control_spec(scenario))
     if spec.config is not None:
         return make_policy(spec.config, scenario)
     assert spec.run_dir is not None
@@ -336,6 +350,8 @@ def evaluate(
     names = list(conf.policies) or [conf.policy]
     key = "policies" if len(names) > 1 else "policy"  # `policy=X` arrives as policies=['X']
     specs = [resolve_policy(n, key, conf.weights, conf.deterministic) for n in names]
+    if getattr(conf, "guard", False):  # opsworld evaluate guard=true
+        specs = [dataclasses.replace(s, label=f"{s.label}-guard", guard=True) for s in specs]
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise RunConfigError(f"{key}={names}: a policy appears twice")

@@ -9,6 +9,10 @@ behind its :class:`~agents.guard.Guard`, runs one warm-up inference and then ser
   manifest), ``GET /v2/models/{name}/ready``;
 * ``POST /v2/models/{name}/infer``: a telemetry window in, typed actions out with the guard's
   verdict, the bundle's SHA and the model version; state per ``stream_id``;
+* ``POST /v2/models/{name}/forecast`` and ``POST /v2/models/{name}/explain`` (bundles with a
+  world model, i.e. Dreamer bundles; 404 with a reason for others): quantiles of p99, rps,
+  error rate and replicas and P(SLO violation) over a horizon, and the what-if planner's
+  predicted outcome per candidate action, from a stream's state (not changed by them);
 * ``GET /metrics``: Prometheus text (``opsworld_policy_inference_seconds``,
   ``opsworld_policy_requests_total{endpoint,code}``,
   ``opsworld_guard_interventions_total{rule}``, ``opsworld_policy_bundle_info``);
@@ -53,8 +57,12 @@ from agents.bundle import Bundle, BundleError, load_bundle, spec_from_manifest
 from agents.guard import Guard, GuardedPolicy, GuardVerdict, action_dict
 from agents.serving.schemas import (
     ErrorBody,
+    ExplainResponse,
+    ForecastRequest,
+    ForecastResponse,
     InferRequest,
     InferResponse,
+    WorldModelRequest,
     frame_json,
     to_telemetry,
 )
@@ -305,7 +313,13 @@ def create_app(
         return {
             "name": "opsworld",
             "version": _version(),
-            "extensions": ["opsworld_guard", "opsworld_admin", "opsworld_streams"],
+            "extensions": [
+                "opsworld_guard",
+                "opsworld_admin",
+                "opsworld_streams",
+                "opsworld_forecast",
+                "opsworld_explain",
+            ],
         }
 
     def model_for(name: str) -> Loaded:
@@ -404,6 +418,99 @@ def create_app(
             proposed=[action_dict(a) for a in info.get("proposed", [])] if decided else [],
             guard=verdict.as_dict() if verdict is not None else None,  # type: ignore[arg-type]
             info=public if decided else {},
+        )
+
+    def world_model_state(model: Loaded, body: WorldModelRequest) -> tuple[Any, Any, float]:
+        """``(bundle policy, its stream state, t)`` for a world-model route (no side effect)."""
+        inner = model.bundle.policy
+        if not hasattr(inner, "forecast"):
+            raise ServeError(
+                404,
+                "no world model",
+                f"model {model.name!r} ({model.bundle.manifest['kind']} bundle) carries no world "
+                "model; forecast and explain need a Dreamer bundle (opsworld export run=<dreamer "
+                "run>)",
+            )
+        services = tuple(model.bundle.manifest["control_spec"]["services"])
+        try:
+            frames = [to_telemetry(f, services) for f in body.frames]
+        except ValueError as err:
+            raise ServeError(422, "invalid frames", str(err)) from None
+        times = [f.t for f in frames]
+        if any(b <= a for a, b in itertools.pairwise(times)):
+            raise ServeError(422, "invalid frames", f"frame times must increase, got {times}")
+        stream = state.streams.get(body.stream_id, model.version)
+        inner_state = stream.state.policy if stream is not None else inner.reset(1)
+        last_t = stream.last_t if stream is not None else -math.inf
+        for frame in frames:  # the stream's own state objects are never changed
+            if frame.t > last_t:
+                _, inner_state, _ = inner.act(frame, inner_state)
+                last_t = frame.t
+        if not math.isfinite(last_t):
+            raise ServeError(
+                422,
+                "no state",
+                f"stream {body.stream_id!r} has seen no frame: send frames here or to infer first",
+            )
+        return inner, inner_state, last_t
+
+    @app.post(
+        "/v2/models/{name}/forecast",
+        response_model=ForecastResponse,
+        responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    async def forecast(name: str, body: ForecastRequest) -> ForecastResponse:
+        """Quantiles of p99, rps, error rate and replicas, and P(SLO violation), ahead."""
+        model = model_for(name)
+        inner, inner_state, t = world_model_state(model, body)
+        net = model.bundle.manifest["network"]
+        horizon = body.horizon or int(net["horizon"])
+        samples = body.samples or 64
+        quantiles = tuple(body.quantiles)
+        out = inner.forecast(
+            inner_state, horizon=horizon, samples=samples, quantiles=quantiles, seed=body.seed
+        )
+        return ForecastResponse(
+            model_name=model.name,
+            model_version=model.version,
+            stream_id=body.stream_id,
+            t=t,
+            horizon=horizon,
+            decision_interval_s=float(model.bundle.manifest["scenario"]["decision_interval_s"]),
+            samples=samples,
+            services=list(inner.codec.services),
+            quantiles=list(quantiles),
+            p99=out["p99"],
+            rps=out["rps"],
+            error_rate=out["error_rate"],
+            replicas=out["replicas_ready"],
+            p_violation=out["p_violation"],
+        )
+
+    @app.post(
+        "/v2/models/{name}/explain",
+        response_model=ExplainResponse,
+        responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    async def explain(name: str, body: WorldModelRequest) -> ExplainResponse:
+        """The what-if planner's predicted outcome of each candidate action."""
+        model = model_for(name)
+        inner, inner_state, t = world_model_state(model, body)
+        horizon = body.horizon or int(model.bundle.manifest["network"]["horizon"])
+        try:
+            out = inner.explain(
+                inner_state, horizon=horizon, samples=body.samples or 16, seed=body.seed
+            )
+        except ValueError as err:
+            raise ServeError(422, "cannot explain", str(err)) from None
+        explanation = out.pop("explanation")
+        return ExplainResponse(
+            model_name=model.name,
+            model_version=model.version,
+            stream_id=body.stream_id,
+            t=t,
+            plan=out,
+            explanation=explanation,
         )
 
     @app.get("/metrics")

@@ -8,6 +8,7 @@ by name and cluster gauges by name, where a missing or ``null`` value is NaN and
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Any
 
@@ -79,6 +80,92 @@ class InferRequest(BaseModel):
     frames: Annotated[list[Frame], Field(min_length=1, max_length=MAX_FRAMES)]
     reset: bool = False
     now: Annotated[float, Field(allow_inf_nan=False)] | None = None
+
+
+class WorldModelRequest(BaseModel):
+    """What the world-model routes (``forecast``, ``explain``) read.
+
+    They start from the stream's state after its last ``infer`` (``stream_id``); ``frames``
+    newer than the stream's last one are filtered first on a copy (the stream itself does
+    not move). A stream with no state needs ``frames``.
+
+    Attributes:
+        stream_id: The stream whose state to start from.
+        frames: Optional newer frames, oldest first.
+        horizon: Decisions to look ahead (default: the bundle's imagination horizon).
+        samples: Imagined futures (per candidate for ``explain``).
+        seed: Seeds the imagination (same state and seed, same answer).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream_id: Annotated[str, Field(min_length=1, max_length=128)] = "default"
+    frames: Annotated[list[Frame], Field(max_length=MAX_FRAMES)] = Field(default_factory=list)
+    horizon: Annotated[int, Field(ge=1, le=120)] | None = None
+    samples: Annotated[int, Field(ge=1, le=256)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+
+class ForecastRequest(WorldModelRequest):
+    """``POST /v2/models/{name}/forecast`` (see :class:`WorldModelRequest`).
+
+    Attributes:
+        quantiles: Quantile levels, ascending in (0, 1).
+    """
+
+    quantiles: Annotated[
+        list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1, max_length=9)
+    ] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+
+    @field_validator("quantiles")
+    @classmethod
+    def _ascending(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError(f"quantiles must increase strictly, got {v}")
+        return v
+
+
+class ForecastResponse(BaseModel):
+    """Quantiles ``[H][S][Q]`` per metric in raw units, clipped to physical ranges.
+
+    ``p99`` in seconds (>= 0), ``rps`` in attempts/s (>= 0), ``error_rate`` a fraction in
+    [0, 1], ``replicas`` ready pods (>= 0); ``p_violation`` the probability of at least one
+    SLO-violating decision interval within the horizon, in [0, 1]. Step ``h`` is
+    ``t + (h + 1) * decision_interval_s``: the actions decided on the frame at ``t`` first,
+    then none.
+    """
+
+    model_name: str
+    model_version: str
+    stream_id: str
+    t: float
+    horizon: int
+    decision_interval_s: float
+    samples: int
+    services: list[str]
+    quantiles: list[float]
+    p99: list[list[list[float]]]
+    rps: list[list[list[float]]]
+    error_rate: list[list[list[float]]]
+    replicas: list[list[list[float]]]
+    p_violation: float
+
+
+class ExplainResponse(BaseModel):
+    """The what-if planner's predicted outcome of each candidate action.
+
+    ``plan``: ``best``, ``chosen``, ``horizon``, ``samples``, ``follow``, ``quantiles``,
+    ``services`` and ``candidates`` (each ``label``, ``actions``, ``score``, ``reward``,
+    ``p99_s`` ``[S][Q]``, ``error_rate`` ``[S]``, ``cost``, ``p_violation``);
+    ``explanation``: the same as a Markdown table.
+    """
+
+    model_name: str
+    model_version: str
+    stream_id: str
+    t: float
+    plan: dict[str, Any]
+    explanation: str
 
 
 class Intervention(BaseModel):
