@@ -454,7 +454,7 @@ class ShadowLoop:
     ) -> ShadowStats:
         """Tick every ``interval_s`` wall seconds until a limit or ``stop``.
 
-        Stops after ``ticks`` ticks (0: no limit), ``duration_s`` wall seconds, or when
+        Stops after ``ticks`` ticks of this call (0: no limit), ``duration_s`` wall seconds, or when
         ``stop`` is set.
         """
         if not interval_s > 0:
@@ -462,9 +462,11 @@ class ShadowLoop:
         stop = stop or threading.Event()
         begin = time.monotonic()
         next_at = begin
+        done = 0
         while not stop.is_set():
             self.live_tick()
-            if ticks and self.stats.ticks >= ticks:
+            done += 1
+            if ticks and done >= ticks:
                 break
             if duration_s is not None and time.monotonic() - begin >= duration_s:
                 break

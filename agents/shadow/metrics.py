@@ -25,6 +25,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from agents.guard import RULES
+from envs.core.actions import ACTION_KINDS
+
 TICK_BUCKETS_S: tuple[float, ...] = (
     0.001,
     0.0025,
@@ -160,6 +163,14 @@ class ShadowMetrics:
             registry=r,
         )
         self._server: Any = None
+        # every label set exists from the start (0), so rate() and increase() see the first
+        # increment and dashboards show 0 rather than "no data"
+        for kind in ACTION_KINDS:
+            if kind != "noop":
+                for reason in ("policy", "fallback"):
+                    self.would_act.labels(namespace, kind, reason)
+        for rule in RULES:
+            self.interventions.labels(rule)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``host:port`` in a daemon thread; the port (0 picks one)."""
