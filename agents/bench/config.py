@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agents.bench.shadow_config import ShadowSuiteConfig
+
 
 class BenchSuite(StrEnum):
     """Benchmark suites (``opsworld bench <suite>``)."""
@@ -13,6 +15,7 @@ class BenchSuite(StrEnum):
     incidents = "incidents"
     world_model = "world_model"
     serve = "serve"
+    shadow = "shadow"
 
 
 @dataclass
@@ -215,6 +218,7 @@ class BenchConfig:
         incidents: Settings of the ``incidents`` suite.
         world_model: Settings of the ``world_model`` suite.
         serve: Settings of the ``serve`` suite.
+        shadow: Settings of the ``shadow`` suite.
     """
 
     suite: BenchSuite = BenchSuite.sim
@@ -226,3 +230,4 @@ class BenchConfig:
     incidents: IncidentsSuiteConfig = field(default_factory=IncidentsSuiteConfig)
     world_model: WorldModelSuiteConfig = field(default_factory=WorldModelSuiteConfig)
     serve: ServeSuiteConfig = field(default_factory=ServeSuiteConfig)
+    shadow: ShadowSuiteConfig = field(default_factory=ShadowSuiteConfig)
