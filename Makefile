@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint type bench mutation clean venv prometheus
+.PHONY: demo test lint type bench mutation clean venv prometheus chromium shadow-demo
 
 venv: $(STAMP)
 
@@ -51,7 +51,19 @@ prometheus:
 	(systemctl stop prometheus || service prometheus stop) >/dev/null 2>&1 || true; \
 	exit $$rc
 
-test: $(STAMP) prometheus
+# Headless Chromium (Debian's `chromium` package) for the shadow report's rendering test
+# (tests/test_shadow_report_browser.py: the page renders with no console errors). Installed as
+# root when missing, like `prometheus`; no browser is ever downloaded by a test tool.
+chromium:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (Debian's package), then make again" >&2; \
+		exit 1; \
+	fi; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) prometheus chromium
 	WANDB_MODE=disabled $(BIN)/python -m pytest -n 2 --durations=15
 
 lint: $(STAMP)
