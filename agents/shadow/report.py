@@ -568,7 +568,8 @@ def replicas_svg(analysis: Mapping[str, Any]) -> str:
         ax.set_ylabel("replicas", fontsize=8)
         ax.set_title(f"{s} (agreement {_pct(r)})", fontsize=9, loc="left")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize=8)
+    if services:
+        axes[0].legend(loc="upper right", fontsize=8)
     axes[-1].set_xlabel("minutes from the first tick")
     fig.tight_layout()
     return _svg(fig)
