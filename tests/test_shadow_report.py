@@ -277,3 +277,13 @@ def test_console_script(audit_path: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "missing.jsonl: no such file" in bad.stderr
+
+
+def test_agreement_with_the_next_tick_by_hand(analysis: dict) -> None:
+    """recommended[k] vs actual[k + 1] for k in [0, 479), both known: k or k + 1 in the gap
+    [350, 355) drops k in [349, 355), 473 ticks left. Frontend and api disagree for k in
+    [196, 229) (33), db for those and for k in [300, 310) (10 more): 109 of 3 x 473."""
+    ag = analysis["agreement_next_tick"]
+    assert ag["compared_pairs"] == 3 * 473
+    assert ag["rate"] == pytest.approx((3 * 473 - 109) / (3 * 473))
+    assert ag["by_service"]["db"] == pytest.approx((473 - 43) / 473)

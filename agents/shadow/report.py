@@ -10,7 +10,9 @@ JSON Lines audit of an ``opsworld shadow`` run (one record per tick, schema
 * ``summary.json``: the figures as plain data.
 
 What it shows: recommended vs actual replicas per deployment over the window, the
-would-have-acted list (tick, action, reason, guard verdict), the agreement rate, online
+would-have-acted list (tick, action, reason, guard verdict), the agreement rate (the
+recommendation at a tick against the replicas at the same tick, and against those at the next
+tick, which is what ``opsworld shadow`` exports as its agreement ratio), online
 forecast accuracy (90 % interval coverage and MAE of the median, when the policy forecasts),
 guard interventions by rule, missing telemetry and query errors, input drift (PSI per
 feature, the retrain signal), tick latency, and, when the caller computed one, the
@@ -497,6 +499,9 @@ def analyse(audit: Audit) -> dict[str, Any]:
         "services": services,
         "actuated_records": sum(1 for r in recs if r.get("actuated") is not False),
         "agreement": agreement(rec_rep, act_rep),
+        "agreement_next_tick": agreement(
+            {k: v[:-1] for k, v in rec_rep.items()}, {k: v[1:] for k, v in act_rep.items()}
+        ),
         "would_have_acted": acted,
         "would_have_acted_count": len(acted),
         "would_have_acted_ticks": len({row["tick"] for row in acted}),
@@ -682,6 +687,12 @@ def _headline(a: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{_pct(a['agreement']['rate'])} of "
             f"{a['agreement']['compared_pairs']} (tick, service) pairs; "
             f"{_pct(a['agreement']['tick_rate'])} of ticks",
+        ),
+        (
+            "agreement with the next tick",
+            f"{_pct(a['agreement_next_tick']['rate'])} of "
+            f"{a['agreement_next_tick']['compared_pairs']} pairs (recommendation at a tick vs "
+            "the replicas the cluster had at the next one)",
         ),
         (
             "would have acted",
