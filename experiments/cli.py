@@ -143,7 +143,7 @@ COMMANDS: dict[str, Command] = {
     "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
     "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
     "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
-    # Later: "shadow" -- one line.
+    "shadow": Command("experiments.shadow", "shadow mode: recommend from Prometheus, never act"),
     "shadow-report": Command("experiments.shadow_report", "report on a shadow audit (HTML, MD)"),
 }
 
