@@ -63,6 +63,14 @@ chromium:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
+# Shadow mode end to end (experiments/shadow_demo.py; docs/live.md "Shadow demo"): two hours of
+# chain3 history with a flash crowd and a bad deploy backfilled into Prometheus next to the live
+# simulator exporter, a tiny PPO trained and exported, `opsworld shadow` replayed over the
+# history, and the report. Under three minutes; prints where the report is.
+SHADOW_DEMO_OUT ?= outputs/shadow_demo
+shadow-demo: $(STAMP) prometheus
+	$(BIN)/python -m experiments.shadow_demo --out $(SHADOW_DEMO_OUT)
+
 test: $(STAMP) prometheus chromium
 	WANDB_MODE=disabled $(BIN)/python -m pytest -n 2 --durations=15
 

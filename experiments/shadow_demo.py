@@ -10,13 +10,15 @@ Steps (each timed and printed):
 2. **backfill**: ``promtool tsdb create-blocks-from openmetrics`` into a TSDB;
 3. **Prometheus** on that TSDB (127.0.0.1, free port), and the **simulator exporter** serving
    the same scenario live (namespace ``opsworld-live``, 60x speed), scraped by it;
-4. **bundle**: the rule baseline ``tuned_runbook`` exported as a configuration-only bundle
-   (``opsworld export policy=tuned_runbook``): the tuned HPA plus runbook remediation (it
-   rolls a bad deploy back). A PPO policy worth showing takes about two minutes to train
-   (``make demo``), which would not fit the demo's three minutes; pass ``--bundle`` to shadow
-   any bundle instead (e.g. one exported from ``make demo``'s run);
-5. **shadow** in replay over the two hours (``agents.shadow``: every 15 s of TSDB time, query,
-   decide, guard, record; never act), writing ``shadow/audit.jsonl``;
+4. **bundle**: a tiny PPO trained here (``opsworld train experiment=demo
+   total_timesteps=12000``: ``make demo``'s autoscaler with 30 % of its steps, about a minute on
+   two idle cores) and exported (``opsworld export run=...``). It is deliberately
+   under-trained: the report shows a policy that disagrees with the cluster. ``--rule-bundle``
+   exports the rule baseline ``tuned_runbook`` instead (seconds; what the test uses), and
+   ``--bundle DIR`` shadows any bundle (e.g. one exported from ``make demo``'s run);
+5. **shadow** in replay over the two hours (``opsworld shadow ... start= end=``, i.e.
+   :func:`experiments.shadow.run_shadow`: every 15 s of TSDB time, query, decide, guard,
+   record; never act), writing ``shadow/audit.jsonl``;
 6. **report**: ``opsworld shadow-report`` on that audit (with the simulated counterfactual on
    ``chain3``), and where it is.
 
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,13 +45,13 @@ from agents.evaluation.simulate import json_default
 from agents.registry import HPAPolicyConfig, make_policy
 from agents.rollout import rollout
 from envs.live.openmetrics import write_openmetrics
-from envs.live.profile import load_profile
 from envs.live.promserver import binary, start_prometheus
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import Simulator
 from experiments.exporter import start_exporter
+from experiments.shadow import run_shadow
 from experiments.shadow_report import shadow_report
 
 SCENARIO = "chain3"
@@ -57,7 +61,37 @@ LIVE_NAMESPACE = "opsworld-live"
 """``namespace`` label of the live exporter (kept apart from the history)."""
 STEP_S = 15.0
 """Shadow tick in TSDB time (the scenario's scrape and decision interval)."""
-DEMO_BUNDLE_POLICY = "tuned_runbook"
+RULE_BUNDLE_POLICY = "tuned_runbook"
+PPO_STEPS = 12_000
+"""Training steps of the demo's tiny PPO (``make demo`` trains 40,000)."""
+OPSWORLD = Path(sys.executable).with_name("opsworld")
+
+
+def opsworld(*args: str) -> None:
+    """Run an ``opsworld`` command; its output goes to the terminal, a failure raises."""
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    subprocess.run([str(OPSWORLD), *args], check=True, env=env)
+
+
+def make_bundle(out: Path, rule: bool) -> Path:
+    """The demo's bundle in ``out/bundle``: a tiny PPO trained now, or the rule baseline."""
+    if rule:
+        return export_baseline(
+            RULE_BUNDLE_POLICY,
+            load_scenario(SCENARIO),
+            out / "bundle",
+            command=f"opsworld export policy={RULE_BUNDLE_POLICY} scenario={SCENARIO}",
+            force=True,
+        )
+    opsworld(
+        "train",
+        "experiment=demo",
+        f"total_timesteps={PPO_STEPS}",
+        "progress_bar=false",
+        f"out={out / 'train'}",
+    )
+    opsworld("export", f"run={out / 'train'}", f"out={out / 'bundle'}", "force=true")
+    return out / "bundle"
 
 
 def demo_scenario(hours: float) -> Scenario:
@@ -87,24 +121,20 @@ def demo_scenario(hours: float) -> Scenario:
 
 
 def run_shadow_replay(
-    bundle: Path, prometheus_url: str, start: float, end: float, audit: Path
+    bundle: Path, prometheus_url: str, start: float, end: float, out: Path
 ) -> dict[str, Any]:
-    """Shadow mode in replay over ``[start, end]`` of the TSDB; the run's totals."""
-    from agents.shadow.audit import AuditWriter
-    from agents.shadow.deciders import bundle_decider
-    from agents.shadow.loop import ShadowLoop
-
-    from envs.live.prometheus import PrometheusSource
-
-    decider = bundle_decider(bundle)
-    profile = load_profile("kube").model_copy(update={"freshness": None})  # history is old
-    source = PrometheusSource(prometheus_url, profile, services=tuple(decider.spec.services))
-    loop = ShadowLoop(decider, source, AuditWriter(audit))
-    try:
-        stats = loop.run_replay(start, end, STEP_S)
-    finally:
-        loop.close()
-    return dict(stats.as_dict())
+    """``opsworld shadow`` in replay over ``[start, end]`` of the TSDB; its summary."""
+    return run_shadow(
+        {
+            "bundle": str(bundle),
+            "prometheus": prometheus_url,
+            "namespace": NAMESPACE,
+            "start": str(start),
+            "end": str(end),
+            "step_s": STEP_S,
+            "out": str(out),
+        }
+    )
 
 
 def demo(
@@ -112,6 +142,7 @@ def demo(
     hours: float = 2.0,
     bundle: Path | None = None,
     keep: bool = False,
+    rule_bundle: bool = False,
     say: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Run the demo in ``out``; returns the timings, shadow totals and report paths."""
@@ -145,8 +176,10 @@ def demo(
         faults=result.faults,
     )
     lap("history")
-    # 2. backfill
+    # 2. backfill (into a fresh TSDB: blocks of an earlier run, shifted in time, would mix in)
     tsdb = out / "tsdb"
+    for stale in (tsdb, out / "prometheus"):
+        shutil.rmtree(stale, ignore_errors=True)
     subprocess.run(
         [binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(tsdb)],
         check=True,
@@ -174,19 +207,13 @@ def demo(
         lap("start")
         # 4. bundle
         if bundle is None:
-            bundle = export_baseline(
-                DEMO_BUNDLE_POLICY,
-                load_scenario(SCENARIO),
-                out / "bundle",
-                command=f"opsworld export policy={DEMO_BUNDLE_POLICY} scenario={SCENARIO}",
-                force=True,
-            )
+            bundle = make_bundle(out, rule_bundle)
         lap("bundle")
         # 5. shadow over the history
         audit = out / "shadow" / "audit.jsonl"
-        if audit.exists():
-            audit.unlink()
-        stats = run_shadow_replay(bundle, prom.url, start + 60.0, end, audit)
+        for old in audit.parent.glob("audit.jsonl*"):
+            old.unlink()
+        stats = run_shadow_replay(bundle, prom.url, start + 60.0, end, audit.parent)
         lap("shadow")
         live = prom.wait_for(
             f'count(kube_deployment_spec_replicas{{namespace="{LIVE_NAMESPACE}"}})', timeout=30
@@ -240,10 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=2.0, help="history length (hours)")
     parser.add_argument("--bundle", type=Path, default=None, help="shadow this bundle instead")
     parser.add_argument("--keep", action="store_true", help="leave Prometheus running")
+    parser.add_argument(
+        "--rule-bundle", action="store_true", help=f"shadow {RULE_BUNDLE_POLICY}, no training"
+    )
     args = parser.parse_args(argv)
     if not args.hours > 0:
         parser.error(f"--hours must be > 0, got {args.hours}")
-    demo(args.out, args.hours, args.bundle, args.keep)
+    demo(args.out, args.hours, args.bundle, args.keep, args.rule_bundle)
     return 0
 
 
