@@ -287,3 +287,24 @@ def test_agreement_with_the_next_tick_by_hand(analysis: dict) -> None:
     assert ag["compared_pairs"] == 3 * 473
     assert ag["rate"] == pytest.approx((3 * 473 - 109) / (3 * 473))
     assert ag["by_service"]["db"] == pytest.approx((473 - 43) / 473)
+
+
+def test_drift_threshold_comes_from_the_records() -> None:
+    from agents.shadow.report import drift_summary
+
+    rec = {"drift": {"psi": {"a": 0.22, "b": 0.3}, "retrain_recommended": True}}
+    assert drift_summary([rec])["drifted_features"] == ["a", "b"]  # default 0.2
+    rec["drift"]["threshold"] = 0.25
+    d = drift_summary([rec])
+    assert d["drifted_features"] == ["b"] and d["psi_threshold"] == 0.25
+
+
+def test_a_long_would_have_acted_table_starts_collapsed(tmp_path: Path) -> None:
+    plan = Plan(n=60)
+    recs = [record(plan, k) for k in range(plan.n)]
+    for r in recs:
+        r["guarded_actions"] = [{"kind": "scale", "service": "db", "replicas": 3}]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    page = render_html(analyse(read_audit(tmp_path / "a.jsonl")), None)
+    assert "<details><summary>show the 60 rows</summary><table id='acted'>" in page
+    assert page.count("<tr data-verdict='allowed'>") == 60

@@ -59,7 +59,11 @@ COVERAGE_NOMINAL = 0.90
 """Nominal coverage of the forecast interval ``[q05, q95]``."""
 
 PSI_DRIFT = 0.2
-"""PSI above which a feature is flagged as drifted (the usual rule of thumb)."""
+"""PSI above which a feature is flagged as drifted when the audit gives no threshold (the usual
+rule of thumb)."""
+
+COLLAPSE_ROWS = 50
+"""A would-have-acted table longer than this starts collapsed in the page."""
 
 
 class AuditError(ValueError):
@@ -422,10 +426,15 @@ def missing_telemetry(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def drift_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Drift per feature (last and max PSI) and the retrain signal; None without drift data."""
+    """Drift per feature (last and max PSI) and the retrain signal; None without drift data.
+
+    A feature is flagged as drifted when its last PSI exceeds the records' ``threshold`` (the
+    shadow run's retrain threshold), or :data:`PSI_DRIFT` when the records carry none.
+    """
     last: dict[str, float] = {}
     peak: dict[str, float] = {}
     retrain_ticks = 0
+    threshold = PSI_DRIFT
     any_drift = False
     last_retrain = False
     for rec in records:
@@ -440,16 +449,17 @@ def drift_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
             last[str(feat)] = f
             peak[str(feat)] = max(f, peak.get(str(feat), -math.inf))
         last_retrain = bool(d.get("retrain_recommended"))
+        threshold = _num(d.get("threshold")) or threshold
         retrain_ticks += last_retrain
     if not any_drift:
         return None
     return {
         "psi_last": dict(sorted(last.items(), key=lambda kv: -kv[1])),
         "psi_max": dict(sorted(peak.items(), key=lambda kv: -kv[1])),
-        "drifted_features": sorted(k for k, v in last.items() if v > PSI_DRIFT),
+        "drifted_features": sorted(k for k, v in last.items() if v > threshold),
         "retrain_recommended": last_retrain,
         "retrain_ticks": retrain_ticks,
-        "psi_threshold": PSI_DRIFT,
+        "psi_threshold": threshold,
     }
 
 
@@ -958,9 +968,11 @@ def render_html(a: Mapping[str, Any], cf: Mapping[str, Any] | None) -> str:
             f"<th>{h}</th>"
             for h in ("tick", "min", "action", "guard verdict", "fallback", "reason")
         )
-        parts.append(
-            f"<table id='acted'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-        )
+        table = f"<table id='acted'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+        if len(acted) > COLLAPSE_ROWS:
+            shown = min(len(acted), MAX_ACTED_ROWS)
+            table = f"<details><summary>show the {shown} rows</summary>{table}</details>"
+        parts.append(table)
         if len(acted) > MAX_ACTED_ROWS:
             parts.append(f"<p>First {MAX_ACTED_ROWS} of {len(acted)}; all in report.md.</p>")
     else:
