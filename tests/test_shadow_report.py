@@ -256,6 +256,27 @@ def test_bad_config_is_a_config_error_naming_the_field(tmp_path: Path) -> None:
         shadow_report({"audit": str(tmp_path / "a.jsonl"), "scenario": "nowhere"})
 
 
+def test_config_file_matches_the_schema() -> None:
+    """configs/shadow_report.yaml and ShadowReportConfig agree (no silent drift)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from experiments.cli import CONFIG_DIR
+    from experiments.shadow_report import ShadowReportConfig, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="shadow_report", overrides=["audit=a.jsonl"])
+    finally:
+        GlobalHydra.instance().clear()
+    schema = OmegaConf.structured(ShadowReportConfig)
+    schema.audit = "a.jsonl"
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(schema)
+
+
 def test_console_script(audit_path: Path, tmp_path: Path) -> None:
     res = subprocess.run(
         [str(OPSWORLD), "shadow-report", f"audit={audit_path}", f"out={tmp_path}/r"],
@@ -277,6 +298,10 @@ def test_console_script(audit_path: Path, tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "missing.jsonl: no such file" in bad.stderr
+    none = subprocess.run(
+        [str(OPSWORLD), "shadow-report"], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert none.returncode == 2 and "audit=<the JSON Lines audit" in none.stderr
 
 
 def test_agreement_with_the_next_tick_by_hand(analysis: dict) -> None:
