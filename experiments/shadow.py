@@ -14,6 +14,7 @@ The Hydra entry point only calls :func:`run_shadow`.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections.abc import Mapping
@@ -235,6 +236,7 @@ def run_shadow(
         cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     conf = structured_config(ShadowConfig, cfg, "shadow")
     replay = validate(conf)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per query otherwise
     loop = build_loop(conf)
     try:
         if replay is not None:

@@ -312,6 +312,23 @@ def test_remote_server_mode_and_a_killed_server(
         assert decider.spec.services == SERVICES
         loop = make_loop(decider, scraped.url, tmp_path)
         loop.run_live(0.05, ticks=2)
+        # the command docs/shadow.md shows for server mode
+        code = cli.main(
+            [
+                "shadow",
+                f"server={server.url}",
+                f"prometheus={scraped.url}",
+                f"namespace={LIVE_NAMESPACE}",
+                "window=15s",
+                "interval_s=0.1",
+                "ticks=2",
+                f"out={tmp_path / 'cli'}",
+            ]
+        )
+        assert code == 0
+        cli_recs = list(read_audit(tmp_path / "cli" / "audit.jsonl"))
+        assert [r["policy"] for r in cli_recs] == ["remote/hpa"] * 2
+        assert all(r["error"] is None and r["fallback"] is None for r in cli_recs)
     finally:
         server.stop()
     loop.run_live(0.05, ticks=2)  # the server is gone: the loop goes on
@@ -367,12 +384,15 @@ def test_cli_live_end_to_end(
             "window=15s",
             "interval_s=0.2",
             "ticks=2",
+            f"metrics_port={free_port()}",
             f"out={tmp_path}",
         ]
     )
     assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr()
+    summary = json.loads(out.out.strip().splitlines()[-1])
     assert summary["mode"] == "live" and summary["records"] == 2
+    assert "shadow metrics on http://127.0.0.1:" in out.err
 
 
 @pytest.mark.parametrize(

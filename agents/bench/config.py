@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agents.bench.shadow_config import ShadowSuiteConfig
+
 
 class BenchSuite(StrEnum):
     """Benchmark suites (``opsworld bench <suite>``)."""
@@ -12,6 +14,7 @@ class BenchSuite(StrEnum):
     sim = "sim"
     incidents = "incidents"
     world_model = "world_model"
+    shadow = "shadow"
 
 
 @dataclass
@@ -167,6 +170,7 @@ class BenchConfig:
         sim: Settings of the ``sim`` suite.
         incidents: Settings of the ``incidents`` suite.
         world_model: Settings of the ``world_model`` suite.
+        shadow: Settings of the ``shadow`` suite.
     """
 
     suite: BenchSuite = BenchSuite.sim
@@ -177,3 +181,4 @@ class BenchConfig:
     sim: SimSuiteConfig = field(default_factory=SimSuiteConfig)
     incidents: IncidentsSuiteConfig = field(default_factory=IncidentsSuiteConfig)
     world_model: WorldModelSuiteConfig = field(default_factory=WorldModelSuiteConfig)
+    shadow: ShadowSuiteConfig = field(default_factory=ShadowSuiteConfig)
