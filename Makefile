@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 export WANDB_MODE ?= offline
 
-.PHONY: demo test lint type bench mutation clean venv prometheus
+.PHONY: demo test lint type bench mutation clean venv prometheus chromium shadow-demo
 
 venv: $(STAMP)
 
@@ -51,7 +51,27 @@ prometheus:
 	(systemctl stop prometheus || service prometheus stop) >/dev/null 2>&1 || true; \
 	exit $$rc
 
-test: $(STAMP) prometheus
+# Headless Chromium (Debian's `chromium` package) for the shadow report's rendering test
+# (tests/test_shadow_report_browser.py: the page renders with no console errors). Installed as
+# root when missing, like `prometheus`; no browser is ever downloaded by a test tool.
+chromium:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "chromium missing: run 'sudo apt-get install -y --no-install-recommends chromium' (Debian's package), then make again" >&2; \
+		exit 1; \
+	fi; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+# Shadow mode end to end (experiments/shadow_demo.py; docs/live.md "Shadow demo"): two hours of
+# chain3 history with a flash crowd and a bad deploy backfilled into Prometheus next to the live
+# simulator exporter, a tiny PPO trained and exported, `opsworld shadow` replayed over the
+# history, and the report. Under three minutes; prints where the report is.
+SHADOW_DEMO_OUT ?= outputs/shadow_demo
+shadow-demo: $(STAMP) prometheus
+	$(BIN)/python -m experiments.shadow_demo --out $(SHADOW_DEMO_OUT)
+
+test: $(STAMP) prometheus chromium
 	WANDB_MODE=disabled $(BIN)/python -m pytest -n 2 --durations=15
 
 lint: $(STAMP)

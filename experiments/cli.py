@@ -144,6 +144,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
     "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
     "shadow": Command("experiments.shadow", "shadow mode: recommend from Prometheus, never act"),
+    "shadow-report": Command("experiments.shadow_report", "report on a shadow audit (HTML, MD)"),
 }
 
 EXIT_USAGE = 2
