@@ -349,6 +349,8 @@ class RunConfig:
         resume: Continue from a checkpoint (SB3: ``<run>/checkpoints/model_<N>_steps.zip``;
             Dreamer: ``<run>/checkpoints/step_<N>/``) or a finished run dir, up to
             ``total_timesteps`` in all.
+        overwrite: Clear a non-empty ``out`` first; without it (or ``resume``) a non-empty
+            ``out`` is refused (:func:`prepare_out`).
         out: The run dir (all outputs go there).
         experiment: Name of the experiment overlay applied (set by the overlay).
         debug: Name of the debug overlay applied (set by the overlay).
@@ -372,6 +374,7 @@ class RunConfig:
     device: str = "cpu"
     torch_threads: int | None = bounded(1, ge=1)
     resume: str | None = None
+    overwrite: bool = False
     out: str = "outputs/train"
     experiment: str | None = None
     debug: str | None = None
@@ -426,3 +429,63 @@ def choice(table: Mapping[Any, Any], value: Any, key: str, how: str) -> Any:
     raise RunConfigError(
         f"{key}={value!r} is not known; use {how} with one of {[str(k) for k in table]}"
     )
+
+
+# --------------------------------------------------------------------------- output folder
+HYDRA_DIRS = (".hydra", "multirun.yaml")
+"""What Hydra itself writes into a run's ``out`` before the command starts (ignored)."""
+
+
+def prepare_out(out: str | Path, *, overwrite: bool = False, resume: str | None = None) -> Path:
+    """Check that ``out`` can take a new run, clearing it with ``overwrite``; returns it.
+
+    A new run must not mix its files with an older run's (an old ``telemetry.parquet`` beside
+    a new CSV, A2C checkpoints in a PPO run), so a non-empty ``out`` is refused unless
+    ``overwrite`` (clear it first) or ``resume`` (the run continues there) says otherwise.
+    Hydra's own ``.hydra/`` is ignored.
+
+    Args:
+        out: The output folder (created when missing).
+        overwrite: Delete what ``out`` holds first (never the working folder or an ancestor
+            of it, the home folder or the file system root).
+        resume: The run continues a checkpoint: an existing ``out`` is kept as it is.
+
+    Raises:
+        RunConfigError: ``out`` is a file, cannot be created or written, or is not empty.
+    """
+    import os
+    import shutil
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunConfigError(f"out={out}: is a file, not a folder; give a folder path")
+    if path.is_dir():
+        stale = sorted(p.name for p in path.iterdir() if p.name not in HYDRA_DIRS)
+        if stale and overwrite:
+            here, target = Path.cwd().resolve(), path.resolve()
+            if target in (here, *here.parents, Path.home().resolve()):
+                raise RunConfigError(
+                    f"out={out}: overwrite=true would delete the working, home or root folder; "
+                    "give a run folder of its own"
+                )
+            for name in stale:
+                p = path / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        elif stale and resume is None:
+            shown = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
+            raise RunConfigError(
+                f"out={out}: the folder is not empty ({shown}); give a new out=..., add "
+                "overwrite=true to clear it, or resume=... to continue a run there"
+            )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunConfigError(
+            f"out={out}: cannot create the folder ({err.strerror or err}); give a writable path"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunConfigError(f"out={out}: the folder is not writable; give a writable path")
+    return path

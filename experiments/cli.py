@@ -97,12 +97,22 @@ def choices(registry: str) -> str:
     return " | ".join(names)
 
 
+PID_RESOLVER = "opsworld_pid"
+"""OmegaConf resolver of this process's id: default ``out`` folders end in it, so two runs
+started in the same second never share a folder (``outputs/<date>/<time>-<pid>``)."""
+
+
 def register_help_resolver() -> None:
-    """Register :data:`HELP_RESOLVER` (idempotent); entry points call it before Hydra."""
+    """Register :data:`HELP_RESOLVER` and :data:`PID_RESOLVER` (idempotent); entry points call
+    it before Hydra."""
+    import os
+
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(HELP_RESOLVER):
         OmegaConf.register_new_resolver(HELP_RESOLVER, choices)
+    if not OmegaConf.has_resolver(PID_RESOLVER):
+        OmegaConf.register_new_resolver(PID_RESOLVER, lambda: str(os.getpid()), use_cache=True)
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,65 @@ def check_overrides(command: str, args: Sequence[str], known: Sequence[str]) -> 
         )
 
 
+def job_out(cfg: Any) -> None:
+    """In a Hydra multirun, point ``cfg.out`` at the job's own folder (``<out>/<job number>``).
+
+    Every command's sweep dir is ``${out}`` with one sub-folder per job, so ``-m seed=0,1
+    out=runs/s`` writes ``runs/s/0`` and ``runs/s/1`` instead of both jobs into ``runs/s``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.out = hc.runtime.output_dir
+
+
+def version() -> str:
+    """The installed package's version (``pyproject.toml``), or ``unknown`` outside an install."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("opsworld")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def check_out_arg(args: Sequence[str]) -> None:
+    """Reject an ``out=`` override that no run can write to, before Hydra creates it.
+
+    Hydra makes the run's folder (``hydra.run.dir: ${out}``) before the command starts, so a
+    file or an unwritable place would end in its traceback; this creates the folder (as Hydra
+    would) and says what is wrong in one line. Sweeps (``out`` with ``,``) and
+    interpolations are left to the command.
+
+    Raises:
+        ConfigError: ``out`` is an existing file, or the folder cannot be created or written.
+    """
+    import os
+
+    values = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
+    for value in values:
+        if not value or "${" in value or "," in value:
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"out={value}: is a file, not a folder; give a folder path")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"out={value}: cannot create the folder ({err.strerror or err}); "
+                "give a writable folder path"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"out={value}: cannot write in it (permission denied); give a "
+                              "writable folder path")
+
+
 def rewrite_args(cmd: Command, args: Sequence[str]) -> list[str]:
     """Map a leading positional word to ``<positional>=<word>`` and scenario overrides to ``++``."""
     out = list(args)
@@ -216,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if args[0] in ("-V", "--version", "version"):
+        print(f"{PROG} {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(
@@ -229,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = rewrite_args(cmd, rest)
     try:
         check_overrides(name, rest, known)
+        if "out" in known:
+            check_out_arg(rest)
     except ConfigError as err:
         print(f"{PROG} {name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,11 +33,12 @@ from agents.evaluation.evaluate import (
     write_timelines,
 )
 from agents.evaluation.evaluate import evaluate as evaluate_policies
-from agents.run_config import Fidelity
+from agents.run_config import Fidelity, RunConfigError, prepare_out
 from experiments.cli import (
     CONFIG_DIR,
     EXIT_USAGE,
     ConfigError,
+    job_out,
     register_help_resolver,
     structured_config,
 )
@@ -80,7 +81,8 @@ class EvaluateConfig:
         deterministic: How a trained policy picks its action: True the mode, False a seeded
             sample, None each kind's default (SB3: the mode; Dreamer: the run's
             ``eval.deterministic``). Built-in policies ignore it.
-        out: Output folder.
+        out: Output folder; a multirun job writes to ``<out>/<job>``.
+        overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
 
     policy: str = "static"
@@ -94,7 +96,8 @@ class EvaluateConfig:
     timelines: int = 3
     weights: str = "final"
     deterministic: bool | None = None
-    out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
+    overwrite: bool = False
 
 
 SCHEMA = EvaluateConfig
@@ -125,12 +128,17 @@ def evaluate(
         ConfigError: Before anything runs, naming the field.
     """
     conf = to_config(cfg)
+    try:
+        prepare_out(conf.out, overwrite=conf.overwrite)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
     return evaluate_policies(conf, resolved, log)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
+    job_out(cfg)
     try:
         evaluate(cfg)
     except ConfigError as err:

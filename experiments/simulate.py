@@ -33,11 +33,11 @@ from agents.evaluation.simulate import (
 )
 from agents.registry import POLICIES, PolicyConfig, StaticPolicyConfig, validate_policy
 from agents.registry import register_configs as register_policies
-from agents.run_config import Fidelity, RunConfigError
+from agents.run_config import Fidelity, RunConfigError, prepare_out
 from envs.core.policy import Policy
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, job_out, register_help_resolver
 
 __all__ = [
     "ACTION_COLUMNS",
@@ -63,7 +63,8 @@ class SimulateConfig:
         seed: Overrides the scenario's seed when given.
         horizon_s: Overrides the scenario's horizon (seconds) when given.
         policy: The policy (config group ``policy``).
-        out: Output folder (Hydra's run dir too).
+        out: Output folder (Hydra's run dir too); a multirun job writes to ``<out>/<job>``.
+        overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
         format: Telemetry file format.
         progress: Show a progress bar; None shows it only when stdout is a terminal.
         scenario_overrides: Nested overrides applied to the scenario before validation,
@@ -75,7 +76,8 @@ class SimulateConfig:
     seed: int | None = None
     horizon_s: float | None = None
     policy: PolicyConfig = MISSING
-    out: str = "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    out: str = "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
+    overwrite: bool = False
     format: Format = Format.parquet
     progress: bool | None = None
     scenario_overrides: dict[str, Any] = field(default_factory=dict)
@@ -163,6 +165,10 @@ def simulate(
     except ScenarioError as err:
         raise ConfigError(f"scenario={conf.scenario}: {err}") from None
     policy = make_policy(conf.policy, scenario)
+    try:
+        prepare_out(conf.out, overwrite=conf.overwrite)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     show = conf.progress if conf.progress is not None else sys.stdout.isatty()
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
     return simulate_scenario(
@@ -172,6 +178,7 @@ def simulate(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="simulate")
 def _hydra_main(cfg: DictConfig) -> None:
+    job_out(cfg)
     try:
         simulate(cfg)
     except ConfigError as err:

@@ -25,14 +25,12 @@ from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, open_dict
+from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from agents.run_config import RunConfig, RunConfigError
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
+from agents.run_config import RunConfig, RunConfigError, prepare_out
+from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, job_out, register_help_resolver
 
 SCHEMA = RunConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -123,6 +121,7 @@ def train(
 
     conf = to_config(cfg)
     try:
+        prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume)
         metrics = run_trainer(conf)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
@@ -132,10 +131,7 @@ def train(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:  # each job writes to its own <sweep dir>/<job number>
-        with open_dict(cfg):
-            cfg.out = hc.runtime.output_dir
+    job_out(cfg)
     try:
         train(cfg)
     except ConfigError as err:

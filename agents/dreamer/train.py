@@ -213,21 +213,8 @@ class _Logger:
     def __init__(self, conf: DreamerTrainConfig, paths: RunPaths) -> None:
         from stable_baselines3.common.logger import Logger, configure
 
-        formats = {
-            "none": [],
-            "csv": ["csv"],
-            "tensorboard": ["tensorboard"],
-            "wandb": ["tensorboard"],
-        }[conf.logger.kind]
-        if conf.verbose >= 1:
-            formats = ["stdout", *formats]
-        self.logger = (
-            configure(str(paths.logs), formats)
-            if formats
-            else Logger(folder=None, output_formats=[])
-        )
         self.run: Any = None
-        if conf.logger.kind == "wandb":
+        if conf.logger.kind == "wandb":  # first: sync_tensorboard patches the writer below
             import wandb
 
             lc = conf.logger
@@ -245,6 +232,19 @@ class _Logger:
                 sync_tensorboard=True,
                 job_type="train",
             )
+        formats = {
+            "none": [],
+            "csv": ["csv"],
+            "tensorboard": ["tensorboard"],
+            "wandb": ["tensorboard"],
+        }[conf.logger.kind]
+        if conf.verbose >= 1:
+            formats = ["stdout", *formats]
+        self.logger = (
+            configure(str(paths.logs), formats)
+            if formats
+            else Logger(folder=None, output_formats=[])
+        )
 
     def record(self, values: Mapping[str, float], mean: bool = False) -> None:
         for k, v in values.items():

@@ -320,6 +320,10 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
                 f"resume={conf.resume}: the checkpoint has {model.num_timesteps} steps, "
                 f"total_timesteps={conf.total_timesteps}; raise total_timesteps"
             )
+        if conf.logger.kind == LoggerKind.wandb:
+            # before the SB3 logger: sync_tensorboard patches the TensorBoard writer, which
+            # make_logger creates; a writer made earlier would never reach W&B
+            run = _start_wandb(conf, paths, OmegaConf.to_container(resolved, resolve=True))  # type: ignore[arg-type]
         model.set_logger(make_logger(conf, paths))
         stats_cb = EpisodeStatsCallback()
         callbacks: list[BaseCallback] = [stats_cb, FiniteParamsCallback()]
@@ -346,8 +350,7 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
                 verbose=conf.verbose,
             )
             callbacks.append(eval_cb)
-        if conf.logger.kind == LoggerKind.wandb:
-            run = _start_wandb(conf, paths, OmegaConf.to_container(resolved, resolve=True))  # type: ignore[arg-type]
+        if run is not None:
             callbacks.append(_wandb_callback())
 
         learn_start = time.perf_counter()
