@@ -25,9 +25,10 @@ data files with nested unions, not Hydra-composed runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -436,7 +437,13 @@ HYDRA_DIRS = (".hydra", "multirun.yaml")
 """What Hydra itself writes into a run's ``out`` before the command starts (ignored)."""
 
 
-def prepare_out(out: str | Path, *, overwrite: bool = False, resume: str | None = None) -> Path:
+def prepare_out(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: str | None = None,
+    can_resume: bool = False,
+) -> Path:
     """Check that ``out`` can take a new run, clearing it with ``overwrite``; returns it.
 
     A new run must not mix its files with an older run's (an old ``telemetry.parquet`` beside
@@ -445,13 +452,14 @@ def prepare_out(out: str | Path, *, overwrite: bool = False, resume: str | None 
     Hydra's own ``.hydra/`` is ignored.
 
     Args:
-        out: The output folder (created when missing).
+        out: The output folder (the run creates it when missing).
         overwrite: Delete what ``out`` holds first (never the working folder or an ancestor
             of it, the home folder or the file system root).
         resume: The run continues a checkpoint: an existing ``out`` is kept as it is.
+        can_resume: The command takes ``resume=`` (the error then offers it).
 
     Raises:
-        RunConfigError: ``out`` is a file, cannot be created or written, or is not empty.
+        RunConfigError: ``out`` is a file, cannot be written, or is not empty.
     """
     import os
     import shutil
@@ -476,16 +484,39 @@ def prepare_out(out: str | Path, *, overwrite: bool = False, resume: str | None 
                     p.unlink()
         elif stale and resume is None:
             shown = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
+            also = ", or resume=<checkpoint> to continue a run there" if can_resume else ""
             raise RunConfigError(
-                f"out={out}: the folder is not empty ({shown}); give a new out=..., add "
-                "overwrite=true to clear it, or resume=... to continue a run there"
+                f"out={out}: the folder is not empty ({shown}); give a new out=... or add "
+                f"overwrite=true to clear it{also}"
             )
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunConfigError(
-            f"out={out}: cannot create the folder ({err.strerror or err}); give a writable path"
-        ) from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise RunConfigError(f"out={out}: the folder is not writable; give a writable path")
     return path
+
+
+# --------------------------------------------------------------------------- interrupts
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after what it had was saved; the message says where and how on.
+
+    A :class:`KeyboardInterrupt`, so code that does not know it still stops; the commands
+    print the message as one line and exit with status 130.
+    """
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ignore Ctrl-C inside the block (saving after a first Ctrl-C must not be cut short).
+
+    Only in the main thread (where Python handles signals); elsewhere it does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

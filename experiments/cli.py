@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from agents.run_config import RunConfigError
 
@@ -103,8 +103,10 @@ started in the same second never share a folder (``outputs/<date>/<time>-<pid>``
 
 
 def register_help_resolver() -> None:
-    """Register :data:`HELP_RESOLVER` and :data:`PID_RESOLVER` (idempotent); entry points call
-    it before Hydra."""
+    """Register :data:`HELP_RESOLVER` and :data:`PID_RESOLVER` (idempotent).
+
+    Entry points call it before Hydra composes their config.
+    """
     import os
 
     from omegaconf import OmegaConf
@@ -157,6 +159,8 @@ COMMANDS: dict[str, Command] = {
 }
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
 
 
 def usage() -> str:
@@ -202,6 +206,21 @@ def check_overrides(command: str, args: Sequence[str], known: Sequence[str]) -> 
             f"'{PROG} {command}' takes: {', '.join(known)} "
             f"(see '{PROG} {command} --help')"
         )
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines joined by ``" "``, each stripped (blank ones dropped)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def fail(command: str, err: BaseException | str, status: int = 2) -> NoReturn:
+    """Print ``opsworld <command>: error: <err>`` as one line on stderr and exit ``status``.
+
+    Raises:
+        SystemExit: Always, with ``status`` (2: a usage error, the default).
+    """
+    print(f"{PROG} {command}: error: {one_line(str(err))}", file=sys.stderr)
+    raise SystemExit(status) from None
 
 
 def job_out(cfg: Any) -> None:
@@ -259,8 +278,9 @@ def check_out_arg(args: Sequence[str]) -> None:
                 "give a writable folder path"
             ) from None
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"out={value}: cannot write in it (permission denied); give a "
-                              "writable folder path")
+            raise ConfigError(
+                f"out={value}: cannot write in it (permission denied); give a writable folder path"
+            )
 
 
 def rewrite_args(cmd: Command, args: Sequence[str]) -> list[str]:
@@ -278,8 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for a usage error (unknown command or option);
-        Hydra exits by itself (status 1) when composing or running the config fails.
+        The exit status: 0 on success, 2 for a usage error (unknown command or option, or a
+        bad value: one line on stderr naming the field and the fix), 130 after Ctrl-C (one
+        line; the commands save what they have first); Hydra exits by itself (status 1) when
+        composing the config fails.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -304,13 +326,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "out" in known:
             check_out_arg(rest)
     except ConfigError as err:
-        print(f"{PROG} {name}: error: {err}", file=sys.stderr)
+        print(f"{PROG} {name}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     register_help_resolver()
     saved = sys.argv
     sys.argv = [f"{PROG} {name}", *rest]
     try:
         module.main()
+    except KeyboardInterrupt as stop:  # a command that saved its work says so in the message
+        said = one_line(str(stop)) or "stopped before anything was saved"
+        print(f"{PROG} {name}: interrupted: {said}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         sys.argv = saved
     return 0

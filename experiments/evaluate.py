@@ -36,12 +36,13 @@ from agents.evaluation.evaluate import evaluate as evaluate_policies
 from agents.run_config import Fidelity, RunConfigError, prepare_out
 from experiments.cli import (
     CONFIG_DIR,
-    EXIT_USAGE,
     ConfigError,
+    fail,
     job_out,
     register_help_resolver,
     structured_config,
 )
+from experiments.progress import Progress
 
 __all__ = [
     "SCHEMA",
@@ -121,11 +122,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Validate the config and evaluate (:func:`agents.evaluation.evaluate.evaluate`).
 
+    One progress bar over every run of every policy (plain periodic lines when stdout is not
+    a terminal, or when ``log`` is not ``print``: then the lines go to ``log``'s stream,
+    stdout).
+
     Returns:
-        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...]}``.
+        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...],
+        "complete": True}``.
 
     Raises:
         ConfigError: Before anything runs, naming the field.
+        RunInterrupted: After Ctrl-C, once the finished policies are written.
     """
     conf = to_config(cfg)
     try:
@@ -133,7 +140,16 @@ def evaluate(
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
-    return evaluate_policies(conf, resolved, log)
+    bar = Progress("evaluate", 1, "runs", bar=None if log is print else False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = float(total)
+        bar.update(done)
+
+    try:
+        return evaluate_policies(conf, resolved, log, progress if log is not None else None)
+    finally:
+        bar.close()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
@@ -142,8 +158,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except ConfigError as err:
-        print(f"opsworld evaluate: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("evaluate", err)
 
 
 def rewrite_policy_arg(args: Sequence[str]) -> list[str]:

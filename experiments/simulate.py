@@ -14,7 +14,7 @@ tests call :func:`simulate` directly with a composed config.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,8 @@ from agents.run_config import Fidelity, RunConfigError, prepare_out
 from envs.core.policy import Policy
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, job_out, register_help_resolver
+from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
+from experiments.progress import Progress
 
 __all__ = [
     "ACTION_COLUMNS",
@@ -164,16 +165,65 @@ def simulate(
         scenario = load_scenario(conf.scenario, scenario_overrides(conf))
     except ScenarioError as err:
         raise ConfigError(f"scenario={conf.scenario}: {err}") from None
+    arrivals = expected_arrivals(scenario)
     policy = make_policy(conf.policy, scenario)
     try:
         prepare_out(conf.out, overwrite=conf.overwrite)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
-    show = conf.progress if conf.progress is not None else sys.stdout.isatty()
+    if scenario.fidelity == "request":
+        hours = arrivals / REQUESTS_PER_S / 3600.0
+        print(
+            f"simulate: about {arrivals:,.0f} requests expected at the entry "
+            f"(request fidelity: every request is simulated)",
+            file=sys.stderr,
+        )
+        if arrivals > WARN_REQUESTS:
+            print(
+                f"warning: at ~{REQUESTS_PER_S:,.0f} requests per wall second this takes about "
+                f"{hours:,.1f} h; use fidelity=fluid, a lower traffic.base_rps or a shorter "
+                "horizon_s for a quick look",
+                file=sys.stderr,
+            )
+    show: bool | Callable[[float, float], None] = (
+        conf.progress if conf.progress is not None else sys.stdout.isatty()
+    )
+    lines = None
+    if conf.progress is None and not show:  # off a terminal: plain periodic lines
+        lines = Progress(f"simulate {scenario.name}", scenario.horizon_s, "sim s", bar=False)
+        show = lines.update
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
     return simulate_scenario(
         scenario, policy, conf.policy.name, conf.out, conf.format, show, console, resolved
     )
+
+
+REQUESTS_PER_S = 100_000.0
+"""Rough request-fidelity speed, requests per wall second (``experiments/results/sim_bench.md``:
+91,928 on boutique, 130,041 on chain3)."""
+WARN_REQUESTS = 10_000_000.0
+"""Above this many expected requests (a few minutes of wall time) request fidelity warns."""
+
+
+def expected_arrivals(scenario: Scenario) -> float:
+    """Expected requests at the entry service over the horizon (the traffic's integral).
+
+    Builds the scenario's traffic model, which also reads a replay CSV: a bad file is
+    reported here, before anything runs.
+
+    Raises:
+        ConfigError: The traffic cannot be built (a replay CSV's bad row, header, NaN, ...);
+            the message names the file, the line and the fix.
+    """
+    import numpy as np
+
+    from envs.sim.traffic import TrafficModel
+
+    try:
+        model = TrafficModel(scenario.traffic, scenario.horizon_s, np.random.default_rng(0))
+    except ValueError as err:
+        raise ConfigError(f"scenario={scenario.name}: {err}") from None
+    return model.cumulative(scenario.horizon_s)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="simulate")
@@ -182,8 +232,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         simulate(cfg)
     except ConfigError as err:
-        print(f"opsworld simulate: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("simulate", err)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ multirun (``opsworld train -m seed=0,1,2``): each job gets its own run dir
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.run_config import RunConfig, RunConfigError, prepare_out
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, job_out, register_help_resolver
+from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
 
 SCHEMA = RunConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -121,7 +120,7 @@ def train(
 
     conf = to_config(cfg)
     try:
-        prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume)
+        prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume, can_resume=True)
         metrics = run_trainer(conf)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
@@ -135,8 +134,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except ConfigError as err:
-        print(f"opsworld train: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("train", err)
 
 
 def main() -> None:

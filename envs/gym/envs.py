@@ -257,7 +257,7 @@ class ClusterEnv(gym.Env[Any, Any]):
         return self._observe(frame), reward, False, truncated, info
 
     # ------------------------------------------------------------------ render
-    def render(self) -> Any:  # type: ignore[override]
+    def render(self) -> Any:
         """The episode so far, as ``render_mode`` says.
 
         ``"ansi"``: a text table with one row per service (replicas ready/desired, CPU
@@ -563,7 +563,10 @@ def render_table(frame: Telemetry) -> str:
         return "-" if not np.isfinite(x) else format(x, fmt)
 
     width = max(7, *(len(s) for s in frame.services))
-    head = f"{'service':<{width}}  {'ready/desired':>13}  {'cpu':>5}  {'rps':>8}  {'p99 ms':>8}  {'errors':>6}"
+    head = (
+        f"{'service':<{width}}  {'ready/desired':>13}  {'cpu':>5}  {'rps':>8}  "
+        f"{'p99 ms':>8}  {'errors':>6}"
+    )
     lines = [f"t={frame.t:.0f}s", head, "-" * len(head)]
     for i, name in enumerate(frame.services):
         ready = frame["replicas_ready"][i]
