@@ -224,11 +224,15 @@ class AgentConfig:
 # --------------------------------------------------------------------------- env group
 @dataclass
 class RewardWeightsConfig:
-    """Weights of the reward's penalties (:class:`envs.gym.envs.RewardWeights`)."""
+    """Weights of the reward's penalties (:class:`envs.gym.envs.RewardWeights`).
 
-    slo: float = 1.0
-    cost: float = 0.2
-    disruption: float = 0.05
+    Each is ``>= 0``: the reward is minus the weighted penalties, so a negative weight would
+    reward SLO violations, cost or disruption.
+    """
+
+    slo: float = bounded(1.0, ge=0)
+    cost: float = bounded(0.2, ge=0)
+    disruption: float = bounded(0.05, ge=0)
 
 
 @dataclass
@@ -414,6 +418,66 @@ def check_run(conf: RunConfig) -> None:
             "(SB3: <run>/checkpoints/model_<N>_steps.zip, Dreamer: <run>/checkpoints/step_<N>) "
             "or a finished run dir"
         )
+    if conf.resume is not None:
+        saved = resume_algo(conf.resume)
+        if saved is not None and saved != str(conf.agent.algo):
+            raise RunConfigError(
+                f"resume={conf.resume}: the checkpoint was trained with agent={saved}, this run "
+                f"has agent={conf.agent.algo}; resume with agent={saved} (or start afresh "
+                "without resume)"
+            )
+    check_device(conf.device)
+
+
+def resume_algo(resume: str | Path) -> str | None:
+    """``agent.algo`` of the run a checkpoint or run dir belongs to (its ``config.yaml``).
+
+    A checkpoint ``<run>/checkpoints/<file or step folder>`` reads ``<run>/config.yaml``, a
+    run dir its own. None when there is none or it cannot be read.
+    """
+    import yaml
+
+    p = Path(resume)
+    for folder in (p, p.parent, p.parent.parent):
+        path = folder / "config.yaml"
+        if path.is_file():
+            try:
+                algo = yaml.safe_load(path.read_text(encoding="utf-8"))["agent"]["algo"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError):
+                return None
+            return str(algo)
+    return None
+
+
+def check_device(device: str) -> None:
+    """Refuse a torch device this machine does not have (``cuda`` without a GPU, ...).
+
+    Raises:
+        RunConfigError: Naming ``device`` and the fix.
+    """
+    kind = device.split(":", 1)[0]
+    if kind == "cpu":
+        return
+    import torch  # only for a non-CPU device
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if kind not in available:
+        raise RunConfigError(f"device={device}: use cpu, cuda, cuda:<index> or mps")
+    if not available[kind]:
+        raise RunConfigError(
+            f"device={device}: no {kind} device on this machine (torch "
+            f"{torch.__version__}); use device=cpu"
+        )
+    if kind == "cuda" and ":" in device:
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise RunConfigError(
+                f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "use cuda:0 .. or device=cpu"
+            )
 
 
 def choice(table: Mapping[Any, Any], value: Any, key: str, how: str) -> Any:

@@ -49,6 +49,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -660,6 +661,12 @@ def _restore(
     streams: list[Stream],
     conf: DreamerTrainConfig,
 ) -> tuple[Loop, Clocks, AgentState]:
+    for name in ("state.pt", "replay.npz"):
+        if not zipfile.is_zipfile(folder / name):
+            raise DreamerConfigError(
+                f"resume={folder}: {name} is damaged or truncated (not a complete file); "
+                "resume from another checkpoint (<run>/checkpoints/step_<N>) or retrain"
+            )
     try:
         saved = torch.load(folder / "state.pt", weights_only=True)
         if saved.get("format") != STATE_FORMAT:

@@ -153,12 +153,19 @@ def check_trained(spec: PolicySpec, suite: Suite) -> None:
     trained = list(policy.scenario.service_names)  # type: ignore[attr-defined]  # SB3, Dreamer
     for e in suite.entries:
         if e.scenario.service_names != trained:
+            here = e.scenario.service_names
             raise RunConfigError(
-                f"policy={spec.run_dir} was trained on services {trained}, but suite entry "
-                f"{e.id!r} has {e.scenario.service_names}; a trained policy fits one topology: "
+                f"policy={spec.run_dir} was trained on {len(trained)} services ({brief(trained)}), "
+                f"but suite entry {e.id!r} has {len(here)} ({brief(here)}); a trained policy "
+                "fits one topology: "
                 "add topology=<its topology> (e.g. topology=chain3) or evaluate it on a suite "
                 "of that topology"
             )
+
+
+def brief(names: Sequence[str], n: int = 4) -> str:
+    """The first ``n`` names joined by ``, `` (``...`` when there are more)."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def run_dir_algo(path: Path) -> Any:

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -187,6 +188,11 @@ def resume_files(path: str | Path) -> tuple[Path, Path]:
     for f in (model, stats):
         if not f.is_file():
             raise SB3ConfigError(f"resume={path}: {f} is missing")
+    if not zipfile.is_zipfile(model):
+        raise SB3ConfigError(
+            f"resume={path}: {model.name} is damaged or truncated (not a complete zip file); "
+            "resume from another checkpoint in checkpoints/ or retrain"
+        )
     return model, stats
 
 

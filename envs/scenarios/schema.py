@@ -488,7 +488,8 @@ class Scenario(_Strict):
     """Delay between a decision and the API server acting on it."""
     slos: dict[str, SLO] = {}
     """SLOs by service name; services not named have no SLO. Default: the entry service."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Run seed (``numpy`` seeds are non-negative)."""
     fidelity: Literal["fluid", "request"] = "fluid"
     faults: list[Fault] = []
     """Incidents injected into the run (``docs/incidents.md``); several may overlap."""
