@@ -564,7 +564,14 @@ class RunInterrupted(KeyboardInterrupt):
 
     A :class:`KeyboardInterrupt`, so code that does not know it still stops; the commands
     print the message as one line and exit with status 130.
+
+    Attributes:
+        resume: The checkpoint to continue from (``resume=...``), when the run saved one.
     """
+
+    def __init__(self, message: str, resume: str | None = None) -> None:
+        super().__init__(message)
+        self.resume = resume
 
 
 @contextlib.contextmanager
@@ -584,3 +591,36 @@ def interrupts_held() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class StopRequest:
+    """While active, a first Ctrl-C only asks the run to stop at its next step boundary.
+
+    The training loops check :attr:`requested` between steps, then save the model, metrics
+    and a resumable checkpoint (a half-done step is never saved). A second Ctrl-C raises
+    :class:`KeyboardInterrupt` at once. Outside the main thread it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -18,6 +18,7 @@ multirun (``opsworld train -m seed=0,1,2``): each job gets its own run dir
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from agents.run_config import RunConfig, RunConfigError, prepare_out
+from agents.run_config import RunConfig, RunConfigError, RunInterrupted, prepare_out
 from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
 
 SCHEMA = RunConfig
@@ -115,6 +116,8 @@ def train(
     Raises:
         ConfigError: Before anything runs, for a config that cannot work; the message names
             the field and what to do.
+        RunInterrupted: After Ctrl-C, once the model, metrics and a checkpoint are saved; the
+            message ends with the command that continues the run.
     """
     from agents.trainers import train as run_trainer
 
@@ -124,8 +127,35 @@ def train(
         metrics = run_trainer(conf)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
+    except RunInterrupted as stop:
+        if stop.resume is None:
+            raise
+        again = resume_command(conf, stop.resume)
+        raise RunInterrupted(f"{stop}; continue with: {again}", stop.resume) from None
     (console if console is not None else Console()).print(_summary_table(metrics))
     return metrics
+
+
+def resume_command(conf: RunConfig, checkpoint: str) -> str:
+    """The ``opsworld train`` command line that continues ``conf``'s run from ``checkpoint``.
+
+    The run's own overrides (from Hydra, when it composed the run) with ``resume``, ``out``
+    and ``overwrite`` replaced; without Hydra, the agent, env, scenario and step count.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    drop = ("resume=", "out=", "overwrite=", "-m", "--multirun")
+    if HydraConfig.initialized():
+        given = [a for a in HydraConfig.get().overrides.task if not a.startswith(drop)]
+    else:
+        given = [
+            f"agent={conf.agent.algo}",
+            f"env={conf.env.name}",
+            f"scenario={conf.scenario}",
+            f"total_timesteps={conf.total_timesteps}",
+        ]
+    words = [*given, f"resume={checkpoint}", f"out={conf.out}"]
+    return " ".join(["opsworld", "train", *(shlex.quote(w) for w in words)])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
