@@ -576,10 +576,9 @@ def _save_interrupted(
         saved = loop.prefill_done
         if saved:
             save_checkpoint(folder, agent, replay, loop, clocks, streams, driver.state)
-        none = {"mean_reward": None, "std_reward": None, "slo_violation": None, "cost": None}
-        metrics = _run_metrics(
-            conf, scenarios, replace(loop, curve=loop.curve or [none]), ckpt, paths
-        )
+        none: dict[str, Any] = dict.fromkeys(("mean_reward", "std_reward", "slo_violation", "cost"))
+        last = replace(loop, curve=loop.curve or [none])
+        metrics = _run_metrics(conf, scenarios, last, ckpt, paths)
         metrics.update(interrupted=True, checkpoint=str(folder) if saved else None)
         paths.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     what = (
