@@ -21,6 +21,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -122,6 +123,7 @@ def train(
     from agents.trainers import train as run_trainer
 
     conf = to_config(cfg)
+    check_replay(conf)
     try:
         prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume, can_resume=True)
         metrics = run_trainer(conf)
@@ -134,6 +136,31 @@ def train(
         raise RunInterrupted(f"{stop}; continue with: {again}", stop.resume) from None
     (console if console is not None else Console()).print(_summary_table(metrics))
     return metrics
+
+
+def check_replay(conf: RunConfig) -> None:
+    """Read the run scenario's replay CSV, if any, before anything is built.
+
+    A bad file would otherwise fail inside the first env (a traceback); suites are checked
+    entry by entry when their envs are built.
+
+    Raises:
+        ConfigError: Naming the file, the line and the fix.
+    """
+    if conf.suite is not None:
+        return
+    from envs.scenarios.loader import ScenarioError, flatten, load_scenario
+    from envs.sim.traffic import read_replay_csv
+
+    try:
+        scenario = load_scenario(conf.scenario, flatten(dict(conf.scenario_overrides)))
+    except ScenarioError:
+        return  # the trainer reports it, naming the field
+    if scenario.traffic.replay is not None:
+        try:
+            read_replay_csv(Path(scenario.traffic.replay.path))
+        except ValueError as err:
+            raise ConfigError(f"scenario={conf.scenario}: {err}") from None
 
 
 def resume_command(conf: RunConfig, checkpoint: str) -> str:

@@ -146,9 +146,8 @@ def check_trained(spec: PolicySpec, suite: Suite) -> None:
         policy = build_policy(spec, suite.entries[0].scenario)
     except Exception as err:  # unpickling a damaged file raises anything
         raise RunConfigError(
-            f"policy={spec.run_dir}: cannot load its weights ({files}): {type(err).__name__}: "
-            f"{str(err)[:200]}; the files are damaged or from another version: retrain, or "
-            "try weights=best"
+            f"policy={spec.run_dir}: cannot load its weights ({files}): {str(err)[:240]}; "
+            "retrain it, or try weights=best"
         ) from None
     trained = list(policy.scenario.service_names)  # type: ignore[attr-defined]  # SB3, Dreamer
     for e in suite.entries:
