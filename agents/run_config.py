@@ -92,6 +92,14 @@ class LoggerKind(StrEnum):
     wandb = "wandb"
 
 
+class Format(StrEnum):
+    """File format of ``opsworld simulate``'s telemetry table (here: the schema stays light)."""
+
+    parquet = "parquet"
+    csv = "csv"
+    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
+
+
 class VecEnvKind(StrEnum):
     """SB3 vectorisation: ``auto`` is ``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise."""
 

@@ -22,17 +22,6 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from agents.evaluation.evaluate import (
-    PolicySpec,
-    build_policy,
-    load_policy_config,
-    plot_pareto,
-    resolve_policy,
-    run_policy,
-    summary_markdown,
-    write_timelines,
-)
-from agents.evaluation.evaluate import evaluate as evaluate_policies
 from agents.run_config import Fidelity, RunConfigError, prepare_out
 from experiments.cli import (
     CONFIG_DIR,
@@ -44,20 +33,28 @@ from experiments.cli import (
 )
 from experiments.progress import Progress
 
-__all__ = [
-    "SCHEMA",
-    "EvaluateConfig",
+__all__ = ["SCHEMA", "EvaluateConfig", "evaluate", "main"]
+
+LIBRARY = (
     "PolicySpec",
     "build_policy",
-    "evaluate",
     "load_policy_config",
-    "main",
     "plot_pareto",
     "resolve_policy",
     "run_policy",
     "summary_markdown",
     "write_timelines",
-]
+)
+"""Names of :mod:`agents.evaluation.evaluate` this module also offers, imported on first use
+(``--help`` must not import the simulator)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in LIBRARY:
+        from agents.evaluation import evaluate as library
+
+        return getattr(library, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -134,6 +131,8 @@ def evaluate(
         ConfigError: Before anything runs, naming the field.
         RunInterrupted: After Ctrl-C, once the finished policies are written.
     """
+    from agents.evaluation.evaluate import evaluate as evaluate_policies
+
     conf = to_config(cfg)
     try:
         prepare_out(conf.out, overwrite=conf.overwrite)

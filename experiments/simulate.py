@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -24,34 +24,19 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from agents.evaluation.simulate import (
-    ACTION_COLUMNS,
-    Format,
-    json_default,
-    simulate_scenario,
-    write_actions,
-)
 from agents.registry import POLICIES, PolicyConfig, StaticPolicyConfig, validate_policy
 from agents.registry import register_configs as register_policies
-from agents.run_config import Fidelity, RunConfigError, prepare_out
-from envs.core.policy import Policy
-from envs.scenarios.loader import ScenarioError, flatten, load_scenario
-from envs.scenarios.schema import Scenario
+from agents.run_config import Fidelity, Format, RunConfigError, prepare_out
 from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
 from experiments.progress import Progress
 
-__all__ = [
-    "ACTION_COLUMNS",
-    "SCHEMA",
-    "Format",
-    "SimulateConfig",
-    "flatten",
-    "json_default",
-    "main",
-    "make_policy",
-    "simulate",
-    "write_actions",
-]
+if TYPE_CHECKING:
+    from envs.core.policy import Policy
+    from envs.scenarios.schema import Scenario
+
+__all__ = ["SCHEMA", "Format", "SimulateConfig", "main", "make_policy", "simulate"]
+# also, imported on first use (module __getattr__): ACTION_COLUMNS, flatten, json_default,
+# write_actions
 
 
 @dataclass
@@ -107,6 +92,19 @@ def check_policy(cfg: PolicyConfig) -> PolicyConfig:
         raise ConfigError(str(err)) from None
 
 
+def __getattr__(name: str) -> Any:
+    """Lazy re-exports: ``--help`` must not import the simulator (see ``docs/cli.md``)."""
+    if name in ("ACTION_COLUMNS", "json_default", "write_actions"):
+        from agents.evaluation import simulate as library
+
+        return getattr(library, name)
+    if name == "flatten":
+        from envs.scenarios.loader import flatten
+
+        return flatten
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def make_policy(cfg: PolicyConfig, scenario: Scenario) -> Policy:
     """Build the policy ``cfg.name`` from the registry (:data:`agents.registry.POLICIES`)."""
     return POLICIES[check_policy(cfg).name].factory(cfg, scenario)
@@ -132,6 +130,8 @@ def scenario_overrides(conf: SimulateConfig) -> dict[str, Any]:
 
     ``scenario_overrides`` flattened, then ``fidelity``, ``seed`` and ``horizon_s`` where given.
     """
+    from envs.scenarios.loader import flatten
+
     out = flatten(conf.scenario_overrides)
     if conf.fidelity is not None:
         out["fidelity"] = conf.fidelity.value
@@ -159,6 +159,9 @@ def simulate(
         ConfigError: Before anything runs, for a bad policy, scenario or override; the message
             names the field and what to do.
     """
+    from agents.evaluation.simulate import simulate_scenario
+    from envs.scenarios.loader import ScenarioError, load_scenario
+
     conf = to_config(cfg)
     conf.policy = check_policy(conf.policy)
     try:

@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from agents.rollout import RolloutInterrupted, rollout
-from agents.run_config import RunInterrupted, interrupts_held
+from agents.run_config import Format, RunInterrupted, interrupts_held
 from envs.core.actions import Action
 from envs.core.policy import Policy
 from envs.live.openmetrics import write_openmetrics
@@ -41,14 +40,6 @@ from envs.scenarios.schema import Scenario
 from envs.sim.export import SUFFIXES, write_telemetry
 from envs.sim.plots import plot_timeline
 from envs.sim.simulator import SimResult, Simulator
-
-
-class Format(StrEnum):
-    """File format of the telemetry table."""
-
-    parquet = "parquet"
-    csv = "csv"
-    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
 
 
 def _action_row(t: float, action: Action) -> dict[str, Any]:
