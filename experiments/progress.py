@@ -2,7 +2,8 @@
 
 Off a terminal (a CI log, ``nohup``, a pipe) a bar would print nothing useful, so
 :class:`Progress` prints ``<label>: <done>/<total> <unit> (<pct>%), <elapsed> elapsed, ETA
-<eta>`` at most every ``every_s`` seconds and once at the end.
+<eta>`` after the first unit of work (the run is alive), then at most every ``every_s``
+seconds, and once at the end.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class Progress:
             self._bar.update(self._task, completed=self.done)
             return
         now = self.clock()
-        if now - self.last >= self.every_s or self.done >= self.total:
+        if not self.lines or now - self.last >= self.every_s or self.done >= self.total:
             self.last = now
             text = self.line(now)
             self.lines.append(text)
