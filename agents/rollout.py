@@ -35,6 +35,9 @@ def rollout(
     Returns:
         Every frame, every action with its time, one :class:`Decision` per decision point,
         the summary and the fault records.
+
+    Raises:
+        RolloutInterrupted: On Ctrl-C (a :class:`KeyboardInterrupt`), with the run so far.
     """
     hpa = getattr(policy, "in_cluster_hpa", None)  # a policy that tunes an in-cluster HPA
     if hpa is not None:
@@ -44,12 +47,29 @@ def rollout(
     log: list[tuple[float, Action]] = []
     state = policy.reset(1)
     decisions: list[Decision] = []
-    while not world.done:
-        seen = frames[-1]
-        acts, state, _ = policy.act(seen, state)
-        decisions.append(Decision(world.now, 1.0 - float(seen.mask.mean()), len(acts)))
-        log.extend((world.now, a) for a in acts)
-        frames.extend(world.step(acts))
-        if progress is not None:
-            progress(world.now, world.scenario.horizon_s)
+    try:
+        while not world.done:
+            seen = frames[-1]
+            acts, state, _ = policy.act(seen, state)
+            decisions.append(Decision(world.now, 1.0 - float(seen.mask.mean()), len(acts)))
+            log.extend((world.now, a) for a in acts)
+            frames.extend(world.step(acts))
+            if progress is not None:
+                progress(world.now, world.scenario.horizon_s)
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, RolloutInterrupted):
+            raise
+        try:
+            partial = world.result(frames, log, decisions)
+        except Exception:  # too little to summarise: stop as a plain Ctrl-C
+            raise stop from None
+        raise RolloutInterrupted(partial) from None
     return world.result(frames, log, decisions)
+
+
+class RolloutInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`rollout`; ``result`` holds the run up to the last whole step."""
+
+    def __init__(self, result: SimResult) -> None:
+        super().__init__(f"interrupted at t={result.frames[-1].t:g}s")
+        self.result = result

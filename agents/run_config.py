@@ -25,9 +25,10 @@ data files with nested unions, not Hydra-composed runs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -89,6 +90,14 @@ class LoggerKind(StrEnum):
     csv = "csv"
     tensorboard = "tensorboard"
     wandb = "wandb"
+
+
+class Format(StrEnum):
+    """File format of ``opsworld simulate``'s telemetry table (here: the schema stays light)."""
+
+    parquet = "parquet"
+    csv = "csv"
+    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
 
 
 class VecEnvKind(StrEnum):
@@ -223,11 +232,15 @@ class AgentConfig:
 # --------------------------------------------------------------------------- env group
 @dataclass
 class RewardWeightsConfig:
-    """Weights of the reward's penalties (:class:`envs.gym.envs.RewardWeights`)."""
+    """Weights of the reward's penalties (:class:`envs.gym.envs.RewardWeights`).
 
-    slo: float = 1.0
-    cost: float = 0.2
-    disruption: float = 0.05
+    Each is ``>= 0``: the reward is minus the weighted penalties, so a negative weight would
+    reward SLO violations, cost or disruption.
+    """
+
+    slo: float = bounded(1.0, ge=0)
+    cost: float = bounded(0.2, ge=0)
+    disruption: float = bounded(0.05, ge=0)
 
 
 @dataclass
@@ -349,6 +362,8 @@ class RunConfig:
         resume: Continue from a checkpoint (SB3: ``<run>/checkpoints/model_<N>_steps.zip``;
             Dreamer: ``<run>/checkpoints/step_<N>/``) or a finished run dir, up to
             ``total_timesteps`` in all.
+        overwrite: Clear a non-empty ``out`` first; without it (or ``resume``) a non-empty
+            ``out`` is refused (:func:`prepare_out`).
         out: The run dir (all outputs go there).
         experiment: Name of the experiment overlay applied (set by the overlay).
         debug: Name of the debug overlay applied (set by the overlay).
@@ -372,6 +387,7 @@ class RunConfig:
     device: str = "cpu"
     torch_threads: int | None = bounded(1, ge=1)
     resume: str | None = None
+    overwrite: bool = False
     out: str = "outputs/train"
     experiment: str | None = None
     debug: str | None = None
@@ -410,6 +426,66 @@ def check_run(conf: RunConfig) -> None:
             "(SB3: <run>/checkpoints/model_<N>_steps.zip, Dreamer: <run>/checkpoints/step_<N>) "
             "or a finished run dir"
         )
+    if conf.resume is not None:
+        saved = resume_algo(conf.resume)
+        if saved is not None and saved != str(conf.agent.algo):
+            raise RunConfigError(
+                f"resume={conf.resume}: the checkpoint was trained with agent={saved}, this run "
+                f"has agent={conf.agent.algo}; resume with agent={saved} (or start afresh "
+                "without resume)"
+            )
+    check_device(conf.device)
+
+
+def resume_algo(resume: str | Path) -> str | None:
+    """``agent.algo`` of the run a checkpoint or run dir belongs to (its ``config.yaml``).
+
+    A checkpoint ``<run>/checkpoints/<file or step folder>`` reads ``<run>/config.yaml``, a
+    run dir its own. None when there is none or it cannot be read.
+    """
+    import yaml
+
+    p = Path(resume)
+    for folder in (p, p.parent, p.parent.parent):
+        path = folder / "config.yaml"
+        if path.is_file():
+            try:
+                algo = yaml.safe_load(path.read_text(encoding="utf-8"))["agent"]["algo"]
+            except (OSError, yaml.YAMLError, KeyError, TypeError):
+                return None
+            return str(algo)
+    return None
+
+
+def check_device(device: str) -> None:
+    """Refuse a torch device this machine does not have (``cuda`` without a GPU, ...).
+
+    Raises:
+        RunConfigError: Naming ``device`` and the fix.
+    """
+    kind = device.split(":", 1)[0]
+    if kind == "cpu":
+        return
+    import torch  # only for a non-CPU device
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if kind not in available:
+        raise RunConfigError(f"device={device}: use cpu, cuda, cuda:<index> or mps")
+    if not available[kind]:
+        raise RunConfigError(
+            f"device={device}: no {kind} device on this machine (torch "
+            f"{torch.__version__}); use device=cpu"
+        )
+    if kind == "cuda" and ":" in device:
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise RunConfigError(
+                f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "use cuda:0 .. or device=cpu"
+            )
 
 
 def choice(table: Mapping[Any, Any], value: Any, key: str, how: str) -> Any:
@@ -426,3 +502,133 @@ def choice(table: Mapping[Any, Any], value: Any, key: str, how: str) -> Any:
     raise RunConfigError(
         f"{key}={value!r} is not known; use {how} with one of {[str(k) for k in table]}"
     )
+
+
+# --------------------------------------------------------------------------- output folder
+HYDRA_DIRS = (".hydra", "multirun.yaml")
+"""What Hydra itself writes into a run's ``out`` before the command starts (ignored)."""
+
+
+def prepare_out(
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: str | None = None,
+    can_resume: bool = False,
+) -> Path:
+    """Check that ``out`` can take a new run, clearing it with ``overwrite``; returns it.
+
+    A new run must not mix its files with an older run's (an old ``telemetry.parquet`` beside
+    a new CSV, A2C checkpoints in a PPO run), so a non-empty ``out`` is refused unless
+    ``overwrite`` (clear it first) or ``resume`` (the run continues there) says otherwise.
+    Hydra's own ``.hydra/`` is ignored.
+
+    Args:
+        out: The output folder (the run creates it when missing).
+        overwrite: Delete what ``out`` holds first (never the working folder or an ancestor
+            of it, the home folder or the file system root).
+        resume: The run continues a checkpoint: an existing ``out`` is kept as it is.
+        can_resume: The command takes ``resume=`` (the error then offers it).
+
+    Raises:
+        RunConfigError: ``out`` is a file, cannot be written, or is not empty.
+    """
+    import os
+    import shutil
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunConfigError(f"out={out}: is a file, not a folder; give a folder path")
+    if path.is_dir():
+        stale = sorted(p.name for p in path.iterdir() if p.name not in HYDRA_DIRS)
+        if stale and overwrite:
+            here, target = Path.cwd().resolve(), path.resolve()
+            if target in (here, *here.parents, Path.home().resolve()):
+                raise RunConfigError(
+                    f"out={out}: overwrite=true would delete the working, home or root folder; "
+                    "give a run folder of its own"
+                )
+            for name in stale:
+                p = path / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        elif stale and resume is None:
+            shown = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
+            also = ", or resume=<checkpoint> to continue a run there" if can_resume else ""
+            raise RunConfigError(
+                f"out={out}: the folder is not empty ({shown}); give a new out=... or add "
+                f"overwrite=true to clear it{also}"
+            )
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise RunConfigError(f"out={out}: the folder is not writable; give a writable path")
+    return path
+
+
+# --------------------------------------------------------------------------- interrupts
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after what it had was saved; the message says where and how on.
+
+    A :class:`KeyboardInterrupt`, so code that does not know it still stops; the commands
+    print the message as one line and exit with status 130.
+
+    Attributes:
+        resume: The checkpoint to continue from (``resume=...``), when the run saved one.
+    """
+
+    def __init__(self, message: str, resume: str | None = None) -> None:
+        super().__init__(message)
+        self.resume = resume
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ignore Ctrl-C inside the block (saving after a first Ctrl-C must not be cut short).
+
+    Only in the main thread (where Python handles signals); elsewhere it does nothing.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class StopRequest:
+    """While active, a first Ctrl-C only asks the run to stop at its next step boundary.
+
+    The training loops check :attr:`requested` between steps, then save the model, metrics
+    and a resumable checkpoint (a half-done step is never saved). A second Ctrl-C raises
+    :class:`KeyboardInterrupt` at once. Outside the main thread it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from agents.run_config import RunConfigError
 
@@ -97,12 +97,24 @@ def choices(registry: str) -> str:
     return " | ".join(names)
 
 
+PID_RESOLVER = "opsworld_pid"
+"""OmegaConf resolver of this process's id: default ``out`` folders end in it, so two runs
+started in the same second never share a folder (``outputs/<date>/<time>-<pid>``)."""
+
+
 def register_help_resolver() -> None:
-    """Register :data:`HELP_RESOLVER` (idempotent); entry points call it before Hydra."""
+    """Register :data:`HELP_RESOLVER` and :data:`PID_RESOLVER` (idempotent).
+
+    Entry points call it before Hydra composes their config.
+    """
+    import os
+
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver(HELP_RESOLVER):
         OmegaConf.register_new_resolver(HELP_RESOLVER, choices)
+    if not OmegaConf.has_resolver(PID_RESOLVER):
+        OmegaConf.register_new_resolver(PID_RESOLVER, lambda: str(os.getpid()), use_cache=True)
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,8 @@ COMMANDS: dict[str, Command] = {
 }
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
 
 
 def usage() -> str:
@@ -195,6 +209,81 @@ def check_overrides(command: str, args: Sequence[str], known: Sequence[str]) -> 
         )
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: its lines joined by ``" "``, each stripped (blank ones dropped)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def fail(command: str, err: BaseException | str, status: int = 2) -> NoReturn:
+    """Print ``opsworld <command>: error: <err>`` as one line on stderr and exit ``status``.
+
+    Raises:
+        SystemExit: Always, with ``status`` (2: a usage error, the default).
+    """
+    print(f"{PROG} {command}: error: {one_line(str(err))}", file=sys.stderr)
+    raise SystemExit(status) from None
+
+
+def job_out(cfg: Any) -> None:
+    """In a Hydra multirun, point ``cfg.out`` at the job's own folder (``<out>/<job number>``).
+
+    Every command's sweep dir is ``${out}`` with one sub-folder per job, so ``-m seed=0,1
+    out=runs/s`` writes ``runs/s/0`` and ``runs/s/1`` instead of both jobs into ``runs/s``.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.out = hc.runtime.output_dir
+
+
+def version() -> str:
+    """The installed package's version (``pyproject.toml``), or ``unknown`` outside an install."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("opsworld")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def check_out_arg(args: Sequence[str]) -> None:
+    """Reject an ``out=`` override that no run can write to, before Hydra creates it.
+
+    Hydra makes the run's folder (``hydra.run.dir: ${out}``) before the command starts, so a
+    file or an unwritable place would end in its traceback; this creates the folder (as Hydra
+    would) and says what is wrong in one line. Sweeps (``out`` with ``,``) and
+    interpolations are left to the command.
+
+    Raises:
+        ConfigError: ``out`` is an existing file, or the folder cannot be created or written.
+    """
+    import os
+
+    values = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
+    for value in values:
+        if not value or "${" in value or "," in value:
+            continue
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"out={value}: is a file, not a folder; give a folder path")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"out={value}: cannot create the folder ({err.strerror or err}); "
+                "give a writable folder path"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"out={value}: cannot write in it (permission denied); give a writable folder path"
+            )
+
+
 def rewrite_args(cmd: Command, args: Sequence[str]) -> list[str]:
     """Map a leading positional word to ``<positional>=<word>`` and scenario overrides to ``++``."""
     out = list(args)
@@ -210,12 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments after the program name (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for a usage error (unknown command or option);
-        Hydra exits by itself (status 1) when composing or running the config fails.
+        The exit status: 0 on success, 2 for a usage error (unknown command or option, or a
+        bad value: one line on stderr naming the field and the fix), 130 after Ctrl-C (one
+        line; the commands save what they have first); Hydra exits by itself (status 1) when
+        composing the config fails.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if args[0] in ("-V", "--version", "version"):
+        print(f"{PROG} {version()}")
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
@@ -230,14 +324,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = rewrite_args(cmd, rest)
     try:
         check_overrides(name, rest, known)
+        if "out" in known:
+            check_out_arg(rest)
     except ConfigError as err:
-        print(f"{PROG} {name}: error: {err}", file=sys.stderr)
+        print(f"{PROG} {name}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     register_help_resolver()
     saved = sys.argv
     sys.argv = [f"{PROG} {name}", *rest]
     try:
         module.main()
+    except KeyboardInterrupt as stop:  # a command that saved its work says so in the message
+        said = one_line(str(stop)) or "stopped before anything was saved"
+        print(f"{PROG} {name}: interrupted: {said}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         sys.argv = saved
     return 0

@@ -22,40 +22,39 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from agents.evaluation.evaluate import (
-    PolicySpec,
-    build_policy,
-    load_policy_config,
-    plot_pareto,
-    resolve_policy,
-    run_policy,
-    summary_markdown,
-    write_timelines,
-)
-from agents.evaluation.evaluate import evaluate as evaluate_policies
-from agents.run_config import Fidelity
+from agents.run_config import Fidelity, RunConfigError, prepare_out
 from experiments.cli import (
     CONFIG_DIR,
-    EXIT_USAGE,
     ConfigError,
+    fail,
+    job_out,
     register_help_resolver,
     structured_config,
 )
+from experiments.progress import Progress
 
-__all__ = [
-    "SCHEMA",
-    "EvaluateConfig",
+__all__ = ["SCHEMA", "EvaluateConfig", "evaluate", "main"]
+
+LIBRARY = (
     "PolicySpec",
     "build_policy",
-    "evaluate",
     "load_policy_config",
-    "main",
     "plot_pareto",
     "resolve_policy",
     "run_policy",
     "summary_markdown",
     "write_timelines",
-]
+)
+"""Names of :mod:`agents.evaluation.evaluate` this module also offers, imported on first use
+(``--help`` must not import the simulator)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in LIBRARY:
+        from agents.evaluation import evaluate as library
+
+        return getattr(library, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -82,7 +81,8 @@ class EvaluateConfig:
             ``eval.deterministic``). Built-in policies ignore it.
         guard: Put every policy behind the safety guard (default limits; labels get
             ``-guard``): ``guard_policy(policy, control_spec(scenario))``.
-        out: Output folder.
+        out: Output folder; a multirun job writes to ``<out>/<job>``.
+        overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
 
     policy: str = "static"
@@ -97,7 +97,8 @@ class EvaluateConfig:
     weights: str = "final"
     deterministic: bool | None = None
     guard: bool = False
-    out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
+    overwrite: bool = False
 
 
 SCHEMA = EvaluateConfig
@@ -121,24 +122,45 @@ def evaluate(
 ) -> dict[str, Any]:
     """Validate the config and evaluate (:func:`agents.evaluation.evaluate.evaluate`).
 
+    One progress bar over every run of every policy (plain periodic lines when stdout is not
+    a terminal, or when ``log`` is not ``print``: then the lines go to ``log``'s stream,
+    stdout).
+
     Returns:
-        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...]}``.
+        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...],
+        "complete": True}``.
 
     Raises:
         ConfigError: Before anything runs, naming the field.
+        RunInterrupted: After Ctrl-C, once the finished policies are written.
     """
+    from agents.evaluation.evaluate import evaluate as evaluate_policies
+
     conf = to_config(cfg)
+    try:
+        prepare_out(conf.out, overwrite=conf.overwrite)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
-    return evaluate_policies(conf, resolved, log)
+    bar = Progress("evaluate", 1, "runs", bar=None if log is print else False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = float(total)
+        bar.update(done)
+
+    try:
+        return evaluate_policies(conf, resolved, log, progress if log is not None else None)
+    finally:
+        bar.close()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
+    job_out(cfg)
     try:
         evaluate(cfg)
     except ConfigError as err:
-        print(f"opsworld evaluate: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("evaluate", err)
 
 
 def rewrite_policy_arg(args: Sequence[str]) -> list[str]:

@@ -18,21 +18,20 @@ multirun (``opsworld train -m seed=0,1,2``): each job gets its own run dir
 
 from __future__ import annotations
 
-import sys
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, open_dict
+from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from agents.run_config import RunConfig, RunConfigError
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
+from agents.run_config import RunConfig, RunConfigError, RunInterrupted, prepare_out
+from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
 
 SCHEMA = RunConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -118,29 +117,81 @@ def train(
     Raises:
         ConfigError: Before anything runs, for a config that cannot work; the message names
             the field and what to do.
+        RunInterrupted: After Ctrl-C, once the model, metrics and a checkpoint are saved; the
+            message ends with the command that continues the run.
     """
     from agents.trainers import train as run_trainer
 
     conf = to_config(cfg)
+    check_replay(conf)
     try:
+        prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume, can_resume=True)
         metrics = run_trainer(conf)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
+    except RunInterrupted as stop:
+        if stop.resume is None:
+            raise
+        again = resume_command(conf, stop.resume)
+        raise RunInterrupted(f"{stop}; continue with: {again}", stop.resume) from None
     (console if console is not None else Console()).print(_summary_table(metrics))
     return metrics
 
 
+def check_replay(conf: RunConfig) -> None:
+    """Read the run scenario's replay CSV, if any, before anything is built.
+
+    A bad file would otherwise fail inside the first env (a traceback); suites are checked
+    entry by entry when their envs are built.
+
+    Raises:
+        ConfigError: Naming the file, the line and the fix.
+    """
+    if conf.suite is not None:
+        return
+    from envs.scenarios.loader import ScenarioError, flatten, load_scenario
+    from envs.sim.traffic import read_replay_csv
+
+    try:
+        scenario = load_scenario(conf.scenario, flatten(dict(conf.scenario_overrides)))
+    except ScenarioError:
+        return  # the trainer reports it, naming the field
+    if scenario.traffic.replay is not None:
+        try:
+            read_replay_csv(Path(scenario.traffic.replay.path))
+        except ValueError as err:
+            raise ConfigError(f"scenario={conf.scenario}: {err}") from None
+
+
+def resume_command(conf: RunConfig, checkpoint: str) -> str:
+    """The ``opsworld train`` command line that continues ``conf``'s run from ``checkpoint``.
+
+    The run's own overrides (from Hydra, when it composed the run) with ``resume``, ``out``
+    and ``overwrite`` replaced; without Hydra, the agent, env, scenario and step count.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    drop = ("resume=", "out=", "overwrite=", "-m", "--multirun")
+    if HydraConfig.initialized():
+        given = [a for a in HydraConfig.get().overrides.task if not a.startswith(drop)]
+    else:
+        given = [
+            f"agent={conf.agent.algo}",
+            f"env={conf.env.name}",
+            f"scenario={conf.scenario}",
+            f"total_timesteps={conf.total_timesteps}",
+        ]
+    words = [*given, f"resume={checkpoint}", f"out={conf.out}"]
+    return " ".join(["opsworld", "train", *(shlex.quote(w) for w in words)])
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:  # each job writes to its own <sweep dir>/<job number>
-        with open_dict(cfg):
-            cfg.out = hc.runtime.output_dir
+    job_out(cfg)
     try:
         train(cfg)
     except ConfigError as err:
-        print(f"opsworld train: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("train", err)
 
 
 def main() -> None:

@@ -346,3 +346,45 @@ def test_hpa_tune_lower_targets_scale_out_harder() -> None:
         return sum(env.sim.engine.cp.desired)
 
     assert replicas(0) > replicas(4)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "bad", "valid"),
+    [
+        ("opsworld/Autoscale-v0", np.array([9, 0, 0]), "entry i in [0, nvec[i] - 1]"),
+        ("opsworld/Autoscale-v0", np.array([1, 1]), "shape (3,)"),
+        ("opsworld/Remediate-v0", 999, "an integer in [0, "),
+        ("opsworld/HPATune-v0", np.zeros(2, dtype=np.int64), "shape (4,)"),
+    ],
+)
+def test_step_rejects_an_action_outside_the_space_with_shape_and_range(
+    env_id: str, bad: object, valid: str
+) -> None:
+    env = gym.make(env_id, scenario="chain3", disable_env_checker=True)
+    env.reset(seed=0)
+    with pytest.raises(ValueError) as err:
+        env.unwrapped.step(bad)
+    text = str(err.value)
+    assert f"action {bad!r}" in text and f"(shape {np.shape(bad)})" in text
+    assert valid in text
+
+
+def test_render_modes_ansi_table_and_rgb_array_timeline() -> None:
+    env = gym.make("envs.gym:opsworld/Autoscale-v0", scenario="chain3", render_mode="ansi")
+    env.reset(seed=0)
+    env.step(np.array([2, 2, 2]))
+    table = env.render()
+    assert isinstance(table, str)
+    lines = table.splitlines()
+    assert lines[0] == "t=15s" and lines[1].split()[:2] == ["service", "ready/desired"]
+    assert [ln.split()[0] for ln in lines[3:]] == ["frontend", "api", "db"]
+    env = gym.make("opsworld/Remediate-v0", scenario="chain3", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(0)
+    image = env.render()
+    assert isinstance(image, np.ndarray) and image.dtype == np.uint8
+    assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) > 100
+    assert 0 < image.mean() < 255  # a drawn figure, neither blank nor black
+    with pytest.raises(ValueError, match="render_mode='human'"):
+        og.AutoscaleEnv(scenario="chain3", render_mode="human")
+    assert og.AutoscaleEnv(scenario="chain3").render() is None

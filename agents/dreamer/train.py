@@ -49,10 +49,11 @@ import math
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -72,7 +73,13 @@ from agents.dreamer.envs import (
     seeds,
     shortest_episode,
 )
-from agents.run_config import ENV_IDS, WandbLoggerConfig
+from agents.run_config import (
+    ENV_IDS,
+    RunInterrupted,
+    StopRequest,
+    WandbLoggerConfig,
+    interrupts_held,
+)
 from agents.world_model.config import ObsLayout
 from agents.world_model.replay import Replay
 from agents.world_model.rssm import Carry
@@ -213,21 +220,8 @@ class _Logger:
     def __init__(self, conf: DreamerTrainConfig, paths: RunPaths) -> None:
         from stable_baselines3.common.logger import Logger, configure
 
-        formats = {
-            "none": [],
-            "csv": ["csv"],
-            "tensorboard": ["tensorboard"],
-            "wandb": ["tensorboard"],
-        }[conf.logger.kind]
-        if conf.verbose >= 1:
-            formats = ["stdout", *formats]
-        self.logger = (
-            configure(str(paths.logs), formats)
-            if formats
-            else Logger(folder=None, output_formats=[])
-        )
         self.run: Any = None
-        if conf.logger.kind == "wandb":
+        if conf.logger.kind == "wandb":  # first: sync_tensorboard patches the writer below
             import wandb
 
             lc = conf.logger
@@ -245,6 +239,19 @@ class _Logger:
                 sync_tensorboard=True,
                 job_type="train",
             )
+        formats = {
+            "none": [],
+            "csv": ["csv"],
+            "tensorboard": ["tensorboard"],
+            "wandb": ["tensorboard"],
+        }[conf.logger.kind]
+        if conf.verbose >= 1:
+            formats = ["stdout", *formats]
+        self.logger = (
+            configure(str(paths.logs), formats)
+            if formats
+            else Logger(folder=None, output_formats=[])
+        )
 
     def record(self, values: Mapping[str, float], mean: bool = False) -> None:
         for k, v in values.items():
@@ -479,7 +486,9 @@ def _run(
 
     try:
         deadline = math.inf if ac.max_minutes is None else 60.0 * ac.max_minutes
-        while loop.env_steps < conf.total_timesteps and wall() < deadline:
+        stop = StopRequest()  # Ctrl-C: finish this step, then save (below)
+        stop.__enter__()
+        while loop.env_steps < conf.total_timesteps and wall() < deadline and not stop.requested:
             t0 = time.perf_counter()
             for episode, stats in driver.step(loop.env_steps):  # act
                 replay.add(episode)
@@ -517,9 +526,14 @@ def _run(
                 step, f"updates {loop.updates}  eval {ret:.2f}  {_fps(loop):.0f} steps/s"
             )
     finally:
+        stop.__exit__()
         progress.close()
 
     train_time = wall()
+    if stop.requested:
+        _save_interrupted(
+            conf, scenarios, paths, ckpt, agent, replay, loop, clocks, streams, driver
+        )
     if not loop.curve or loop.curve[-1]["env_steps"] != loop.env_steps:
         _evaluate(agent, conf, scenarios, loop, paths, logger, train_time)
         _dump(logger, loop, train_time)
@@ -533,6 +547,50 @@ def _run(
     metrics["wall_time_s"] = wall_before + time.perf_counter() - start
     paths.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return metrics
+
+
+def _save_interrupted(
+    conf: DreamerTrainConfig,
+    scenarios: list[Scenario],
+    paths: RunPaths,
+    ckpt: Path | None,
+    agent: DreamerAgent,
+    replay: Replay,
+    loop: Loop,
+    clocks: Clocks,
+    streams: list[Stream],
+    driver: Driver,
+) -> NoReturn:
+    """After Ctrl-C: save ``agent.pt``, a resumable checkpoint and ``metrics.json``.
+
+    ``metrics.json`` has ``interrupted: true``; its ``eval_*`` figures are the last periodic
+    evaluation's (null before the first). No checkpoint before the prefill is done (its
+    random behaviour is not part of a checkpoint).
+
+    Raises:
+        RunInterrupted: Always, naming what was saved and the checkpoint to resume from.
+    """
+    folder = paths.checkpoints / f"step_{loop.env_steps}"
+    with interrupts_held():
+        torch.save(agent.weights(), paths.agent)
+        saved = loop.prefill_done
+        if saved:
+            save_checkpoint(folder, agent, replay, loop, clocks, streams, driver.state)
+        none: dict[str, Any] = dict.fromkeys(("mean_reward", "std_reward", "slo_violation", "cost"))
+        last = replace(loop, curve=loop.curve or [none])
+        metrics = _run_metrics(conf, scenarios, last, ckpt, paths)
+        metrics.update(interrupted=True, checkpoint=str(folder) if saved else None)
+        paths.metrics.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    what = (
+        f"agent.pt, metrics.json and {folder.relative_to(paths.out)}"
+        if saved
+        else ("agent.pt and metrics.json (no checkpoint: the prefill was not done)")
+    )
+    raise RunInterrupted(
+        f"stopped after {loop.env_steps:,} of {conf.total_timesteps:,} steps; saved {what} "
+        f"in {paths.out}",
+        resume=str(folder) if saved else None,
+    )
 
 
 def _run_metrics(
@@ -660,6 +718,12 @@ def _restore(
     streams: list[Stream],
     conf: DreamerTrainConfig,
 ) -> tuple[Loop, Clocks, AgentState]:
+    for name in ("state.pt", "replay.npz"):
+        if not zipfile.is_zipfile(folder / name):
+            raise DreamerConfigError(
+                f"resume={folder}: {name} is damaged or truncated (not a complete file); "
+                "resume from another checkpoint (<run>/checkpoints/step_<N>) or retrain"
+            )
     try:
         saved = torch.load(folder / "state.pt", weights_only=True)
         if saved.get("format") != STATE_FORMAT:

@@ -43,7 +43,7 @@ from matplotlib.figure import Figure
 from agents.evaluation.suite import RunScore, SuiteResult, execute
 from agents.registry import POLICIES, PolicyConfig, make_policy, policy_config
 from agents.rollout import rollout
-from agents.run_config import RunConfigError
+from agents.run_config import RunConfigError, RunInterrupted, interrupts_held
 from envs.core.policy import Policy
 from envs.scenarios.schema import Scenario
 from envs.scenarios.scoring import aggregate
@@ -141,6 +141,44 @@ def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
                 spec.run_dir, model=files[0], vecnormalize=files[1], deterministic=deterministic
             )
     return _SB3_CACHE[key]
+
+
+def check_trained(spec: PolicySpec, suite: Suite) -> None:
+    """Load a trained policy once, here, and check that it fits every entry of ``suite``.
+
+    Run before any run starts, so a corrupted weight file or a policy trained on another
+    topology is one clear error instead of a failure inside a worker (a policy's observation
+    and action sizes follow its topology's services).
+
+    Raises:
+        RunConfigError: Naming the run dir and file, or the mismatching topology and the fix.
+    """
+    if spec.run_dir is None or not suite.entries:
+        return
+    files = ", ".join(["config.yaml", *WEIGHT_FILES[spec.weights][spec.kind]])
+    try:
+        policy = build_policy(spec, suite.entries[0].scenario)
+    except Exception as err:  # unpickling a damaged file raises anything
+        raise RunConfigError(
+            f"policy={spec.run_dir}: cannot load its weights ({files}): {str(err)[:240]}; "
+            "retrain it, or try weights=best"
+        ) from None
+    trained = list(policy.scenario.service_names)  # type: ignore[attr-defined]  # SB3, Dreamer
+    for e in suite.entries:
+        if e.scenario.service_names != trained:
+            here = e.scenario.service_names
+            raise RunConfigError(
+                f"policy={spec.run_dir} was trained on {len(trained)} services ({brief(trained)}), "
+                f"but suite entry {e.id!r} has {len(here)} ({brief(here)}); a trained policy "
+                "fits one topology: "
+                "add topology=<its topology> (e.g. topology=chain3) or evaluate it on a suite "
+                "of that topology"
+            )
+
+
+def brief(names: Sequence[str], n: int = 4) -> str:
+    """The first ``n`` names joined by ``, `` (``...`` when there are more)."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def run_dir_algo(path: Path) -> Any:
@@ -283,8 +321,28 @@ def plot_pareto(results: Sequence[SuiteResult], path: str | Path) -> Path:
     return path
 
 
+MIN_CI_RUNS = 5
+"""Fewer runs than this give no confidence interval in the tables (a bootstrap over 1-4
+runs says little: one run gives ``13 [13, 13]``)."""
+
+
+def ci_warning(results: Sequence[SuiteResult]) -> str | None:
+    """A warning line when some policy has fewer than :data:`MIN_CI_RUNS` runs, else None."""
+    few = [f"{r.policy} ({len(r.runs)})" for r in results if len(r.runs) < MIN_CI_RUNS]
+    if not few:
+        return None
+    return (
+        f"warning: no 95% CI for {', '.join(few)}: fewer than {MIN_CI_RUNS} runs; raise seeds= "
+        "(or use a larger suite) for intervals"
+    )
+
+
 def summary_markdown(results: Sequence[SuiteResult]) -> str:
-    """The aggregates of every policy side by side (mean [95% CI])."""
+    """The aggregates of every policy side by side (mean [95% CI]).
+
+    A policy with fewer than :data:`MIN_CI_RUNS` runs shows its means without an interval,
+    and a note under the table says why (:func:`ci_warning`).
+    """
     metrics = (
         "slo_violation_min",
         "error_budget_burn",
@@ -301,8 +359,13 @@ def summary_markdown(results: Sequence[SuiteResult]) -> str:
         for m in metrics:
             s = r.summary[m]
             ci = f" [{s.mean_ci[0]:.3g}, {s.mean_ci[1]:.3g}]" if s.mean_ci else ""
+            if len(r.runs) < MIN_CI_RUNS:
+                ci = ""
             cells.append("" if s.mean is None else f"{s.mean:.3g}{ci}")
         lines.append(f"| `{r.policy}` | {len(r.runs)} | " + " | ".join(cells) + " |")
+    few = ci_warning(results)
+    if few:
+        lines += ["", few.replace("warning: ", "Note: ", 1)]
     return "\n".join(lines)
 
 
@@ -330,6 +393,7 @@ def evaluate(
     conf: EvaluateSettings,
     config_yaml: str,
     log: Callable[[str], None] | None = print,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the configured policies and write the outputs of the module docstring.
 
@@ -339,13 +403,17 @@ def evaluate(
             ``topology``, ``limit``, ``timelines``, ``weights``, ``deterministic``, ``out``).
         config_yaml: The resolved config, written to ``<out>/config.yaml``.
         log: Where progress lines and the table go (None: nowhere).
+        progress: Called as ``progress(done, total)`` after each run, over all policies.
 
     Returns:
-        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...]}``.
+        ``{"out": ..., "results": {label: SuiteResult.to_dict()}, "files": [...],
+        "complete": bool}``.
 
     Raises:
         RunConfigError: Before anything runs, naming the field (policy, policies, suite, seeds,
-            workers, limit, timelines).
+            workers, limit, timelines), a trained policy's damaged file or its topology.
+        RunInterrupted: After Ctrl-C, once the policies finished so far are written
+            (``summary.json`` has ``complete: false``).
     """
     names = list(conf.policies) or [conf.policy]
     key = "policies" if len(names) > 1 else "policy"  # `policy=X` arrives as policies=['X']
@@ -373,6 +441,8 @@ def evaluate(
         suite = suite.subset(first=conf.limit)
     if conf.timelines < 0:
         raise RunConfigError(f"timelines={conf.timelines}: must be >= 0")
+    for spec in specs:
+        check_trained(spec, suite)
     fidelity = conf.fidelity.value
     out = Path(conf.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -380,30 +450,51 @@ def evaluate(
 
     results: list[SuiteResult] = []
     files: list[Path] = []
-    for spec in specs:
-        if log is not None:
-            log(
-                f"evaluate: {spec.label} on {suite.name} "
-                f"({len(suite)} entries x {conf.seeds} seeds)"
+    total, done = len(specs) * len(suite) * conf.seeds, 0
+    complete = True
+    try:
+        for spec in specs:
+            if log is not None:
+                log(
+                    f"evaluate: {spec.label} on {suite.name} "
+                    f"({len(suite)} entries x {conf.seeds} seeds)"
+                )
+            base = done
+
+            def bump(n: int, _total: int, _run: RunScore, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + n, total)
+
+            res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity, bump)
+            done = base + len(res.runs)
+            results.append(res)
+            folder = out / spec.label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "results.json").write_text(res.to_json())
+            (folder / "results.md").write_text(res.to_markdown())
+            files += [folder / "results.json", folder / "results.md"]
+            files += write_timelines(
+                suite, spec, fidelity, conf.timelines, out / "timelines" / spec.label
             )
-        res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity)
-        results.append(res)
-        folder = out / spec.label
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(res.to_json())
-        (folder / "results.md").write_text(res.to_markdown())
-        files += [folder / "results.json", folder / "results.md"]
-        files += write_timelines(
-            suite, spec, fidelity, conf.timelines, out / "timelines" / spec.label
-        )
+    except KeyboardInterrupt:
+        complete = False
 
     summary = {
         "suite": suite.name,
         "fidelity": fidelity,
         "seeds": conf.seeds,
         "entries": len(suite),
+        "complete": complete,
+        "policies_done": [r.policy for r in results],
         "policies": {r.policy: {k: v.as_dict() for k, v in r.summary.items()} for r in results},
     }
+    if not complete:
+        with interrupts_held():
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        raise RunInterrupted(
+            f"stopped after {len(results)} of {len(specs)} policies ({done} of {total} runs); "
+            f"the finished policies are in {out} (summary.json: complete=false)"
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     table = summary_markdown(results)
     (out / "summary.md").write_text(
@@ -413,9 +504,13 @@ def evaluate(
     files += [out / "summary.json", out / "summary.md", plot_pareto(results, out / "pareto.png")]
     if log is not None:
         log(table)
+        few = ci_warning(results)
+        if few:
+            log(few)
         log(f"wrote {len(files)} files to {out}")
     return {
         "out": str(out),
         "results": {r.policy: r.to_dict() for r in results},
         "files": [str(f) for f in files],
+        "complete": True,
     }

@@ -21,9 +21,8 @@ import csv
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agents.rollout import rollout
+from agents.rollout import RolloutInterrupted, rollout
+from agents.run_config import Format, RunInterrupted, interrupts_held
 from envs.core.actions import Action
 from envs.core.policy import Policy
 from envs.live.openmetrics import write_openmetrics
 from envs.scenarios.schema import Scenario
 from envs.sim.export import SUFFIXES, write_telemetry
 from envs.sim.plots import plot_timeline
-from envs.sim.simulator import Simulator
-
-
-class Format(StrEnum):
-    """File format of the telemetry table."""
-
-    parquet = "parquet"
-    csv = "csv"
-    openmetrics = "openmetrics"  # for promtool backfill (envs/live/openmetrics.py)
+from envs.sim.simulator import SimResult, Simulator
 
 
 def _action_row(t: float, action: Action) -> dict[str, Any]:
@@ -121,7 +113,7 @@ def simulate_scenario(
     policy_name: str,
     out: str | Path,
     fmt: Format | str = Format.parquet,
-    progress: bool = False,
+    progress: bool | Callable[[float, float], None] = False,
     console: Console | None = None,
     config_yaml: str | None = None,
 ) -> dict[str, Any]:
@@ -133,12 +125,17 @@ def simulate_scenario(
         policy_name: The name recorded in the summary.
         out: Output folder (created).
         fmt: Telemetry file format.
-        progress: Show a progress bar over simulated seconds.
+        progress: Show a progress bar over simulated seconds (True), or call this with
+            ``(now, horizon)`` after each step (plain progress lines off a terminal).
         console: Where the summary table and progress bar go (default: stdout).
         config_yaml: The resolved run config for ``config.yaml`` (None: not written).
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json``; ``complete`` is False after Ctrl-C.
+
+    Raises:
+        RunInterrupted: After Ctrl-C, once the run so far is written (``summary.json`` has
+            ``complete: false`` and ``interrupted_at_s``).
     """
     console = console if console is not None else Console()
     fmt = Format(fmt)
@@ -147,6 +144,41 @@ def simulate_scenario(
 
     sim = Simulator(scenario)
     start = time.perf_counter()
+    try:
+        result = _run(sim, policy, scenario, progress, console)
+        complete = True
+    except RolloutInterrupted as stop:
+        result, complete = stop.result, False
+    wall = time.perf_counter() - start
+    with interrupts_held():
+        summary = _write(result, scenario, sim, out, fmt, config_yaml)
+        summary.update(
+            policy=policy_name,
+            wall_time_s=wall,
+            sim_seconds_per_wall_second=scenario.horizon_s / wall if wall > 0 else None,
+            complete=complete,
+            interrupted_at_s=None if complete else float(result.frames[-1].t),
+        )
+        summary["out"] = str(out)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    if not complete:
+        raise RunInterrupted(
+            f"interrupted at t={result.frames[-1].t:g}s of {scenario.horizon_s:g}s; the run so "
+            f"far is in {out} (summary.json: complete=false)"
+        )
+    console.print(_summary_table(summary, out))
+    return summary
+
+
+def _run(
+    sim: Simulator,
+    policy: Policy,
+    scenario: Scenario,
+    progress: bool | Callable[[float, float], None],
+    console: Console,
+) -> SimResult:
+    if callable(progress):
+        return rollout(sim, policy, progress=progress)
     if progress:
         with Progress(
             TextColumn(f"[bold]{scenario.name}[/] {scenario.fidelity}"),
@@ -158,11 +190,18 @@ def simulate_scenario(
             transient=True,
         ) as bar:
             task = bar.add_task("simulate", total=scenario.horizon_s)
-            result = rollout(sim, policy, progress=lambda now, _h: bar.update(task, completed=now))
-    else:
-        result = rollout(sim, policy)
-    wall = time.perf_counter() - start
+            return rollout(sim, policy, progress=lambda now, _h: bar.update(task, completed=now))
+    return rollout(sim, policy)
 
+
+def _write(
+    result: SimResult,
+    scenario: Scenario,
+    sim: Simulator,
+    out: Path,
+    fmt: Format,
+    config_yaml: str | None,
+) -> dict[str, Any]:
     if fmt is Format.openmetrics:  # the run ends now (t = horizon); docs/live.md
         write_openmetrics(
             result.frames, sim.services, out / "metrics.om", time.time() // 1 - scenario.horizon_s
@@ -179,15 +218,4 @@ def simulate_scenario(
     (out / "scenario.yaml").write_text(
         yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
     )
-    summary: dict[str, Any] = {
-        **result.summary,
-        "policy": policy_name,
-        "frames": len(result.frames),
-        "actions": len(result.actions),
-        "wall_time_s": wall,
-        "sim_seconds_per_wall_second": scenario.horizon_s / wall if wall > 0 else None,
-        "out": str(out),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
-    console.print(_summary_table(summary, out))
-    return summary
+    return {**result.summary, "frames": len(result.frames), "actions": len(result.actions)}

@@ -135,8 +135,13 @@ class SB3Policy:
         )
         obs_space = observation_space(self.encoder, self.obs_kind)
         act_space = self.codec.action_space()
-        with open(run / vecnormalize, "rb") as fh:  # trusted run dirs only (a pickle)
-            stats = pickle.load(fh)
+        try:
+            with open(run / vecnormalize, "rb") as fh:  # trusted run dirs only (a pickle)
+                stats = pickle.load(fh)
+        except Exception as err:  # a damaged pickle raises anything
+            raise ValueError(
+                f"{run / vecnormalize} is damaged or truncated ({type(err).__name__}: {err})"
+            ) from None
         if not isinstance(stats, VecNormalize):
             raise TypeError(f"{run / vecnormalize}: not VecNormalize statistics")
         if stats.observation_space != obs_space:
@@ -147,7 +152,12 @@ class SB3Policy:
         stats.training = False
         stats.norm_reward = False
         self.vec_normalize = stats
-        self.model = ALGOS[self.config.agent.algo].load(run / model, device=device)
+        try:
+            self.model = ALGOS[self.config.agent.algo].load(run / model, device=device)
+        except Exception as err:  # a damaged zip raises anything
+            raise ValueError(
+                f"{run / model} is damaged or truncated ({type(err).__name__}: {err})"
+            ) from None
         if self.model.observation_space != obs_space or self.model.action_space != act_space:
             raise ValueError(
                 f"{run / model}: its spaces ({brief_space(self.model.observation_space)}, "

@@ -28,10 +28,11 @@ import json
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ from stable_baselines3.common.vec_env import (
     unwrap_vec_normalize,
 )
 
-from agents.run_config import ENV_IDS
+from agents.run_config import ENV_IDS, RunInterrupted, StopRequest, interrupts_held
 from agents.sb3.callbacks import (
     EpisodeStatsCallback,
     FiniteParamsCallback,
@@ -187,6 +188,11 @@ def resume_files(path: str | Path) -> tuple[Path, Path]:
     for f in (model, stats):
         if not f.is_file():
             raise SB3ConfigError(f"resume={path}: {f} is missing")
+    if not zipfile.is_zipfile(model):
+        raise SB3ConfigError(
+            f"resume={path}: {model.name} is damaged or truncated (not a complete zip file); "
+            "resume from another checkpoint in checkpoints/ or retrain"
+        )
     return model, stats
 
 
@@ -269,6 +275,73 @@ def evaluate(
     return float(np.asarray(mean)), float(np.asarray(std))
 
 
+class StopCallback(BaseCallback):
+    """Ends ``learn`` at the next env step once Ctrl-C asked it to (:class:`StopRequest`)."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def _on_step(self) -> bool:
+        return not self.stop.requested
+
+
+def _save_interrupted(
+    conf: TrainConfig,
+    model: BaseAlgorithm,
+    paths: RunPaths,
+    episodes: int,
+    trained: int,
+    train_time: float,
+    start: float,
+) -> NoReturn:
+    """After Ctrl-C: save the model, its statistics, a resumable checkpoint and metrics.
+
+    ``metrics.json`` has ``interrupted: true`` and no final evaluation (``eval_*`` null).
+
+    Raises:
+        RunInterrupted: Always, naming what was saved and the checkpoint to resume from.
+    """
+    steps = int(model.num_timesteps)
+    vec_normalize = unwrap_vec_normalize(model.get_env())  # type: ignore[arg-type]
+    assert vec_normalize is not None
+    checkpoint = paths.checkpoints / f"{CHECKPOINT_PREFIX}_{steps}_steps.zip"
+    with interrupts_held():
+        model.save(paths.model)
+        vec_normalize.save(str(paths.vecnormalize))
+        paths.checkpoints.mkdir(parents=True, exist_ok=True)
+        model.save(checkpoint)
+        vec_normalize.save(
+            str(paths.checkpoints / f"{CHECKPOINT_PREFIX}_vecnormalize_{steps}_steps.pkl")
+        )
+        metrics: dict[str, Any] = {
+            "agent": conf.agent.algo.value,
+            "env": conf.env.name.value,
+            "env_id": ENV_IDS[conf.env.name],
+            "scenario": conf.scenario if conf.suite is None else None,
+            "suite": conf.suite,
+            "topology": conf.topology,
+            "seed": conf.seed,
+            "timesteps": steps,
+            "trained_timesteps": int(trained),
+            "train_time_s": train_time,
+            "wall_time_s": time.perf_counter() - start,
+            "episodes": episodes,
+            "eval_mean_reward": None,
+            "eval_std_reward": None,
+            "interrupted": True,
+            "checkpoint": str(checkpoint),
+            "resumed_from": str(conf.resume) if conf.resume is not None else None,
+            "out": str(paths.out),
+        }
+        paths.metrics.write_text(json.dumps(metrics, indent=2))
+    raise RunInterrupted(
+        f"stopped after {steps:,} of {conf.total_timesteps:,} steps; saved model.zip, "
+        f"vecnormalize.pkl, metrics.json and {checkpoint.relative_to(paths.out)} in {paths.out}",
+        resume=str(checkpoint),
+    )
+
+
 def _show_progress(conf: TrainConfig) -> bool:
     return conf.progress_bar if conf.progress_bar is not None else sys.stdout.isatty()
 
@@ -320,6 +393,10 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
                 f"resume={conf.resume}: the checkpoint has {model.num_timesteps} steps, "
                 f"total_timesteps={conf.total_timesteps}; raise total_timesteps"
             )
+        if conf.logger.kind == LoggerKind.wandb:
+            # before the SB3 logger: sync_tensorboard patches the TensorBoard writer, which
+            # make_logger creates; a writer made earlier would never reach W&B
+            run = _start_wandb(conf, paths, OmegaConf.to_container(resolved, resolve=True))  # type: ignore[arg-type]
         model.set_logger(make_logger(conf, paths))
         stats_cb = EpisodeStatsCallback()
         callbacks: list[BaseCallback] = [stats_cb, FiniteParamsCallback()]
@@ -346,20 +423,22 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
                 verbose=conf.verbose,
             )
             callbacks.append(eval_cb)
-        if conf.logger.kind == LoggerKind.wandb:
-            run = _start_wandb(conf, paths, OmegaConf.to_container(resolved, resolve=True))  # type: ignore[arg-type]
+        if run is not None:
             callbacks.append(_wandb_callback())
 
         learn_start = time.perf_counter()
         before = model.num_timesteps
-        model.learn(
-            total_timesteps=remaining,
-            callback=callbacks,
-            progress_bar=_show_progress(conf),
-            reset_num_timesteps=resume is None,
-        )
+        with StopRequest() as stop:  # Ctrl-C: stop at the next env step, then save (below)
+            model.learn(
+                total_timesteps=remaining,
+                callback=[*callbacks, StopCallback(stop)],
+                progress_bar=_show_progress(conf),
+                reset_num_timesteps=resume is None,
+            )
         train_time = time.perf_counter() - learn_start
         trained = model.num_timesteps - before
+        if stop.requested:
+            _save_interrupted(conf, model, paths, stats_cb.episodes, trained, train_time, start)
 
         model.save(paths.model)
         vec_normalize = unwrap_vec_normalize(model.get_env())  # type: ignore[arg-type]

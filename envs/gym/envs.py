@@ -49,7 +49,7 @@ class ClusterEnv(gym.Env[Any, Any]):
     reads the control plane to decode or mask.
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium's convention)
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}  # noqa: RUF012 (Gymnasium's convention)
     layout = "autoscale"
 
     def __init__(
@@ -59,7 +59,13 @@ class ClusterEnv(gym.Env[Any, Any]):
         obs: str = "box",
         reward_weights: RewardWeights | dict[str, float] | None = None,
         scenario_overrides: dict[str, Any] | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode={render_mode!r}: use one of {self.metadata['render_modes']} or None"
+            )
+        self.render_mode = render_mode
         specs: list[str | Path | Scenario] = (
             list(scenario) if isinstance(scenario, list | tuple) else [scenario]  # type: ignore[list-item]
         )
@@ -102,6 +108,8 @@ class ClusterEnv(gym.Env[Any, Any]):
         self._base_cost_rate = 1.0
         self._last_cost = 0.0
         self._ready: TrustedReady | None = None
+        self._history: list[Telemetry] = []  # frames and actions of the episode (rgb_array)
+        self._applied: list[tuple[float, Action]] = []
 
     # ------------------------------------------------------------------ actions
     @property
@@ -159,6 +167,8 @@ class ClusterEnv(gym.Env[Any, Any]):
         self.sim = Simulator(sc, fidelity=self.fidelity, seed=sim_seed)
         frame = self.sim.reset()
         self._frame = frame
+        self._history = [frame] if self.render_mode == "rgb_array" else []
+        self._applied = []
         self.belief = ControlBelief.initial(self.codec.spec).observe(frame)
         self._ready = TrustedReady(self.sim.scenario)
         self._ready.observe(frame)
@@ -177,10 +187,34 @@ class ClusterEnv(gym.Env[Any, Any]):
             raise RuntimeError("call reset() first")
         return self._frame
 
+    def check_action(self, action: Any) -> None:
+        """Raise unless ``action`` is an element of ``action_space`` (also under ``python -O``).
+
+        Raises:
+            ValueError: Naming the action, its shape and the valid range.
+        """
+        if self.action_space.contains(action):
+            return
+        shape = np.shape(action)
+        space = self.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            valid = f"an integer in [{space.start}, {space.start + space.n - 1}]"
+        elif isinstance(space, gym.spaces.MultiDiscrete):
+            valid = (
+                f"integers of shape {space.shape}, entry i in [0, nvec[i] - 1] with "
+                f"nvec={space.nvec.tolist()}"
+            )
+        else:
+            valid = str(space)
+        raise ValueError(f"action {action!r} (shape {shape}) is not in {space}: give {valid}")
+
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Apply ``action``, run one decision interval, return the Gymnasium 5-tuple."""
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r}: not in {self.action_space}")
+        """Apply ``action``, run one decision interval, return the Gymnasium 5-tuple.
+
+        Raises:
+            ValueError: ``action`` is not in ``action_space`` (:meth:`check_action`).
+        """
+        self.check_action(action)
         return self.step_actions(self.decode(action))
 
     def step_actions(
@@ -204,8 +238,12 @@ class ClusterEnv(gym.Env[Any, Any]):
             self.belief = self.belief.observe(f)
             self._trusted_ready.observe(f)
         frame = frames[-1] if frames else self._frame
-        assert frame is not None
+        if frame is None:
+            raise RuntimeError("call reset() before step()")
         self._frame = frame
+        if self.render_mode == "rgb_array":
+            self._history.extend(frames)
+            self._applied.extend((sim.now, a) for a in actions)
         reward, parts = self._reward(disruptive)
         truncated = sim.done
         info = {
@@ -217,6 +255,41 @@ class ClusterEnv(gym.Env[Any, Any]):
         if refused:
             info["refused"] = [f"{a!r}: {why}" for a, why in refused]
         return self._observe(frame), reward, False, truncated, info
+
+    # ------------------------------------------------------------------ render
+    def render(self) -> Any:
+        """The episode so far, as ``render_mode`` says.
+
+        ``"ansi"``: a text table with one row per service (replicas ready/desired, CPU
+        utilisation, requests/s, p99 latency, error rate) under the simulated time.
+        ``"rgb_array"``: the run's timeline figure so far (:func:`envs.sim.plots.plot_timeline`:
+        latency, traffic, replicas with the actions, cost) as an ``(H, W, 3)`` ``uint8`` array.
+        ``None``: nothing.
+        """
+        if self.render_mode is None:
+            return None
+        frame = self.frame
+        if self.render_mode == "ansi":
+            return render_table(frame)
+        return self._render_timeline()
+
+    def _render_timeline(self) -> np.ndarray:
+        import tempfile
+
+        import matplotlib.image as mpimg
+
+        from envs.sim.plots import plot_timeline
+
+        scenario = self._sim.scenario
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plot_timeline(
+                self._history, scenario, Path(tmp) / "timeline.png", actions=self._applied
+            )
+            image = mpimg.imread(path)
+        rgb = image[..., :3]
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(rgb)
 
     @property
     def _trusted_ready(self) -> TrustedReady:
@@ -470,14 +543,41 @@ class HPATuneEnv(ClusterEnv):
         return self.codec.choice_features(action)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        """Set the chosen targets, remediate, and run to the next decision."""
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r}: not in {self.action_space}")
+        """Set the chosen targets, remediate, and run to the next decision.
+
+        Raises:
+            ValueError: ``action`` is not in ``action_space`` (:meth:`check_action`).
+        """
+        self.check_action(action)
         actions = self.decide(action, self.belief)
         obs, reward, terminated, truncated, info = self.step_actions(actions)
         info["action_features"] = self.choice_features(action)
         info["hpa_targets"] = list(self.targets(action).values())
         return obs, reward, terminated, truncated, info
+
+
+def render_table(frame: Telemetry) -> str:
+    """A per-service text table of ``frame`` (what ``render_mode="ansi"`` shows)."""
+
+    def num(x: float, fmt: str) -> str:
+        return "-" if not np.isfinite(x) else format(x, fmt)
+
+    width = max(7, *(len(s) for s in frame.services))
+    head = (
+        f"{'service':<{width}}  {'ready/desired':>13}  {'cpu':>5}  {'rps':>8}  "
+        f"{'p99 ms':>8}  {'errors':>6}"
+    )
+    lines = [f"t={frame.t:.0f}s", head, "-" * len(head)]
+    for i, name in enumerate(frame.services):
+        ready = frame["replicas_ready"][i]
+        desired = frame["replicas_desired"][i]
+        pods = f"{num(ready, '.0f')}/{num(desired, '.0f')}"
+        lines.append(
+            f"{name:<{width}}  {pods:>13}  {num(100 * frame['cpu_util'][i], '.0f') + '%':>5}  "
+            f"{num(frame['rps'][i], '.1f'):>8}  {num(1000 * frame['p99'][i], '.1f'):>8}  "
+            f"{num(100 * frame['error_rate'][i], '.1f') + '%':>6}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def with_hpa(scenario: Scenario, config: HPAConfig) -> Scenario:

@@ -466,6 +466,13 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 
 
+TRAFFIC_TICK_BYTES = 112
+"""Memory one traffic tick takes (``envs.sim.traffic.TrafficModel``: five float64 arrays and
+two Python float lists of ``horizon_s / resolution_s`` entries)."""
+TRAFFIC_MAX_BYTES = 2 * 1024**3
+"""The most memory the traffic ticks may take: a finer ``resolution_s`` is refused."""
+
+
 class Scenario(_Strict):
     """A complete, reproducible simulation: topology, cluster, traffic, timing, SLOs, seed."""
 
@@ -481,7 +488,8 @@ class Scenario(_Strict):
     """Delay between a decision and the API server acting on it."""
     slos: dict[str, SLO] = {}
     """SLOs by service name; services not named have no SLO. Default: the entry service."""
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Run seed (``numpy`` seeds are non-negative)."""
     fidelity: Literal["fluid", "request"] = "fluid"
     faults: list[Fault] = []
     """Incidents injected into the run (``docs/incidents.md``); several may overlap."""
@@ -548,6 +556,16 @@ class Scenario(_Strict):
             raise ValueError(
                 f"horizon_s ({self.horizon_s}) is shorter than one decision interval "
                 f"({self.decision_interval_s})"
+            )
+        ticks = self.horizon_s / self.traffic.resolution_s + 1
+        need = ticks * TRAFFIC_TICK_BYTES
+        if need > TRAFFIC_MAX_BYTES:
+            finest = self.horizon_s * TRAFFIC_TICK_BYTES / TRAFFIC_MAX_BYTES
+            raise ValueError(
+                f"traffic.resolution_s={self.traffic.resolution_s:g}: {ticks:.3g} traffic ticks "
+                f"over horizon_s={self.horizon_s:g} would take about {need / 1024**3:,.1f} GiB "
+                f"of memory (limit {TRAFFIC_MAX_BYTES / 1024**3:g} GiB); use resolution_s >= "
+                f"{finest:.2g} (default 1.0)"
             )
         return self
 

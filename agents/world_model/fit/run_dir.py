@@ -72,7 +72,8 @@ def load_fit(path: str | Path) -> FittedModel:
     """Load a ``fit-world-model`` run folder (no pickles: ``weights_only`` torch, npz, JSON).
 
     Raises:
-        RunConfigError: When ``path`` is not such a folder (naming the missing files).
+        RunConfigError: When ``path`` is not such a folder (naming the missing files), or a
+            file in it is damaged or truncated.
     """
     path = Path(path)
     spec_path = path / "spec.json"
@@ -93,12 +94,18 @@ def load_fit(path: str | Path) -> FittedModel:
             "model was fitted; its weights may mean something else now (refit it)",
             stacklevel=2,
         )
-    return FittedModel(
-        path,
-        spec,
-        load_model(path / spec["checkpoint"]),
-        Calibration.from_json(files["calibration"].read_text()),
-        NaiveForecaster.load(files["persistence"]),
-        NaiveForecaster.load(files["seasonal"]),
-        NaiveViolation(**json.loads(files["violation"].read_text())),
-    )
+    try:
+        return FittedModel(
+            path,
+            spec,
+            load_model(path / spec["checkpoint"]),
+            Calibration.from_json(files["calibration"].read_text()),
+            NaiveForecaster.load(files["persistence"]),
+            NaiveForecaster.load(files["seasonal"]),
+            NaiveViolation(**json.loads(files["violation"].read_text())),
+        )
+    except Exception as err:  # a truncated or damaged file raises anything
+        raise RunConfigError(
+            f"model={path}: a file is damaged or truncated ({type(err).__name__}: "
+            f"{str(err)[:200]}); refit with 'opsworld fit-world-model'"
+        ) from None

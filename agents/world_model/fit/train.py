@@ -49,8 +49,14 @@ def build_trainer(
     path = Path(init) / "checkpoint.pt"
     if not path.exists():
         raise RunConfigError(f"init={init}: no checkpoint.pt (a fit-world-model folder?)")
-    state = torch.load(path, weights_only=True)
-    wm_cfg = WorldModelConfig(**{**state["config"], "threads": threads})
+    try:
+        state = torch.load(path, weights_only=True)
+        wm_cfg = WorldModelConfig(**{**state["config"], "threads": threads})
+    except Exception as err:  # a truncated or damaged file raises anything
+        raise RunConfigError(
+            f"init={init}: {path.name} is damaged or truncated ({type(err).__name__}: "
+            f"{str(err)[:200]}); give another fit folder or fit from scratch (init=null)"
+        ) from None
     trainer = WorldModelTrainer(WorldModel(layout, n_actions, wm_cfg), wm_cfg, seed=seed)
     try:
         trainer.load_state_dict(state)
