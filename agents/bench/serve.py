@@ -120,19 +120,15 @@ def _free_port() -> int:
 
 
 def _train(out: Path, *overrides: str) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from experiments import train as train_mod
-    from experiments.cli import CONFIG_DIR
-
-    train_mod.register_configs()
-    GlobalHydra.instance().clear()
+    """A short ``opsworld train`` run in a child process (the CLI lives above agents)."""
     common = ("debug=default", "logger=none", "eval.freq=0", "scenario=chain3", f"out={out}")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*common, *overrides])
-    GlobalHydra.instance().clear()
-    train_mod.train(cfg)
+    code = "import sys; from experiments.cli import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run(
+        [sys.executable, "-c", code, "train", *common, *overrides],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
