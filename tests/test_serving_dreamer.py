@@ -284,6 +284,43 @@ def test_world_model_routes_answer_json_errors(server: Server, tmp_path: Path) -
     assert bad.status_code == 422 and "quantiles must increase" in bad.json()["reason"]
     huge = forecast(server, {"stream_id": "x", "horizon": 10_000})
     assert huge.status_code == 422 and huge.json()["reason"].startswith("body.horizon")
+    infer(server, {"stream_id": "budget", "frames": [{"t": 0.0, "services": {}}]})
+    url = f"{server.url}/v2/models/{server.name}/explain"
+    costly = httpx.post(url, json={"stream_id": "budget", "samples": 64, "horizon": 64})
+    assert costly.status_code == 422 and "at most 2048" in costly.json()["reason"]
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_on_the_world_model_routes(server: Server) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    infer(server, {"stream_id": "default", "frames": [{"t": 0.0, "services": {}}]})
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    calls: list[int] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()  # type: ignore[union-attr]
+        if not operation.path.endswith(("/forecast", "/explain", "/infer")):
+            continue
+
+        @settings(
+            max_examples=150,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy())
+        def check(case: Any) -> None:
+            response = case.call(base_url=server.url, timeout=60)
+            calls.append(response.status_code)
+            assert response.status_code < 500, (case.path, case.body, response.text)
+            if response.status_code >= 400:
+                body = response.json()
+                assert body["error"] and body["reason"]
+
+        check()
+    assert len(calls) >= 400, len(calls)
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
 
 
 def test_bundles_without_a_world_model_answer_404_with_a_reason(tmp_path: Path) -> None:

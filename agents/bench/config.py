@@ -187,7 +187,8 @@ class ServeSuiteConfig:
         full: Sizes of a full run.
         quick: Sizes with ``quick=true`` (seconds; for tests).
         target_p99_ms: PPO on ONNX at the highest rate must have p99 at most this.
-        target_model_share: ... and the network at most this share of the request time.
+        target_model_share: ... and at the lowest rate the network at most this share of the
+            request time.
     """
 
     ppo_run: str | None = None

@@ -120,19 +120,15 @@ def _free_port() -> int:
 
 
 def _train(out: Path, *overrides: str) -> Path:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from experiments import train as train_mod
-    from experiments.cli import CONFIG_DIR
-
-    train_mod.register_configs()
-    GlobalHydra.instance().clear()
+    """A short ``opsworld train`` run in a child process (the CLI lives above agents)."""
     common = ("debug=default", "logger=none", "eval.freq=0", "scenario=chain3", f"out={out}")
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*common, *overrides])
-    GlobalHydra.instance().clear()
-    train_mod.train(cfg)
+    code = "import sys; from experiments.cli import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run(
+        [sys.executable, "-c", code, "train", *common, *overrides],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
@@ -365,12 +361,14 @@ def run_serve_suite(cfg: BenchConfig, console: Console) -> dict[str, Any]:
                 "highest_rate_p99_under_10ms": max(ok) if ok else 0.0,
             }
     load_after = os.getloadavg()
-    top = max(sizes.rates)
+    top, low = max(sizes.rates), min(sizes.rates)
     head = details["ppo_onnx"]
     at_top = next(r for r in head["rates"] if r["rate"] == top)
+    at_low = next(r for r in head["rates"] if r["rate"] == low)
     figures: dict[str, Any] = {
         "ppo_onnx_p99_ms_at_top_rate": at_top["p99_ms"],
-        "ppo_onnx_model_share_at_top_rate": at_top["model_share"],
+        # at the lowest rate: a saturated server's queueing would make any share look small
+        "ppo_onnx_model_share_at_lowest_rate": at_low["model_share"],
     }
     for label, d in details.items():
         figures[f"{label}_highest_rate_p99_under_10ms"] = d["highest_rate_p99_under_10ms"]
@@ -379,9 +377,9 @@ def run_serve_suite(cfg: BenchConfig, console: Console) -> dict[str, Any]:
         "figures": figures,
         "targets": {
             "ppo_onnx_p99_ms_at_top_rate": sc.target_p99_ms,
-            "ppo_onnx_model_share_at_top_rate": sc.target_model_share,
+            "ppo_onnx_model_share_at_lowest_rate": sc.target_model_share,
         },
-        "lower_is_better": ["ppo_onnx_p99_ms_at_top_rate", "ppo_onnx_model_share_at_top_rate"],
+        "lower_is_better": ["ppo_onnx_p99_ms_at_top_rate", "ppo_onnx_model_share_at_lowest_rate"],
         "details": {
             "targets": details,
             "load_average_before": list(load_before),

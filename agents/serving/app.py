@@ -86,6 +86,10 @@ INFERENCE_BUCKETS_S: tuple[float, ...] = (
 )
 """Histogram buckets of one decision (sub-millisecond resolution)."""
 
+EXPLAIN_BUDGET = 2048
+"""Most imagined steps per candidate (``samples x horizon``) an explain request may ask for
+(every candidate is imagined that many times; about 20 candidates on chain3)."""
+
 
 class ServeError(Exception):
     """An error answered as JSON with ``status``."""
@@ -467,8 +471,10 @@ def create_app(
         horizon = body.horizon or int(net["horizon"])
         samples = body.samples or 64
         quantiles = tuple(body.quantiles)
-        out = inner.forecast(
-            inner_state, horizon=horizon, samples=samples, quantiles=quantiles, seed=body.seed
+        out = await run_in_threadpool(  # off the event loop: infer keeps being answered
+            lambda: inner.forecast(
+                inner_state, horizon=horizon, samples=samples, quantiles=quantiles, seed=body.seed
+            )
         )
         return ForecastResponse(
             model_name=model.name,
@@ -497,9 +503,17 @@ def create_app(
         model = model_for(name)
         inner, inner_state, t = world_model_state(model, body)
         horizon = body.horizon or int(model.bundle.manifest["network"]["horizon"])
+        samples = body.samples or 16
+        if samples * horizon > EXPLAIN_BUDGET:
+            raise ServeError(
+                422,
+                "invalid request",
+                f"explain imagines samples x horizon = {samples} x {horizon} steps per "
+                f"candidate; at most {EXPLAIN_BUDGET}: ask for fewer samples or a shorter horizon",
+            )
         try:
-            out = inner.explain(
-                inner_state, horizon=horizon, samples=body.samples or 16, seed=body.seed
+            out = await run_in_threadpool(
+                lambda: inner.explain(inner_state, horizon=horizon, samples=samples, seed=body.seed)
             )
         except ValueError as err:
             raise ServeError(422, "cannot explain", str(err)) from None
