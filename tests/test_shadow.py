@@ -512,3 +512,75 @@ def test_hpa_bundle_recommends_a_scale_from_prometheus(
     assert blind.live_tick().guarded_actions == []
     loop.close()
     blind.close()
+
+
+# ------------------------------------------------------------------- SB3 bundle, forecasts
+
+
+@pytest.fixture(scope="module")
+def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug PPO run on chain3 (autoscale), exported: a bundle with a feature reference."""
+    from test_serving import train_run
+
+    from agents.bundle_export import export_run
+
+    base = tmp_path_factory.mktemp("ppo")
+    run = train_run(base / "run", "agent=ppo", "env=autoscale")
+    return export_run(run, base / "bundle")
+
+
+def test_sb3_bundle_in_replay_reports_drift(
+    ppo_bundle: Path, scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    decider = bundle_decider(ppo_bundle)
+    assert decider.policy_name == "sb3/ppo" and decider.feature_reference is not None
+    loop = make_loop(decider, scraped.url, tmp_path, drift_min_samples=4, drift_every=1)
+    end = math.floor(time.time()) - 2.0
+    loop.run_replay(end - 7, end, 1.0)
+    loop.close()
+    recs = list(read_audit(tmp_path / "audit.jsonl"))
+    assert len(recs) == 8 and all(r["error"] is None for r in recs)
+    assert [r["drift"] is None for r in recs] == [True] * 3 + [False] * 5
+    drift = recs[-1]["drift"]
+    encoder = decider.encoder
+    assert set(drift["psi"]) <= set(encoder.service_features) | set(encoder.cluster_features)
+    assert "rps" in drift["psi"] and all(v >= 0 for v in drift["psi"].values())
+    worst = max(drift["psi"].values())
+    assert drift["retrain_recommended"] == (worst > 0.25)
+    assert drift["samples"] == 8 and drift["threshold"] == 0.25
+
+
+def test_forecasts_give_lower_upper_and_realised_error(
+    hpa_bundle: Path, scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    class Forecasting:
+        """The HPA bundle's policy plus a replica forecast (q50 = 3, one tick ahead)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.name = inner, "forecasting"
+
+        def reset(self, n: int = 1) -> Any:
+            return self.inner.reset(n)
+
+        def act(self, obs: Any, state: Any) -> Any:
+            actions, state, info = self.inner.act(obs, state)
+            q = {"q05": 1.0, "q50": 3.0, "q95": 5.0, "horizon_s": 0.05}
+            return actions, state, {**info, "forecast": {"api": {"replicas": q}}}
+
+    decider = bundle_decider(hpa_bundle)
+    decider.policy = Forecasting(decider.policy)
+    metrics = ShadowMetrics(LIVE_NAMESPACE)
+    loop = make_loop(decider, scraped.url, tmp_path, metrics)
+    first = loop.live_tick()
+    time.sleep(0.1)
+    second = loop.live_tick()
+    loop.close()
+    assert first.forecast == {
+        "api": {"replicas": {"q05": 1.0, "q50": 3.0, "q95": 5.0, "horizon_s": 0.05}}
+    }
+    assert second.actual_replicas["api"] == 2
+    labels = {"namespace": LIVE_NAMESPACE, "deployment": "api"}
+    get = metrics.registry.get_sample_value
+    assert get("opsworld_shadow_recommended_replicas_lower", labels) == 1.0
+    assert get("opsworld_shadow_recommended_replicas_upper", labels) == 5.0
+    assert get("opsworld_shadow_forecast_abs_error", labels) == 1.0  # |2 - 3|

@@ -72,6 +72,10 @@ POD_COUNTS: tuple[str, ...] = ("replicas_starting", "replicas_pending")
 missing)."""
 
 
+FORECAST_FIELDS: dict[str, str] = {"replicas": "replicas_desired", "p99_s": "p99"}
+"""Forecast quantities (audit names) -> the Telemetry field they are checked against."""
+
+
 def derive_pod_counts(frame: Telemetry) -> tuple[Telemetry, list[str]]:
     """The frame the policy decides on: unobserved pod counts set to 0 where they are implied.
 
@@ -404,6 +408,7 @@ class ShadowLoop:
             if frame.t < due:
                 keep.append((due, svc, fld, q50))
                 continue
+            fld = FORECAST_FIELDS.get(fld, fld)
             if svc in self.services and fld in FIELD_INDEX:
                 i, col = self.services.index(svc), FIELD_INDEX[fld]
                 v = float(frame.values[i, col])
