@@ -59,7 +59,8 @@ class ShadowConfig:
         retries: Prometheus retries after a timeout, transport error or 5xx.
         drift_window: Ticks in the drift window.
         drift_min_samples: Ticks before drift is reported.
-        drift_threshold: PSI above which retraining is recommended.
+        drift_threshold: Live-mean shift, in training standard deviations, above which
+            retraining is recommended.
         derive_pod_counts: Decide with unexported ``replicas_starting``/``replicas_pending``
             set to 0 (see :func:`agents.shadow.loop.derive_pod_counts`).
     """
@@ -88,7 +89,7 @@ class ShadowConfig:
     retries: int = 2
     drift_window: int = 240
     drift_min_samples: int = 20
-    drift_threshold: float = 0.25
+    drift_threshold: float = 3.0
     derive_pod_counts: bool = True
 
 

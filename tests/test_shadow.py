@@ -193,8 +193,27 @@ def test_drift_monitor_flags_shifted_inputs() -> None:
     ok, bad = same.report(), shifted.report()
     assert ok is not None and bad is not None
     assert set(ok["psi"]) == {"rps"}  # only features with spread and observed values
-    assert ok["psi"]["rps"] < 0.25 and not ok["retrain_recommended"]
-    assert bad["psi"]["rps"] > 1.0 and bad["retrain_recommended"]
+    assert ok["psi"]["rps"] < 0.25 and ok["mean_shift"]["rps"] < 1e-5
+    assert not ok["retrain_recommended"] and ok["threshold"] == 3.0
+    assert bad["psi"]["rps"] > 1.0 and bad["mean_shift"]["rps"] > 3.0
+    assert bad["retrain_recommended"]
+    # a steady cluster: every live value at the training mean; PSI reads high (one bin),
+    # yet nothing the policy has not seen: no retraining
+    ref = reference_from(encoder, frames)
+    steady = DriftMonitor(encoder, ref, min_samples=20, window=60)
+    col = FIELD_INDEX["rps"]
+    flat = blank_frame(SERVICES, 0.0)
+    values, mask = flat.values.copy(), flat.mask.copy()
+    n_feat = len(encoder.service_features)  # the encoded layout: services x features, rps first
+    values[:, col] = np.expm1(np.asarray(ref["obs"]["mean"][0 : 3 * n_feat : n_feat]))
+    mask[:, col] = True
+    object.__setattr__(flat, "values", values)
+    object.__setattr__(flat, "mask", mask)
+    for _ in range(20):
+        steady.observe(flat)
+    calm = steady.report()
+    assert calm is not None and calm["psi"]["rps"] > 1.0
+    assert calm["mean_shift"]["rps"] < 1e-3 and not calm["retrain_recommended"]
     with pytest.raises(ValueError, match=r"feature_reference\.obs has 3 entries"):
         DriftMonitor(encoder, {"obs": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
 
@@ -545,9 +564,10 @@ def test_sb3_bundle_in_replay_reports_drift(
     encoder = decider.encoder
     assert set(drift["psi"]) <= set(encoder.service_features) | set(encoder.cluster_features)
     assert "rps" in drift["psi"] and all(v >= 0 for v in drift["psi"].values())
-    worst = max(drift["psi"].values())
-    assert drift["retrain_recommended"] == (worst > 0.25)
-    assert drift["samples"] == 8 and drift["threshold"] == 0.25
+    assert set(drift["mean_shift"]) == set(drift["psi"])
+    worst = max(drift["mean_shift"].values())
+    assert drift["retrain_recommended"] == (worst > 3.0)
+    assert drift["samples"] == 8 and drift["threshold"] == 3.0
 
 
 def test_forecasts_give_lower_upper_and_realised_error(

@@ -168,7 +168,8 @@ class ShadowLoop:
         metrics: The ``/metrics`` series to update (None: none).
         drift_window: Ticks in the drift window.
         drift_min_samples: Ticks before drift is reported.
-        drift_threshold: PSI above which retraining is recommended.
+        drift_threshold: Live-mean shift (training stds) above which retraining is
+            recommended (:class:`~agents.shadow.drift.DriftMonitor`).
         drift_every: Recompute PSI every this many ticks (the last report is repeated between).
         derive_pods: Decide on :func:`derive_pod_counts` of each frame (else on the frame as
             observed).
@@ -187,7 +188,7 @@ class ShadowLoop:
         *,
         drift_window: int = 240,
         drift_min_samples: int = 20,
-        drift_threshold: float = 0.25,
+        drift_threshold: float = 3.0,
         drift_every: int = 5,
         derive_pods: bool = True,
         on_record: Callable[[AuditRecord], Any] | None = None,
@@ -213,7 +214,7 @@ class ShadowLoop:
                 decider.feature_reference,
                 window=drift_window,
                 min_samples=drift_min_samples,
-                threshold=drift_threshold,
+                shift_threshold=drift_threshold,
             )
         self.drift_every = max(1, drift_every)
         self._drift_report: dict[str, Any] | None = None
@@ -346,10 +347,10 @@ class ShadowLoop:
         # drift and forecasts
         drift = self._drift(frame, missing_fraction, tick_no)
         if drift is not None and drift["retrain_recommended"]:
-            worst = max(drift["psi"].items(), key=lambda kv: kv[1])
+            worst = max(drift["mean_shift"].items(), key=lambda kv: kv[1])
             reasons.append(
-                f"retrain recommended: input drift PSI {worst[1]:.2f} on {worst[0]} > "
-                f"{drift['threshold']:g}"
+                f"retrain recommended: live {worst[0]} is {worst[1]:.1f} training stds from its "
+                f"training mean (> {drift['threshold']:g}); PSI {drift['psi'][worst[0]]:.2f}"
             )
         forecast = info.get("forecast") if isinstance(info.get("forecast"), dict) else None
         errors = self._forecast_errors(frame, forecast)
