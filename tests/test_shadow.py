@@ -604,3 +604,37 @@ def test_forecasts_give_lower_upper_and_realised_error(
     assert get("opsworld_shadow_recommended_replicas_lower", labels) == 1.0
     assert get("opsworld_shadow_recommended_replicas_upper", labels) == 5.0
     assert get("opsworld_shadow_forecast_abs_error", labels) == 1.0  # |2 - 3|
+
+
+# -------------------------------------------------------------------- failures inside a tick
+
+
+def test_failures_inside_the_loop_are_recorded_and_it_goes_on(
+    hpa_bundle: Path, tmp_path: Path
+) -> None:
+    from envs.live.prometheus import LiveFrame
+
+    class Broken(PrometheusSource):
+        """Raises in replay and returns another cluster's frame live (neither should happen)."""
+
+        def replay(self, start: float, end: float, step_s: float) -> Any:
+            raise RuntimeError("disk on fire")
+
+        def frame(self, at: float | None = None) -> LiveFrame:
+            return LiveFrame(blank_frame(("x", "y", "z"), 5.0))
+
+    decider = bundle_decider(hpa_bundle)
+    source = Broken("http://127.0.0.1:1", live_profile(), decider.spec.services)
+    loop = ShadowLoop(decider, source, AuditWriter(tmp_path / "audit.jsonl"))
+    stats = loop.run_replay(100.0, 104.0, 2.0)
+    loop.live_tick()
+    loop.close()
+    recs = list(read_audit(tmp_path / "audit.jsonl"))
+    assert stats.ticks == len(recs) == 4
+    assert [r["t"] for r in recs[:3]] == [100.0, 102.0, 104.0]
+    assert all(
+        r["missing"]["db"]["rps"].startswith("replay queries failed: RuntimeError")
+        for r in recs[:3]
+    )
+    assert recs[3]["error"].startswith("ValueError: guard: frame services")
+    assert recs[3]["actuated"] is False and stats.tick_exceptions == 1

@@ -530,7 +530,7 @@ class ShadowLoop:
     ) -> Iterator[LiveFrame | None]:
         """Frames of ``[start, end]`` every ``step_s``, fetched ``chunk`` steps at a time.
 
-        A chunk whose queries raise (they should not) yields None for each of its steps.
+        A chunk whose queries raise (they should not) yields all-missing frames with the reason.
         """
         if not step_s > 0 or end < start:
             raise ValueError(
@@ -544,8 +544,14 @@ class ShadowLoop:
             frames: list[LiveFrame | None]
             try:
                 frames = list(self.source.replay(c_start, c_end, step_s))
-            except Exception:
-                frames = [None] * count
+            except Exception as exc:  # the source should never raise; the ticks still count
+                why = f"replay queries failed: {type(exc).__name__}: {exc}"
+                frames = [
+                    LiveFrame(
+                        blank_frame(self.services, round(c_start + k * step_s, 3)), {"*": why}
+                    )
+                    for k in range(count)
+                ]
             yield from frames
 
     def run_replay(self, start: float, end: float, step_s: float, chunk: int = 240) -> ShadowStats:
