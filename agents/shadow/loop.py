@@ -304,11 +304,6 @@ class ShadowLoop:
             reasons.append(f"all telemetry missing ({first})")
         # decide: the policy proposes, the guard disposes
         view, derived = derive_pod_counts(frame) if self.derive_pods else (frame, [])
-        if derived:
-            reasons.append(
-                f"decided with replicas_starting/replicas_pending = 0 where not exported "
-                f"({len(derived)} services): not-ready pods count as pods without metrics"
-            )
         t_inf = time.perf_counter()
         actions, self.state, info = self.policy.act(view, self.state, now=frame.t)
         inference_s = time.perf_counter() - t_inf
@@ -325,6 +320,11 @@ class ShadowLoop:
             self.stats.fallbacks[fallback] += 1
         else:
             reasons.append(f"policy {d.policy_name} decided")
+        if derived:
+            reasons.append(
+                f"decided with replicas_starting/replicas_pending = 0 where not exported "
+                f"({len(derived)} services): not-ready pods count as pods without metrics"
+            )
         for i in verdict.interventions:
             self.stats.interventions[i.rule] += 1
         # what the cluster did, and whether the last recommendation agreed with it
