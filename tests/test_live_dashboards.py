@@ -49,7 +49,8 @@ def test_committed_json_is_generated(key: str) -> None:
 @pytest.mark.parametrize("key", list(DASHBOARDS))
 def test_every_panel_returns_data(key: str, scraped: PrometheusServer) -> None:
     """Cluster panels return data from Prometheus scraping the simulator exporter; shadow
-    panels (no shadow producer runs in the tests) must at least be valid PromQL."""
+    panels must be valid PromQL here (tests/test_shadow.py checks that they return data from
+    a running shadow loop)."""
     shadow = []
     for panel in panels(key):
         for target in panel["targets"]:

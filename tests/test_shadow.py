@@ -27,7 +27,7 @@ from agents.shadow.deciders import (
     remote_decider,
 )
 from agents.shadow.drift import DriftMonitor, psi
-from agents.shadow.loop import ShadowLoop, blank_frame
+from agents.shadow.loop import ShadowLoop, blank_frame, derive_pod_counts
 from agents.shadow.metrics import ShadowMetrics
 from agents.shadow.observe import ActionObserver
 from envs.core.actions import Restart, Scale, SetHPATarget
@@ -193,8 +193,27 @@ def test_drift_monitor_flags_shifted_inputs() -> None:
     ok, bad = same.report(), shifted.report()
     assert ok is not None and bad is not None
     assert set(ok["psi"]) == {"rps"}  # only features with spread and observed values
-    assert ok["psi"]["rps"] < 0.25 and not ok["retrain_recommended"]
-    assert bad["psi"]["rps"] > 1.0 and bad["retrain_recommended"]
+    assert ok["psi"]["rps"] < 0.25 and ok["mean_shift"]["rps"] < 1e-5
+    assert not ok["retrain_recommended"] and ok["threshold"] == 3.0
+    assert bad["psi"]["rps"] > 1.0 and bad["mean_shift"]["rps"] > 3.0
+    assert bad["retrain_recommended"]
+    # a steady cluster: every live value at the training mean; PSI reads high (one bin),
+    # yet nothing the policy has not seen: no retraining
+    ref = reference_from(encoder, frames)
+    steady = DriftMonitor(encoder, ref, min_samples=20, window=60)
+    col = FIELD_INDEX["rps"]
+    flat = blank_frame(SERVICES, 0.0)
+    values, mask = flat.values.copy(), flat.mask.copy()
+    n_feat = len(encoder.service_features)  # the encoded layout: services x features, rps first
+    values[:, col] = np.expm1(np.asarray(ref["obs"]["mean"][0 : 3 * n_feat : n_feat]))
+    mask[:, col] = True
+    object.__setattr__(flat, "values", values)
+    object.__setattr__(flat, "mask", mask)
+    for _ in range(20):
+        steady.observe(flat)
+    calm = steady.report()
+    assert calm is not None and calm["psi"]["rps"] > 1.0
+    assert calm["mean_shift"]["rps"] < 1e-3 and not calm["retrain_recommended"]
     with pytest.raises(ValueError, match=r"feature_reference\.obs has 3 entries"):
         DriftMonitor(encoder, {"obs": {"mean": [0, 0, 0], "std": [1, 1, 1]}})
 
@@ -472,3 +491,150 @@ def test_shadow_panels_return_data_from_a_running_shadow_loop(
         scraped.set_targets({"opsworld-exporter": [f"127.0.0.1:{exporter.port}"]})
         loop.close()
         metrics.close()
+
+
+# ------------------------------------------------------------------------------ pod counts
+
+
+def test_unexported_pod_counts_are_derived_for_the_decision_only() -> None:
+    nan = math.nan
+    frame = frame_with(0.0, [3, nan, 2], [0, 0, 0])
+    values, mask = frame.values.copy(), frame.mask.copy()
+    values[:, FIELD_INDEX["replicas_ready"]] = [2, 2, nan]
+    mask[:, FIELD_INDEX["replicas_ready"]] = [True, True, False]
+    object.__setattr__(frame, "values", values)
+    object.__setattr__(frame, "mask", mask)
+    view, derived = derive_pod_counts(frame)
+    assert derived == ["frontend"]  # api lacks desired, db lacks ready: nothing implied
+    for f in ("replicas_starting", "replicas_pending"):
+        c = FIELD_INDEX[f]
+        assert view.values[0, c] == 0.0 and view.mask[0, c]
+        assert not view.mask[1, c] and not view.mask[2, c]
+        assert not frame.mask[0, c]  # the observed frame is untouched
+
+
+def test_hpa_bundle_recommends_a_scale_from_prometheus(
+    scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    """chain3 runs at about 40-50 % CPU of requests on 2 replicas: an HPA targeting 20 %
+    recommends more (bounded by the guard's max_step of 4); without the derived pod counts
+    the HPA cannot place its pods and recommends nothing."""
+    scenario = load_scenario("chain3", {"scrape_interval_s": 1.0, "decision_interval_s": 15.0})
+    bundle = export_baseline("hpa", scenario, tmp_path / "hpa20", target_cpu_utilization=20)
+    loop = make_loop(bundle_decider(bundle), scraped.url, tmp_path)
+    rec = loop.live_tick()
+    assert rec.error is None and rec.fallback is None
+    assert all(3 <= (rec.recommended_replicas[s] or 0) <= 6 for s in SERVICES), rec
+    assert {a["kind"] for a in rec.guarded_actions} == {"scale"}
+    assert any("replicas_starting/replicas_pending = 0" in r for r in rec.reasons)
+    blind = make_loop(bundle_decider(bundle), scraped.url, tmp_path / "blind", derive_pods=False)
+    assert blind.live_tick().guarded_actions == []
+    loop.close()
+    blind.close()
+
+
+# ------------------------------------------------------------------- SB3 bundle, forecasts
+
+
+@pytest.fixture(scope="module")
+def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug PPO run on chain3 (autoscale), exported: a bundle with a feature reference."""
+    from test_serving import train_run
+
+    from agents.bundle_export import export_run
+
+    base = tmp_path_factory.mktemp("ppo")
+    run = train_run(base / "run", "agent=ppo", "env=autoscale")
+    return export_run(run, base / "bundle")
+
+
+def test_sb3_bundle_in_replay_reports_drift(
+    ppo_bundle: Path, scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    decider = bundle_decider(ppo_bundle)
+    assert decider.policy_name == "sb3/ppo" and decider.feature_reference is not None
+    loop = make_loop(decider, scraped.url, tmp_path, drift_min_samples=4, drift_every=1)
+    end = math.floor(time.time()) - 2.0
+    loop.run_replay(end - 7, end, 1.0)
+    loop.close()
+    recs = list(read_audit(tmp_path / "audit.jsonl"))
+    assert len(recs) == 8 and all(r["error"] is None for r in recs)
+    assert [r["drift"] is None for r in recs] == [True] * 3 + [False] * 5
+    drift = recs[-1]["drift"]
+    encoder = decider.encoder
+    assert set(drift["psi"]) <= set(encoder.service_features) | set(encoder.cluster_features)
+    assert "rps" in drift["psi"] and all(v >= 0 for v in drift["psi"].values())
+    assert set(drift["mean_shift"]) == set(drift["psi"])
+    worst = max(drift["mean_shift"].values())
+    assert drift["retrain_recommended"] == (worst > 3.0)
+    assert drift["samples"] == 8 and drift["threshold"] == 3.0
+
+
+def test_forecasts_give_lower_upper_and_realised_error(
+    hpa_bundle: Path, scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    class Forecasting:
+        """The HPA bundle's policy plus a replica forecast (q50 = 3, one tick ahead)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.name = inner, "forecasting"
+
+        def reset(self, n: int = 1) -> Any:
+            return self.inner.reset(n)
+
+        def act(self, obs: Any, state: Any) -> Any:
+            actions, state, info = self.inner.act(obs, state)
+            q = {"q05": 1.0, "q50": 3.0, "q95": 5.0, "horizon_s": 0.05}
+            return actions, state, {**info, "forecast": {"api": {"replicas": q}}}
+
+    decider = bundle_decider(hpa_bundle)
+    decider.policy = Forecasting(decider.policy)
+    metrics = ShadowMetrics(LIVE_NAMESPACE)
+    loop = make_loop(decider, scraped.url, tmp_path, metrics)
+    first = loop.live_tick()
+    time.sleep(0.1)
+    second = loop.live_tick()
+    loop.close()
+    assert first.forecast == {
+        "api": {"replicas": {"q05": 1.0, "q50": 3.0, "q95": 5.0, "horizon_s": 0.05}}
+    }
+    assert second.actual_replicas["api"] == 2
+    labels = {"namespace": LIVE_NAMESPACE, "deployment": "api"}
+    get = metrics.registry.get_sample_value
+    assert get("opsworld_shadow_recommended_replicas_lower", labels) == 1.0
+    assert get("opsworld_shadow_recommended_replicas_upper", labels) == 5.0
+    assert get("opsworld_shadow_forecast_abs_error", labels) == 1.0  # |2 - 3|
+
+
+# -------------------------------------------------------------------- failures inside a tick
+
+
+def test_failures_inside_the_loop_are_recorded_and_it_goes_on(
+    hpa_bundle: Path, tmp_path: Path
+) -> None:
+    from envs.live.prometheus import LiveFrame
+
+    class Broken(PrometheusSource):
+        """Raises in replay and returns another cluster's frame live (neither should happen)."""
+
+        def replay(self, start: float, end: float, step_s: float) -> Any:
+            raise RuntimeError("disk on fire")
+
+        def frame(self, at: float | None = None) -> LiveFrame:
+            return LiveFrame(blank_frame(("x", "y", "z"), 5.0))
+
+    decider = bundle_decider(hpa_bundle)
+    source = Broken("http://127.0.0.1:1", live_profile(), decider.spec.services)
+    loop = ShadowLoop(decider, source, AuditWriter(tmp_path / "audit.jsonl"))
+    stats = loop.run_replay(100.0, 104.0, 2.0)
+    loop.live_tick()
+    loop.close()
+    recs = list(read_audit(tmp_path / "audit.jsonl"))
+    assert stats.ticks == len(recs) == 4
+    assert [r["t"] for r in recs[:3]] == [100.0, 102.0, 104.0]
+    assert all(
+        r["missing"]["db"]["rps"].startswith("replay queries failed: RuntimeError")
+        for r in recs[:3]
+    )
+    assert recs[3]["error"].startswith("ValueError: guard: frame services")
+    assert recs[3]["actuated"] is False and stats.tick_exceptions == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from agents.bench.config import BenchConfig, BenchSuite
@@ -12,6 +13,7 @@ from agents.bench.runner import run_bench
 from agents.bench.shadow_config import ShadowSizes, ShadowSuiteConfig
 
 
+@pytest.mark.slow  # about 40 s: mesh40 through the exporter, a backfill
 def test_bench_shadow_tiny(tmp_path: Path) -> None:
     conf = BenchConfig(
         suite=BenchSuite.shadow,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from experiments.shadow_drill import FaultProxy, markdown, run_drill
 
 
+@pytest.mark.slow  # about a minute: its own Prometheus, exporter and policy server
 def test_short_drill_records_every_tick_and_recovers(tmp_path: Path) -> None:
     faults = ("prometheus_killed", "prometheus_5xx", "server_killed")
     # faults last longer than the guard's stale_after_s (2 s), so the fallback takes over

@@ -9,14 +9,19 @@ each bin is compared with them:
 
 ``PSI = sum_b (live_b - ref_b) * ln(live_b / ref_b)`` (shares floored at ``1e-4``).
 
-Usual reading: below 0.1 stable, 0.1-0.25 some shift, above 0.25 a real shift.
-``retrain_recommended`` is raised when any feature's PSI exceeds ``threshold`` (0.25) over a
-window of at least ``min_samples`` ticks. Features are the encoder's per-service values
-(reported per field name, the largest PSI over the services) and its cluster values; missing
-values are left out of the live window (never counted as zero); features with no spread in
-training (``std < 1e-6``, e.g. a constant) are skipped. A normal approximation of a skewed
-feature inflates its PSI somewhat even without drift; the threshold is a prompt to look,
-not a verdict.
+Usual reading: below 0.1 stable, 0.1-0.25 some shift, above 0.25 a real shift. But PSI
+compares two populations, and a live window of a steady cluster (minutes of nearly constant
+load) is a narrow slice of what training covered: it lands in one or two bins and reads high
+(up to ~8.3, all in one bin) with nothing wrong. So ``retrain_recommended`` does not follow
+PSI: it is raised when some feature's live mean lies more than ``shift_threshold`` (3)
+training standard deviations from the training mean (``mean_shift``, in std units), i.e. the
+policy is being fed inputs it has not seen, over a window of at least ``min_samples`` ticks.
+
+Features are the encoder's per-service values (reported per field name, the largest value
+over the services) and its cluster values; missing values are left out of the live window
+(never counted as zero); features with no spread in training (``std < 1e-6``, e.g. a
+constant) are skipped. A normal approximation of a skewed feature inflates its PSI somewhat
+on top.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ class DriftMonitor:
         reference: The manifest's ``feature_reference``.
         window: Ticks kept.
         min_samples: Ticks needed before any PSI is reported.
-        threshold: PSI above which retraining is recommended.
+        shift_threshold: Live-mean shift (training stds) above which retraining is
+            recommended.
 
     Raises:
         ValueError: A reference whose sizes do not match the encoder.
@@ -73,14 +79,14 @@ class DriftMonitor:
         reference: dict[str, Any],
         window: int = 240,
         min_samples: int = 20,
-        threshold: float = 0.25,
+        shift_threshold: float = 3.0,
     ) -> None:
         if window < min_samples or min_samples < 1:
             raise ValueError(f"drift needs window >= min_samples >= 1; got {window}, {min_samples}")
         self.encoder = encoder
         self.window = window
         self.min_samples = min_samples
-        self.threshold = threshold
+        self.shift_threshold = shift_threshold
         s = encoder.n_services
         fields = list(encoder.service_features)
         cfields = list(encoder.cluster_features)
@@ -125,30 +131,44 @@ class DriftMonitor:
         """Ticks in the window."""
         return len(self._values)
 
-    def psi_by_feature(self) -> dict[str, float] | None:
-        """Largest PSI per feature name over the window (None before ``min_samples``)."""
+    def scores(self) -> tuple[dict[str, float], dict[str, float]] | None:
+        """``(psi, mean_shift)`` per feature name (largest over services), or None early."""
         if len(self._values) < self.min_samples:
             return None
         values = np.stack(self._values)
         masks = np.stack(self._masks)
-        out: dict[str, float] = {}
+        psis: dict[str, float] = {}
+        shifts: dict[str, float] = {}
         for f in self.features:
             live = values[masks[:, f.index], f.index]
             if len(live) < self.min_samples:
                 continue
-            p = psi(live, f.mean, f.std)
-            out[f.name] = max(out.get(f.name, 0.0), round(p, 6))
-        return out
+            p = round(psi(live, f.mean, f.std), 6)
+            z = round(abs(float(live.mean()) - f.mean) / f.std, 6)
+            psis[f.name] = max(psis.get(f.name, 0.0), p)
+            shifts[f.name] = max(shifts.get(f.name, 0.0), z)
+        return psis, shifts
+
+    def psi_by_feature(self) -> dict[str, float] | None:
+        """Largest PSI per feature name over the window (None before ``min_samples``)."""
+        got = self.scores()
+        return None if got is None else got[0]
 
     def report(self) -> dict[str, Any] | None:
-        """``{"psi": {...}, "retrain_recommended": bool}`` or None before enough samples."""
-        scores = self.psi_by_feature()
-        if scores is None:
+        """The drift record (see the module docstring), or None before enough samples.
+
+        Keys: ``psi``, ``mean_shift``, ``retrain_recommended``, ``threshold`` (the shift
+        threshold), ``samples``.
+        """
+        got = self.scores()
+        if got is None:
             return None
-        worst = max(scores.values(), default=0.0)
+        psis, shifts = got
+        worst = max(shifts.values(), default=0.0)
         return {
-            "psi": scores,
-            "retrain_recommended": worst > self.threshold,
-            "threshold": self.threshold,
+            "psi": psis,
+            "mean_shift": shifts,
+            "retrain_recommended": worst > self.shift_threshold,
+            "threshold": self.shift_threshold,
             "samples": self.samples,
         }

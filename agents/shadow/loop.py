@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -65,6 +65,45 @@ def blank_frame(services: tuple[str, ...], t: float) -> Telemetry:
         np.full((n, len(LATENCY_BUCKETS_S)), np.nan),
         np.full(len(CLUSTER_FIELDS), np.nan),
     )
+
+
+POD_COUNTS: tuple[str, ...] = ("replicas_starting", "replicas_pending")
+"""Pod counts kube-state-metrics' deployment series do not give (the kube profile leaves them
+missing)."""
+
+
+FORECAST_FIELDS: dict[str, str] = {"replicas": "replicas_desired", "p99_s": "p99"}
+"""Forecast quantities (audit names) -> the Telemetry field they are checked against."""
+
+
+def derive_pod_counts(frame: Telemetry) -> tuple[Telemetry, list[str]]:
+    """The frame the policy decides on: unobserved pod counts set to 0 where they are implied.
+
+    Implied: the deployment's desired and ready replicas are observed. The Kubernetes HPA
+    (``envs.kube.hpa.pods_from_telemetry``) needs ``replicas_starting`` and
+    ``replicas_pending`` to place every pod; without them it cannot compute anything
+    (``FailedGetMetrics``) and never scales. With both at 0, the pods the deployment wants
+    beyond the ready ones count as pods without metrics, which the HPA treats
+    conservatively (0 % of the request when scaling up, 100 % when scaling down), as
+    Kubernetes does. The audit record keeps the frame as observed.
+
+    Returns:
+        ``(frame, services whose counts were derived)``.
+    """
+    cols = [FIELD_INDEX[f] for f in POD_COUNTS]
+    known = (
+        frame.mask[:, FIELD_INDEX["replicas_desired"]]
+        & frame.mask[:, FIELD_INDEX["replicas_ready"]]
+    )
+    fill = known[:, None] & ~frame.mask[:, cols]
+    if not fill.any():
+        return frame, []
+    values, mask = frame.values.copy(), frame.mask.copy()
+    for k, col in enumerate(cols):
+        values[fill[:, k], col] = 0.0
+        mask[fill[:, k], col] = True
+    derived = [svc for i, svc in enumerate(frame.services) if fill[i].any()]
+    return replace(frame, values=values, mask=mask), derived
 
 
 @dataclass
@@ -129,8 +168,11 @@ class ShadowLoop:
         metrics: The ``/metrics`` series to update (None: none).
         drift_window: Ticks in the drift window.
         drift_min_samples: Ticks before drift is reported.
-        drift_threshold: PSI above which retraining is recommended.
+        drift_threshold: Live-mean shift (training stds) above which retraining is
+            recommended (:class:`~agents.shadow.drift.DriftMonitor`).
         drift_every: Recompute PSI every this many ticks (the last report is repeated between).
+        derive_pods: Decide on :func:`derive_pod_counts` of each frame (else on the frame as
+            observed).
         on_record: Called with each record after it is written (tests, the drill).
 
     Raises:
@@ -146,8 +188,9 @@ class ShadowLoop:
         *,
         drift_window: int = 240,
         drift_min_samples: int = 20,
-        drift_threshold: float = 0.25,
+        drift_threshold: float = 3.0,
         drift_every: int = 5,
+        derive_pods: bool = True,
         on_record: Callable[[AuditRecord], Any] | None = None,
     ) -> None:
         if tuple(source.services) != tuple(decider.spec.services):
@@ -171,11 +214,12 @@ class ShadowLoop:
                 decider.feature_reference,
                 window=drift_window,
                 min_samples=drift_min_samples,
-                threshold=drift_threshold,
+                shift_threshold=drift_threshold,
             )
         self.drift_every = max(1, drift_every)
         self._drift_report: dict[str, Any] | None = None
         self.on_record = on_record
+        self.derive_pods = derive_pods
         self.stats = ShadowStats()
         self.profiled = [f for f in SERVICE_FIELDS if f in source.profile.services]
         if "cpu_util" not in self.profiled and {"cpu_usage", "cpu_request"} <= set(self.profiled):
@@ -259,8 +303,9 @@ class ShadowLoop:
             first = live.reasons.get("*") or next(iter(live.reasons.values()), "no data")
             reasons.append(f"all telemetry missing ({first})")
         # decide: the policy proposes, the guard disposes
+        view, derived = derive_pod_counts(frame) if self.derive_pods else (frame, [])
         t_inf = time.perf_counter()
-        actions, self.state, info = self.policy.act(frame, self.state, now=frame.t)
+        actions, self.state, info = self.policy.act(view, self.state, now=frame.t)
         inference_s = time.perf_counter() - t_inf
         verdict: GuardVerdict = info["guard_verdict"]
         error = next((i.reason for i in verdict.interventions if i.rule == "inference_error"), None)
@@ -275,6 +320,11 @@ class ShadowLoop:
             self.stats.fallbacks[fallback] += 1
         else:
             reasons.append(f"policy {d.policy_name} decided")
+        if derived:
+            reasons.append(
+                f"decided with replicas_starting/replicas_pending = 0 where not exported "
+                f"({len(derived)} services): not-ready pods count as pods without metrics"
+            )
         for i in verdict.interventions:
             self.stats.interventions[i.rule] += 1
         # what the cluster did, and whether the last recommendation agreed with it
@@ -297,10 +347,10 @@ class ShadowLoop:
         # drift and forecasts
         drift = self._drift(frame, missing_fraction, tick_no)
         if drift is not None and drift["retrain_recommended"]:
-            worst = max(drift["psi"].items(), key=lambda kv: kv[1])
+            worst = max(drift["mean_shift"].items(), key=lambda kv: kv[1])
             reasons.append(
-                f"retrain recommended: input drift PSI {worst[1]:.2f} on {worst[0]} > "
-                f"{drift['threshold']:g}"
+                f"retrain recommended: live {worst[0]} is {worst[1]:.1f} training stds from its "
+                f"training mean (> {drift['threshold']:g}); PSI {drift['psi'][worst[0]]:.2f}"
             )
         forecast = info.get("forecast") if isinstance(info.get("forecast"), dict) else None
         errors = self._forecast_errors(frame, forecast)
@@ -359,6 +409,7 @@ class ShadowLoop:
             if frame.t < due:
                 keep.append((due, svc, fld, q50))
                 continue
+            fld = FORECAST_FIELDS.get(fld, fld)
             if svc in self.services and fld in FIELD_INDEX:
                 i, col = self.services.index(svc), FIELD_INDEX[fld]
                 v = float(frame.values[i, col])
@@ -479,7 +530,7 @@ class ShadowLoop:
     ) -> Iterator[LiveFrame | None]:
         """Frames of ``[start, end]`` every ``step_s``, fetched ``chunk`` steps at a time.
 
-        A chunk whose queries raise (they should not) yields None for each of its steps.
+        A chunk whose queries raise (they should not) yields all-missing frames with the reason.
         """
         if not step_s > 0 or end < start:
             raise ValueError(
@@ -493,8 +544,14 @@ class ShadowLoop:
             frames: list[LiveFrame | None]
             try:
                 frames = list(self.source.replay(c_start, c_end, step_s))
-            except Exception:
-                frames = [None] * count
+            except Exception as exc:  # the source should never raise; the ticks still count
+                why = f"replay queries failed: {type(exc).__name__}: {exc}"
+                frames = [
+                    LiveFrame(
+                        blank_frame(self.services, round(c_start + k * step_s, 3)), {"*": why}
+                    )
+                    for k in range(count)
+                ]
             yield from frames
 
     def run_replay(self, start: float, end: float, step_s: float, chunk: int = 240) -> ShadowStats:
