@@ -219,7 +219,14 @@ def demo(
             f'count(kube_deployment_spec_replicas{{namespace="{LIVE_NAMESPACE}"}})', timeout=30
         )
         # 6. report
-        rep = shadow_report({"audit": str(audit), "out": str(out / "report"), "scenario": SCENARIO})
+        rep = shadow_report(
+            {
+                "audit": str(audit),
+                "out": str(out / "report"),
+                "scenario": SCENARIO,
+                "bundle": str(bundle),
+            }
+        )
         lap("report")
         summary = {
             "hours": hours,

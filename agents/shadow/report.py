@@ -629,7 +629,11 @@ def counterfactual_svg(cf: Mapping[str, Any]) -> str:
     runs = cf["runs"]
     fig = Figure(figsize=(9, 5.4))
     ax0, ax1, ax2 = fig.subplots(3, 1, sharex=True)
-    styles = {"recommended": ("#1f77b4", "--"), "actual": ("black", "-")}
+    styles = {
+        "recommended": ("#1f77b4", "--"),
+        "actual": ("black", "-"),
+        "policy": ("#2ca02c", ":"),
+    }
     for name, run in runs.items():
         colour, ls = styles.get(name, ("grey", ":"))
         s = run["series"]
