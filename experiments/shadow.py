@@ -60,6 +60,8 @@ class ShadowConfig:
         drift_window: Ticks in the drift window.
         drift_min_samples: Ticks before drift is reported.
         drift_threshold: PSI above which retraining is recommended.
+        derive_pod_counts: Decide with unexported ``replicas_starting``/``replicas_pending``
+            set to 0 (see :func:`agents.shadow.loop.derive_pod_counts`).
     """
 
     bundle: str | None = None
@@ -87,6 +89,7 @@ class ShadowConfig:
     drift_window: int = 240
     drift_min_samples: int = 20
     drift_threshold: float = 0.25
+    derive_pod_counts: bool = True
 
 
 SCHEMA = ShadowConfig
@@ -217,6 +220,7 @@ def build_loop(conf: ShadowConfig) -> Any:
         drift_window=conf.drift_window,
         drift_min_samples=conf.drift_min_samples,
         drift_threshold=conf.drift_threshold,
+        derive_pods=conf.derive_pod_counts,
     )
     if conf.metrics_port:
         port = metrics.serve(conf.metrics_port, conf.metrics_host)

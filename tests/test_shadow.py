@@ -27,7 +27,7 @@ from agents.shadow.deciders import (
     remote_decider,
 )
 from agents.shadow.drift import DriftMonitor, psi
-from agents.shadow.loop import ShadowLoop, blank_frame
+from agents.shadow.loop import ShadowLoop, blank_frame, derive_pod_counts
 from agents.shadow.metrics import ShadowMetrics
 from agents.shadow.observe import ActionObserver
 from envs.core.actions import Restart, Scale, SetHPATarget
@@ -472,3 +472,43 @@ def test_shadow_panels_return_data_from_a_running_shadow_loop(
         scraped.set_targets({"opsworld-exporter": [f"127.0.0.1:{exporter.port}"]})
         loop.close()
         metrics.close()
+
+
+# ------------------------------------------------------------------------------ pod counts
+
+
+def test_unexported_pod_counts_are_derived_for_the_decision_only() -> None:
+    nan = math.nan
+    frame = frame_with(0.0, [3, nan, 2], [0, 0, 0])
+    values, mask = frame.values.copy(), frame.mask.copy()
+    values[:, FIELD_INDEX["replicas_ready"]] = [2, 2, nan]
+    mask[:, FIELD_INDEX["replicas_ready"]] = [True, True, False]
+    object.__setattr__(frame, "values", values)
+    object.__setattr__(frame, "mask", mask)
+    view, derived = derive_pod_counts(frame)
+    assert derived == ["frontend"]  # api lacks desired, db lacks ready: nothing implied
+    for f in ("replicas_starting", "replicas_pending"):
+        c = FIELD_INDEX[f]
+        assert view.values[0, c] == 0.0 and view.mask[0, c]
+        assert not view.mask[1, c] and not view.mask[2, c]
+        assert not frame.mask[0, c]  # the observed frame is untouched
+
+
+def test_hpa_bundle_recommends_a_scale_from_prometheus(
+    scraped: PrometheusServer, tmp_path: Path
+) -> None:
+    """chain3 runs at about 40-50 % CPU of requests on 2 replicas: an HPA targeting 20 %
+    recommends more (bounded by the guard's max_step of 4); without the derived pod counts
+    the HPA cannot place its pods and recommends nothing."""
+    scenario = load_scenario("chain3", {"scrape_interval_s": 1.0, "decision_interval_s": 15.0})
+    bundle = export_baseline("hpa", scenario, tmp_path / "hpa20", target_cpu_utilization=20)
+    loop = make_loop(bundle_decider(bundle), scraped.url, tmp_path)
+    rec = loop.live_tick()
+    assert rec.error is None and rec.fallback is None
+    assert all(3 <= (rec.recommended_replicas[s] or 0) <= 6 for s in SERVICES), rec
+    assert {a["kind"] for a in rec.guarded_actions} == {"scale"}
+    assert any("replicas_starting/replicas_pending = 0" in r for r in rec.reasons)
+    blind = make_loop(bundle_decider(bundle), scraped.url, tmp_path / "blind", derive_pods=False)
+    assert blind.live_tick().guarded_actions == []
+    loop.close()
+    blind.close()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -65,6 +65,41 @@ def blank_frame(services: tuple[str, ...], t: float) -> Telemetry:
         np.full((n, len(LATENCY_BUCKETS_S)), np.nan),
         np.full(len(CLUSTER_FIELDS), np.nan),
     )
+
+
+POD_COUNTS: tuple[str, ...] = ("replicas_starting", "replicas_pending")
+"""Pod counts kube-state-metrics' deployment series do not give (the kube profile leaves them
+missing)."""
+
+
+def derive_pod_counts(frame: Telemetry) -> tuple[Telemetry, list[str]]:
+    """The frame the policy decides on: unobserved pod counts set to 0 where they are implied.
+
+    Implied: the deployment's desired and ready replicas are observed. The Kubernetes HPA
+    (``envs.kube.hpa.pods_from_telemetry``) needs ``replicas_starting`` and
+    ``replicas_pending`` to place every pod; without them it cannot compute anything
+    (``FailedGetMetrics``) and never scales. With both at 0, the pods the deployment wants
+    beyond the ready ones count as pods without metrics, which the HPA treats
+    conservatively (0 % of the request when scaling up, 100 % when scaling down), as
+    Kubernetes does. The audit record keeps the frame as observed.
+
+    Returns:
+        ``(frame, services whose counts were derived)``.
+    """
+    cols = [FIELD_INDEX[f] for f in POD_COUNTS]
+    known = (
+        frame.mask[:, FIELD_INDEX["replicas_desired"]]
+        & frame.mask[:, FIELD_INDEX["replicas_ready"]]
+    )
+    fill = known[:, None] & ~frame.mask[:, cols]
+    if not fill.any():
+        return frame, []
+    values, mask = frame.values.copy(), frame.mask.copy()
+    for k, col in enumerate(cols):
+        values[fill[:, k], col] = 0.0
+        mask[fill[:, k], col] = True
+    derived = [svc for i, svc in enumerate(frame.services) if fill[i].any()]
+    return replace(frame, values=values, mask=mask), derived
 
 
 @dataclass
@@ -131,6 +166,8 @@ class ShadowLoop:
         drift_min_samples: Ticks before drift is reported.
         drift_threshold: PSI above which retraining is recommended.
         drift_every: Recompute PSI every this many ticks (the last report is repeated between).
+        derive_pods: Decide on :func:`derive_pod_counts` of each frame (else on the frame as
+            observed).
         on_record: Called with each record after it is written (tests, the drill).
 
     Raises:
@@ -148,6 +185,7 @@ class ShadowLoop:
         drift_min_samples: int = 20,
         drift_threshold: float = 0.25,
         drift_every: int = 5,
+        derive_pods: bool = True,
         on_record: Callable[[AuditRecord], Any] | None = None,
     ) -> None:
         if tuple(source.services) != tuple(decider.spec.services):
@@ -176,6 +214,7 @@ class ShadowLoop:
         self.drift_every = max(1, drift_every)
         self._drift_report: dict[str, Any] | None = None
         self.on_record = on_record
+        self.derive_pods = derive_pods
         self.stats = ShadowStats()
         self.profiled = [f for f in SERVICE_FIELDS if f in source.profile.services]
         if "cpu_util" not in self.profiled and {"cpu_usage", "cpu_request"} <= set(self.profiled):
@@ -259,8 +298,14 @@ class ShadowLoop:
             first = live.reasons.get("*") or next(iter(live.reasons.values()), "no data")
             reasons.append(f"all telemetry missing ({first})")
         # decide: the policy proposes, the guard disposes
+        view, derived = derive_pod_counts(frame) if self.derive_pods else (frame, [])
+        if derived:
+            reasons.append(
+                f"decided with replicas_starting/replicas_pending = 0 where not exported "
+                f"({len(derived)} services): not-ready pods count as pods without metrics"
+            )
         t_inf = time.perf_counter()
-        actions, self.state, info = self.policy.act(frame, self.state, now=frame.t)
+        actions, self.state, info = self.policy.act(view, self.state, now=frame.t)
         inference_s = time.perf_counter() - t_inf
         verdict: GuardVerdict = info["guard_verdict"]
         error = next((i.reason for i in verdict.interventions if i.rule == "inference_error"), None)
