@@ -747,7 +747,7 @@ def _headline(a: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _cf_rows(cf: Mapping[str, Any]) -> list[list[Any]]:
     return [
         [
-            name,
+            f"{name} ({run['policy']}, closed loop)" if run.get("policy") else name,
             run["slo_violation_min"],
             run.get("allocated_cost_total"),
             run["cost_total"],
