@@ -11,7 +11,7 @@ Steps (each timed and printed):
 3. **Prometheus** on that TSDB (127.0.0.1, free port), and the **simulator exporter** serving
    the same scenario live (namespace ``opsworld-live``, 60x speed), scraped by it;
 4. **bundle**: a tiny PPO trained here (``opsworld train experiment=demo
-   total_timesteps=12000``: ``make demo``'s autoscaler with 30 % of its steps, about a minute on
+   total_timesteps=8000``: ``make demo``'s autoscaler with a fifth of its steps, under a minute on
    two idle cores) and exported (``opsworld export run=...``). It is deliberately
    under-trained: the report shows a policy that disagrees with the cluster. ``--rule-bundle``
    exports the rule baseline ``tuned_runbook`` instead (seconds; what the test uses), and
@@ -62,7 +62,7 @@ LIVE_NAMESPACE = "opsworld-live"
 STEP_S = 15.0
 """Shadow tick in TSDB time (the scenario's scrape and decision interval)."""
 RULE_BUNDLE_POLICY = "tuned_runbook"
-PPO_STEPS = 12_000
+PPO_STEPS = 8_000
 """Training steps of the demo's tiny PPO (``make demo`` trains 40,000)."""
 OPSWORLD = Path(sys.executable).with_name("opsworld")
 
@@ -219,7 +219,14 @@ def demo(
             f'count(kube_deployment_spec_replicas{{namespace="{LIVE_NAMESPACE}"}})', timeout=30
         )
         # 6. report
-        rep = shadow_report({"audit": str(audit), "out": str(out / "report"), "scenario": SCENARIO})
+        rep = shadow_report(
+            {
+                "audit": str(audit),
+                "out": str(out / "report"),
+                "scenario": SCENARIO,
+                "bundle": str(bundle),
+            }
+        )
         lap("report")
         summary = {
             "hours": hours,

@@ -20,9 +20,12 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from agents.bundle import BundleError, load_bundle, spec_from_manifest
 from agents.evaluation.counterfactual import CounterfactualSkipped, counterfactual
+from agents.guard import guard_policy
 from agents.run_config import Fidelity
 from agents.shadow.report import AuditError, read_audit, write_report
+from envs.core.policy import Policy
 from envs.scenarios.loader import ScenarioError
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 
@@ -42,6 +45,8 @@ class ShadowReportConfig:
             infers the built-in whose services equal the audit's; ``none`` skips it.
         seed: Simulator seed of the counterfactual.
         fidelity: Simulator fidelity of the counterfactual.
+        bundle: The shadowed bundle (optional): the counterfactual adds a closed-loop run of
+            its policy behind its guard.
     """
 
     audit: str = MISSING
@@ -49,6 +54,7 @@ class ShadowReportConfig:
     scenario: str | None = None
     seed: int = 0
     fidelity: Fidelity = Fidelity.fluid
+    bundle: str | None = None
 
 
 SCHEMA = ShadowReportConfig
@@ -58,6 +64,19 @@ SCHEMA = ShadowReportConfig
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent; call before composing)."""
     ConfigStore.instance().store(name="shadow_report_schema", node=ShadowReportConfig)
+
+
+def bundle_policy(folder: str) -> Policy:
+    """The bundle's policy behind its own guard (as shadow mode runs it).
+
+    Raises:
+        ConfigError: The bundle fails verification (naming the file).
+    """
+    try:
+        bundle = load_bundle(folder)
+    except BundleError as err:
+        raise ConfigError(f"bundle={folder}: {err}") from None
+    return guard_policy(bundle.policy, spec_from_manifest(bundle.manifest), bundle.guard)
 
 
 def shadow_report(cfg: DictConfig | ShadowReportConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -91,6 +110,7 @@ def shadow_report(cfg: DictConfig | ShadowReportConfig | Mapping[str, Any]) -> d
                 out / "counterfactual",
                 seed=conf.seed,
                 fidelity=str(conf.fidelity),
+                policy=bundle_policy(conf.bundle) if conf.bundle else None,
             )
         except CounterfactualSkipped as why:
             cf = {"skipped": str(why)}

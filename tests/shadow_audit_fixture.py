@@ -115,10 +115,7 @@ def record(plan: Plan, k: int) -> dict[str, Any]:
         rec["reasons"] = ["all telemetry missing: fallback hpa"]
         return rec
     rps = plan.rps(k)
-    rec["telemetry"] = {
-        s: {"rps": rps if s == "frontend" else rps * 1.0, "p99": 0.05, "replicas_ready": 2.0}
-        for s in SERVICES
-    }
+    rec["telemetry"] = {s: {"rps": rps, "p99": 0.05, "replicas_ready": 2.0} for s in SERVICES}
     rec["missing"] = {}
     rec["missing_fraction"] = 0.0
     rec["recommended_replicas"] = plan.recommended(k)

@@ -333,3 +333,23 @@ def test_a_long_would_have_acted_table_starts_collapsed(tmp_path: Path) -> None:
     page = render_html(analyse(read_audit(tmp_path / "a.jsonl")), None)
     assert "<details><summary>show the 60 rows</summary><table id='acted'>" in page
     assert page.count("<tr data-verdict='allowed'>") == 60
+
+
+def test_reads_what_the_shadow_writer_writes_with_rotation(tmp_path: Path) -> None:
+    """The contract end to end: records through agents.shadow.audit's writer, rotated by size."""
+    from agents.shadow.audit import AuditRecord, AuditWriter
+
+    plan = Plan(n=120)
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(path, max_bytes=40_000, keep=100)
+    for k in range(plan.n):
+        writer.write(AuditRecord.model_validate(record(plan, k)))
+    writer.close()
+    assert writer.rotations >= 3
+    audit = read_audit(path)
+    assert len(audit.files) == writer.rotations + 1
+    assert [r["tick"] for r in audit.records] == list(range(plan.n))
+    assert audit.skipped == []
+    a = analyse(audit)
+    assert a["window"]["ticks"] == plan.n
+    assert a["actuated_records"] == 0

@@ -146,3 +146,33 @@ def test_skips_say_why(tmp_path: Path) -> None:
     blind = [{**r, "telemetry": {s: {"rps": None} for s in SERVICES}} for r in recs]
     with pytest.raises(CounterfactualSkipped, match="entry service 'frontend'"):
         counterfactual(blind, None, tmp_path)
+
+
+def test_the_shadowed_policy_in_closed_loop(tmp_path: Path) -> None:
+    """bundle=: the bundle's policy (the HPA here) acts on the replayed traffic itself."""
+    from agents.bundle_export import export_baseline
+    from experiments.shadow_report import bundle_policy
+
+    plan = Plan()
+    recs = [record(plan, k) for k in range(plan.n)]
+    folder = export_baseline("hpa", load_scenario("chain3"), tmp_path / "bundle")
+    res = counterfactual(recs, "chain3", tmp_path / "cf", policy=bundle_policy(str(folder)))
+    assert list(res["runs"]) == ["recommended", "actual", "policy"]
+    run = res["runs"]["policy"]
+    assert run["policy"] == "hpa+guard"
+    # The HPA sees the simulated flash crowd and scales up, then back down; it acts on what
+    # it sees, so its run differs from both schedules.
+    assert run["scale_actions"] >= 2
+    assert run["series"] != res["runs"]["actual"]["series"]
+    assert run["series"] != res["runs"]["recommended"]["series"]
+    assert any(
+        n.startswith("policy: the shadowed policy acting in closed loop") for n in res["notes"]
+    )
+
+
+def test_a_bad_bundle_is_a_config_error(tmp_path: Path) -> None:
+    from experiments.cli import ConfigError
+    from experiments.shadow_report import bundle_policy
+
+    with pytest.raises(ConfigError, match="bundle="):
+        bundle_policy(str(tmp_path / "nope"))

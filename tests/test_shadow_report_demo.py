@@ -32,6 +32,8 @@ def test_shadow_demo_short(tmp_path: Path) -> None:
     assert report["actuated_records"] == 0
     cf = report["counterfactual"]
     assert cf["label"] == "simulated" and cf["scenario"] == "chain3"
+    assert list(cf["runs"]) == ["recommended", "actual", "policy"]  # the bundle in closed loop
+    assert cf["runs"]["policy"]["policy"] == "tuned_runbook+guard"
     # The replayed traffic holds the flash crowd (3x from minute 5 for 2.5 minutes).
     rows = (tmp_path / "report" / "counterfactual" / "traffic.csv").read_text().splitlines()
     rps = [float(r.split(",")[1]) for r in rows[1:]]

@@ -20,6 +20,10 @@ plain dicts) and a scenario whose topology holds the audited deployments:
    (``allocated_cost_total``, what replica choices change when the node count does not),
    entry error rate and mean p99, scale actions, and per-frame series for the plot.
 
+With a policy (``opsworld shadow-report bundle=<dir>``), a third run lets the shadowed policy
+itself act in closed loop on the replayed traffic, every action kind applied: what it would
+have done had it been in charge, as far as the simulator can tell.
+
 Limits, also written into the result's ``notes``: the recommendations are replayed open loop
 (as made from the observed cluster; a policy acting live would have seen other telemetry);
 only replica counts are replayed (restarts, rollbacks, load shedding are not); a null
@@ -40,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from agents.rollout import rollout
-from envs.core.actions import Action, Scale
+from envs.core.actions import Action, InvalidActionError, Scale
+from envs.core.policy import Policy
 from envs.core.telemetry import Telemetry
 from envs.scenarios.builtin import BUILTIN_SCENARIOS
 from envs.scenarios.loader import load_scenario, validate
@@ -161,9 +166,7 @@ def _thin(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, MAX_SERIES_POINTS).round().astype(int))
 
 
-def _run_summary(
-    scenario: Scenario, policy: ReplicaSchedulePolicy, sim: Simulator
-) -> dict[str, Any]:
+def _run_summary(scenario: Scenario, policy: Policy, sim: Simulator) -> dict[str, Any]:
     result = rollout(sim, policy)
     s = result.summary
     frames = result.frames
@@ -180,7 +183,7 @@ def _run_summary(
         "entry_p99_mean_s": s["entry_p99_mean_s"],
         "entry_p99_max_s": s["entry_p99_max_s"],
         "scale_actions": len(result.actions),
-        "clamped_counts": policy.clamped,
+        "clamped_counts": int(getattr(policy, "clamped", 0)),
         "series": {
             "t": [float(frames[i].t) for i in keep],
             "entry_p99_s": [float(frames[i]["p99"][e]) for i in keep],
@@ -198,6 +201,7 @@ def counterfactual(
     workdir: str | Path,
     seed: int = 0,
     fidelity: str = "fluid",
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
     """The simulated comparison of the recommended and the actual replica schedules.
 
@@ -208,11 +212,15 @@ def counterfactual(
         workdir: Where the replay CSV is written (``traffic.csv``).
         seed: Simulator seed (both runs).
         fidelity: ``fluid`` or ``request``.
+        policy: The shadowed policy itself (e.g. a bundle's, behind its guard): a third run,
+            ``policy``, lets it act in closed loop on the replayed traffic (it sees the
+            simulated cluster, not the observed one). None: two runs only.
 
     Returns:
         Plain data: ``label`` ("simulated"), ``description``, ``scenario``, ``seed``,
         ``fidelity``, ``horizon_s``, ``traffic_csv``, ``entry``, ``entry_slo_p99_s``,
-        ``runs`` (``recommended``, ``actual``; see the module docstring), ``difference``
+        ``runs`` (``recommended``, ``actual``, and ``policy`` when given; see the module
+        docstring), ``difference``
         (recommended minus actual: SLO-violation minutes, cost) and ``notes``.
 
     Raises:
@@ -299,8 +307,16 @@ def counterfactual(
             ]
             for s in services
         }
-        policy = ReplicaSchedulePolicy(name, times, sched, bounds, initial)
-        runs[name] = _run_summary(sc, policy, Simulator(sc))
+        follower = ReplicaSchedulePolicy(name, times, sched, bounds, initial)
+        runs[name] = _run_summary(sc, follower, Simulator(sc))
+    skipped_policy: str | None = None
+    if policy is not None:
+        label = str(getattr(policy, "name", "policy"))
+        try:
+            runs["policy"] = _run_summary(sc, policy, Simulator(sc))
+            runs["policy"]["policy"] = label
+        except (InvalidActionError, ValueError) as err:
+            skipped_policy = f"the closed-loop run of {label} failed: {err}"
     slos = sc.effective_slos()
     rec, act = runs["recommended"], runs["actual"]
     clamped = rec["clamped_counts"] + act["clamped_counts"]
@@ -314,6 +330,12 @@ def counterfactual(
     ]
     if clamped:
         notes.append(f"{clamped} scheduled counts were clamped to the scenario's replica bounds.")
+    if policy is not None:
+        notes.append(
+            skipped_policy
+            or "policy: the shadowed policy acting in closed loop on the replayed traffic (it "
+            "sees the simulated cluster; every action kind it takes is applied)."
+        )
     return {
         "label": "simulated",
         "description": (

@@ -629,7 +629,11 @@ def counterfactual_svg(cf: Mapping[str, Any]) -> str:
     runs = cf["runs"]
     fig = Figure(figsize=(9, 5.4))
     ax0, ax1, ax2 = fig.subplots(3, 1, sharex=True)
-    styles = {"recommended": ("#1f77b4", "--"), "actual": ("black", "-")}
+    styles = {
+        "recommended": ("#1f77b4", "--"),
+        "actual": ("black", "-"),
+        "policy": ("#2ca02c", ":"),
+    }
     for name, run in runs.items():
         colour, ls = styles.get(name, ("grey", ":"))
         s = run["series"]
@@ -743,7 +747,7 @@ def _headline(a: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _cf_rows(cf: Mapping[str, Any]) -> list[list[Any]]:
     return [
         [
-            name,
+            f"{name} ({run['policy']}, closed loop)" if run.get("policy") else name,
             run["slo_violation_min"],
             run.get("allocated_cost_total"),
             run["cost_total"],
