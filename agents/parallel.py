@@ -99,11 +99,17 @@ def _local_pool(
 ) -> list[R]:
     done: dict[int, R] = {}
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=ignore_sigint
+    ) as pool:
         futures: dict[Future[R], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
         pending = set(futures)
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            try:
+                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            except KeyboardInterrupt:  # Ctrl-C: start nothing new, let running items end
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             for fut in finished:
                 failure = fut.exception()
                 if failure is not None:
@@ -115,3 +121,10 @@ def _local_pool(
                 if on_result is not None:
                     on_result(i, done[i])
     return [done[i] for i in range(len(items))]
+
+
+def ignore_sigint() -> None:
+    """Pool initializer: workers ignore Ctrl-C (the main process stops the map and saves)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -229,13 +229,17 @@ def job_out(cfg: Any) -> None:
 
     Every command's sweep dir is ``${out}`` with one sub-folder per job, so ``-m seed=0,1
     out=runs/s`` writes ``runs/s/0`` and ``runs/s/1`` instead of both jobs into ``runs/s``.
+    A templated ``out`` (the default ``outputs/<date>/<time>-<pid>``) also becomes the folder
+    Hydra made: resolving ``${now:...}`` again later would name a second folder.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     hc = HydraConfig.get()
-    if hc.mode == RunMode.MULTIRUN:
+    raw = OmegaConf.to_container(cfg, resolve=False).get("out")  # type: ignore[union-attr]
+    templated = isinstance(raw, str) and "${" in raw  # e.g. the default outputs/<date>/<time>
+    if hc.mode == RunMode.MULTIRUN or templated:
         with open_dict(cfg):
             cfg.out = hc.runtime.output_dir
 

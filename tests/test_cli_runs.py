@@ -216,10 +216,11 @@ def test_ctrl_c_during_train_saves_and_prints_the_resume_command(
     assert metrics["interrupted"] is True
     steps = metrics["timesteps"]
     assert 0 < steps < 1_000_000
-    checkpoint = Path(metrics["checkpoint"])
+    checkpoint = Path(metrics["checkpoint"])  # relative to the run's working folder
+    assert checkpoint.parts[:2] == ("run", "checkpoints")
     weights = ("model.zip", "vecnormalize.pkl") if agent == "ppo" else ("agent.pt",)
     assert all((run / w).is_file() for w in weights)
-    assert checkpoint.exists() and checkpoint.name.startswith(
+    assert (tmp_path / checkpoint).exists() and checkpoint.name.startswith(
         f"model_{steps}_steps" if agent == "ppo" else f"step_{steps}"
     )
     command = lines[0].split("continue with: ", 1)[1].split()

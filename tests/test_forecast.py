@@ -233,6 +233,30 @@ def test_forecast_shapes_ordering_and_probability(tiny_setup) -> None:
         )
 
 
+def test_forecast_bands_stay_in_the_physical_ranges_of_the_scenario(tiny_setup) -> None:
+    from agents.world_model.forecast import METRICS, forecast, physical_bounds
+
+    model, ep, services, scenario = tiny_setup
+    bounds = physical_bounds(scenario)
+    assert bounds["p99"].tolist() == [600.0] * 3  # the horizon
+    assert bounds["replicas_ready"].tolist() == [
+        float(s.replicas.max) for s in scenario.topology.services
+    ]
+    args = (model, ep["obs"][:12], ep["action"][:12], ep["action"][12:32])
+    kw = {"services": services, "n_samples": 32, "quantiles": (0.01, 0.5, 0.99)}
+    free = forecast(*args, **kw, keep_samples=True)
+    held = forecast(*args, **kw, keep_samples=True, bounds=bounds)
+    assert free.samples is not None and held.samples is not None
+    for m in METRICS:
+        top = bounds[m][None, :, None]
+        assert np.all(held[m] >= 0.0) and np.all(held[m] <= top), m
+        # the bounds only clip: a draw inside them is unchanged, one above is the bound
+        np.testing.assert_array_equal(
+            held.samples[m], np.minimum(free.samples[m], bounds[m][None, None, :])
+        )
+    assert np.all(held.error_rate <= 1.0)
+
+
 def test_forecast_batch_matches_single_origin_forecast_layout(tiny_setup) -> None:
     from agents.world_model.forecast import forecast_batch
 

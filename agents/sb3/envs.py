@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -210,10 +211,21 @@ def subproc_vec_env(fns: Sequence[Callable[[], gym.Env]]) -> SubprocVecEnv:
     0.1 s for four workers instead of seconds each). This sets the process-wide forkserver
     preload list, which only takes effect before the server first starts.
     """
+    quiet: list[Callable[[], gym.Env]] = [partial(ignore_sigint_then, fn) for fn in fns]
     if "forkserver" in mp.get_all_start_methods():
         mp.set_forkserver_preload(list(FORKSERVER_PRELOAD))
-        return SubprocVecEnv(list(fns), start_method="forkserver")
-    return SubprocVecEnv(list(fns), start_method="spawn")
+        return SubprocVecEnv(quiet, start_method="forkserver")
+    return SubprocVecEnv(quiet, start_method="spawn")
+
+
+def ignore_sigint_then(fn: Callable[[], gym.Env]) -> gym.Env:
+    """In an env worker: ignore Ctrl-C (the main process stops and saves), then build the env.
+
+    Ctrl-C on a terminal reaches every process of the group; a worker that died of it would
+    break the main process's save (``opsworld train`` saves on Ctrl-C, docs/training.md).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return fn()
 
 
 def wrap_normalize(conf: TrainConfig, venv: VecEnv, *, training: bool) -> VecNormalize:

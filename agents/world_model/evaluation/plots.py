@@ -12,7 +12,14 @@ from agents.world_model.data import run_episode
 from agents.world_model.evaluation.config import EvaluateForecastConfig
 from agents.world_model.evaluation.scoring import FORECASTERS, LEVELS, VIOLATION_FORECASTERS
 from agents.world_model.fit import FittedModel
-from agents.world_model.forecast import METRICS, UNITS, forecast, period_steps, raw_series
+from agents.world_model.forecast import (
+    METRICS,
+    UNITS,
+    forecast,
+    period_steps,
+    physical_bounds,
+    raw_series,
+)
 from envs.scenarios.suites import SuiteEntry
 
 _STYLE = {
@@ -130,6 +137,7 @@ def plot_example(
         quantiles=LEVELS,
         seed=conf.seed,
         calibration=fit.calibration,
+        bounds=physical_bounds(sc),
     )
     s = list(fit.spec["services"]).index(sc.topology.entry)
     period = period_steps(sc)

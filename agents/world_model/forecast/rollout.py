@@ -18,7 +18,7 @@ apply a :class:`~agents.world_model.forecast.calibration.Calibration` when given
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from torch import Tensor
 from agents.world_model.forecast.calibration import Calibration
 from agents.world_model.forecast.types import (
     METRICS,
+    SUPPORT,
     Forecast,
     ForecastModel,
     SampleForecast,
@@ -182,6 +183,7 @@ def forecast(
     seed: int = 0,
     calibration: Calibration | None = None,
     keep_samples: bool = False,
+    bounds: Mapping[str, np.ndarray | Sequence[float]] | None = None,
 ) -> Forecast:
     """Forecast H steps after the history under a planned action sequence.
 
@@ -200,6 +202,10 @@ def forecast(
         seed: Seeds every random draw.
         calibration: :class:`Calibration` to apply (e.g. the one stored with the model).
         keep_samples: Also return the raw draws.
+        bounds: Per-service upper bounds ``[S]`` by metric (e.g.
+            :func:`~agents.world_model.forecast.types.physical_bounds` of the scenario); the
+            draws are clipped to them, on top of :data:`SUPPORT` (p99 and replicas >= 0, error
+            rate in [0, 1]).
 
     Returns:
         A :class:`Forecast` (quantiles ``[H, S, Q]`` in raw units, ``p_violation``).
@@ -232,6 +238,10 @@ def forecast(
         calibration=calibration,
     )
     draws = {m: v[0] for m, v in sf.samples.items()}  # [N, H, S]
+    for m, high in (bounds or {}).items():
+        lo = SUPPORT[m][0]
+        top = np.broadcast_to(np.asarray(high, dtype=np.float64), (n_svc,))
+        draws[m] = np.clip(draws[m], lo, top[None, None, :])
     qs = {m: empirical_quantiles(np.moveaxis(v, 0, -1), levels) for m, v in draws.items()}
     p_slo = None
     if slo_p99 is not None:

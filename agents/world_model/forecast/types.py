@@ -50,6 +50,24 @@ def symexp_np(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.expm1(np.minimum(np.abs(x), 80.0))
 
 
+def physical_bounds(scenario: Any) -> dict[str, np.ndarray]:
+    """Per-service upper bounds ``[S]`` of the metrics a run of ``scenario`` can show.
+
+    ``p99``: the horizon (no request of the run takes longer than the run);
+    ``replicas_ready``: each service's ``replicas.max``; ``error_rate``: 1; ``rps``: no bound.
+    :func:`~agents.world_model.forecast.rollout.forecast` clips its draws to them (with
+    :data:`SUPPORT`), so a band never reaches values the cluster cannot produce.
+    """
+    services = scenario.topology.services
+    n = len(services)
+    return {
+        "p99": np.full(n, float(scenario.horizon_s)),
+        "rps": np.full(n, math.inf),
+        "error_rate": np.ones(n),
+        "replicas_ready": np.array([float(s.replicas.max) for s in services]),
+    }
+
+
 def to_raw(metric: str, z: np.ndarray) -> np.ndarray:
     """Symlog values of ``metric`` -> raw units.
 
