@@ -96,6 +96,23 @@ def test_writer_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
     assert w.rotations == 3 and w.written == 10
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 4000), st.integers(1, 6))
+def test_rotation_keeps_a_contiguous_tail_of_records(n: int, max_bytes: int, keep: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "audit.jsonl"
+        with AuditWriter(path, max_bytes=max_bytes, keep=keep) as w:
+            for k in range(n):
+                w.write(record(k))
+        ticks = [r["tick"] for r in read_audit(path)]
+        assert ticks == list(range(n - len(ticks), n)) and ticks  # the newest, in order
+        assert len(audit_files(path)) <= keep + 1
+        if max_bytes == 0 or keep >= n:
+            assert len(ticks) == n  # nothing rotated away
+
+
 def test_writer_rejects_bad_rotation_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep >= 1"):
         AuditWriter(tmp_path / "a.jsonl", keep=0)
