@@ -361,3 +361,21 @@ def test_retries_ride_out_5xx_and_timeouts(scraped: PrometheusServer, mode: str)
         assert np.isnan(live.telemetry["replicas_ready"][0])
     finally:
         front.close()
+
+
+def test_a_timed_out_query_skips_the_rest_of_the_frame(scraped: PrometheusServer) -> None:
+    """A Prometheus that stalls costs one query's attempts per frame, not one per query."""
+    raw = load_profile("kube").with_variables(namespace=NS).model_dump()
+    keep = ["replicas_ready", "replicas_desired", "rps"]
+    raw["services"] = {k: raw["services"][k] for k in keep}
+    raw["cluster"], raw["freshness"] = {}, None
+    profile = load_profile(raw)
+    front = FaultyFront(scraped.url, bad=100, mode="stall")
+    try:
+        kw = {"timeout_s": 0.5, "backoff_s": 0.0, "sleep": lambda _s: None}
+        live = PrometheusSource(front.url, profile, ("api",), retries=1, **kw).frame()  # type: ignore[arg-type]
+        assert front.requests == 2  # the first query's two attempts; the others are not sent
+        assert live.reasons == {f"api/{k}": "timeout (ReadTimeout)" for k in keep}
+        assert all(np.isnan(live.telemetry[k][0]) for k in keep)
+    finally:
+        front.close()

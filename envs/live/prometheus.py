@@ -19,8 +19,10 @@ Rules (``docs/live.md``):
   a frame older than ``max_age_s`` (or with no age at all) is all missing, reason ``stale``.
 * Transport errors, timeouts and HTTP 5xx are retried with exponential backoff
   (``retries``, ``backoff_s``); 4xx (a bad query) is not. When Prometheus cannot be reached at
-  all, the remaining queries of that frame are not sent and share the reason. The source never
-  raises for what Prometheus does: a dead Prometheus gives an all-missing frame with reasons.
+  all, or a query timed out on every attempt, the remaining queries of that frame are not sent
+  and share the reason (a frame then costs at most one query's retries, not one per query).
+  The source never raises for what Prometheus does: a dead Prometheus gives an all-missing
+  frame with reasons.
 
 Frames carry no counters, histogram or in-flight counts (NaN): the gauges are what a policy reads.
 ``t`` is the evaluation time in Unix seconds. ``cpu_util`` is ``cpu_usage / cpu_request`` when
@@ -55,12 +57,22 @@ MAX_POINTS = 10_000
 
 
 class QueryFailed(Exception):
-    """One query that gave no usable answer; ``reason`` says why, ``unreachable`` if no server."""
+    """One query that gave no usable answer; ``reason`` says why.
 
-    def __init__(self, reason: str, unreachable: bool = False) -> None:
+    ``unreachable``: no server answered; ``timed_out``: every attempt timed out. Either way
+    the rest of the frame's queries are not sent (they would wait as long again).
+    """
+
+    def __init__(self, reason: str, unreachable: bool = False, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.unreachable = unreachable
+        self.timed_out = timed_out
+
+    @property
+    def server_down(self) -> bool:
+        """Whether the next query of this frame would fail the same way."""
+        return self.unreachable or self.timed_out
 
 
 @dataclass(frozen=True)
@@ -140,19 +152,20 @@ class PrometheusSource:
     def _get(self, path: str, params: dict[str, str]) -> Any:
         """``data`` of a successful API answer, else :class:`QueryFailed` (after retries)."""
         reason = "no attempt"
-        unreachable = False
+        unreachable = timed_out = False
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
                 r = self._client.get(f"{self.url}/api/v1/{path}", params=params)
             except httpx.TimeoutException as err:
-                reason, unreachable = f"timeout ({type(err).__name__})", False
+                reason, unreachable, timed_out = f"timeout ({type(err).__name__})", False, True
                 continue
             except httpx.TransportError as err:
                 reason, unreachable = f"unreachable ({type(err).__name__}: {err})", True
+                timed_out = False
                 continue
-            unreachable = False
+            unreachable = timed_out = False
             try:
                 body = r.json()
             except ValueError:
@@ -165,7 +178,7 @@ class PrometheusSource:
             if body.get("status") != "success":
                 raise QueryFailed(f"{body.get('errorType', 'error')}: {body.get('error', r.text)}")
             return body.get("data", {})
-        raise QueryFailed(reason, unreachable)
+        raise QueryFailed(reason, unreachable, timed_out)
 
     # -- instant mode ----------------------------------------------------------------------
     def _instant(self, query: str, at: float) -> list[tuple[dict[str, str], float]]:
@@ -192,7 +205,7 @@ class PrometheusSource:
             try:
                 return self._instant(self.profile.render(query), at)
             except QueryFailed as err:
-                if err.unreachable:
+                if err.server_down:
                     down = err.reason
                 b.fail(key, err.reason)
                 return None
@@ -253,7 +266,7 @@ class PrometheusSource:
                 results[key] = self._range(self.profile.render(query), start, end, step)
             except QueryFailed as err:
                 results[key] = err
-                if err.unreachable:
+                if err.server_down:
                     down = err
         spent = (time.perf_counter() - started) / max(count, 1)
         for k in range(count):
