@@ -428,3 +428,43 @@ class DreamerBundlePolicy:
         out = plan.as_dict()
         out["explanation"] = plan.to_markdown()
         return out
+
+
+def random_step_inputs(manifest: dict[str, Any], n: int, seed: int) -> dict[str, np.ndarray]:
+    """Random inputs of ``rssm_step.onnx`` for ``n`` streams (parity checks).
+
+    Observations ~ N(0, 1.5), ``deter`` uniform in [-1, 1], ``stoch`` random one-hots,
+    previous-action features ~ N(0, 1), ``is_first`` 1 with probability 0.2, and masks with
+    at least one valid choice per dimension (all valid for an unmasked bundle).
+    """
+    rng = np.random.default_rng(seed)
+    wm = manifest["network"]["world_model"]
+    act = manifest["action"]
+    nvec = [int(k) for k in act["nvec"]]
+    stoch = np.zeros((n, wm["stoch"], wm["classes"]), np.float32)
+    picks = rng.integers(0, wm["classes"], size=(n, wm["stoch"]))
+    np.put_along_axis(stoch, picks[..., None], 1.0, axis=-1)
+    mask = rng.random((n, sum(nvec))) < 0.6
+    start = 0
+    for k in nvec:
+        empty = ~mask[:, start : start + k].any(axis=1)
+        mask[empty, start + rng.integers(0, k, size=int(empty.sum()))] = True
+        start += k
+    if not act["masked"]:
+        mask[:] = True
+    return {
+        "obs": rng.normal(0.0, 1.5, size=(n, int(manifest["observation"]["size"]))).astype(
+            np.float32
+        ),
+        "is_first": (rng.random(n) < 0.2).astype(np.float32),
+        "deter": rng.uniform(-1.0, 1.0, size=(n, wm["deter"])).astype(np.float32),
+        "stoch": stoch,
+        "prev_action": rng.normal(0.0, 1.0, size=(n, int(act["feature_size"]))).astype(np.float32),
+        "mask": mask,
+    }
+
+
+def step_mismatches(a: DreamerBundlePolicy, b: DreamerBundlePolicy, n: int, seed: int) -> int:
+    """Streams (of ``n`` random ones) whose action differs between two backends' steps."""
+    feed = random_step_inputs(a.manifest, n, seed)
+    return int((a.run(feed)[0] != b.run(feed)[0]).any(axis=1).sum())

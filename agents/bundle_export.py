@@ -173,7 +173,8 @@ def export_run(
 ) -> Path:
     """Export an ``opsworld train`` run dir (PPO, MaskablePPO, A2C, DQN) as a bundle.
 
-    A Dreamer run dir (``agent.pt``, no ``model.zip``) goes to :func:`export_dreamer_run`.
+    A Dreamer run dir (``agent.pt``, no ``model.zip``) goes to :func:`export_dreamer_run`
+    (``model`` under ``best/``: ``best/agent.pt``).
 
     Loads the run with :class:`agents.sb3.policy.SB3Policy` (its pickles: trusted run dirs
     only), copies the decision network, checks parity (random inputs; a rollout of
@@ -189,8 +190,10 @@ def export_run(
         return export_dreamer_run(
             run,
             out,
+            weights="best/agent.pt" if model.startswith("best/") else "agent.pt",
             guard=guard,
             onnx=onnx,
+            parity_samples=parity_samples,
             parity_steps=parity_steps,
             seed=seed,
             command=command,
@@ -533,22 +536,6 @@ def export_step_onnx(
     return buf.getvalue()
 
 
-def _random_step_inputs(
-    rng: np.random.Generator, n: int, obs_size: int, cfg: Any, action_size: int, nvec: list[int]
-) -> dict[str, np.ndarray]:
-    stoch = np.zeros((n, cfg.stoch, cfg.classes), np.float32)
-    picks = rng.integers(0, cfg.classes, size=(n, cfg.stoch))
-    np.put_along_axis(stoch, picks[..., None], 1.0, axis=-1)
-    return {
-        "obs": rng.normal(0.0, 1.5, size=(n, obs_size)).astype(np.float32),
-        "is_first": (rng.random(n) < 0.2).astype(np.float32),
-        "deter": rng.uniform(-1.0, 1.0, size=(n, cfg.deter)).astype(np.float32),
-        "stoch": stoch,
-        "prev_action": rng.normal(0.0, 1.0, size=(n, action_size)).astype(np.float32),
-        "mask": _random_masks(rng, nvec, n),
-    }
-
-
 def parity_dreamer_random(
     policy: Any, step: nn.Module, feed: dict[str, np.ndarray], masked: bool
 ) -> tuple[int, int]:
@@ -603,7 +590,13 @@ def export_dreamer_run(
     Raises:
         BundleError: A run dir that is not a Dreamer run, or any parity mismatch.
     """
-    from agents.bundle_dreamer import STEP_ONNX, DreamerNets, DreamerStep, recurrent_state_spec
+    from agents.bundle_dreamer import (
+        STEP_ONNX,
+        DreamerNets,
+        DreamerStep,
+        random_step_inputs,
+        recurrent_state_spec,
+    )
     from agents.dreamer.policy import DreamerPolicy
     from agents.world_model.config import ObsLayout
 
@@ -686,12 +679,7 @@ def export_dreamer_run(
         }
     _dump(root, manifest)
     write_sums(root)
-    rng = np.random.default_rng(seed)
-    feed = _random_step_inputs(
-        rng, parity_samples, obs_size, wm_cfg, spec.feature_size, list(spec.nvec)
-    )
-    if not spec.masked:
-        feed["mask"][:] = True
+    feed = random_step_inputs(manifest, parity_samples, seed)
     bad_action, bad_carry = parity_dreamer_random(policy, step, feed, spec.masked)
     report: dict[str, Any] = {
         "random_samples": parity_samples,

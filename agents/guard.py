@@ -12,9 +12,15 @@ in the order they apply:
     the frame itself older than ``stale_after_s``: the state is unknown, the fallback
     baseline decides.
 ``circuit_breaker``
-    ``breaker_violations`` violations (decisions the guard had to change) or inference
-    errors within ``breaker_window_s`` open the breaker: the fallback decides until
-    :meth:`Guard.reset_breaker` (or, with ``breaker_reset_s``, that long after opening).
+    ``breaker_violations`` violations or inference errors within ``breaker_window_s`` open
+    the breaker: the fallback decides until ``breaker_reset_s`` (600 s) after opening (or
+    :meth:`Guard.reset_breaker`; ``breaker_reset_s: null`` waits for that). A violation is
+    a proposal out of range (:data:`BREAKER_RULES`: ``replica_bounds``, ``shed_limit``,
+    ``hpa_target_bounds``, ``unknown_target``); the pacing clamps (``max_step``,
+    ``max_surge``, ``cooldown``, ``rate_limit``, ``duplicate``) are reported but do not
+    count, so a policy that acts in big steps is paced, not shut out. After an automatic
+    reset the breaker is half-open for ``breaker_window_s``: one violation or error then
+    opens it again at once.
 ``inference_error``
     The policy raised: the fallback decides for this frame (and it counts for the breaker).
 ``replica_bounds`` / ``max_step`` / ``max_surge``
@@ -91,6 +97,12 @@ RULES: tuple[str, ...] = (
 )
 """Every rule an :class:`Intervention` can name."""
 
+BREAKER_RULES: frozenset[str] = frozenset(
+    {"replica_bounds", "shed_limit", "hpa_target_bounds", "unknown_target"}
+)
+"""Rules whose interventions on a policy's proposal count toward the circuit breaker (an
+out-of-range proposal); pacing clamps do not count, inference errors do."""
+
 Fallback = Literal["hpa", "hold"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -117,11 +129,13 @@ class GuardConfig(BaseModel):
         fallback: The baseline that decides when the policy may not: ``hpa`` (the Kubernetes
             HPA with CPU target ``fallback_cpu_target``) or ``hold`` (no action).
         fallback_cpu_target: The fallback HPA's CPU utilisation target, percent.
-        breaker_violations: Violations or inference errors within ``breaker_window_s``
-            that open the circuit breaker.
-        breaker_window_s: The breaker's window.
-        breaker_reset_s: Close the breaker this long after it opened (None: only
-            :meth:`Guard.reset_breaker` closes it).
+        breaker_violations: Violations (interventions of :data:`BREAKER_RULES` on the
+            policy's proposal) or inference errors within ``breaker_window_s`` that open
+            the circuit breaker.
+        breaker_window_s: The breaker's window (and how long it stays half-open after an
+            automatic reset).
+        breaker_reset_s: Close the breaker this long after it opened, half-open (None:
+            only :meth:`Guard.reset_breaker` closes it).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -149,7 +163,7 @@ class GuardConfig(BaseModel):
     fallback_cpu_target: Annotated[int, Field(ge=1, le=100)] = 70
     breaker_violations: PositiveInt = 5
     breaker_window_s: Annotated[float, Field(gt=0)] = 300.0
-    breaker_reset_s: Annotated[float, Field(gt=0)] | None = None
+    breaker_reset_s: Annotated[float, Field(gt=0)] | None = 600.0
 
     @model_validator(mode="after")
     def _check(self) -> GuardConfig:
@@ -262,6 +276,8 @@ class GuardState:
         disruptive_times: Times of allowed disruptive actions (rate-limit window).
         violation_times: Times of violations and inference errors (breaker window).
         breaker_opened_t: When the breaker opened (None: closed).
+        half_open_until: Until when the breaker is half-open after an automatic reset (one
+            violation or error re-opens it); None: not half-open.
         last_good_t: Time of the last frame with enough observed fields (None: none yet).
         shed_fraction: Shedding in force as last set by our output.
         fallback_state: The fallback policy's recurrent state.
@@ -272,6 +288,7 @@ class GuardState:
     disruptive_times: tuple[float, ...] = ()
     violation_times: tuple[float, ...] = ()
     breaker_opened_t: float | None = None
+    half_open_until: float | None = None
     last_good_t: float | None = None
     shed_fraction: float = 0.0
     fallback_state: Any = None
@@ -330,7 +347,7 @@ class Guard:
 
     def reset_breaker(self, state: GuardState) -> GuardState:
         """Close the breaker and forget the violations counted so far."""
-        return replace(state, breaker_opened_t=None, violation_times=())
+        return replace(state, breaker_opened_t=None, violation_times=(), half_open_until=None)
 
     def breaker_open(self, state: GuardState, now: float) -> bool:
         """Whether the breaker is open at ``now`` (auto-reset included)."""
@@ -412,16 +429,30 @@ class Guard:
                 )
             )
             source = "fallback"
-        elif state.breaker_opened_t is not None:  # auto-reset elapsed
-            state = replace(state, breaker_opened_t=None)
-            violations = ()
+        elif state.breaker_opened_t is not None:  # auto-reset elapsed: half-open
+            assert cfg.breaker_reset_s is not None
+            closed = state.breaker_opened_t + cfg.breaker_reset_s
+            state = replace(
+                state, breaker_opened_t=None, half_open_until=closed + cfg.breaker_window_s
+            )
+            violations = (now,) if error is not None else ()
         actions = list(fb_actions if source == "fallback" else (proposed or []))
         out, limit_notes, state = self._limit(actions, state, now)
         notes.extend(limit_notes)
-        if source == "policy" and limit_notes:
+        if source == "policy" and any(n.rule in BREAKER_RULES for n in limit_notes):
             violations += (now,)
         opened = state.breaker_opened_t
-        if opened is None and len(violations) >= cfg.breaker_violations:
+        half_open = state.half_open_until is not None and now < state.half_open_until
+        if opened is None and violations and half_open and violations[-1] == now:
+            opened = now
+            notes.append(
+                Intervention(
+                    "circuit_breaker",
+                    f"a violation or error while half-open (until t={state.half_open_until}): "
+                    f"breaker opens again; {cfg.fallback} decides from the next decision",
+                )
+            )
+        elif opened is None and len(violations) >= cfg.breaker_violations:
             opened = now
             notes.append(
                 Intervention(
@@ -431,6 +462,8 @@ class Guard:
                     "from the next decision until reset",
                 )
             )
+        if opened is not None or not half_open:
+            state = replace(state, half_open_until=None)
         state = replace(state, violation_times=violations, breaker_opened_t=opened)
         verdict = GuardVerdict(out, notes, source, self.breaker_open(state, now))
         return verdict, state

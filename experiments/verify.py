@@ -2,7 +2,8 @@
 
 Checks the SHA-256 sums (changed, missing or added files), the manifest's schema, the
 consistency of its specs (the codec's action layout, the network's input size) and, for a
-bundle with ``policy.onnx``, parity of the ONNX and torch decisions on random inputs.
+bundle with ``policy.onnx`` (a Dreamer bundle: ``rssm_step.onnx``, random inputs and
+carries), parity of the ONNX and torch decisions on random inputs.
 Exit status 0 when every check passes, 1 with the failing check otherwise.
 """
 
@@ -19,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from agents.bundle import ONNX, BundleError, BundlePolicy, load_bundle
+from agents.bundle_dreamer import STEP_ONNX, DreamerBundlePolicy, step_mismatches
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
 
 
@@ -85,6 +87,15 @@ def verify(cfg: DictConfig | VerifyConfig | Mapping[str, Any]) -> dict[str, Any]
                 "the torch weights (re-export the bundle)"
             )
         checks.append(f"onnx parity ({conf.samples} random inputs, 0 mismatches)")
+    if isinstance(policy, DreamerBundlePolicy) and (loaded.folder / STEP_ONNX).is_file():
+        onnx_step = load_bundle(conf.bundle, backend="onnx").policy
+        mismatches = step_mismatches(policy, onnx_step, conf.samples, conf.seed)
+        if mismatches:
+            raise BundleError(
+                f"{loaded.folder / STEP_ONNX}: {mismatches} of {conf.samples} decisions differ "
+                "from the torch weights (re-export the bundle)"
+            )
+        checks.append(f"onnx step parity ({conf.samples} random inputs and carries, 0 mismatches)")
     report["ok"] = True
     return report
 

@@ -239,10 +239,10 @@ def test_hpa_fallback_scales_like_the_hpa_within_the_limits() -> None:
 
 
 def test_breaker_opens_after_n_violations_and_stays_open_until_reset() -> None:
-    guard = hold(breaker_violations=3, breaker_window_s=100.0, max_step=1)
+    guard = hold(breaker_violations=3, breaker_window_s=100.0, max_step=1, breaker_reset_s=None)
     state = guard.reset()
-    for k in range(3):
-        v, state = guard.check(frame(15.0 * k), [Scale("a", 9)], state)
+    for k in range(3):  # out of range (a: at most 10): replica_bounds counts
+        v, state = guard.check(frame(15.0 * k), [Scale("a", 99)], state)
         assert v.source == "policy"
     assert rules(v)[-1] == "circuit_breaker" and v.breaker_open
     v, state = guard.check(frame(45.0), [Scale("a", 3)], state)
@@ -257,8 +257,8 @@ def test_breaker_opens_after_n_violations_and_stays_open_until_reset() -> None:
 def test_breaker_violations_outside_the_window_do_not_count_and_auto_reset() -> None:
     guard = hold(breaker_violations=2, breaker_window_s=20.0, breaker_reset_s=60.0, max_step=1)
     state = guard.reset()
-    v, state = guard.check(frame(0.0), [Scale("a", 9)], state)
-    v, state = guard.check(frame(30.0), [Scale("a", 9)], state)
+    v, state = guard.check(frame(0.0), [Scale("a", 99)], state)
+    v, state = guard.check(frame(30.0), [Scale("a", 99)], state)
     assert not v.breaker_open  # the first violation left the 20 s window
     v, state = guard.check(frame(40.0), None, state, error="ValueError: nan")
     assert v.breaker_open
@@ -266,6 +266,48 @@ def test_breaker_violations_outside_the_window_do_not_count_and_auto_reset() -> 
     assert v.source == "fallback"
     v, state = guard.check(frame(100.0), [Scale("a", 3)], state)
     assert v.source == "policy" and not v.breaker_open
+
+
+def test_pacing_clamps_never_open_the_breaker() -> None:
+    """A rule-like policy that scales in big steps, restarts often, repeats itself and sheds
+    too much once is paced (max_step, cooldown, duplicate) but never shut out: only the one
+    out-of-range shed counts toward the breaker (default limit 5)."""
+    guard = hold()
+    state = guard.reset()
+    seen: set[str] = set()
+    for k in range(40):
+        big = [Scale("a", 10 if k % 2 else 1), Scale("b", 20 if k % 2 else 1), Restart("c")]
+        big += [Restart("c")]  # a duplicate
+        if k == 7:
+            big.append(ShedLoad(0.75))
+        v, state = guard.check(frame(15.0 * k), big, state)
+        seen |= set(rules(v))
+        assert v.source == "policy" and not v.breaker_open, (k, rules(v))
+    assert {"max_step", "cooldown", "duplicate", "shed_limit"} <= seen
+    assert "circuit_breaker" not in seen
+    assert len(state.violation_times) == 0  # the shed at t=105 left the 300 s window
+
+
+def test_the_breaker_closes_after_reset_s_half_open() -> None:
+    """Defaults: open after 5 out-of-range proposals, closed 600 s later; while half-open
+    (300 s) one violation re-opens it at once; after that, one violation does not."""
+    guard = hold()
+    assert guard.config.breaker_reset_s == 600.0
+    state = guard.reset()
+    for k in range(5):
+        v, state = guard.check(frame(15.0 * k), [Scale("a", 99)], state)
+    assert v.breaker_open and state.breaker_opened_t == 60.0
+    v, state = guard.check(frame(659.0), [Scale("a", 3)], state)
+    assert v.source == "fallback"
+    v, state = guard.check(frame(660.0), [Scale("a", 3)], state)  # 600 s after opening
+    assert v.source == "policy" and not v.breaker_open and v.actions == [Scale("a", 3)]
+    assert state.half_open_until == 960.0
+    v, state = guard.check(frame(700.0), [Scale("a", 99)], state)
+    assert v.breaker_open and rules(v)[-1] == "circuit_breaker"  # half-open: at once
+    v, state = guard.check(frame(1300.0), [Scale("a", 3)], state)  # closes again at 1300
+    assert v.source == "policy"
+    v, state = guard.check(frame(1700.0), [Scale("a", 99)], state)  # half-open ended at 1600
+    assert v.source == "policy" and not v.breaker_open and state.half_open_until is None
 
 
 # ------------------------------------------------------------------------------ properties

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_bundle import LOAD
+from test_bundle import LOAD, _cli
 from test_serving import (
     ENTRIES,
     REPO,
@@ -81,7 +81,7 @@ def test_dreamer_bundle_files_manifest_and_parity(dreamer: tuple[Path, Path]) ->
     assert m["kind"] == "dreamer" and m["algorithm"] == "dreamer"
     assert m["model_version"].startswith("dreamer-")
     parity = m["parity"]
-    assert parity["random_samples"] == 256 and parity["rollout_steps"] == 50
+    assert parity["random_samples"] == 512 and parity["rollout_steps"] == 50
     assert parity["random_mismatches"] == parity["random_carry_mismatches"] == 0
     assert parity["onnx_mismatches"] == 0
     assert parity["rollout_mismatches"] == {"torch": 0, "onnx": 0}
@@ -337,3 +337,17 @@ def test_bundles_without_a_world_model_answer_404_with_a_reason(tmp_path: Path) 
             assert "carries no world model" in r.json()["reason"]
     finally:
         srv.stop()
+
+
+def test_cli_exports_the_best_weights_and_verifies_the_step(
+    dreamer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, bundle = dreamer
+    out = tmp_path / "best"
+    proc = _cli("export", f"run={run}", f"out={out}", "weights=best", "parity_samples=64")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["source"]["weights"] == "best/agent.pt" and m["parity"]["random_samples"] == 64
+    proc = _cli("verify", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx step parity (512 random inputs and carries, 0 mismatches)" in proc.stdout
