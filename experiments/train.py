@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hydra
@@ -31,11 +31,9 @@ from omegaconf import MISSING, DictConfig, open_dict
 from rich.console import Console
 from rich.table import Table
 
+from agents.parallel import Backend
 from agents.run_config import RunConfig, RunConfigError
 from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, register_help_resolver
-
-SCHEMA = RunConfig
-"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
 TrainConfig = RunConfig
 
@@ -46,10 +44,18 @@ class TrainSchema(RunConfig):
 
     Each ``configs/agent/<name>.yaml`` brings its own schema (``schema/agent/<name>``: the
     trainer's dataclass, :data:`agents.trainers.TRAINERS`), so any agent composes and a key
-    its schema lacks fails at composition.
+    its schema lacks fails at composition. ``seeds`` (with ``backend`` and ``workers``)
+    asks for one run per seed (:mod:`agents.multiseed`); they are not part of a run's config.
     """
 
     agent: Any = MISSING
+    seeds: list[int] = field(default_factory=list)
+    backend: Backend = Backend.local
+    workers: int | None = None
+
+
+SCHEMA = TrainSchema
+"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
 
 def register_configs() -> None:
@@ -113,15 +119,28 @@ def train(
         console: Where the summary table goes (default: stdout).
 
     Returns:
-        The figures written to ``metrics.json`` (see :func:`agents.sb3.train.train_agent`).
+        The figures written to ``metrics.json`` (see :func:`agents.sb3.train.train_agent`);
+        with ``seeds=[...]`` the summary across seeds (:func:`agents.multiseed.summarize`).
 
     Raises:
         ConfigError: Before anything runs, for a config that cannot work; the message names
             the field and what to do.
     """
+    from agents.multiseed import split_request, train_seeds
     from agents.trainers import train as run_trainer
 
+    try:
+        cfg, multi = split_request(cfg)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     conf = to_config(cfg)
+    if multi is not None:  # seeds=[...]: one run dir per seed and a summary across them
+        try:
+            summary = train_seeds(conf, multi)
+        except RunConfigError as err:
+            raise ConfigError(str(err)) from None
+        print(f"trained seeds {summary['seeds']}: {conf.out}/seeds_summary.md")
+        return summary
     try:
         metrics = run_trainer(conf)
     except RunConfigError as err:

@@ -59,6 +59,7 @@ class EvaluateSettings(Protocol):
     suite: str
     seeds: int
     workers: int
+    backend: Any
     fidelity: Any
     topology: str | None
     limit: int | None
@@ -321,7 +322,7 @@ def evaluate(
 
     Args:
         conf: A validated ``opsworld evaluate`` config (``experiments.evaluate.EvaluateConfig``:
-            ``policy``, ``policies``, ``suite``, ``seeds``, ``workers``, ``fidelity``,
+            ``policy``, ``policies``, ``suite``, ``seeds``, ``workers``, ``backend``, ``fidelity``,
             ``topology``, ``limit``, ``timelines``, ``weights``, ``deterministic``, ``out``).
         config_yaml: The resolved config, written to ``<out>/config.yaml``.
         log: Where progress lines and the table go (None: nowhere).
@@ -362,16 +363,18 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_yaml)
 
-    results: list[SuiteResult] = []
+    from agents.evaluation.fanout import run_policies
+
+    if log is not None:
+        log(
+            f"evaluate: {', '.join(labels)} on {suite.name} ({len(suite)} entries x "
+            f"{conf.seeds} seeds, backend {conf.backend}, {conf.workers} workers)"
+        )
+    results = run_policies(
+        suite, specs, range(conf.seeds), conf.workers, fidelity, backend=conf.backend
+    )
     files: list[Path] = []
-    for spec in specs:
-        if log is not None:
-            log(
-                f"evaluate: {spec.label} on {suite.name} "
-                f"({len(suite)} entries x {conf.seeds} seeds)"
-            )
-        res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity)
-        results.append(res)
+    for spec, res in zip(specs, results, strict=True):
         folder = out / spec.label
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(res.to_json())
