@@ -41,8 +41,9 @@ class TuneConfig:
         tune: The study (group ``tune``: ``hpa``, ``ppo``, ``dreamer``).
         workers: CPUs of a local Ray, one trial each (a cluster from ``RAY_ADDRESS`` brings
             its own).
-        logger: Where trials log besides Tune's own files: ``none``, ``csv``,
-            ``tensorboard`` or ``wandb`` (also the trials' ``opsworld train`` logger).
+        logger: The ``logger`` group, as ``opsworld train`` has it: where trials log
+            besides Tune's own files (``none``, ``csv``, ``tensorboard`` or ``wandb``), also
+            the trials' ``opsworld train`` logger.
         seed: Seed of Optuna's sampler.
         resume: Continue the study already in ``out`` (after an interrupt).
         out: Output folder.
@@ -50,7 +51,7 @@ class TuneConfig:
 
     tune: TuneSpec = field(default_factory=TuneSpec)
     workers: int = 2
-    logger: LoggerKind = LoggerKind.csv
+    logger: Any = field(default_factory=lambda: {"kind": LoggerKind.csv.value})
     seed: int = 0
     resume: bool = False
     out: str = "outputs/tune/${tune.name}"
@@ -63,6 +64,9 @@ SCHEMA = TuneConfig
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent; call before composing)."""
     register_help_resolver()
+    from agents.trainers import register_configs as register_groups
+
+    register_groups()  # the logger group's schemas
     cs = ConfigStore.instance()
     cs.store(name="tune_schema", node=TuneConfig)
     cs.store(group="schema/tune", name="tune", node=TuneSpec)
@@ -78,6 +82,21 @@ def to_config(cfg: DictConfig | TuneConfig | Mapping[str, Any]) -> TuneConfig:
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
     return conf
+
+
+def logger_kind(logger: Any) -> LoggerKind:
+    """The ``kind`` of a ``logger`` group node (a dataclass or a mapping).
+
+    Raises:
+        ConfigError: An unknown kind, naming ``logger`` and the options.
+    """
+    kind = logger.get("kind") if isinstance(logger, Mapping) else getattr(logger, "kind", None)
+    try:
+        return LoggerKind(kind)
+    except ValueError:
+        raise ConfigError(
+            f"logger.kind={kind!r}: use logger=<{'|'.join(k.value for k in LoggerKind)}>"
+        ) from None
 
 
 def compose_train(overrides: Sequence[str]) -> dict[str, Any]:
@@ -130,16 +149,17 @@ def tune(
     from agents.tune.study import run_study
 
     conf = to_config(cfg)
+    logger = logger_kind(conf.logger)
     base = None
     if conf.tune.kind is TrialKind.train:
-        base = compose_train([*conf.tune.train, f"logger={conf.logger}"])
+        base = compose_train([*conf.tune.train, f"logger={logger}"])
     try:
         return run_study(
             conf.tune,
             conf.out,
             base_train=base,
             workers=conf.workers,
-            logger=conf.logger,
+            logger=logger,
             seed=conf.seed,
             resume=conf.resume,
             log=log,
