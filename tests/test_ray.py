@@ -14,10 +14,12 @@ import math
 import operator
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,10 +233,12 @@ def test_evaluate_on_a_two_node_cluster_gives_the_same_numbers(
     }
     procs: list[subprocess.Popen[bytes]] = []
     logs = {name: tmp_path / f"{name}.log" for name in ("head", "worker")}
+    # Ray's socket paths must fit AF_UNIX's 107 bytes: short temp dirs, one per node
+    short = Path(tempfile.mkdtemp(prefix="owr", dir="/tmp"))
     try:
         common = ["--block", "--num-cpus=1", "--disable-usage-stats"]
         head_cmd = [str(RAY), "start", "--head", f"--port={port}", f"--node-ip-address={head_ip}"]
-        head_cmd += ["--include-dashboard=false", f"--temp-dir={tmp_path / 'ray_head'}", *common]
+        head_cmd += ["--include-dashboard=false", f"--temp-dir={short / 'head'}", *common]
         with open(logs["head"], "wb") as fh:
             procs.append(
                 subprocess.Popen(
@@ -243,7 +247,7 @@ def test_evaluate_on_a_two_node_cluster_gives_the_same_numbers(
             )
         _wait_for(logs["head"], "Ray runtime started", procs[0], 120)
         worker_cmd = [str(RAY), "start", f"--address={head_ip}:{port}"]
-        worker_cmd += [f"--node-ip-address={worker_ip}", f"--temp-dir={tmp_path / 'ray_worker'}"]
+        worker_cmd += [f"--node-ip-address={worker_ip}", f"--temp-dir={short / 'worker'}"]
         with open(logs["worker"], "wb") as fh:
             procs.append(
                 subprocess.Popen(
@@ -298,6 +302,7 @@ def test_evaluate_on_a_two_node_cluster_gives_the_same_numbers(
     finally:
         for proc in reversed(procs):
             _stop(proc)
+        shutil.rmtree(short, ignore_errors=True)
     assert all(p.poll() is not None for p in procs)
 
 
