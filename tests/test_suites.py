@@ -349,3 +349,56 @@ def test_runner_rejects_bad_arguments_and_names_failing_runs(train: Suite) -> No
         run_suite(small, _Broken, [0], workers=1)
     with pytest.raises(SuiteRunError, match="boom"):
         run_suite(train.subset(first=2), _Broken, [0], workers=2)
+
+
+# --------------------------------------------------------------------------------------------
+# splits (docs/protocol.md: choose on train:validation, never on holdout)
+
+
+def test_train_validation_split_is_disjoint_and_keeps_every_fault_kind_in_fit() -> None:
+    full = load_suite("train")
+    val, fit = load_suite("train:validation"), load_suite("train:fit")
+    assert (val.name, fit.name) == ("train:validation", "train:fit")
+    assert set(val.ids).isdisjoint(fit.ids)
+    assert sorted(val.ids + fit.ids) == sorted(full.ids)
+    assert len(val) == 8
+    fit_kinds = {f.kind for e in fit for f in e.scenario.faults}
+    train_kinds = {f.kind for e in full for f in e.scenario.faults}
+    assert fit_kinds == train_kinds
+    # every topology of train is validated on, and split entries keep their seeds
+    assert val.topologies == full.topologies
+    assert [e.seed for e in val] == [full.entry(i).seed for i in val.ids]
+
+
+def _split_suite(splits: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "s",
+        "splits": splits,
+        "entries": [
+            {"id": f"e{k}", "base": "chain3", "faults": [{"kind": "flash_crowd", "at_s": 300}]}
+            for k in range(3)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        ({"validation": ["e9"]}, "field 'splits.validation': no entry 'e9'"),
+        ({"validation": ["e1"], "test": ["e1"]}, "is also in split 'validation'"),
+        ({"fit": ["e1"]}, "'fit' is reserved"),
+    ],
+)
+def test_bad_splits_name_the_field(splits: dict[str, Any], message: str) -> None:
+    with pytest.raises(SuiteError, match=message):
+        build_suite(_split_suite(splits))
+
+
+def test_unknown_split_lists_the_known_ones() -> None:
+    suite = build_suite(_split_suite({"validation": ["e2", "e0"]}))
+    assert suite.split("validation").ids == ["e0", "e2"]  # file order, not list order
+    assert suite.split("fit").ids == ["e1"]
+    with pytest.raises(SuiteError, match=r"no split 'valid'; its splits: \['fit', 'validation'\]"):
+        suite.split("valid")
+    with pytest.raises(SuiteError, match="no split 'validation'; its splits: none"):
+        load_suite("holdout:validation")

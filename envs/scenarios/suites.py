@@ -26,6 +26,13 @@ A suite is a YAML file (``configs/suites/<name>.yaml``)::
         faults:
           - {kind: pod_crash, service: "${service}", at_s: 480, pods: "${pods}"}
 
+A suite may name splits of itself (``splits: {validation: [entry ids...]}``); the entries not
+named in any split form the ``fit`` split. ``load_suite("train:validation")`` and
+``load_suite("train:fit")`` load one split (the protocol in ``docs/protocol.md``: choose
+checkpoints, hyperparameters and calibration on ``train:validation``, never on ``holdout``).
+Split entries keep their seeds, so a split's runs are exactly the full suite's runs of those
+entries.
+
 Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``&name``) that
 entries reuse as ``overrides: *name``.
 
@@ -48,6 +55,7 @@ seed ranges. Replicate ``k`` of an entry runs with seed ``SEED_STRIDE * entry.se
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,6 +131,23 @@ class Suite:
     entries: tuple[SuiteEntry, ...]
     description: str = ""
     path: Path | None = None
+    splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Entry ids of each named split, plus ``fit`` (the rest); empty when the file names none."""
+
+    def split(self, name: str) -> Suite:
+        """The entries of one split (``validation``, ``fit``), as a suite named ``<name>:<split>``.
+
+        Raises:
+            SuiteError: For a split the suite does not define (the message lists those it has).
+        """
+        if name not in self.splits:
+            have = sorted(self.splits) or "none"
+            raise SuiteError(
+                f"suite {self.name!r} has no split {name!r}; its splits: {have} "
+                "(declare them under 'splits:' in the suite file)"
+            )
+        entries = tuple(self.entry(i) for i in self.splits[name])
+        return Suite(f"{self.name}:{name}", entries, self.description, self.path)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -217,6 +242,12 @@ class SuiteSpec(_Spec):
     require: RequireSpec = RequireSpec()
     defaults: dict[str, Any] = {}
     entries: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    splits: dict[str, list[str]] = {}
+    """Named subsets by entry id (e.g. ``validation``); the rest is the ``fit`` split."""
+
+
+FIT_SPLIT = "fit"
+"""The split of the entries that no named split lists."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,14 +281,20 @@ def load_suite(name_or_path: str | Path) -> Suite:
     """Load and validate a suite: ``train``, ``holdout``, or a path to a suite YAML file.
 
     Args:
-        name_or_path: A shipped suite name (``configs/suites/<name>.yaml``) or a file path.
+        name_or_path: A shipped suite name (``configs/suites/<name>.yaml``) or a file path,
+            optionally followed by ``:<split>`` (``train:validation``, ``train:fit``).
 
     Returns:
         The suite with every entry expanded and validated.
 
     Raises:
-        SuiteError: Naming the suite, the entry id and the field for any problem.
+        SuiteError: Naming the suite, the entry id and the field for any problem, or an
+            unknown split (the message lists the suite's splits).
     """
+    text = str(name_or_path)
+    if isinstance(name_or_path, str) and ":" in text and not Path(text).is_file():
+        base, split = text.rsplit(":", 1)
+        return load_suite(base).split(split)
     path = suite_path(name_or_path)
     try:
         with path.open(encoding="utf-8") as fh:
@@ -324,9 +361,41 @@ def build_suite(
         scenario = _scenario(entry, seed, spec.defaults, folder, here)
         _check(scenario, spec.require, here)
         entries.append(SuiteEntry(entry.id, scenario, seed, entry.base, params))
+    splits = _splits(spec, list(seen_ids), where)
     return Suite(
-        spec.name, tuple(entries), spec.description, Path(source) if source != "mapping" else None
+        spec.name,
+        tuple(entries),
+        spec.description,
+        Path(source) if source != "mapping" else None,
+        splits,
     )
+
+
+def _splits(spec: SuiteSpec, ids: list[str], where: str) -> dict[str, tuple[str, ...]]:
+    """The named splits plus ``fit`` (the rest), checked: known ids, no entry in two splits."""
+    owner: dict[str, str] = {}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, listed in spec.splits.items():
+        if name == FIT_SPLIT or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise SuiteError(
+                f"{where}: field 'splits.{name}': a split name is lower-case letters, digits and "
+                f"'_', and {FIT_SPLIT!r} is reserved for the entries no split lists"
+            )
+        for entry_id in listed:
+            if entry_id not in ids:
+                close = difflib.get_close_matches(entry_id, ids, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SuiteError(f"{where}: field 'splits.{name}': no entry {entry_id!r}{hint}")
+            if entry_id in owner:
+                raise SuiteError(
+                    f"{where}: field 'splits.{name}': entry {entry_id!r} is also in split "
+                    f"{owner[entry_id]!r}; splits must be disjoint"
+                )
+            owner[entry_id] = name
+        out[name] = tuple(i for i in ids if owner.get(i) == name)
+    if out:
+        out[FIT_SPLIT] = tuple(i for i in ids if i not in owner)
+    return out
 
 
 def _expand(entry: EntrySpec, where: str) -> list[tuple[EntrySpec, dict[str, Any], int | None]]:
