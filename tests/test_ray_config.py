@@ -45,7 +45,7 @@ def compose_cfg() -> Iterator[object]:
 def test_every_study_composes_and_checks(compose_cfg, name: str) -> None:
     conf = tune_mod.to_config(compose_cfg("tune", [f"tune={name}"]))
     assert conf.tune.name == name
-    assert conf.tune.select.suite == "train"
+    assert conf.tune.select.suite == "train:validation"
     if conf.tune.kind is TrialKind.train:  # its trials' train config composes and validates
         base = tune_mod.compose_train([*conf.tune.train, "logger=none"])
         assert base["logger"]["kind"] == "none"

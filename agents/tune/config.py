@@ -5,7 +5,7 @@ A study is one :class:`TuneSpec`: what a trial is (``kind``: ``hpa`` scores HPA 
 (:class:`ParamSpec`, each a dotted key of the trial's config with a distribution), the
 budget (``num_samples`` trials, ``rungs`` reports each, ASHA's ``grace_period`` and
 ``reduction_factor``) and how trials are scored (:class:`SelectConfig`: entries of the train
-suite, never the holdout suite).
+suite's validation split, ``train:validation``; never the holdout suite).
 
 The objective, minimised, is the same for every kind: mean SLO-violation minutes over the
 selection runs plus ``penalty`` per unit of allocated cost above ``cost_cap`` times the
@@ -80,10 +80,12 @@ class AshaConfig:
 
 @dataclass
 class SelectConfig:
-    """How trials are scored: runs on the train suite (never the holdout suite).
+    """How trials are scored: runs on the train suite's validation split (never the holdout).
 
     Attributes:
-        suite: ``train`` (or a suite YAML path other than the holdout suite).
+        suite: ``train:validation`` (``docs/protocol.md``: every choice is made on the
+            validation split; trials of ``kind: train`` fit on ``train:fit``), or another
+            suite or split that is not the holdout suite.
         topology: Only this topology's entries (a trained policy fits one); None: all.
         limit: The first ``limit`` entries (None: all).
         replicates: Replicate indices per entry.
@@ -92,7 +94,7 @@ class SelectConfig:
         penalty: Objective added per unit of cost ratio above ``cost_cap``.
     """
 
-    suite: str = "train"
+    suite: str = "train:validation"
     topology: str | None = None
     limit: int | None = None
     replicates: list[int] = field(default_factory=lambda: [0])
