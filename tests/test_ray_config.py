@@ -3,6 +3,7 @@ evaluate backend, the objective and ASHA's chunks (no Ray is started here)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,13 @@ def test_train_and_evaluate_take_the_scale_out_keys(compose_cfg, capsys) -> None
     assert "did you mean 'seeds'" in capsys.readouterr().err
     assert main(["tune", "worker=2"]) == 2
     assert "did you mean 'workers'" in capsys.readouterr().err
+
+
+def test_steady_rate_leaves_out_each_workers_first_run() -> None:
+    from agents.bench.scale import steady_rate
+
+    # worker 1: runs at [0, 5] (first, dropped), [5, 6], [6, 7]; worker 2: [0, 4] (first), [4, 6]
+    timed = [(1, 0.0, 5.0, None), (1, 5.0, 6.0, None), (1, 6.0, 7.0, None)]
+    timed += [(2, 0.0, 4.0, None), (2, 4.0, 6.0, None)]
+    assert steady_rate(timed) == pytest.approx(3 / (7.0 - 4.0))
+    assert math.isnan(steady_rate([(1, 0.0, 1.0, None), (2, 0.0, 1.0, None)]))

@@ -54,6 +54,7 @@ from rich.console import Console
 
 from agents.bench.config import BenchConfig
 from agents.bench.incidents import run_incidents_suite
+from agents.bench.scale import run_scale_suite
 from agents.bench.sim import run_sim_suite
 from agents.bench.world_model import run_world_model_suite
 from agents.run_config import RunConfigError as ConfigError
@@ -62,6 +63,7 @@ SUITES: dict[str, Callable[[BenchConfig, Console], dict[str, Any]]] = {
     "sim": run_sim_suite,
     "incidents": run_incidents_suite,
     "world_model": run_world_model_suite,
+    "scale": run_scale_suite,
 }
 """Suite name -> function measuring it."""
 
