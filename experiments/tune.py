@@ -92,7 +92,7 @@ def logger_kind(logger: Any) -> LoggerKind:
     """
     kind = logger.get("kind") if isinstance(logger, Mapping) else getattr(logger, "kind", None)
     try:
-        return LoggerKind(kind)
+        return LoggerKind(str(kind))
     except ValueError:
         raise ConfigError(
             f"logger.kind={kind!r}: use logger=<{'|'.join(k.value for k in LoggerKind)}>"
