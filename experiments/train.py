@@ -74,10 +74,12 @@ def to_config(cfg: DictConfig | RunConfig | Mapping[str, Any]) -> RunConfig:
         ConfigError: An unknown key, a value of the wrong type or out of range, or a
             combination that cannot work; the message names the field.
     """
+    from agents.multiseed import split_request
     from agents.trainers import to_run_config
 
     try:
-        return to_run_config(cfg)
+        run, _ = split_request(cfg)  # seeds / backend / workers are not a run's keys
+        return to_run_config(run)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
 
