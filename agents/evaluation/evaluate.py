@@ -1,8 +1,9 @@
 """What ``opsworld evaluate`` does: score one or more policies on a scenario suite, in parallel.
 
 ``opsworld evaluate policy=hpa suite=holdout seeds=3 out=runs/eval`` runs the policy on every
-entry of the suite x ``seeds`` replicates (:func:`agents.evaluation.suite.run_one` in a
-process pool; fluid fidelity by default), scores each run with
+entry of the suite x ``seeds`` replicates (:func:`agents.evaluation.suite.run_one`; every
+policy x entry x replicate of a call is one fan-out, :mod:`agents.evaluation.fanout`, on a
+process pool or, with ``backend=ray``, on Ray; fluid fidelity by default), scores each run with
 :func:`envs.scenarios.scoring.score_episode` and writes to ``out``:
 
 * ``<policy>/results.json`` and ``<policy>/results.md``: every run's score, per-entry means
@@ -22,7 +23,8 @@ process pool; fluid fidelity by default), scores each run with
 evaluates several (it replaces ``policy``). The baselines need the entry's scenario, which
 :func:`~agents.evaluation.suite.run_suite`'s argument-less factory cannot give, so this
 module feeds :func:`~agents.evaluation.suite.run_one` a picklable per-entry factory
-(``functools.partial(build_policy, spec, scenario)``) from its own pool.
+(``functools.partial(build_policy, spec, scenario)``) from its own fan-out
+(:mod:`agents.evaluation.fanout`).
 """
 
 from __future__ import annotations
