@@ -187,7 +187,7 @@ class TuneSpec:
             if "holdout" in str(suite).lower():
                 raise RunConfigError(
                     f"{where}={suite}: a study never sees the holdout suite (it is for the "
-                    "final evaluation only); select on the train suite"
+                    "final evaluation only); select on train:validation"
                 )
 
 

@@ -72,7 +72,7 @@ def selection(spec: TuneSpec) -> tuple[dict[str, Any], tuple[SelectTask, ...]]:
         if suite.name == "holdout":
             raise RunConfigError(
                 f"tune.select.suite={sel.suite} is the holdout suite: a study selects on the "
-                "train suite, the holdout suite is for the final evaluation only"
+                "train suite (train:validation), the holdout suite is for the final evaluation only"
             )
         if sel.topology is not None:
             suite = suite.on_topology(sel.topology)
