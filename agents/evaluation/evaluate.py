@@ -367,14 +367,13 @@ def evaluate(
 
     from agents.evaluation.fanout import run_policies
 
+    backend = getattr(conf, "backend", "local")  # settings objects that predate the field
     if log is not None:
         log(
             f"evaluate: {', '.join(labels)} on {suite.name} ({len(suite)} entries x "
-            f"{conf.seeds} seeds, backend {conf.backend}, {conf.workers} workers)"
+            f"{conf.seeds} seeds, backend {backend}, {conf.workers} workers)"
         )
-    results = run_policies(
-        suite, specs, range(conf.seeds), conf.workers, fidelity, backend=conf.backend
-    )
+    results = run_policies(suite, specs, range(conf.seeds), conf.workers, fidelity, backend=backend)
     files: list[Path] = []
     for spec, res in zip(specs, results, strict=True):
         folder = out / spec.label
