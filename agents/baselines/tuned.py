@@ -175,13 +175,34 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_config(best: dict[str, Any], path: str | Path = CONFIG_PATH, table: str = "") -> Path:
-    """Write the winner as the ``policy=tuned_hpa`` config file (Hydra group file)."""
+GRID_SOURCE = (
+    "# Tuned HPA: knobs grid-searched on the train suite (fluid, replicate 0) by\n"
+    "# `python -m agents.baselines.tuned`; objective and grid: docs/evaluation.md.\n"
+)
+"""The header of a file written by the grid search."""
+
+TUNE_SOURCE = (
+    "# Tuned HPA: knobs tuned on the train suite's validation split (fluid, replicate 0)\n"
+    "# by `opsworld tune tune=hpa` (docs/scaling.md; objective: docs/evaluation.md).\n"
+)
+"""The header of a file written by ``opsworld tune tune=hpa``."""
+
+
+def write_config(
+    best: dict[str, Any],
+    path: str | Path = CONFIG_PATH,
+    table: str = "",
+    source: str = GRID_SOURCE,
+) -> Path:
+    """Write the winner as the ``policy=tuned_hpa`` config file (Hydra group file).
+
+    ``source`` is the header saying what produced it (:data:`GRID_SOURCE` or
+    :data:`TUNE_SOURCE`).
+    """
     comment = "\n".join(f"#   {line}" for line in table.splitlines())
     text = (
-        "# Tuned HPA: knobs tuned on the train suite (fluid, replicate 0) by\n"
-        "# `opsworld tune tune=hpa` (docs/scaling.md; objective: docs/evaluation.md).\n"
-        "# Winner: fewest mean SLO-violation minutes among the settings whose mean allocated\n"
+        source
+        + "# Winner: fewest mean SLO-violation minutes among the settings whose mean allocated\n"
         f"# cost is at most {COST_CAP:g} x the default HPA's (70 %, 300 s).\n"
         "# Generated file: rerun the command rather than editing by hand.\n"
         f"{comment}\n"

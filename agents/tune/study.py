@@ -385,7 +385,7 @@ def write_best(
     (out / "best.json").write_text(json.dumps(best, indent=2, default=str), encoding="utf-8")
     files = [out / "best.json"]
     if spec.kind is TrialKind.hpa:
-        from agents.baselines.tuned import write_config
+        from agents.baselines.tuned import TUNE_SOURCE, write_config
         from agents.tune.trials import hpa_settings
 
         s = hpa_settings(best["params"])
@@ -393,8 +393,9 @@ def write_best(
             "target_cpu_utilization": s.target_cpu_utilization,
             "scale_down_stabilization_s": s.scale_down_stabilization_s,
         }
-        table = (out / "results.md").read_text(encoding="utf-8").split("\n\n")[2]
-        path = write_config(row, out / "tuned_hpa.yaml", table)
+        lines = (out / "results.md").read_text(encoding="utf-8").splitlines()
+        table = "\n".join(line for line in lines if line.startswith("|"))
+        path = write_config(row, out / "tuned_hpa.yaml", table, source=TUNE_SOURCE)
         copy = f"cp {path} configs/policy/tuned_hpa.yaml"
     else:
         path = out / f"tuned_{spec.name}.yaml"
