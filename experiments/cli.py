@@ -145,6 +145,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command("experiments.train", "train an SB3 or Dreamer agent; write model, metrics"),
     "evaluate": Command("experiments.evaluate", "score policies on a suite; write results, Pareto"),
+    "tune": Command(
+        "experiments.tune", "hyperparameter study on Ray Tune (Optuna + ASHA); write best config"
+    ),
     "fit-world-model": Command(
         "experiments.fit_world_model", "train a world model on a suite's topology; write checkpoint"
     ),

@@ -22,6 +22,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from agents.parallel import Backend
 from agents.run_config import Fidelity, RunConfigError, prepare_out
 from experiments.cli import (
     CONFIG_DIR,
@@ -66,7 +67,9 @@ class EvaluateConfig:
         policies: Several of those; when non-empty it replaces ``policy``.
         suite: ``train``, ``holdout`` or a suite YAML path.
         seeds: Replicates per entry (replicate indices ``0 .. seeds-1``).
-        workers: Worker processes (1: in this process).
+        workers: Worker processes, or Ray tasks in flight (1: in this process).
+        backend: ``local`` (a process pool) or ``ray`` (Ray tasks; a local Ray, or the
+            cluster of ``RAY_ADDRESS``; ``docs/scaling.md``).
         fidelity: Simulator fidelity.
         topology: Evaluate only the entries on this topology (e.g. ``chain3``; None: all). A
             trained policy fits one topology: its observation size depends on it.
@@ -90,6 +93,7 @@ class EvaluateConfig:
     suite: str = "holdout"
     seeds: int = 1
     workers: int = 2
+    backend: Backend = Backend.local
     fidelity: Fidelity = Fidelity.fluid
     topology: str | None = None
     limit: int | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,9 @@ from omegaconf import MISSING, DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from agents.parallel import Backend
 from agents.run_config import RunConfig, RunConfigError, RunInterrupted, prepare_out
 from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, register_help_resolver
-
-SCHEMA = RunConfig
-"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
 TrainConfig = RunConfig
 
@@ -45,10 +43,18 @@ class TrainSchema(RunConfig):
 
     Each ``configs/agent/<name>.yaml`` brings its own schema (``schema/agent/<name>``: the
     trainer's dataclass, :data:`agents.trainers.TRAINERS`), so any agent composes and a key
-    its schema lacks fails at composition.
+    its schema lacks fails at composition. ``seeds`` (with ``backend`` and ``workers``)
+    asks for one run per seed (:mod:`agents.multiseed`); they are not part of a run's config.
     """
 
     agent: Any = MISSING
+    seeds: list[int] = field(default_factory=list)
+    backend: Backend = Backend.local
+    workers: int | None = None
+
+
+SCHEMA = TrainSchema
+"""The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
 
 
 def register_configs() -> None:
@@ -67,10 +73,12 @@ def to_config(cfg: DictConfig | RunConfig | Mapping[str, Any]) -> RunConfig:
         ConfigError: An unknown key, a value of the wrong type or out of range, or a
             combination that cannot work; the message names the field.
     """
+    from agents.multiseed import split_request
     from agents.trainers import to_run_config
 
     try:
-        return to_run_config(cfg)
+        run, _ = split_request(cfg)  # seeds / backend / workers are not a run's keys
+        return to_run_config(run)
     except RunConfigError as err:
         raise ConfigError(str(err)) from None
 
@@ -112,7 +120,8 @@ def train(
         console: Where the summary table goes (default: stdout).
 
     Returns:
-        The figures written to ``metrics.json`` (see :func:`agents.sb3.train.train_agent`).
+        The figures written to ``metrics.json`` (see :func:`agents.sb3.train.train_agent`);
+        with ``seeds=[...]`` the summary across seeds (:func:`agents.multiseed.summarize`).
 
     Raises:
         ConfigError: Before anything runs, for a config that cannot work; the message names
@@ -120,10 +129,23 @@ def train(
         RunInterrupted: After Ctrl-C, once the model, metrics and a checkpoint are saved; the
             message ends with the command that continues the run.
     """
+    from agents.multiseed import split_request, train_seeds
     from agents.trainers import train as run_trainer
 
+    try:
+        cfg, multi = split_request(cfg)
+    except RunConfigError as err:
+        raise ConfigError(str(err)) from None
     conf = to_config(cfg)
     check_replay(conf)
+    if multi is not None:  # seeds=[...]: one run dir per seed and a summary across them
+        try:
+            prepare_out(conf.out, overwrite=conf.overwrite, resume=None, can_resume=False)
+            summary = train_seeds(conf, multi)
+        except RunConfigError as err:
+            raise ConfigError(str(err)) from None
+        print(f"trained seeds {summary['seeds']}: {conf.out}/seeds_summary.md")
+        return summary
     try:
         prepare_out(conf.out, overwrite=conf.overwrite, resume=conf.resume, can_resume=True)
         metrics = run_trainer(conf)

@@ -137,6 +137,8 @@ def test_yaml_defaults_match_the_schemas(composer: Composer) -> None:
     )
     assert isinstance(root, dict) and isinstance(default, dict)
     assert str(root.pop("out")).startswith("outputs/train/") and default.pop("out")
+    for key in ("seeds", "backend", "workers"):  # a multi-seed request, not a run's keys
+        assert root.pop(key) == getattr(train_mod.TrainSchema(), key)
     assert root == default
 
 

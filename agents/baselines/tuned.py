@@ -1,31 +1,32 @@
-"""Tuned HPA: the Kubernetes HPA with its knobs grid-searched on the ``train`` suite.
+"""Tuned HPA: the Kubernetes HPA with its knobs tuned on the ``train`` suite.
 
-The search tries every CPU utilisation target in :data:`TARGETS` with every scale-down
-stabilisation window in :data:`WINDOWS` (seconds) on the ``train`` suite (fluid fidelity,
-replicate 0, runs in parallel) and picks
+The knobs are the CPU utilisation target and the scale-down stabilisation window. They are
+tuned by ``opsworld tune tune=hpa`` (Ray Tune with Optuna's sampler and ASHA,
+``configs/tune/hpa.yaml``, :mod:`agents.tune`), which picks
 
     the fewest mean SLO-violation minutes
     among the settings whose mean allocated cost <= COST_CAP x the default HPA's
 
-(ties: the lower cost), where the default HPA is target 70 % with a 300 s scale-down window
-(Kubernetes' defaults, part of the grid, so a winner always exists). With ``COST_CAP = 1``
-the tuned HPA is the best SLO that the default HPA's budget buys: it never spends more than
-the HPA it replaces. The cost is ``allocated_cost`` of
+(as an objective: SLO minutes plus a penalty per unit of cost ratio above the cap), where
+the default HPA is target 70 % with a 300 s scale-down window (Kubernetes' defaults). With
+``COST_CAP = 1`` the tuned HPA is the best SLO that the default HPA's budget buys: it never
+spends more than the HPA it replaces. The cost is ``allocated_cost`` of
 :func:`envs.scenarios.scoring.score_episode` (the pods' CPU requests at the node price per
 core), the scorer's cost metric: it moves with every replica added, whereas the node bill
 (``cost``) stays flat on clusters without a cluster autoscaler, which all built-in
 scenarios are, so a search against it could not see what headroom costs. (A weighted sum
 ``minutes + 10 x relative cost`` was tried first: its top five settings scored within 2 %
 of each other, so the pick was noise; the budget constraint needs no exchange rate.) The
-winner is written to
+study writes the winner as ``<out>/tuned_hpa.yaml`` with the command that copies it to
 ``configs/policy/tuned_hpa.yaml``, which ``policy=tuned_hpa`` (``opsworld simulate``/
 ``opsworld evaluate``) reads.
 
-Regenerate with::
+:func:`grid_search` (every target in :data:`TARGETS` x every window in :data:`WINDOWS`, each
+scored on every entry) is kept as the exhaustive reference of small grids and for the table
+in ``docs/evaluation.md``; it runs through :func:`agents.parallel.parallel_map` (``backend``
+``local`` or ``ray``)::
 
-    .venv/bin/python -m agents.baselines.tuned [--workers 2] [--dry-run]
-
-It prints the grid table (Markdown, also used in ``docs/evaluation.md``).
+    .venv/bin/python -m agents.baselines.tuned [--workers 2] [--backend ray] [--dry-run]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines.hpa import HPAPolicy
+from agents.parallel import Backend, parallel_map
 from envs.core.policy import Policy
 from envs.kube.tuned import CONFIG_PATH, TunedHPASettings, load_settings
 from envs.scenarios.schema import Scenario
@@ -80,7 +82,7 @@ def make_hpa(settings: TunedHPASettings, scenario: Scenario) -> Policy:
 
 
 def _run_entry(scenario: Scenario, seed: int, settings: TunedHPASettings) -> tuple[float, float]:
-    """(SLO-violation minutes, allocated cost) of one fluid run (a worker's job)."""
+    """(SLO-violation minutes, allocated cost) of one fluid run."""
     # The search runs the simulator; imported here so that building the tuned HPA (what
     # SB3Policy / DreamerPolicy of an hpa_tune run do) never imports envs.sim.
     from agents.rollout import rollout
@@ -99,6 +101,7 @@ def grid_search(
     workers: int = os.cpu_count() or 1,
     cost_cap: float = COST_CAP,
     limit: int | None = None,
+    backend: Backend | str = Backend.local,
 ) -> list[dict[str, Any]]:
     """Score every (target, window) on ``suite`` (replicate 0, fluid); the winner first.
 
@@ -107,11 +110,8 @@ def grid_search(
     :attr:`~envs.scenarios.scoring.EpisodeScore.allocated_cost`; ``cost_rel`` is it relative to
     :data:`DEFAULT` (which is added to the grid when missing); ``within_budget`` is
     ``cost_rel <= cost_cap``. Rows within the budget come first, each group by SLO-violation
-    minutes, then cost.
+    minutes, then cost. The runs go through :func:`agents.parallel.parallel_map`.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     from envs.scenarios.suites import load_suite
 
     s = load_suite(suite)
@@ -121,11 +121,7 @@ def grid_search(
     if DEFAULT not in grid:
         grid.append(DEFAULT)
     jobs = [(g, e.scenario, e.run_seed(0), TunedHPASettings(*g)) for g in grid for e in s.entries]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outs = list(pool.map(_run_entry, *zip(*[j[1:] for j in jobs], strict=True)))
-    else:
-        outs = [_run_entry(*j[1:]) for j in jobs]
+    outs = parallel_map(_run_job, [j[1:] for j in jobs], workers, backend=backend)
     per: dict[tuple[int, int], list[tuple[float, float]]] = {g: [] for g in grid}
     for job, out in zip(jobs, outs, strict=True):
         per[job[0]].append(out)
@@ -154,6 +150,10 @@ def grid_search(
     return rows
 
 
+def _run_job(job: tuple[Scenario, int, TunedHPASettings]) -> tuple[float, float]:
+    return _run_entry(*job)
+
+
 def rank(row: dict[str, Any]) -> tuple[bool, float, float]:
     """Sort key of a grid row: within the budget first, then SLO minutes, then cost."""
     return (not row["within_budget"], row["slo_violation_min"], row["allocated_cost"])
@@ -175,13 +175,34 @@ def grid_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_config(best: dict[str, Any], path: str | Path = CONFIG_PATH, table: str = "") -> Path:
-    """Write the winner as the ``policy=tuned_hpa`` config file (Hydra group file)."""
+GRID_SOURCE = (
+    "# Tuned HPA: knobs grid-searched on the train suite (fluid, replicate 0) by\n"
+    "# `python -m agents.baselines.tuned`; objective and grid: docs/evaluation.md.\n"
+)
+"""The header of a file written by the grid search."""
+
+TUNE_SOURCE = (
+    "# Tuned HPA: knobs tuned on the train suite's validation split (fluid, replicate 0)\n"
+    "# by `opsworld tune tune=hpa` (docs/scaling.md; objective: docs/evaluation.md).\n"
+)
+"""The header of a file written by ``opsworld tune tune=hpa``."""
+
+
+def write_config(
+    best: dict[str, Any],
+    path: str | Path = CONFIG_PATH,
+    table: str = "",
+    source: str = GRID_SOURCE,
+) -> Path:
+    """Write the winner as the ``policy=tuned_hpa`` config file (Hydra group file).
+
+    ``source`` is the header saying what produced it (:data:`GRID_SOURCE` or
+    :data:`TUNE_SOURCE`).
+    """
     comment = "\n".join(f"#   {line}" for line in table.splitlines())
     text = (
-        "# Tuned HPA: knobs grid-searched on the train suite (fluid, replicate 0) by\n"
-        "# `python -m agents.baselines.tuned`; objective and grid: docs/evaluation.md.\n"
-        "# Winner: fewest mean SLO-violation minutes among the settings whose mean allocated\n"
+        source
+        + "# Winner: fewest mean SLO-violation minutes among the settings whose mean allocated\n"
         f"# cost is at most {COST_CAP:g} x the default HPA's (70 %, 300 s).\n"
         "# Generated file: rerun the command rather than editing by hand.\n"
         f"{comment}\n"
@@ -202,11 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agents.baselines.tuned", description=__doc__)
     parser.add_argument("--suite", default="train")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--backend", default="local", choices=[b.value for b in Backend])
     parser.add_argument("--limit", type=int, default=None, help="first N entries only")
     parser.add_argument("--out", default=str(CONFIG_PATH))
     parser.add_argument("--dry-run", action="store_true", help="print, do not write")
     args = parser.parse_args(argv)
-    rows = grid_search(args.suite, workers=args.workers, limit=args.limit)
+    rows = grid_search(args.suite, workers=args.workers, limit=args.limit, backend=args.backend)
     table = grid_markdown(rows)
     print(table)
     best = rows[0]

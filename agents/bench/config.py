@@ -16,6 +16,7 @@ class BenchSuite(StrEnum):
     world_model = "world_model"
     serve = "serve"
     shadow = "shadow"
+    scale = "scale"
 
 
 @dataclass
@@ -206,6 +207,42 @@ class ServeSuiteConfig:
 
 
 @dataclass
+class ScaleSizes:
+    """Workload sizes of the ``scale`` suite.
+
+    Attributes:
+        entries: Run the first this many entries of the suite (0: all).
+        seeds: Replicates per entry.
+    """
+
+    entries: int = 0
+    seeds: int = 1
+
+
+@dataclass
+class ScaleSuiteConfig:
+    """Settings of the ``scale`` suite (``agents/bench/scale.py``).
+
+    Attributes:
+        suite: Scenario suite evaluated.
+        policy: Built-in policy evaluated.
+        noop_tasks: No-op tasks timed for the per-task overhead.
+        full: Sizes of a full run.
+        quick: Sizes with ``quick=true``.
+        target_efficiency: Parallel efficiency at 2 workers must reach this.
+        target_ray_overhead: Ray's throughput deficit vs the local pool at 2 workers, at most.
+    """
+
+    suite: str = "holdout"
+    policy: str = "hpa"
+    noop_tasks: int = 200
+    full: ScaleSizes = field(default_factory=ScaleSizes)
+    quick: ScaleSizes = field(default_factory=lambda: ScaleSizes(entries=8, seeds=1))
+    target_efficiency: float = 0.9
+    target_ray_overhead: float = 0.10
+
+
+@dataclass
 class BenchConfig:
     """Schema of ``configs/bench.yaml``.
 
@@ -220,6 +257,7 @@ class BenchConfig:
         world_model: Settings of the ``world_model`` suite.
         serve: Settings of the ``serve`` suite.
         shadow: Settings of the ``shadow`` suite.
+        scale: Settings of the ``scale`` suite.
     """
 
     suite: BenchSuite = BenchSuite.sim
@@ -232,3 +270,4 @@ class BenchConfig:
     world_model: WorldModelSuiteConfig = field(default_factory=WorldModelSuiteConfig)
     serve: ServeSuiteConfig = field(default_factory=ServeSuiteConfig)
     shadow: ShadowSuiteConfig = field(default_factory=ShadowSuiteConfig)
+    scale: ScaleSuiteConfig = field(default_factory=ScaleSuiteConfig)

@@ -54,6 +54,7 @@ from rich.console import Console
 
 from agents.bench.config import BenchConfig
 from agents.bench.incidents import run_incidents_suite
+from agents.bench.scale import run_scale_suite
 from agents.bench.serve import run_serve_suite
 from agents.bench.shadow import run_shadow_suite
 from agents.bench.sim import run_sim_suite
@@ -66,6 +67,7 @@ SUITES: dict[str, Callable[[BenchConfig, Console], dict[str, Any]]] = {
     "world_model": run_world_model_suite,
     "serve": run_serve_suite,
     "shadow": run_shadow_suite,
+    "scale": run_scale_suite,
 }
 """Suite name -> function measuring it."""
 

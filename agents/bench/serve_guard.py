@@ -47,6 +47,7 @@ class _Conf:
     timelines: int = 0
     weights: str = "final"
     deterministic: bool | None = None
+    backend: str = "local"
 
 
 def guard_cost(

@@ -1,8 +1,9 @@
 """What ``opsworld evaluate`` does: score one or more policies on a scenario suite, in parallel.
 
 ``opsworld evaluate policy=hpa suite=holdout seeds=3 out=runs/eval`` runs the policy on every
-entry of the suite x ``seeds`` replicates (:func:`agents.evaluation.suite.run_one` in a
-process pool; fluid fidelity by default), scores each run with
+entry of the suite x ``seeds`` replicates (:func:`agents.evaluation.suite.run_one`; every
+policy x entry x replicate of a call is one fan-out, :mod:`agents.evaluation.fanout`, on a
+process pool or, with ``backend=ray``, on Ray; fluid fidelity by default), scores each run with
 :func:`envs.scenarios.scoring.score_episode` and writes to ``out``:
 
 * ``<policy>/results.json`` and ``<policy>/results.md``: every run's score, per-entry means
@@ -22,7 +23,8 @@ process pool; fluid fidelity by default), scores each run with
 evaluates several (it replaces ``policy``). The baselines need the entry's scenario, which
 :func:`~agents.evaluation.suite.run_suite`'s argument-less factory cannot give, so this
 module feeds :func:`~agents.evaluation.suite.run_one` a picklable per-entry factory
-(``functools.partial(build_policy, spec, scenario)``) from its own pool.
+(``functools.partial(build_policy, spec, scenario)``) from its own fan-out
+(:mod:`agents.evaluation.fanout`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class EvaluateSettings(Protocol):
     suite: str
     seeds: int
     workers: int
+    backend: Any
     fidelity: Any
     topology: str | None
     limit: int | None
@@ -399,7 +402,7 @@ def evaluate(
 
     Args:
         conf: A validated ``opsworld evaluate`` config (``experiments.evaluate.EvaluateConfig``:
-            ``policy``, ``policies``, ``suite``, ``seeds``, ``workers``, ``fidelity``,
+            ``policy``, ``policies``, ``suite``, ``seeds``, ``workers``, ``backend``, ``fidelity``,
             ``topology``, ``limit``, ``timelines``, ``weights``, ``deterministic``, ``out``).
         config_yaml: The resolved config, written to ``<out>/config.yaml``.
         log: Where progress lines and the table go (None: nowhere).
@@ -448,36 +451,39 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config_yaml)
 
-    results: list[SuiteResult] = []
-    files: list[Path] = []
-    total, done = len(specs) * len(suite) * conf.seeds, 0
+    from agents.evaluation.fanout import FanoutInterrupted, run_policies
+
+    backend = getattr(conf, "backend", "local")  # settings objects that predate the field
+    if log is not None:
+        log(
+            f"evaluate: {', '.join(labels)} on {suite.name} ({len(suite)} entries x "
+            f"{conf.seeds} seeds, backend {backend}, {conf.workers} workers)"
+        )
+    total = len(specs) * len(suite) * conf.seeds
+    done = total
     complete = True
+
+    def bump(n: int, _total: int, _run: RunScore) -> None:
+        if progress is not None:
+            progress(n, total)
+
     try:
-        for spec in specs:
-            if log is not None:
-                log(
-                    f"evaluate: {spec.label} on {suite.name} "
-                    f"({len(suite)} entries x {conf.seeds} seeds)"
-                )
-            base = done
-
-            def bump(n: int, _total: int, _run: RunScore, base: int = base) -> None:
-                if progress is not None:
-                    progress(base + n, total)
-
-            res = run_policy(suite, spec, range(conf.seeds), conf.workers, fidelity, bump)
-            done = base + len(res.runs)
-            results.append(res)
-            folder = out / spec.label
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "results.json").write_text(res.to_json())
-            (folder / "results.md").write_text(res.to_markdown())
-            files += [folder / "results.json", folder / "results.md"]
+        results = run_policies(
+            suite, specs, range(conf.seeds), conf.workers, fidelity, backend=backend, progress=bump
+        )
+    except FanoutInterrupted as stop:
+        results, done, complete = stop.results, stop.done, False
+    files: list[Path] = []
+    for spec, res in zip(specs, results, strict=False):
+        folder = out / res.policy
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(res.to_json())
+        (folder / "results.md").write_text(res.to_markdown())
+        files += [folder / "results.json", folder / "results.md"]
+        if complete:
             files += write_timelines(
                 suite, spec, fidelity, conf.timelines, out / "timelines" / spec.label
             )
-    except KeyboardInterrupt:
-        complete = False
 
     summary = {
         "suite": suite.name,
