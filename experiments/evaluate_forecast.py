@@ -19,7 +19,6 @@ schema is :class:`agents.world_model.evaluation.EvaluateForecastConfig`, the wor
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,9 +26,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from agents.run_config import RunConfigError, prepare_out
 from agents.world_model import evaluation
 from agents.world_model.evaluation import EvaluateForecastConfig
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
+from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, structured_config
 
 SCHEMA = EvaluateForecastConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -64,11 +64,16 @@ def evaluate_forecast(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate_forecast")
 def _hydra_main(cfg: DictConfig) -> None:
+    job_out(cfg)
     try:
-        evaluate_forecast(cfg)
+        conf = to_config(cfg)
+        try:
+            prepare_out(conf.out, overwrite=conf.overwrite)
+        except RunConfigError as err:
+            raise ConfigError(str(err)) from None
+        evaluate_forecast(conf)
     except ConfigError as err:
-        print(f"opsworld evaluate-forecast: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("evaluate-forecast", err)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ scores the result. See ``docs/forecasting.md``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,8 +28,9 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from agents.run_config import RunConfigError, prepare_out
 from agents.world_model.fit import FitWorldModelConfig, fit_world_model
-from experiments.cli import CONFIG_DIR, EXIT_USAGE, ConfigError, structured_config
+from experiments.cli import CONFIG_DIR, ConfigError, fail, job_out, structured_config
 
 SCHEMA = FitWorldModelConfig
 """The config schema (used by the ``opsworld`` dispatcher to check override keys)."""
@@ -62,11 +62,16 @@ def fit(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fit_world_model")
 def _hydra_main(cfg: DictConfig) -> None:
+    job_out(cfg)
     try:
-        fit(cfg)
+        conf = to_config(cfg)
+        try:
+            prepare_out(conf.out, overwrite=conf.overwrite)
+        except RunConfigError as err:
+            raise ConfigError(str(err)) from None
+        fit(conf)
     except ConfigError as err:
-        print(f"opsworld fit-world-model: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        fail("fit-world-model", err)
 
 
 def main() -> None:

@@ -189,6 +189,25 @@ def test_non_empty_out_is_refused_unless_overwrite(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "telemetry.csv").exists()  # the old run's file is gone
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("fit-world-model", "topology=chain3"),
+        ("evaluate-forecast", "model=nowhere"),
+    ],
+    ids=["fit-world-model", "evaluate-forecast"],
+)
+def test_world_model_commands_refuse_a_non_empty_out(tmp_path: Path, args: tuple[str, ...]) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("old run\n")
+    proc = opsworld(*args, "out=run", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"opsworld {args[0]}: error: out=run")
+    assert "overwrite=true" in lines[0]
+    assert (tmp_path / "run" / "metrics.csv").read_text() == "old run\n"  # nothing lost
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 
 

@@ -35,7 +35,8 @@ class EvaluateForecastConfig:
         threads: Torch threads per process.
         examples: Fan-chart PNGs (first entries, first behaviour, replicate 0).
         progress: Progress bar (None: when stderr is a terminal).
-        out: Output folder.
+        out: Output folder; a multirun job writes to ``<out>/<job>``.
+        overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
 
     model: str | None = None
@@ -54,7 +55,8 @@ class EvaluateForecastConfig:
     threads: int = bounded(1, ge=1)
     examples: int = bounded(2, ge=0)
     progress: bool | None = None
-    out: str = "outputs/evaluate_forecast/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    out: str = "outputs/evaluate_forecast/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)

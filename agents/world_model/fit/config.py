@@ -127,7 +127,8 @@ class FitWorldModelConfig:
             ``updates=0`` only the forecast extras are refitted.
         progress: Progress bars (None: when stderr is a terminal).
         save_data: Also write the training episodes (``episodes.npz``).
-        out: Output folder.
+        out: Output folder; a multirun job writes to ``<out>/<job>``.
+        overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
 
     suite: str = "train"
@@ -162,7 +163,8 @@ class FitWorldModelConfig:
     init: str | None = None
     progress: bool | None = None
     save_data: bool = False
-    out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
+    overwrite: bool = False
 
 
 def suite_entries(
