@@ -276,7 +276,11 @@ def test_pacing_clamps_never_open_the_breaker() -> None:
     state = guard.reset()
     seen: set[str] = set()
     for k in range(40):
-        big = [Scale("a", 10 if k % 2 else 1), Scale("b", 20 if k % 2 else 1), Restart("c")]
+        big: list[Action] = [
+            Scale("a", 10 if k % 2 else 1),
+            Scale("b", 20 if k % 2 else 1),
+            Restart("c"),
+        ]
         big += [Restart("c")]  # a duplicate
         if k == 7:
             big.append(ShedLoad(0.75))

@@ -390,13 +390,13 @@ def test_reload_and_rollback_under_load_fail_no_request(
             ],
             cwd=REPO,
         )
-        wait_for_infers(srv, 400)  # swap while the load runs, whatever this machine's speed
+        wait_for_infers(srv, 400, load)  # swap while the load runs, whatever this machine's speed
         r = httpx.post(
             f"{srv.url}/v2/admin/reload", json={"bundle": str(other)}, headers=auth, timeout=60
         )
         assert r.status_code == 200, r.text
         v2 = r.json()["model_version"]
-        wait_for_infers(srv, 1200)
+        wait_for_infers(srv, 1200, load)
         r = httpx.post(f"{srv.url}/v2/admin/rollback", headers=auth, timeout=30)
         assert r.status_code == 200 and r.json()["model_version"] == v1
         assert load.wait(timeout=120) == 0
@@ -416,15 +416,21 @@ def test_reload_and_rollback_under_load_fail_no_request(
     assert window.count(v1) <= 64 and window.count(v2) >= 200, (v1, v2, runs_)
 
 
-def wait_for_infers(srv: Server, n: int) -> None:
-    """Block until the server has answered ``n`` infer requests (from its /metrics)."""
+def wait_for_infers(srv: Server, n: int, load: subprocess.Popen[bytes]) -> None:
+    """Block until the server has answered ``n`` infer requests (from its /metrics).
+
+    Fails (rather than waiting forever) when the load process ends first.
+    """
     pattern = re.compile(
         r'opsworld_policy_requests_total\{code="200",endpoint="/v2/models/\{name\}/infer"\} (\S+)'
     )
     while True:
         match = pattern.search(httpx.get(f"{srv.url}/metrics", timeout=30).text)
-        if match and float(match.group(1)) >= n:
+        done = float(match.group(1)) if match else 0.0
+        if done >= n:
             return
+        if load.poll() is not None:
+            raise AssertionError(f"the load ended after {done:g} answered infers, before {n}")
         time.sleep(0.05)
 
 
