@@ -101,6 +101,22 @@ def register_configs() -> None:
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
 
 
+def _drop_multiseed_defaults(data: Any) -> None:
+    """Remove the multi-seed keys when they ask for nothing (one run), else refuse them."""
+    from agents.multiseed import REQUEST_KEYS
+
+    if not isinstance(data, dict):
+        return
+    seeds = data.pop("seeds", None)
+    if seeds:
+        raise RunConfigError(
+            f"seeds={list(seeds)}: several seeds are trained by `opsworld train` "
+            "(agents.multiseed.train_seeds), not by one run; drop seeds or use the command"
+        )
+    for key in REQUEST_KEYS[1:]:
+        data.pop(key, None)
+
+
 def to_run_config(cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
     """Validate a run config: a composed Hydra config, a plain mapping or a saved ``config.yaml``.
 
@@ -121,6 +137,7 @@ def to_run_config(cfg: RunConfig | Mapping[str, Any]) -> RunConfig:
     try:
         # a composed config is typed by the composition schema: merge it as plain data
         data = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+        _drop_multiseed_defaults(data)
         node = OmegaConf.create(data)
         algo = OmegaConf.select(node, "agent.algo", default=None)
         kind = OmegaConf.select(node, "logger.kind", default=LoggerKind.csv.value)
