@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml Makefile
 # print the table and write the plots (about 30 s).
 DEMO_OUT ?= outputs/demo
 demo: $(STAMP)
-	$(BIN)/opsworld train experiment=demo out=$(DEMO_OUT)/train
+	$(BIN)/opsworld train experiment=demo out=$(DEMO_OUT)/train overwrite=true
 	$(BIN)/opsworld evaluate 'policies=[$(DEMO_OUT)/train,hpa,tuned_hpa,runbook,static]' \
-		suite=demo seeds=2 out=$(DEMO_OUT)/eval
+		suite=demo seeds=2 out=$(DEMO_OUT)/eval overwrite=true
 	@echo "Table:     $(DEMO_OUT)/eval/summary.md"
 	@echo "Pareto:    $(DEMO_OUT)/eval/pareto.png  (allocated cost vs SLO-violation minutes, 95% CIs)"
 	@echo "Timelines: $(DEMO_OUT)/eval/timelines/<policy>/<incident>.png"
