@@ -143,6 +143,9 @@ COMMANDS: dict[str, Command] = {
     "verify": Command("experiments.verify", "check a policy bundle (sums, specs)", "bundle"),
     "serve": Command("experiments.serve", "serve a policy bundle over HTTP (Open Inference v2)"),
     "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
+    "fidelity": Command(
+        "experiments.fidelity", "run a scenario at both fidelities; judge agreement"
+    ),
     # Later: "shadow" -- one line.
 }
 
