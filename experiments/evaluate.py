@@ -33,6 +33,7 @@ from agents.evaluation.evaluate import (
     write_timelines,
 )
 from agents.evaluation.evaluate import evaluate as evaluate_policies
+from agents.evaluation.fidelity import spot_check_evaluation
 from agents.run_config import Fidelity
 from experiments.cli import (
     CONFIG_DIR,
@@ -81,6 +82,8 @@ class EvaluateConfig:
             sample, None each kind's default (SB3: the mode; Dreamer: the run's
             ``eval.deterministic``). Built-in policies ignore it.
         out: Output folder.
+        spot_check: Re-run this many entries (spread over the suite) at both fidelities
+            after the evaluation and print their agreement (``docs/fidelity.md``); 0: off.
     """
 
     policy: str = "static"
@@ -95,6 +98,7 @@ class EvaluateConfig:
     weights: str = "final"
     deterministic: bool | None = None
     out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+    spot_check: int = 0
 
 
 SCHEMA = EvaluateConfig
@@ -125,8 +129,14 @@ def evaluate(
         ConfigError: Before anything runs, naming the field.
     """
     conf = to_config(cfg)
+    if conf.spot_check < 0:
+        raise ConfigError(f"spot_check={conf.spot_check}: must be >= 0 (0: no spot check)")
     resolved = OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True)
-    return evaluate_policies(conf, resolved, log)
+    result = evaluate_policies(conf, resolved, log)
+    if conf.spot_check:
+        reports = spot_check_evaluation(conf)
+        result["spot_check"] = {f"{r.policy}/{r.scenario}": r.verdict for r in reports}
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")

@@ -25,6 +25,7 @@ from agents.evaluation.fidelity import (
     overall_verdict,
     recovery_time,
     run_task,
+    spot_entries,
     tolerances,
     window_edges,
 )
@@ -253,3 +254,61 @@ def test_cli_bad_input_names_the_field(arg: str, needle: str, tmp_path: Path) ->
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert needle in proc.stderr
     assert not (tmp_path / "fidelity.json").exists()
+
+
+# ------------------------------------------------------------------------------ evaluate spot_check
+
+
+def test_spot_entries_spread_over_the_suite() -> None:
+    from envs.scenarios.suites import load_suite
+
+    suite = load_suite("holdout")
+    assert [e.id for e in spot_entries(suite, 1)] == [suite.entries[0].id]
+    picked = spot_entries(suite, 3)
+    assert [e.id for e in picked] == [
+        suite.entries[0].id,
+        suite.entries[round((len(suite) - 1) / 2)].id,
+        suite.entries[-1].id,
+    ]
+    assert len(spot_entries(suite, 10**6)) == len(suite)
+    with pytest.raises(ValueError, match="spot_check"):
+        spot_entries(suite, 0)
+
+
+def test_evaluate_spot_check_prints_and_writes_the_agreement(tmp_path: Path) -> None:
+    from experiments.evaluate import evaluate
+
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(
+        "name: tiny\nentries:\n"
+        "  - id: chain3-crowd\n    base: chain3\n    overrides: {horizon_s: 60}\n"
+        "    faults: [{kind: flash_crowd, at_s: 20, factor: 2.0, ramp_s: 10, duration_s: 20}]\n"
+    )
+    out = tmp_path / "eval"
+    result = evaluate(
+        {
+            "policy": "static",
+            "suite": str(suite),
+            "workers": 1,
+            "timelines": 0,
+            "out": str(out),
+            "spot_check": 1,
+        },
+        log=None,
+    )
+    verdict = result["spot_check"]["static/chain3-crowd"]
+    assert verdict in ("pass", "fail")
+    data = json.loads(
+        (out / "spot_check" / "static" / "chain3-crowd" / "fidelity.json").read_text()
+    )
+    assert data["verdict"] == verdict and data["seeds"] == [data["fluid"][0]["seed"]]
+    assert "| static | chain3-crowd |" in (out / "spot_check" / "summary.md").read_text()
+
+
+def test_evaluate_rejects_a_negative_spot_check(tmp_path: Path) -> None:
+    from experiments.cli import ConfigError
+    from experiments.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match="spot_check=-1"):
+        evaluate({"spot_check": -1, "out": str(tmp_path)}, log=None)
+    assert not (tmp_path / "config.yaml").exists()

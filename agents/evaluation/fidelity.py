@@ -50,11 +50,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from agents.evaluation.evaluate import PolicySpec, build_policy
+from agents.evaluation.evaluate import PolicySpec, build_policy, resolve_policy
 from agents.parallel import parallel_map
 from agents.rollout import rollout
+from agents.run_config import RunConfigError
 from envs.core.telemetry import LATENCY_BUCKETS_S, Telemetry, histogram_quantile
 from envs.scenarios.schema import Scenario
+from envs.scenarios.suites import Suite, SuiteEntry, load_suite
 from envs.sim.faults import FaultRecord
 from envs.sim.simulator import Simulator
 
@@ -436,9 +438,9 @@ def check_fidelity(
     """Run ``scenario`` at both fidelities for ``seeds`` seeds each and compare.
 
     Seeds are ``scenario.seed + k`` for ``k < seeds``, the same at both fidelities (so both
-    see the same traffic curve per seed). All runs go through one
-    :func:`~agents.parallel.parallel_map` (fluid runs first; results do not depend on
-    ``workers``).
+    see the same traffic curve per seed; for a suite entry these are its replicates' run
+    seeds). All runs go through one :func:`~agents.parallel.parallel_map` (results do not
+    depend on ``workers``).
 
     Args:
         scenario: The validated scenario (its fidelity is ignored).
@@ -451,29 +453,132 @@ def check_fidelity(
     Raises:
         ValueError: ``seeds < 1`` or a non-positive ``window_s``, naming the field.
     """
+    return check_many([(scenario, policy)], seeds, workers, window_s, on_result)[0]
+
+
+def check_many(
+    cases: Sequence[tuple[Scenario, PolicySpec]],
+    seeds: int = 3,
+    workers: int = 1,
+    window_s: float = DEFAULT_WINDOW_S,
+    on_result: Callable[[int, RunMetrics], None] | None = None,
+) -> list[FidelityReport]:
+    """:func:`check_fidelity` for several (scenario, policy) cases, all runs in one pool.
+
+    Raises:
+        ValueError: ``seeds < 1`` or a non-positive ``window_s``, naming the field.
+    """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds={seeds!r}: must be an integer >= 1 (3 or more give a spread)")
     if not window_s > 0:
         raise ValueError(f"window_s={window_s!r}: must be > 0 seconds (e.g. 60)")
-    seed_list = [scenario.seed + k for k in range(seeds)]
     tasks = [
-        RunTask(scenario.model_copy(update={"fidelity": fid, "seed": s}), policy, window_s)
+        RunTask(sc.model_copy(update={"fidelity": fid, "seed": sc.seed + k}), spec, window_s)
+        for sc, spec in cases
         for fid in ("fluid", "request")
-        for s in seed_list
+        for k in range(seeds)
     ]
     runs = parallel_map(run_task, tasks, workers, on_result=on_result)
-    fluid, request = runs[:seeds], runs[seeds:]
-    rows = compare_metrics(fluid, request, scenario.scrape_interval_s)
-    return FidelityReport(
-        scenario.name,
-        policy.label,
-        seed_list,
-        window_s,
-        rows,
-        overall_verdict(rows),
-        fluid,
-        request,
-    )
+    reports = []
+    for c, (sc, spec) in enumerate(cases):
+        mine = runs[2 * seeds * c : 2 * seeds * (c + 1)]
+        fluid, request = mine[:seeds], mine[seeds:]
+        rows = compare_metrics(fluid, request, sc.scrape_interval_s)
+        reports.append(
+            FidelityReport(
+                sc.name,
+                spec.label,
+                [sc.seed + k for k in range(seeds)],
+                window_s,
+                rows,
+                overall_verdict(rows),
+                fluid,
+                request,
+            )
+        )
+    return reports
+
+
+def spot_entries(suite: Suite, n: int) -> list[SuiteEntry]:
+    """``n`` entries spread evenly over ``suite`` (first and last included; all if fewer).
+
+    Raises:
+        ValueError: ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"spot_check={n}: must be >= 1 (0 turns the spot check off)")
+    if n >= len(suite):
+        return list(suite.entries)
+    picks = sorted({round(k * (len(suite) - 1) / max(n - 1, 1)) for k in range(n)})
+    return [suite.entries[i] for i in picks]
+
+
+def spot_check(
+    suite: Suite,
+    policies: Sequence[PolicySpec],
+    n: int,
+    seeds: int,
+    workers: int,
+    out: str | Path,
+    console: Console | None = None,
+) -> list[FidelityReport]:
+    """Re-run ``n`` entries of ``suite`` at both fidelities and judge them (evaluate's check).
+
+    Writes ``<out>/<policy>/<entry>/fidelity.{json,md,png}`` and ``<out>/summary.md`` (one
+    row per policy and entry: the verdict of each judged metric), and prints each table.
+
+    Returns:
+        One report per (policy, entry), policies outer.
+    """
+    entries = spot_entries(suite, n)
+    reports = check_many([(e.scenario, p) for p in policies for e in entries], seeds, workers)
+    out = Path(out)
+    console = console if console is not None else Console()
+    for r in reports:
+        write_report(r, out / r.policy / r.scenario)
+        print_report(r, console)
+    lines = [
+        f"# Spot check: {len(entries)} entries of suite `{suite.name}` at request level",
+        "",
+        f"{seeds} seed(s) per fidelity; tolerances and verdicts: docs/fidelity.md.",
+        "",
+        "| policy | entry | " + " | ".join(JUDGED) + " | verdict |",
+        "|---|---|" + "---|" * (len(JUDGED) + 1),
+    ]
+    for r in reports:
+        verdicts = {row.metric: row.verdict for row in r.rows}
+        lines.append(
+            f"| {r.policy} | {r.scenario} | "
+            + " | ".join(verdicts[m] for m in JUDGED)
+            + f" | **{r.verdict}** |"
+        )
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    passed = sum(r.verdict == "pass" for r in reports)
+    console.print(f"spot check: {passed}/{len(reports)} pass; wrote {out}")
+    return reports
+
+
+def spot_check_evaluation(conf: Any, console: Console | None = None) -> list[FidelityReport]:
+    """``opsworld evaluate ... spot_check=N``: :func:`spot_check` on the evaluated entries.
+
+    Uses the evaluation's suite, ``topology`` and ``limit`` filters, policies, ``seeds`` and
+    ``workers``; writes to ``<out>/spot_check/``.
+
+    Raises:
+        RunConfigError: ``spot_check`` below 0, naming the field.
+    """
+    n = conf.spot_check
+    if n < 0:
+        raise RunConfigError(f"spot_check={n}: must be >= 0 (0: no spot check)")
+    suite = load_suite(conf.suite)
+    if conf.topology is not None:
+        suite = suite.on_topology(conf.topology)
+    if conf.limit is not None:
+        suite = suite.subset(first=conf.limit)
+    names = list(conf.policies) or [conf.policy]
+    specs = [resolve_policy(x, "policies", conf.weights, conf.deterministic) for x in names]
+    out = Path(conf.out) / "spot_check"
+    return spot_check(suite, specs, n, conf.seeds, conf.workers, out, console)
 
 
 # --------------------------------------------------------------------------------------------
@@ -615,6 +720,7 @@ __all__ = [
     "Tolerance",
     "agreement_table",
     "check_fidelity",
+    "check_many",
     "compare_metrics",
     "measure",
     "overall_verdict",
@@ -623,6 +729,9 @@ __all__ = [
     "recovery_time",
     "report_markdown",
     "run_task",
+    "spot_check",
+    "spot_check_evaluation",
+    "spot_entries",
     "tolerances",
     "window_edges",
     "write_report",
