@@ -312,3 +312,46 @@ def test_evaluate_rejects_a_negative_spot_check(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="spot_check=-1"):
         evaluate({"spot_check": -1, "out": str(tmp_path)}, log=None)
     assert not (tmp_path / "config.yaml").exists()
+
+
+# ------------------------------------------------------------------------------ overload suite
+
+
+def test_overload_suite_covers_what_issue_16_asks() -> None:
+    from envs.scenarios.suites import SEED_STRIDE, load_suite
+
+    suite = load_suite("overload")
+    assert set(suite.topologies) == {"chain3", "boutique", "mesh40"}
+    kinds = {f.kind for e in suite for f in e.scenario.faults}
+    assert {"flash_crowd", "retry_storm", "slow_dependency", "node_failure"} <= kinds
+    factors = sorted(
+        {f.factor for e in suite for f in e.scenario.faults if f.kind == "flash_crowd"}
+    )
+    assert factors[0] == 2.0 and factors[-1] == 6.0
+    # node loss happens while a crowd is on
+    for e in suite:
+        nodes = [f for f in e.scenario.faults if f.kind == "node_failure"]
+        crowds = [f for f in e.scenario.faults if f.kind == "flash_crowd"]
+        for n in nodes:
+            assert any(c.at_s <= n.at_s < c.at_s + c.ramp_s + c.duration_s for c in crowds), e.id
+    # its run seeds never meet the train or holdout suites'
+    seeds = {e.run_seed(k) for e in suite for k in range(10)}
+    for other in ("train", "holdout"):
+        assert seeds.isdisjoint({e.run_seed(k) for e in load_suite(other) for k in range(10)})
+    assert min(seeds) >= 900 * SEED_STRIDE
+
+
+def test_overload_table_is_built_from_the_result_files(tmp_path: Path) -> None:
+    from experiments.fidelity_report import build_overload_outputs
+
+    sc = tiny()
+    report = check_fidelity(sc, resolve_policy("hpa"), seeds=1)
+    data = report.to_dict() | {"entry": "tiny-crowd", "command": "cmd", "machine": "here"}
+    (tmp_path / "tiny-crowd__hpa.json").write_text(json.dumps(data))
+    text = build_overload_outputs(tmp_path, tmp_path / "docs")
+    row = next(line for line in text.splitlines() if line.startswith("| tiny-crowd | hpa |"))
+    assert row.endswith(f"**{report.verdict}** |")
+    assert (tmp_path / "table.md").read_text() == text
+    assert f"Overall: {int(report.verdict == 'pass')}/1 runs pass" in text
+    for name in ("fidelity_overload.png", "fidelity_overload_timelines.png"):
+        assert (tmp_path / "docs" / "img" / name).stat().st_size > 0
