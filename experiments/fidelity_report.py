@@ -10,8 +10,9 @@ each policy at both fidelities (:func:`agents.evaluation.fidelity.check_fidelity
 ``<entry>__<policy>.json`` per run to ``--results`` (default
 ``experiments/results/fidelity_overload/``) as it finishes, then builds the table
 (``<results>/table.md``) and the plots (``<out>/img/fidelity_overload*.png``) from every JSON
-there. ``--only chain3`` keeps the entries whose id starts with a prefix; ``--table-only``
-rebuilds the table and plots from the JSON files without running anything.
+there, and writes the table into ``<out>/fidelity.md`` between :data:`TABLE_START` and
+:data:`TABLE_END`. ``--only chain3`` keeps the entries whose id starts with a prefix;
+``--table-only`` rebuilds the table and plots from the JSON files without running anything.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from envs.sim.validation import RunStats, at_utilisation, compare, without_timeo
 
 UTILS = (0.2, 0.5, 0.7, 0.9)
 OVERLOAD_RESULTS = Path("experiments/results/fidelity_overload")
+TABLE_START = "<!-- overload-table:start -->"
+TABLE_END = "<!-- overload-table:end -->"
+"""Markers in ``<out>/fidelity.md`` between which the overload table is written."""
 OVERLOAD = 1.3
 
 
@@ -186,7 +190,11 @@ def _cell(row: dict) -> str:
 
 
 def build_overload_outputs(results: Path, out: Path) -> str:
-    """``<results>/table.md`` and ``<out>/img/fidelity_overload*.png`` from the JSON files."""
+    """Table and plots of the overload suite from the JSON files in ``results``.
+
+    Writes ``<results>/table.md``, ``<out>/img/fidelity_overload*.png`` and the table into
+    ``<out>/fidelity.md`` between the markers, when that file has them.
+    """
     files = sorted(results.glob("*__*.json"))
     if not files:
         raise SystemExit(f"no <entry>__<policy>.json files in {results}; run without --table-only")
@@ -225,6 +233,12 @@ def build_overload_outputs(results: Path, out: Path) -> str:
         + ".\n"
     )
     (results / "table.md").write_text(text)
+    doc = out / "fidelity.md"
+    if doc.is_file() and TABLE_START in doc.read_text():
+        body = doc.read_text()
+        head, rest = body.split(TABLE_START, 1)
+        _, tail = rest.split(TABLE_END, 1)
+        doc.write_text(f"{head}{TABLE_START}\n{text}{TABLE_END}{tail}")
     (out / "img").mkdir(parents=True, exist_ok=True)
     _plot_scatter(runs, out / "img" / "fidelity_overload.png")
     _plot_timelines(runs, out / "img" / "fidelity_overload_timelines.png")

@@ -342,13 +342,17 @@ def test_overload_suite_covers_what_issue_16_asks() -> None:
 
 
 def test_overload_table_is_built_from_the_result_files(tmp_path: Path) -> None:
-    from experiments.fidelity_report import build_overload_outputs
+    from experiments.fidelity_report import TABLE_END, TABLE_START, build_overload_outputs
 
     sc = tiny()
     report = check_fidelity(sc, resolve_policy("hpa"), seeds=1)
     data = report.to_dict() | {"entry": "tiny-crowd", "command": "cmd", "machine": "here"}
     (tmp_path / "tiny-crowd__hpa.json").write_text(json.dumps(data))
+    doc = tmp_path / "docs" / "fidelity.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# x\n{TABLE_START}\nold table\n{TABLE_END}\nafter\n")
     text = build_overload_outputs(tmp_path, tmp_path / "docs")
+    assert doc.read_text() == f"# x\n{TABLE_START}\n{text}{TABLE_END}\nafter\n"
     row = next(line for line in text.splitlines() if line.startswith("| tiny-crowd | hpa |"))
     assert row.endswith(f"**{report.verdict}** |")
     assert (tmp_path / "table.md").read_text() == text
