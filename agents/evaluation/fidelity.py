@@ -19,12 +19,15 @@ Metrics of one run (all at the scenario's entry service unless said otherwise):
 * ``peak_p99_s``: the highest per-window p99 (PromQL's ``histogram_quantile`` over the
   window's histogram increase; reported, no verdict); the per-window series go to the plot;
 * ``recovery_s``: seconds from the reference time to the first scrape from which the
-  entry's SLO (p99 and error rate) holds in every later scrape. The reference is the latest
-  end of a fault's cause, or the latest onset when no fault ends by itself (a node loss, a
-  fault a policy must undo). 0 when the SLO holds throughout after the reference; the time
-  left to the horizon when it never recovers (``recovered`` False); None without faults.
+  entry's SLO (p99 and error rate; a missing value counts as broken) holds in every later
+  scrape. The reference is the latest end of a fault's cause (a flash crowd's end, a node
+  loss once its pods are rescheduled), or the latest onset when a cause is still there at
+  the horizon (a fault no policy undid). With overlapping faults the latest end counts, so
+  an SLO break that heals before it is not counted here (the other metrics see it). 0 when
+  the SLO holds throughout after the reference; the time left to the horizon when it never
+  recovers (``recovered`` False); None without faults.
 
-Tolerances (:data:`TOLERANCES`, from issue 16): SLO-violation seconds within 10 % (at least
+Tolerances (:func:`tolerances`, from issue 16): SLO-violation seconds within 10 % (at least
 one scrape interval), failed requests within 20 % (at least 0.1 % of the entry's requests),
 peak-window error rate within 5 percentage points, recovery time within 30 s, each against
 the request-level mean. A metric **passes** when the fluid mean is within tolerance or
