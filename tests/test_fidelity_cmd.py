@@ -32,7 +32,7 @@ from agents.evaluation.fidelity import (
 from agents.rollout import rollout
 from envs.core.policy import Policy
 from envs.scenarios.loader import load_scenario
-from envs.scenarios.schema import Scenario
+from envs.scenarios.schema import FlashCrowdFault, Scenario
 from envs.sim.faults import FaultRecord
 from envs.sim.simulator import Simulator
 
@@ -331,9 +331,10 @@ def test_overload_suite_covers_what_issue_16_asks() -> None:
     # node loss happens while a crowd is on
     for e in suite:
         nodes = [f for f in e.scenario.faults if f.kind == "node_failure"]
-        crowds = [f for f in e.scenario.faults if f.kind == "flash_crowd"]
+        crowds = [f for f in e.scenario.faults if isinstance(f, FlashCrowdFault)]
         for n in nodes:
-            assert any(c.at_s <= n.at_s < c.at_s + c.ramp_s + c.duration_s for c in crowds), e.id
+            ends = [c.at_s + c.ramp_s + (c.duration_s or e.scenario.horizon_s) for c in crowds]
+            assert any(c.at_s <= n.at_s < end for c, end in zip(crowds, ends, strict=True)), e.id
     # its run seeds never meet the train or holdout suites'
     seeds = {e.run_seed(k) for e in suite for k in range(10)}
     for other in ("train", "holdout"):
