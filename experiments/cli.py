@@ -160,6 +160,9 @@ COMMANDS: dict[str, Command] = {
     "exporter": Command("experiments.exporter", "serve a scenario live as a Prometheus target"),
     "shadow": Command("experiments.shadow", "shadow mode: recommend from Prometheus, never act"),
     "shadow-report": Command("experiments.shadow_report", "report on a shadow audit (HTML, MD)"),
+    "fidelity": Command(
+        "experiments.fidelity", "run a scenario at both fidelities; judge agreement"
+    ),
 }
 
 EXIT_USAGE = 2

@@ -86,6 +86,8 @@ class EvaluateConfig:
             ``-guard``): ``guard_policy(policy, control_spec(scenario))``.
         out: Output folder; a multirun job writes to ``<out>/<job>``.
         overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
+        spot_check: Re-run this many entries (spread over the suite) at both fidelities
+            after the evaluation and print their agreement (``docs/fidelity.md``); 0: off.
     """
 
     policy: str = "static"
@@ -103,6 +105,7 @@ class EvaluateConfig:
     guard: bool = False
     out: str = "outputs/evaluate/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
     overwrite: bool = False
+    spot_check: int = 0
 
 
 SCHEMA = EvaluateConfig
@@ -141,6 +144,8 @@ def evaluate(
     from agents.evaluation.evaluate import evaluate as evaluate_policies
 
     conf = to_config(cfg)
+    if conf.spot_check < 0:
+        raise ConfigError(f"spot_check={conf.spot_check}: must be >= 0 (0: no spot check)")
     try:
         prepare_out(conf.out, overwrite=conf.overwrite)
     except RunConfigError as err:
@@ -153,9 +158,15 @@ def evaluate(
         bar.update(done)
 
     try:
-        return evaluate_policies(conf, resolved, log, progress if log is not None else None)
+        result = evaluate_policies(conf, resolved, log, progress if log is not None else None)
     finally:
         bar.close()
+    if conf.spot_check:
+        from agents.evaluation.fidelity import spot_check_evaluation
+
+        reports = spot_check_evaluation(conf)
+        result["spot_check"] = {f"{r.policy}/{r.scenario}": r.verdict for r in reports}
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
