@@ -301,17 +301,7 @@ def export_run(
         + report.get("onnx_mismatches", 0)
         + sum(report["rollout_mismatches"].values())
     )
-    manifest["parity"] = report
-    if bad:
-        shutil.rmtree(root)
-        raise BundleError(f"{run}: parity check failed ({report}); no bundle written")
-    digest = hashlib.sha256(
-        json.dumps(manifest, sort_keys=True, default=_plain).encode()
-    ).hexdigest()
-    manifest["model_version"] = f"{manifest['algorithm']}-{digest[:12]}"
-    _dump(root, manifest)
-    write_sums(root)
-    return root
+    return _seal(root, manifest, report, bad, run, str(manifest["algorithm"]))
 
 
 def feature_reference(rms: dict[str, Any]) -> dict[str, Any]:
@@ -718,6 +708,17 @@ def export_dreamer_run(
         + report.get("onnx_mismatches", 0)
         + sum(report["rollout_mismatches"].values())
     )
+    return _seal(root, manifest, report, bad, run, "dreamer")
+
+
+def _seal(
+    root: Path, manifest: dict[str, Any], report: dict[str, Any], bad: int, run: Path, kind: str
+) -> Path:
+    """Record the parity report; remove the bundle if it failed, else version, write and sum it.
+
+    Raises:
+        BundleError: Any parity mismatch (``bad > 0``); nothing is left in ``root``.
+    """
     manifest["parity"] = report
     if bad:
         shutil.rmtree(root)
@@ -725,7 +726,7 @@ def export_dreamer_run(
     digest = hashlib.sha256(
         json.dumps(manifest, sort_keys=True, default=_plain).encode()
     ).hexdigest()
-    manifest["model_version"] = f"dreamer-{digest[:12]}"
+    manifest["model_version"] = f"{kind}-{digest[:12]}"
     _dump(root, manifest)
     write_sums(root)
     return root

@@ -56,6 +56,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agents.bundle import Bundle, BundleError, load_bundle, spec_from_manifest
 from agents.guard import Guard, GuardedPolicy, GuardVerdict, action_dict
 from agents.serving.schemas import (
+    INFERENCE_BUCKETS_S,
     ErrorBody,
     ExplainResponse,
     ForecastRequest,
@@ -68,22 +69,6 @@ from agents.serving.schemas import (
 )
 from agents.serving.streams import Stream, StreamStore
 
-INFERENCE_BUCKETS_S: tuple[float, ...] = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
-)
 """Histogram buckets of one decision (sub-millisecond resolution)."""
 
 EXPLAIN_BUDGET = 2048

@@ -24,6 +24,25 @@ from envs.core.telemetry import (
     make_frame,
 )
 
+INFERENCE_BUCKETS_S: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+"""Buckets of ``opsworld_policy_inference_seconds`` (sub-millisecond), shared by the server and
+shadow mode so their dashboards read one histogram layout."""
+
 MAX_FRAMES = 64
 """Most frames one request may carry."""
 

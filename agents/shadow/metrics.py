@@ -26,6 +26,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from agents.guard import RULES
+from agents.serving.schemas import INFERENCE_BUCKETS_S
 from envs.core.actions import ACTION_KINDS
 
 TICK_BUCKETS_S: tuple[float, ...] = (
@@ -43,22 +44,6 @@ TICK_BUCKETS_S: tuple[float, ...] = (
     5.0,
     10.0,
     30.0,
-)
-INFERENCE_BUCKETS_S: tuple[float, ...] = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.00075,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
 )
 
 
