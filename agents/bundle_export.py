@@ -708,7 +708,62 @@ def export_dreamer_run(
         + report.get("onnx_mismatches", 0)
         + sum(report["rollout_mismatches"].values())
     )
+    if not bad:  # the error shadow mode compares its online forecast error with
+        held_out = record_frames(policy, REFERENCE_STEPS, seed + 1)
+        torch_bundle = load_bundle(root, backend="torch")
+        manifest["forecast_reference"] = forecast_reference(torch_bundle.policy, held_out)
     return _seal(root, manifest, report, bad, run, "dreamer")
+
+
+REFERENCE_STEPS = 240
+"""Decisions of the held-out rollout a Dreamer bundle's forecast reference is measured on."""
+
+
+def forecast_reference(
+    policy: Any, frames: list[Telemetry], horizon: int = 20, samples: int = 32, seed: int = 0
+) -> dict[str, Any]:
+    """The world model's forecast error on a held-out rollout, as shadow mode measures it online.
+
+    At every decision with an observed frame ``horizon`` steps later, the median of the
+    forecast at the horizon (the same call shadow mode makes) is compared with what was
+    observed then; the mean absolute error per field is the reference.
+
+    Args:
+        policy: A loaded Dreamer bundle policy (``act`` and ``forecast``).
+        frames: The held-out rollout's frames (a seed the parity check did not use).
+        horizon: Steps ahead (shadow mode's default, :class:`agents.shadow.deciders.
+            ForecastingPolicy`).
+        samples: Imagined futures per forecast.
+        seed: Seed of the futures.
+
+    Returns:
+        ``{"horizon_steps", "mae": {field: value}, "count": {field: n}, "frames"}``.
+    """
+    from envs.core.telemetry import FIELD_INDEX
+
+    services = len(policy.codec.services)
+    errors: dict[str, list[float]] = {}
+    state = policy.reset(1)
+    for t, frame in enumerate(frames):
+        _, state, _ = policy.act(frame, state)
+        if t + horizon >= len(frames):
+            continue
+        fc = policy.forecast(state, horizon=horizon, samples=samples, quantiles=(0.5,), seed=seed)
+        later = frames[t + horizon]
+        for metric, per_step in fc.items():
+            if not isinstance(per_step, list) or metric not in FIELD_INDEX:
+                continue
+            col = FIELD_INDEX[metric]
+            for s in range(services):
+                seen = float(later.values[s, col])
+                if bool(later.mask[s, col]) and np.isfinite(seen):
+                    errors.setdefault(metric, []).append(abs(per_step[-1][s][0] - seen))
+    return {
+        "horizon_steps": horizon,
+        "mae": {m: float(np.mean(e)) for m, e in errors.items()},
+        "count": {m: len(e) for m, e in errors.items()},
+        "frames": len(frames),
+    }
 
 
 def _seal(

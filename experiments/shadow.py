@@ -61,6 +61,8 @@ class ShadowConfig:
         drift_min_samples: Ticks before drift is reported.
         drift_threshold: Live-mean shift, in training standard deviations, above which
             retraining is recommended.
+        forecast_error_ratio: Online replica forecast error, as a multiple of the bundle's
+            held-out error, above which retraining is recommended (world-model bundles).
         derive_pod_counts: Decide with unexported ``replicas_starting``/``replicas_pending``
             set to 0 (see :func:`agents.shadow.loop.derive_pod_counts`).
     """
@@ -90,6 +92,7 @@ class ShadowConfig:
     drift_window: int = 240
     drift_min_samples: int = 20
     drift_threshold: float = 3.0
+    forecast_error_ratio: float = 2.0
     derive_pod_counts: bool = True
 
 
@@ -221,6 +224,7 @@ def build_loop(conf: ShadowConfig) -> Any:
         drift_window=conf.drift_window,
         drift_min_samples=conf.drift_min_samples,
         drift_threshold=conf.drift_threshold,
+        forecast_error_ratio=conf.forecast_error_ratio,
         derive_pods=conf.derive_pod_counts,
     )
     if conf.metrics_port:

@@ -351,3 +351,64 @@ def test_cli_exports_the_best_weights_and_verifies_the_step(
     proc = _cli("verify", str(bundle))
     assert proc.returncode == 0, proc.stderr
     assert "onnx step parity (512 random inputs and carries, 0 mismatches)" in proc.stdout
+
+
+# ------------------------------------------------------------------------------ shadow mode
+
+
+def test_shadow_mode_records_the_world_model_forecast(dreamer: tuple[Path, Path]) -> None:
+    """A Dreamer bundle in shadow mode forecasts with every decision (the audit's format)."""
+    from agents.shadow.deciders import ForecastingPolicy, bundle_decider
+
+    run, bundle = dreamer
+    decider = bundle_decider(bundle)
+    assert isinstance(decider.policy, ForecastingPolicy)
+    inner = load_bundle(bundle).policy
+    _, frames = recorded(run, ENTRIES[0])
+    state, plain = decider.policy.reset(1), inner.reset(1)
+    for frame in frames[:5]:
+        actions, state, info = decider.policy.act(frame, state)
+        same, plain, _ = inner.act(frame, plain)
+        assert actions == same  # forecasting changes no decision
+    fc = info["forecast"]
+    assert list(fc) == list(decider.spec.services)
+    for fields in fc.values():
+        assert set(fields) == {"p99", "rps", "error_rate", "replicas_ready"}
+        for q in fields.values():
+            assert 0.0 <= q["q05"] <= q["q50"] <= q["q95"]
+            assert q["horizon_s"] == 20 * 15.0  # 20 decision steps of 15 s
+    _, _, again = decider.policy.act(frames[0], decider.policy.reset(1))
+    _, _, first = ForecastingPolicy(inner, decider.spec.services, 15.0).act(
+        frames[0], inner.reset(1)
+    )
+    assert again["forecast"] == first["forecast"]  # seeded: the same frame, the same forecast
+
+
+def test_shadow_compares_the_online_forecast_error_with_the_bundles_held_out_error(
+    dreamer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from agents.shadow.audit import AuditWriter
+    from agents.shadow.deciders import bundle_decider
+    from agents.shadow.loop import FORECAST_ERROR_FLOOR, ShadowLoop
+    from envs.live.profile import load_profile
+    from envs.live.prometheus import PrometheusSource
+
+    decider = bundle_decider(dreamer[1])
+    ref = decider.forecast_reference
+    assert ref is not None and ref["horizon_steps"] == 20
+    assert ref["count"]["replicas_ready"] > 0 and ref["mae"]["replicas_ready"] >= 0.0
+    services = decider.spec.services
+    source = PrometheusSource("http://127.0.0.1:9", load_profile("kube"), services)  # unused
+    loop = ShadowLoop(
+        decider, source, AuditWriter(tmp_path / "audit.jsonl"), drift_window=3, drift_min_samples=3
+    )
+    base = max(ref["mae"]["replicas_ready"], FORECAST_ERROR_FLOOR)
+    reasons: list[str] = []
+    assert loop._forecast_drift(None, {services[0]: base}, reasons) is None  # too few yet
+    same = loop._forecast_drift(None, {services[1]: base, services[2]: base}, reasons)
+    assert same is not None and same["forecast_error"]["ratio"] == pytest.approx(1.0)
+    assert same["retrain_recommended"] is False and reasons == []
+    worse = loop._forecast_drift(None, {s: 3 * base for s in services}, reasons)  # window: 3
+    assert worse is not None and worse["forecast_error"]["ratio"] == pytest.approx(3.0)
+    assert worse["retrain_recommended"] is True
+    assert len(reasons) == 1 and reasons[0].startswith("retrain recommended: replica forecast")

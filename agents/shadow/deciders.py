@@ -57,6 +57,8 @@ class Decider:
         bundle_sha: The bundle's SHA (None while a server has not answered).
         model_version: The model version (None while unknown).
         feature_reference: The manifest's training feature statistics (None: no drift).
+        forecast_reference: The manifest's held-out forecast error (a world model's bundle;
+            None otherwise), which the online forecast error is compared with.
         encoder: Encodes a frame into the policy's features (None: no drift).
     """
 
@@ -68,6 +70,7 @@ class Decider:
     model_version: str | None
     feature_reference: dict[str, Any] | None = None
     encoder: Any = None
+    forecast_reference: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,6 +84,9 @@ def bundle_decider(folder: str | Path, backend: str = "auto") -> Decider:
     m = bundle.manifest
     policy = bundle.policy
     encoder = getattr(policy, "encoder", None)
+    if callable(getattr(policy, "forecast", None)):  # a bundle with a world model (Dreamer)
+        step_s = float((m.get("scenario") or {}).get("decision_interval_s", 15.0))
+        policy = ForecastingPolicy(policy, list(spec_from_manifest(m).services), step_s)
     return Decider(
         policy=policy,
         spec=spec_from_manifest(m),
@@ -90,7 +96,78 @@ def bundle_decider(folder: str | Path, backend: str = "auto") -> Decider:
         model_version=bundle.version,
         feature_reference=m.get("feature_reference") or None,
         encoder=encoder,
+        forecast_reference=m.get("forecast_reference") or None,
     )
+
+
+FORECAST_QUANTILES = (0.05, 0.5, 0.95)
+"""The quantiles shadow mode records of a forecast (the 90 % interval and the median)."""
+
+
+class ForecastingPolicy:
+    """A bundle policy with a world model whose every decision carries its forecast.
+
+    After the inner policy decides, its world model imagines the next ``horizon`` decision
+    steps from the stream's posterior (the decided actions first, then none) and the 5/50/95 %
+    quantiles at the last step go into ``info["forecast"]`` in the audit's format
+    (``{service: {field: {"q05", "q50", "q95", "horizon_s"}}}``, fields named as
+    :data:`envs.core.telemetry.SERVICE_FIELDS`); shadow mode records them, exports the
+    replica band and scores the medians when they fall due.
+
+    Args:
+        inner: The bundle's policy (with ``forecast(state, horizon=, samples=, quantiles=,
+            seed=)``).
+        services: Service names in the policy's row order.
+        step_s: Seconds per decision step (the scenario's ``decision_interval_s``).
+        horizon: Steps ahead (default 20: five minutes at 15 s).
+        samples: Imagined futures per forecast.
+        seed: Seed of the imagined futures (fixed: the same frames give the same forecast).
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        services: list[str],
+        step_s: float,
+        horizon: int = 20,
+        samples: int = 32,
+        seed: int = 0,
+    ) -> None:
+        self.inner, self.services, self.step_s = inner, services, step_s
+        self.horizon, self.samples, self.seed = horizon, samples, seed
+        self.name = str(getattr(inner, "name", "policy"))
+        self.in_cluster_hpa = getattr(inner, "in_cluster_hpa", None)
+
+    def reset(self, n: int = 1) -> Any:
+        """The inner policy's fresh state."""
+        return self.inner.reset(n)
+
+    def act(self, obs: Any, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
+        """The inner decision, with ``info["forecast"]`` (left out if the model cannot)."""
+        actions, new, info = self.inner.act(obs, state)
+        try:
+            fc = self.inner.forecast(
+                new,
+                horizon=self.horizon,
+                samples=self.samples,
+                quantiles=FORECAST_QUANTILES,
+                seed=self.seed,
+            )
+        except ValueError:  # no frame seen yet
+            return actions, new, info
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for metric, per_step in fc.items():
+            if not isinstance(per_step, list):  # p_violation
+                continue
+            last = per_step[-1]  # [service][quantile] at the horizon
+            for svc, (q05, q50, q95) in zip(self.services, last, strict=True):
+                out.setdefault(svc, {})[metric] = {
+                    "q05": float(q05),
+                    "q50": float(q50),
+                    "q95": float(q95),
+                    "horizon_s": self.horizon * self.step_s,
+                }
+        return actions, new, {**info, "forecast": out}
 
 
 _ACTIONS: dict[str, type] = {

@@ -74,6 +74,12 @@ missing)."""
 
 FORECAST_FIELDS: dict[str, str] = {"replicas": "replicas_desired", "p99_s": "p99"}
 """Forecast quantities (audit names) -> the Telemetry field they are checked against."""
+FORECAST_ERROR_FLOOR = 0.5
+"""Replicas: the held-out error a ratio is taken against is at least this (a model that was
+exact on its held-out rollout would otherwise make any online error infinitely worse)."""
+REPLICA_FORECASTS: tuple[str, ...] = ("replicas", "replicas_ready")
+"""Forecast fields that give the recommended-replica band and the forecast error metric
+(``replicas``: a policy's own replica forecast; ``replicas_ready``: a world model's)."""
 
 
 def derive_pod_counts(frame: Telemetry) -> tuple[Telemetry, list[str]]:
@@ -171,6 +177,10 @@ class ShadowLoop:
         drift_threshold: Live-mean shift (training stds) above which retraining is
             recommended (:class:`~agents.shadow.drift.DriftMonitor`).
         drift_every: Recompute PSI every this many ticks (the last report is repeated between).
+        forecast_error_ratio: With a bundle's forecast reference, retraining is recommended
+            when the online replica forecast error (mean of the last ``drift_window``
+            realised forecasts, at least ``drift_min_samples``) exceeds this many times the
+            held-out error (floored at :data:`FORECAST_ERROR_FLOOR` replicas).
         derive_pods: Decide on :func:`derive_pod_counts` of each frame (else on the frame as
             observed).
         on_record: Called with each record after it is written (tests, the drill).
@@ -190,6 +200,7 @@ class ShadowLoop:
         drift_min_samples: int = 20,
         drift_threshold: float = 3.0,
         drift_every: int = 5,
+        forecast_error_ratio: float = 2.0,
         derive_pods: bool = True,
         on_record: Callable[[AuditRecord], Any] | None = None,
     ) -> None:
@@ -217,6 +228,9 @@ class ShadowLoop:
                 shift_threshold=drift_threshold,
             )
         self.drift_every = max(1, drift_every)
+        self.drift_window, self.drift_min_samples = drift_window, drift_min_samples
+        self.forecast_error_ratio = forecast_error_ratio
+        self._realised: list[float] = []
         self._drift_report: dict[str, Any] | None = None
         self.on_record = on_record
         self.derive_pods = derive_pods
@@ -354,6 +368,7 @@ class ShadowLoop:
             )
         forecast = info.get("forecast") if isinstance(info.get("forecast"), dict) else None
         errors = self._forecast_errors(frame, forecast)
+        drift = self._forecast_drift(drift, errors, reasons)
         bundle_sha = info.get("bundle_sha") or d.bundle_sha
         model_version = info.get("model_version") or d.model_version
         record = AuditRecord(
@@ -399,6 +414,35 @@ class ShadowLoop:
             self._drift_report = self.drift.report()
         return self._drift_report
 
+    def _forecast_drift(
+        self, drift: dict[str, Any] | None, errors: dict[str, float], reasons: list[str]
+    ) -> dict[str, Any] | None:
+        """Compare the online replica forecast error with the bundle's held-out error."""
+        ref = (self.decider.forecast_reference or {}).get("mae", {}).get("replicas_ready")
+        if ref is None:
+            return drift
+        self._realised = (self._realised + list(errors.values()))[-self.drift_window :]
+        if len(self._realised) < self.drift_min_samples:
+            return drift
+        online = float(np.mean(self._realised))
+        ratio = online / max(float(ref), FORECAST_ERROR_FLOOR)
+        worse = ratio > self.forecast_error_ratio
+        out = dict(drift) if drift is not None else {"psi": {}, "retrain_recommended": False}
+        out["forecast_error"] = {
+            "online_mae": online,
+            "validation_mae": float(ref),
+            "ratio": ratio,
+            "limit": self.forecast_error_ratio,
+            "samples": len(self._realised),
+        }
+        if worse:
+            out["retrain_recommended"] = True
+            reasons.append(
+                f"retrain recommended: replica forecast error {online:.2f} online vs "
+                f"{float(ref):.2f} held out ({ratio:.1f}x > {self.forecast_error_ratio:g}x)"
+            )
+        return out
+
     def _forecast_errors(
         self, frame: Telemetry, forecast: dict[str, Any] | None
     ) -> dict[str, float]:
@@ -408,6 +452,8 @@ class ShadowLoop:
         for due, svc, fld, q50 in self._pending_forecasts:
             if frame.t < due:
                 keep.append((due, svc, fld, q50))
+                continue
+            if fld not in REPLICA_FORECASTS:  # the error metric is in replicas
                 continue
             fld = FORECAST_FIELDS.get(fld, fld)
             if svc in self.services and fld in FIELD_INDEX:
@@ -441,7 +487,8 @@ class ShadowLoop:
                 m.recommended.labels(ns, svc).set(rec)
             if act is not None:
                 m.actual.labels(ns, svc).set(act)
-            fc = (record.forecast or {}).get(svc, {}).get("replicas")
+            per_field = (record.forecast or {}).get(svc, {})
+            fc = next((per_field[k] for k in REPLICA_FORECASTS if k in per_field), None)
             if fc:
                 m.recommended_lower.labels(ns, svc).set(fc["q05"])
                 m.recommended_upper.labels(ns, svc).set(fc["q95"])
