@@ -27,7 +27,7 @@ from agents.rollout import rollout
 from envs.live.openmetrics import write_openmetrics
 from envs.live.profile import load_profile
 from envs.live.prometheus import PrometheusSource
-from envs.live.promserver import binary, start_prometheus
+from envs.live.promserver import backfill, binary, start_prometheus
 from envs.scenarios.loader import load_scenario
 from envs.sim.simulator import Simulator
 
@@ -50,18 +50,7 @@ def bench(hours: float, workdir: Path) -> dict[str, Any]:
     samples = sum(1 for ln in lines if not ln.startswith("#"))
     series = len({ln.rsplit(" ", 2)[0] for ln in lines if not ln.startswith("#")})
     t = time.perf_counter()
-    subprocess.run(
-        [
-            binary("promtool"),
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(om),
-            str(workdir / "tsdb"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    backfill(om, workdir / "tsdb")
     backfill_s = time.perf_counter() - t
     prom = start_prometheus(workdir / "prom", data_dir=workdir / "tsdb")
     try:

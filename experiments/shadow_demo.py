@@ -45,7 +45,7 @@ from agents.evaluation.simulate import json_default
 from agents.registry import HPAPolicyConfig, make_policy
 from agents.rollout import rollout
 from envs.live.openmetrics import write_openmetrics
-from envs.live.promserver import binary, start_prometheus
+from envs.live.promserver import backfill, start_prometheus
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.plots import plot_timeline
@@ -180,11 +180,7 @@ def demo(
     tsdb = out / "tsdb"
     for stale in (tsdb, out / "prometheus"):
         shutil.rmtree(stale, ignore_errors=True)
-    subprocess.run(
-        [binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(om), str(tsdb)],
-        check=True,
-        capture_output=True,
-    )
+    backfill(om, tsdb)
     lap("backfill")
     # 3. Prometheus on the TSDB, the live exporter scraped by it
     prom = start_prometheus(out / "prometheus", data_dir=tsdb)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from envs.live.exporter import LiveSimulation, serve
 from envs.live.openmetrics import write_openmetrics
 from envs.live.profile import load_profile
 from envs.live.prometheus import PrometheusSource
-from envs.live.promserver import binary, start_prometheus
+from envs.live.promserver import backfill, start_prometheus
 from envs.scenarios.loader import load_scenario
 from envs.sim.simulator import Simulator
 
@@ -100,18 +99,7 @@ def replay_speed(conf: BenchConfig, work: Path, bundle: Path, log: Console) -> d
     start = float(int(time.time() - horizon - 120))
     om = write_openmetrics(frames, sim.services, work / "history.om", start, namespace=NAMESPACE)
     t = time.perf_counter()
-    subprocess.run(
-        [
-            binary("promtool"),
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(om),
-            str(work / "tsdb"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    backfill(om, work / "tsdb")
     backfill_s = time.perf_counter() - t
     prom = start_prometheus(work / "prom-replay", data_dir=work / "tsdb")
     try:

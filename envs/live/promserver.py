@@ -48,6 +48,29 @@ def binary(name: str) -> str:
     return path
 
 
+def backfill(openmetrics: Path, data_dir: Path) -> None:
+    """Turn an OpenMetrics file into TSDB blocks (``promtool tsdb create-blocks-from``).
+
+    Start from an empty ``data_dir``: blocks of an earlier backfill would be served too.
+
+    Raises:
+        PrometheusError: ``promtool`` is missing (the message says how to install it).
+        subprocess.CalledProcessError: ``promtool`` refused the file.
+    """
+    subprocess.run(
+        [
+            binary("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            str(openmetrics),
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 @dataclass
 class PrometheusProcess:
     """A Prometheus started by :func:`start_prometheus`."""
