@@ -434,8 +434,9 @@ def composer():
 
     from experiments import evaluate_forecast as ef
     from experiments import fit_world_model as fw
-    from experiments.cli import CONFIG_DIR
+    from experiments.cli import CONFIG_DIR, register_help_resolver
 
+    register_help_resolver()  # default out folders interpolate ${opsworld_pid:}
     fw.register_configs()
     ef.register_configs()
     GlobalHydra.instance().clear()
