@@ -25,9 +25,11 @@ from agents.world_model.fit import FittedModel, load_fit
 from agents.world_model.forecast import (
     METRICS,
     NaiveViolation,
+    clip_to_bounds,
     forecast_batch,
     forecast_origins,
     period_steps,
+    physical_bounds,
     planned_actions,
     raw_series,
     truths,
@@ -151,6 +153,7 @@ def score_task(task: ScoreTask) -> EpisodeScores:
         seed=task.forecast_seed + task.seed,
     )
     period = period_steps(task.scenario)
+    bounds = physical_bounds(task.scenario)
     scores: dict[str, dict[str, dict[str, np.ndarray]]] = {f: {} for f in FORECASTERS}
     for m in METRICS:
         raw = sf.samples[m]
@@ -163,7 +166,9 @@ def score_task(task: ScoreTask) -> EpisodeScores:
             "seasonal": fit.seasonal.samples(m, series, origins, period),
         }
         for f in FORECASTERS:
-            scores[f][m] = score_draws(draws[f][:, :, :h], truth[m])
+            # every forecaster's draws within the physical ranges (issue 17, item 5)
+            clipped = clip_to_bounds(m, draws[f][:, :, :h], bounds[m])
+            scores[f][m] = score_draws(clipped, truth[m])
     return EpisodeScores(
         task.entry,
         task.behaviour,

@@ -12,6 +12,10 @@ This ``__init__`` is the one list of the public API; each name lives in one modu
   :class:`CalibrationStats` (fits it) and :func:`fit_platt`;
 * :mod:`~agents.world_model.forecast.naive`: :class:`NaiveForecaster` (persistence and
   seasonal naive), :class:`NaiveViolation`, :func:`traffic_period_s`, :func:`period_steps`;
+* :mod:`~agents.world_model.forecast.forecaster`: the :class:`Forecaster` protocol every
+  scored forecaster implements, :class:`EpisodeHistory` (what it sees),
+  :class:`ForecastDraws` (what it returns), :class:`WorldModelForecaster` (the adapter of
+  :func:`forecast_batch`) and :func:`quantile_levels`;
 * :mod:`~agents.world_model.forecast.episodes`: :func:`forecast_origins`,
   :func:`planned_actions`, :func:`truths` and :func:`raw_series` of a recorded episode.
 
@@ -32,6 +36,13 @@ from agents.world_model.forecast.episodes import (
     raw_series,
     truths,
 )
+from agents.world_model.forecast.forecaster import (
+    EpisodeHistory,
+    ForecastDraws,
+    Forecaster,
+    WorldModelForecaster,
+    quantile_levels,
+)
 from agents.world_model.forecast.naive import (
     NaiveForecaster,
     NaiveViolation,
@@ -47,6 +58,7 @@ from agents.world_model.forecast.types import (
     Forecast,
     ForecastModel,
     SampleForecast,
+    clip_to_bounds,
     physical_bounds,
     symexp_np,
     symlog_np,
@@ -63,11 +75,16 @@ __all__ = [
     "ZERO_SNAP",
     "Calibration",
     "CalibrationStats",
+    "EpisodeHistory",
     "Forecast",
+    "ForecastDraws",
     "ForecastModel",
+    "Forecaster",
     "NaiveForecaster",
     "NaiveViolation",
     "SampleForecast",
+    "WorldModelForecaster",
+    "clip_to_bounds",
     "fit_platt",
     "forecast",
     "forecast_batch",
@@ -75,6 +92,7 @@ __all__ = [
     "period_steps",
     "physical_bounds",
     "planned_actions",
+    "quantile_levels",
     "raw_series",
     "sample_futures",
     "symexp_np",

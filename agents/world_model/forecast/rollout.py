@@ -28,10 +28,10 @@ from torch import Tensor
 from agents.world_model.forecast.calibration import Calibration
 from agents.world_model.forecast.types import (
     METRICS,
-    SUPPORT,
     Forecast,
     ForecastModel,
     SampleForecast,
+    clip_to_bounds,
     to_raw,
 )
 from agents.world_model.forecast_metrics import empirical_quantiles
@@ -117,6 +117,7 @@ def forecast_batch(
     n_samples: int = 64,
     seed: int = 0,
     calibration: Calibration | None = None,
+    bounds: Mapping[str, np.ndarray | Sequence[float]] | None = None,
 ) -> SampleForecast:
     """Forecasts from several origins of one episode (one posterior pass over it).
 
@@ -130,6 +131,9 @@ def forecast_batch(
         n_samples: Draws N per origin.
         seed: Seeds every draw (posterior, prior and observation noise).
         calibration: Optional :class:`Calibration` (anchoring and spread).
+        bounds: Per-service upper bounds ``[S]`` by metric (e.g.
+            :func:`~agents.world_model.forecast.types.physical_bounds`); the draws, after
+            the calibration, are clipped to them on top of :data:`SUPPORT`.
 
     Returns:
         A :class:`SampleForecast` with ``[B, N, H, S]`` draws, each origin's decoded values
@@ -167,6 +171,8 @@ def forecast_batch(
             m: calibration.apply_raw(m, x, offset[m], decoded[m]) for m, x in samples.items()
         }
         p_violation = calibration.apply_violation(p_violation)
+    if bounds:
+        samples = {m: clip_to_bounds(m, x, bounds.get(m)) for m, x in samples.items()}
     return SampleForecast(samples, p_violation, offset, decoded)
 
 
@@ -236,12 +242,9 @@ def forecast(
         n_samples=n_samples,
         seed=seed,
         calibration=calibration,
+        bounds=bounds,
     )
     draws = {m: v[0] for m, v in sf.samples.items()}  # [N, H, S]
-    for m, high in (bounds or {}).items():
-        lo = SUPPORT[m][0]
-        top = np.broadcast_to(np.asarray(high, dtype=np.float64), (n_svc,))
-        draws[m] = np.clip(draws[m], lo, top[None, None, :])
     qs = {m: empirical_quantiles(np.moveaxis(v, 0, -1), levels) for m, v in draws.items()}
     p_slo = None
     if slo_p99 is not None:

@@ -68,6 +68,18 @@ def physical_bounds(scenario: Any) -> dict[str, np.ndarray]:
     }
 
 
+def clip_to_bounds(metric: str, draws: np.ndarray, high: Any = None) -> np.ndarray:
+    """``[..., S]`` raw draws clipped to :data:`SUPPORT` and, per service, to ``high``.
+
+    ``high``: ``[S]`` upper bounds (e.g. ``physical_bounds(scenario)[metric]``) or None.
+    """
+    lo, top = SUPPORT[metric]
+    if high is None:
+        return np.clip(draws, lo, top)
+    hi = np.minimum(np.asarray(high, dtype=np.float64), top)
+    return np.clip(draws, lo, hi)
+
+
 def to_raw(metric: str, z: np.ndarray) -> np.ndarray:
     """Symlog values of ``metric`` -> raw units.
 
