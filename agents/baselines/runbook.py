@@ -228,8 +228,14 @@ class RunbookPolicy:
         fresh = RunbookState(hpa=hpa)
         return fresh if n == 1 else tuple(fresh for _ in range(n))
 
-    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], RunbookState, dict[str, Any]]:
+    def act(
+        self, obs: Telemetry, state: Any, hpa_targets: Mapping[str, int] | None = None
+    ) -> tuple[list[Action], RunbookState, dict[str, Any]]:
         """Decide on one frame.
+
+        ``hpa_targets`` (optional) sets some services' HPA CPU targets for this sync
+        (:meth:`agents.baselines.hpa.HPAPolicy.act`); the residual policy
+        (:mod:`agents.residual`) steers the runbook through it. None: the configured target.
 
         ``info`` holds ``runbook`` (one entry per action: rule, service, action, why),
         ``diagnoses`` (findings without an action), ``hold`` (why nothing was done, if so),
@@ -285,7 +291,7 @@ class RunbookPolicy:
         if pending:
             diagnoses.append(pending)
 
-        hpa_actions, hpa_state, hpa_info = self.hpa.act(obs, state.hpa)
+        hpa_actions, hpa_state, hpa_info = self.hpa.act(obs, state.hpa, hpa_targets)
         state = replace(state, hpa=hpa_state)
         for a in hpa_actions:
             if isinstance(a, Scale) and a.service in scaled:
