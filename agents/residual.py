@@ -8,8 +8,12 @@ that decision instead of replacing it:
   (:data:`TARGET_FACTORS`; the tuned target 50 % becomes 30, 40, 50, 60 or 70 %) for this
   sync, with the HPA's histories carried over (:meth:`agents.baselines.hpa.HPAPolicy.act`);
 * one remediation choice: keep the runbook's remediations, **veto** them (its restarts,
-  rollbacks and shed increases of this step are dropped), or **add** a restart or rollback
-  of one service, or a shed level.
+  rollbacks and shed increases of this step are dropped; the rules still count a vetoed
+  restart or rollback against their cool-down, and keep the shed level actually in force),
+  or **add** a restart or rollback of one service, or a shed level. The rules take an added
+  action as their own (:meth:`~agents.baselines.runbook.RunbookPolicy.record_external`):
+  its cool-down and settle time start, and an added shed level is lifted by the overload
+  rule once the service is healthy, as the rules lift their own.
 
 Choosing :meth:`ResidualController.noop` everywhere reproduces ``tuned_runbook``'s episode
 exactly (same seed, same trajectory; ``tests/test_residual.py``). Restart and rollback
@@ -267,16 +271,30 @@ class ResidualController:
             rem = KEEP
         belief = state.belief
         n = len(self.services)
+        added: Action | None = None
         if rem == VETO:
+            if any(isinstance(x, ShedLoad) and self._vetoable(x, belief) for x in acts):
+                # the rules believe they shed: they keep the level actually in force
+                before = state.runbook
+                rb_state = replace(
+                    rb_state,
+                    shed=before.shed,
+                    shed_changed_t=before.shed_changed_t,
+                    shed_released=before.shed_released,
+                    shed_floor=before.shed_floor,
+                    shed_floor_until=before.shed_floor_until,
+                )
             acts = [x for x in acts if not self._vetoable(x, belief)]
         elif 2 <= rem < 2 + 2 * n:
             svc = self.services[(rem - 2) // 2]
-            extra: Action = Restart(svc) if (rem - 2) % 2 == 0 else Rollback(svc)
-            if extra not in acts:
-                acts.append(extra)
+            added = Restart(svc) if (rem - 2) % 2 == 0 else Rollback(svc)
+            if added not in acts:
+                acts.append(added)
         elif rem >= 2 + 2 * n:
-            level = SHED_LEVELS[rem - 2 - 2 * n]
-            acts = [x for x in acts if not isinstance(x, ShedLoad)] + [ShedLoad(level)]
+            added = ShedLoad(SHED_LEVELS[rem - 2 - 2 * n])
+            acts = [x for x in acts if not isinstance(x, ShedLoad)] + [added]
+        if added is not None:  # the rules take it as their own (cool-downs, shed release)
+            rb_state = self.runbook.record_external(rb_state, added, t)
         restarts = list(state.last_restart_t)
         rollbacks = list(state.last_rollback_t)
         for x in acts:

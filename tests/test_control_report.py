@@ -119,3 +119,18 @@ def test_main_writes_the_page_and_figures(records: dict[str, str], tmp_path: Pat
     assert (out / "control_profiles.png").stat().st_size > 0
     assert (out / "control_paired.png").stat().st_size > 0
     assert json.loads((out / "control.json").read_text())["reference"] == "ref"
+
+
+def test_checkpoint_pick_respects_the_budgets() -> None:
+    from experiments.residual_select import pick
+
+    ref = {"slo_violation_min": 4.0, "allocated_cost": 0.2, "disruptive_actions": 3.0}
+    rows = {
+        "s0_10": {"slo_violation_min": 1.0, "allocated_cost": 0.3, "disruptive_actions": 2.0},
+        "s0_20": {"slo_violation_min": 3.0, "allocated_cost": 0.2, "disruptive_actions": 3.0},
+        "s0_30": {"slo_violation_min": 3.5, "allocated_cost": 0.1, "disruptive_actions": 1.0},
+    }
+    assert pick(rows, ref) == ("s0_20", True)  # s0_10 is cheaper in minutes but over budget
+    over = {k: {**r, "disruptive_actions": 9.0} for k, r in rows.items()}
+    over["s0_30"]["disruptive_actions"] = 4.0
+    assert pick(over, ref) == ("s0_30", False)  # none within: the smallest excess

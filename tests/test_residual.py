@@ -208,3 +208,36 @@ def test_train_and_evaluate_a_residual_policy(tmp_path: Path) -> None:
     result = rollout(Simulator(entry.scenario, fidelity="fluid", seed=1), per_entry)
     assert len(result.frames) == 161
     assert math.isfinite(score_episode(result).allocated_cost)
+
+
+def test_an_added_shed_is_lifted_by_the_rules_once_healthy() -> None:
+    env = ResidualEnv(scenario="chain3", reference=False)
+    env.reset(seed=0)
+    n = len(env.services)
+    shed = []
+    for i in range(20):
+        action = env.noop_action()
+        if i == 5:
+            action = np.array([NOOP_TARGET] * n + [2 + 2 * n + 2])  # shed 0.5
+        _, _, _, _, info = env.step(action)
+        shed.append(env.frame.cluster_value("shed_fraction"))
+        if i == 5:
+            assert info["actions"][-1] == repr(ShedLoad(0.5))
+    # healthy chain3: the overload rule lifts it a step of 0.25 per 60 s (4 decisions)
+    assert shed[:5] == [0.0] * 5 and shed[5:9] == [0.5] * 4
+    assert shed[9:15] == [0.25] * 6 and shed[15:] == [0.0] * 5
+
+
+def test_record_external_makes_the_rules_own_an_action() -> None:
+    ctrl, _ = _controller()
+    rules = ctrl.runbook
+    state = ctrl.reset().runbook
+    name = ctrl.services[1]
+    after = rules.record_external(state, Restart(name), 100.0)
+    assert after.last_action_t == {f"restart:{name}": 100.0, f"remediate:{name}": 100.0}
+    rolled = rules.record_external(state, Rollback(name), 50.0)
+    assert rolled.revisions == {name: -1} and rolled.last_action_t[f"rollback:{name}"] == 50.0
+    shed = rules.record_external(state, ShedLoad(0.25), 10.0)
+    assert (shed.shed, shed.shed_changed_t, shed.shed_released) == (0.25, 10.0, False)
+    lifted = rules.record_external(shed, ShedLoad(0.0), 20.0)
+    assert (lifted.shed, lifted.shed_released) == (0.0, True)
