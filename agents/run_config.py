@@ -58,6 +58,7 @@ class EnvName(StrEnum):
     remediate = "remediate"
     ops = "ops"
     hpa_tune = "hpa_tune"
+    residual = "residual"
 
 
 ENV_IDS: dict[EnvName, str] = {
@@ -65,6 +66,7 @@ ENV_IDS: dict[EnvName, str] = {
     EnvName.remediate: "opsworld/Remediate-v0",
     EnvName.ops: "opsworld/ClusterOps-v0",
     EnvName.hpa_tune: "opsworld/HPATune-v0",
+    EnvName.residual: "opsworld/Residual-v0",  # registered by agents.residual
 }
 """``env.name`` -> registered Gymnasium id (``envs.gym.ENV_IDS`` maps the ids to classes)."""
 
@@ -244,11 +246,33 @@ class RewardWeightsConfig:
 
 
 @dataclass
+class ResidualConfig:
+    """``env=residual``: the budgets' Lagrange multipliers and the start at the no-op.
+
+    The multipliers start at ``cost`` and ``disruption`` and take one projected
+    dual-ascent step per rollout (:func:`agents.residual.dual_step`) with step sizes
+    ``lr_cost`` and ``lr_disruption`` on the mean per-step excess over ``tuned_runbook``'s
+    cost and disruption on the same episodes, capped at ``cap``. ``noop_bias`` is added to
+    the no-op's logit in every action dimension of a fresh SB3 policy, so that training
+    starts near ``tuned_runbook`` rather than at uniform random adjustments (0: off).
+    Other envs ignore it.
+    """
+
+    cost: float = bounded(1.0, ge=0)
+    disruption: float = bounded(0.1, ge=0)
+    lr_cost: float = bounded(5.0, ge=0)
+    lr_disruption: float = bounded(5.0, ge=0)
+    cap: float = bounded(100.0, gt=0)
+    noop_bias: float = bounded(3.0, ge=0)
+
+
+@dataclass
 class EnvConfig:
     """The ``env`` group (``configs/env/<name>.yaml``).
 
     Attributes:
-        name: ``autoscale``, ``remediate``, ``ops`` or ``hpa_tune`` (set by the group option).
+        name: ``autoscale``, ``remediate``, ``ops``, ``hpa_tune`` or ``residual`` (set by the
+            group option).
         fidelity: Simulator fidelity (``fluid`` is what RL trains on).
         obs: ``box`` or ``dict`` observations (``dict`` needs ``MultiInputPolicy``; Dreamer
             reads ``box`` only).
@@ -258,6 +282,7 @@ class EnvConfig:
         normalize_obs: SB3: normalise observations with running statistics (``VecNormalize``).
         normalize_reward: SB3: also scale rewards by a running return std (``VecNormalize``).
         clip_obs: SB3: clip normalised observations to ``[-clip_obs, clip_obs]``.
+        residual: ``env=residual``: budgets and start (:class:`ResidualConfig`).
     """
 
     name: EnvName = MISSING
@@ -268,6 +293,7 @@ class EnvConfig:
     normalize_obs: bool = True
     normalize_reward: bool = False
     clip_obs: float = bounded(10.0, gt=0)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
 
 
 # --------------------------------------------------------------------------- logger group

@@ -228,8 +228,14 @@ class RunbookPolicy:
         fresh = RunbookState(hpa=hpa)
         return fresh if n == 1 else tuple(fresh for _ in range(n))
 
-    def act(self, obs: Telemetry, state: Any) -> tuple[list[Action], RunbookState, dict[str, Any]]:
+    def act(
+        self, obs: Telemetry, state: Any, hpa_targets: Mapping[str, int] | None = None
+    ) -> tuple[list[Action], RunbookState, dict[str, Any]]:
         """Decide on one frame.
+
+        ``hpa_targets`` (optional) sets some services' HPA CPU targets for this sync
+        (:meth:`agents.baselines.hpa.HPAPolicy.act`); the residual policy
+        (:mod:`agents.residual`) steers the runbook through it. None: the configured target.
 
         ``info`` holds ``runbook`` (one entry per action: rule, service, action, why),
         ``diagnoses`` (findings without an action), ``hold`` (why nothing was done, if so),
@@ -285,7 +291,7 @@ class RunbookPolicy:
         if pending:
             diagnoses.append(pending)
 
-        hpa_actions, hpa_state, hpa_info = self.hpa.act(obs, state.hpa)
+        hpa_actions, hpa_state, hpa_info = self.hpa.act(obs, state.hpa, hpa_targets)
         state = replace(state, hpa=hpa_state)
         for a in hpa_actions:
             if isinstance(a, Scale) and a.service in scaled:
@@ -299,6 +305,30 @@ class RunbookPolicy:
             "hpa": hpa_info.get("hpa", {}),
         }
         return actions, state, info
+
+    def record_external(self, state: RunbookState, action: Action, t: float) -> RunbookState:
+        """``state`` as if the rules had taken ``action`` themselves at time ``t``.
+
+        For a controller that adds to the rules' decision (:mod:`agents.residual`): a
+        ``Restart`` or ``Rollback`` starts the service's cool-down and settle time (so that
+        the rules neither repeat it at once nor read its replaced pods as a crash loop; a
+        rollback also uses up the deploy it reverts), and a ``ShedLoad`` becomes the shed
+        level in force, which the overload rule then lifts gradually once healthy. Other
+        actions leave the state as it is.
+        """
+        if isinstance(action, Restart):
+            state = self._mark(state, f"restart:{action.service}", t)
+            return self._mark(state, f"remediate:{action.service}", t)
+        if isinstance(action, Rollback):
+            name = action.service
+            state = self._mark(self._mark(state, f"rollback:{name}", t), f"remediate:{name}", t)
+            deploys = {k: v for k, v in state.deploys.items() if k != name}
+            revisions = {**state.revisions, name: state.revisions.get(name, 0) - 1}
+            return replace(state, deploys=deploys, revisions=revisions)
+        if isinstance(action, ShedLoad):
+            lifted = action.fraction < state.shed - _EPS
+            return replace(state, shed=action.fraction, shed_changed_t=t, shed_released=lifted)
+        return state
 
     # ------------------------------------------------------------------ bookkeeping
     def _observe(self, obs: Telemetry, state: RunbookState) -> RunbookState:

@@ -205,6 +205,11 @@ class DreamerAgentConfig(AgentConfig):
                 f"env.obs={run.env.obs}: Dreamer's world model reads the flat observation; "
                 "use env.obs=box"
             )
+        if run.env.name == EnvName.residual:
+            raise RunConfigError(
+                "env=residual: Dreamer's driver and imagination do not run the runbook's "
+                "residual decision yet; use agent=maskable_ppo with env=residual"
+            )
         if run.env.name == EnvName.autoscale and self.noop_prob is not None:
             raise RunConfigError(
                 f"agent.noop_prob={self.noop_prob}: env=autoscale has no remediation "

@@ -143,7 +143,9 @@ def build_policy(spec: PolicySpec, scenario: Scenario) -> Policy:
             _SB3_CACHE[key] = SB3Policy(
                 spec.run_dir, model=files[0], vecnormalize=files[1], deterministic=deterministic
             )
-    return _SB3_CACHE[key]
+    policy = _SB3_CACHE[key]
+    for_scenario = getattr(policy, "for_scenario", None)  # residual runs: rules per entry
+    return for_scenario(scenario) if callable(for_scenario) else policy
 
 
 def check_trained(spec: PolicySpec, suite: Suite) -> None:

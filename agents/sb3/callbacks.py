@@ -116,3 +116,73 @@ class FiniteParamsCallback(BaseCallback):
                 f"{bad[:5]}{' ...' if len(bad) > 5 else ''}; lower agent.learning_rate or "
                 "agent.max_grad_norm, or check the rewards (env/... metrics) for outliers"
             )
+
+
+class LagrangeCallback(BaseCallback):
+    """``env=residual``: one dual-ascent step of the budgets' multipliers per rollout.
+
+    Collects ``info["residual_episode"]`` at the last step of every episode that ends
+    during a rollout (at the horizon or cut by ``max_episode_steps``); at the
+    rollout's end, moves the multipliers with :func:`agents.residual.dual_step` on those
+    episodes' per-step excess cost and disruption over ``tuned_runbook``'s on the same
+    episodes (:func:`agents.residual.episode_gaps`), and sets them in every training env
+    (``set_multipliers``). A rollout in which no episode ended keeps them. Records
+    ``lagrange/lambda_cost``, ``lagrange/lambda_disruption``, ``lagrange/cost_gap``,
+    ``lagrange/disruption_gap`` and ``lagrange/slo_gap`` (per step, episode means).
+
+    Args:
+        cost: Initial cost multiplier (the envs' own at start).
+        disruption: Initial disruption multiplier.
+        lr_cost: Step size of the cost multiplier.
+        lr_disruption: Step size of the disruption multiplier.
+        cap: Upper bound of both multipliers.
+    """
+
+    def __init__(
+        self,
+        cost: float,
+        disruption: float,
+        lr_cost: float,
+        lr_disruption: float,
+        cap: float = 100.0,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        from agents.residual import Multipliers
+
+        self.lam = Multipliers(cost, disruption)
+        self.lr_cost = lr_cost
+        self.lr_disruption = lr_disruption
+        self.cap = cap
+        self._records: list[dict[str, float]] = []
+        self.history: list[tuple[int, float, float]] = []
+        """``(num_timesteps, lambda_cost, lambda_disruption)`` after each step that moved."""
+
+    def _on_step(self) -> bool:
+        dones = np.asarray(self.locals["dones"], dtype=bool)
+        for done, info in zip(dones, self.locals["infos"], strict=True):
+            rec = info.get("residual_episode")
+            if done and rec is not None:
+                self._records.append(rec)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        from agents.residual import dual_step, episode_gaps
+
+        if not self._records:
+            return
+        gaps = [episode_gaps(r) for r in self._records]
+        slo = [(r["slo"] - r["ref_slo"]) / max(r["steps"], 1.0) for r in self._records]
+        self._records = []
+        cost_gaps = [g[0] for g in gaps]
+        dis_gaps = [g[1] for g in gaps]
+        self.lam = dual_step(
+            self.lam, cost_gaps, dis_gaps, self.lr_cost, self.lr_disruption, self.cap
+        )
+        self.training_env.env_method("set_multipliers", self.lam.cost, self.lam.disruption)
+        self.history.append((int(self.num_timesteps), self.lam.cost, self.lam.disruption))
+        self.logger.record("lagrange/lambda_cost", self.lam.cost)
+        self.logger.record("lagrange/lambda_disruption", self.lam.disruption)
+        self.logger.record("lagrange/cost_gap", float(np.mean(cost_gaps)))
+        self.logger.record("lagrange/disruption_gap", float(np.mean(dis_gaps)))
+        self.logger.record("lagrange/slo_gap", float(np.mean(slo)))

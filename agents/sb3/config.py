@@ -158,6 +158,10 @@ class PPOConfig(SB3AgentConfig):
                 f"agent.batch_size={self.batch_size} must be in (1, agent.n_steps x "
                 f"n_envs = {rollout}]; lower agent.batch_size or raise agent.n_steps"
             )
+        if run.env.name == EnvName.residual and run.env.obs != ObsKind.box:
+            raise RunConfigError(
+                f"env=residual observes a box only (got env.obs={run.env.obs}): set env.obs=box"
+            )
         if self.algo == Algo.maskable_ppo and run.env.name == EnvName.autoscale:
             raise RunConfigError(
                 "agent=maskable_ppo needs action masks, and env=autoscale has none (every "

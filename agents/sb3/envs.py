@@ -33,8 +33,9 @@ from stable_baselines3.common.vec_env import (
     VecNormalize,
 )
 
+import agents.residual  # noqa: F401  (registers opsworld/Residual-v0)
 import envs.gym  # noqa: F401  (registers the opsworld ids)
-from agents.run_config import ENV_IDS
+from agents.run_config import ENV_IDS, EnvName
 from agents.sb3.config import SB3ConfigError, TrainConfig, VecEnvKind
 from envs.scenarios.loader import ScenarioError, flatten, load_scenario
 from envs.scenarios.schema import Scenario
@@ -104,20 +105,24 @@ def env_kwargs(conf: TrainConfig) -> dict[str, Any]:
     """Constructor kwargs of the env that ``conf`` trains on.
 
     ``scenario`` is ``conf.scenario`` with ``scenario_overrides``, or with ``conf.suite`` the
-    list of :func:`suite_scenarios` (overrides already applied).
+    list of :func:`suite_scenarios` (overrides already applied). ``env=residual`` also gets
+    its initial ``multipliers`` (``env.residual``).
     """
     w = conf.env.reward_weights
     overrides = flatten(_plain(conf.scenario_overrides))
     scenario: str | list[Scenario] = conf.scenario
     if conf.suite is not None:
         scenario, overrides = suite_scenarios(conf), {}
-    return {
+    kwargs: dict[str, Any] = {
         "scenario": scenario,
         "fidelity": conf.env.fidelity.value,
         "obs": conf.env.obs.value,
         "reward_weights": {"slo": w.slo, "cost": w.cost, "disruption": w.disruption},
         "scenario_overrides": overrides,
     }
+    if conf.env.name == EnvName.residual:  # the budgets' multipliers start here
+        kwargs["multipliers"] = (conf.env.residual.cost, conf.env.residual.disruption)
+    return kwargs
 
 
 def scenario_names(conf: TrainConfig) -> list[str]:

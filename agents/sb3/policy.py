@@ -30,12 +30,20 @@ the control plane (:attr:`SB3Policy.in_cluster_hpa`, the tuned HPA's settings, w
 :func:`agents.rollout.rollout` enables), or is the live cluster's own: the policy holds no
 HPA state, only its control belief.
 
+**Residual runs** (``env=residual``, :mod:`agents.residual`): the policy runs
+``tuned_runbook`` itself (a :class:`~agents.residual.ResidualController`, telemetry only)
+and the model adjusts its decision; its state is the controller's
+:class:`~agents.residual.ResidualState`. :meth:`SB3Policy.for_scenario` rebuilds the rules
+for an evaluation entry's scenario (its bounds and SLOs), as ``tuned_runbook`` is built per
+entry, so that the no-op is exactly ``tuned_runbook`` there (``opsworld evaluate`` calls it).
+
 **Trust.** SB3 ``.zip`` files and ``vecnormalize.pkl`` contain pickles, and loading them can
 run arbitrary code: only load run dirs you produced or otherwise trust.
 """
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +53,7 @@ from omegaconf import OmegaConf
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.vec_env import VecNormalize
 
+from agents.residual import ResidualController, ResidualEnv
 from agents.sb3.config import EnvName, TrainConfig, config_from_mapping
 from agents.sb3.envs import brief_space, env_kwargs
 from agents.sb3.train import ALGOS
@@ -63,6 +72,7 @@ ENV_CLASSES: dict[EnvName, type[ClusterEnv]] = {
     EnvName.remediate: RemediateEnv,
     EnvName.ops: ClusterOpsEnv,
     EnvName.hpa_tune: HPATuneEnv,
+    EnvName.residual: ResidualEnv,
 }
 """``env.name`` -> env class (its ``layout`` names the codec layout; never instantiated)."""
 
@@ -133,8 +143,13 @@ class SB3Policy:
         self.in_cluster_hpa: HPAConfig | None = (
             load_settings().hpa_config() if layout == "hpa_tune" else None
         )
+        self.residual: ResidualController | None = None
         obs_space = observation_space(self.encoder, self.obs_kind)
         act_space = self.codec.action_space()
+        if self.config.env.name == EnvName.residual:
+            self.residual = ResidualController(self.scenario)
+            obs_space = self.residual.observation_space(self.encoder)
+            act_space = self.residual.action_space()
         try:
             with open(run / vecnormalize, "rb") as fh:  # trusted run dirs only (a pickle)
                 stats = pickle.load(fh)
@@ -166,13 +181,33 @@ class SB3Policy:
             )
         self._masked = isinstance(self.model, MaskablePPO)
 
+    def for_scenario(self, scenario: Scenario) -> SB3Policy:
+        """This policy for runs on ``scenario``: a residual run's rules are rebuilt for it.
+
+        Other runs return ``self`` (they hold no per-scenario rules). The model and the
+        statistics are shared, not copied.
+        """
+        if self.residual is None:
+            return self
+        if list(scenario.service_names) != list(self.scenario.service_names):
+            raise ValueError(
+                f"scenario {scenario.name!r} has services {scenario.service_names}, the run "
+                f"was trained on {self.scenario.service_names}: one policy fits one topology"
+            )
+        other = copy.copy(self)
+        other.residual = ResidualController(scenario)
+        return other
+
     def reset(self, n: int = 1) -> Any:
         """Fresh state (one for ``n == 1``, else a list of ``n``).
 
-        A :class:`~envs.gym.codec.ControlBelief`.
+        A :class:`~envs.gym.codec.ControlBelief`, or for a residual run a
+        :class:`~agents.residual.ResidualState`.
         """
 
-        def fresh() -> ControlBelief:
+        def fresh() -> Any:
+            if self.residual is not None:
+                return self.residual.reset()
             return ControlBelief.initial(self.codec.spec)
 
         return fresh() if n == 1 else [fresh() for _ in range(n)]
@@ -199,6 +234,8 @@ class SB3Policy:
             ``masked_out`` (the remediation chosen was invalid, so nothing was done) and,
             for masked agents, ``n_valid`` (valid choices).
         """
+        if self.residual is not None:
+            return self._act_residual(obs, state)
         belief = cast(ControlBelief, state).observe(obs)
         masks = self.codec.masks(belief)
         kwargs: dict[str, Any] = {"deterministic": self.deterministic}
@@ -215,3 +252,21 @@ class SB3Policy:
         if self._masked:
             info["n_valid"] = int(masks.sum())
         return actions, new_state, info
+
+    def _act_residual(self, obs: Telemetry, state: Any) -> tuple[list[Action], Any, dict[str, Any]]:
+        """A residual run's decision: the rules, then the model's adjustment."""
+        ctrl = self.residual
+        assert ctrl is not None
+        st = ctrl.observe(obs, state)
+        masks = ctrl.masks(st)
+        x = np.concatenate([self.encoder.encode(obs), ctrl.features(st)])[None]
+        kwargs: dict[str, Any] = {"deterministic": self.deterministic}
+        if self._masked:
+            kwargs["action_masks"] = masks[None]
+        raw, _ = self.model.predict(self.vec_normalize.normalize_obs(x), **kwargs)
+        action = np.asarray(raw)[0]
+        actions, st, info = ctrl.decide(st, action)
+        info["action"] = action.tolist()
+        if self._masked:
+            info["n_valid"] = int(masks.sum())
+        return actions, st, info

@@ -57,12 +57,14 @@ from agents.run_config import ENV_IDS, RunInterrupted, StopRequest, interrupts_h
 from agents.sb3.callbacks import (
     EpisodeStatsCallback,
     FiniteParamsCallback,
+    LagrangeCallback,
     SaveVecNormalizeCallback,
 )
 from agents.sb3.config import (
     AGENT_META_FIELDS,
     Activation,
     Algo,
+    EnvName,
     LoggerKind,
     SB3AgentConfig,
     SB3ConfigError,
@@ -163,6 +165,28 @@ def build_model(conf: TrainConfig, env: VecNormalize) -> BaseAlgorithm:
         seed=None,  # seeded by train_agent: SB3's seed would re-seed env i with seed + i
         **model_kwargs(conf.agent),
     )
+
+
+def noop_bias(model: BaseAlgorithm, env: VecNormalize, bias: float) -> None:
+    """Add ``bias`` to the no-op's logit in every dimension of a residual policy's actions.
+
+    The residual env's no-op (:meth:`agents.residual.ResidualController.noop`) is
+    ``tuned_runbook``; a fresh policy would otherwise adjust it uniformly at random.
+    """
+    from gymnasium import spaces
+
+    noop = np.asarray(env.env_method("noop_action", indices=[0])[0])
+    space = model.action_space
+    net = getattr(model.policy, "action_net", None)
+    if not isinstance(space, spaces.MultiDiscrete) or not isinstance(net, torch.nn.Linear):
+        raise SB3ConfigError(
+            f"env.residual.noop_bias={bias}: needs a MultiDiscrete actor with a linear head "
+            "(agent=ppo|maskable_ppo|a2c); set env.residual.noop_bias=0"
+        )
+    offsets = np.concatenate([[0], np.cumsum(space.nvec)[:-1]])
+    with torch.no_grad():
+        for off, k in zip(offsets.tolist(), noop.tolist(), strict=True):
+            net.bias[int(off) + int(k)] += bias
 
 
 def resume_files(path: str | Path) -> tuple[Path, Path]:
@@ -386,6 +410,8 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
             train_env, model = _load_for_resume(conf, resume, train_env)
         else:
             model = build_model(conf, train_env)
+            if conf.env.name == EnvName.residual and conf.env.residual.noop_bias > 0:
+                noop_bias(model, train_env, conf.env.residual.noop_bias)
         model.action_space.seed(conf.seed)
         remaining = conf.total_timesteps - model.num_timesteps
         if remaining <= 0:
@@ -400,6 +426,13 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
         model.set_logger(make_logger(conf, paths))
         stats_cb = EpisodeStatsCallback()
         callbacks: list[BaseCallback] = [stats_cb, FiniteParamsCallback()]
+        lagrange: LagrangeCallback | None = None
+        if conf.env.name == EnvName.residual:  # budgets: one dual step per rollout
+            lg = conf.env.residual
+            lagrange = LagrangeCallback(
+                lg.cost, lg.disruption, lg.lr_cost, lg.lr_disruption, lg.cap
+            )
+            callbacks.append(lagrange)
         if conf.checkpoint_freq > 0:
             callbacks.append(
                 CheckpointCallback(
@@ -472,6 +505,11 @@ def train_agent(conf: TrainConfig) -> dict[str, Any]:
             "resumed_from": str(conf.resume) if conf.resume is not None else None,
             "out": str(paths.out),
         }
+        if lagrange is not None:
+            metrics["lagrange"] = {
+                "final": [lagrange.lam.cost, lagrange.lam.disruption],
+                "history": lagrange.history,
+            }
         paths.metrics.write_text(json.dumps(metrics, indent=2))
         return metrics
     finally:

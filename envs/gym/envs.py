@@ -151,7 +151,10 @@ class ClusterEnv(gym.Env[Any, Any]):
     ) -> tuple[Any, dict[str, Any]]:
         """Start an episode on a scenario drawn from the env's scenarios.
 
-        ``options={"scenario": i}`` picks scenario ``i`` instead of drawing one.
+        ``options={"scenario": i}`` picks scenario ``i`` instead of drawing one;
+        ``options={"sim_seed": k}`` runs the simulator with seed ``k`` instead of the drawn
+        one (the env's generator still draws it, so later episodes do not change): replays
+        an episode, as the residual env's reference run does (:mod:`agents.residual`).
         """
         super().reset(seed=seed)
         options = options or {}
@@ -160,6 +163,8 @@ class ClusterEnv(gym.Env[Any, Any]):
             idx = int(self.np_random.integers(len(self.scenarios)))
         sc = self.scenarios[int(idx)]
         sim_seed = int(self.np_random.integers(2**31 - 1))
+        if options.get("sim_seed") is not None:
+            sim_seed = int(options["sim_seed"])
         # Imported here, not at module level: the policies build their codec and encoder
         # from this package without the simulator (see envs.gym.codec).
         from envs.sim.simulator import Simulator
