@@ -336,7 +336,7 @@ def report(args: argparse.Namespace) -> None:
     results = Path(args.results)
     records = load_records(results / "records")
     if not records:
-        raise SystemExit(f"no run records under {results / "records"}; run 'score' first")
+        raise SystemExit(f"no run records under {results / 'records'}; run 'score' first")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["suite"], r["topology"]), []).append(r)
