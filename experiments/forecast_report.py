@@ -38,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from agents.run_config import RunConfigError
 from agents.world_model.evaluation.bench import collect_histories, run_record, score_forecaster
+from agents.world_model.evaluation.config import model_on
 from agents.world_model.evaluation.summary import BASELINES, Table, load_records, summarize
 from agents.world_model.forecast.baselines import Drift, Persistence, SeasonalNaive
 from agents.world_model.forecast.boosted import LightGBMDirect
@@ -125,25 +127,13 @@ def score(args: argparse.Namespace) -> None:
             from agents.world_model.fit import load_fit
 
             fit = load_fit(model_dir)
-            f: Forecaster = WorldModelForecaster(
-                fit.model,
-                fit.calibration if name == "model_cal" else None,
-                name,
-                int(fit.spec["forecast"]["horizon"]),
-                n_samples=args.n_samples,
-                seed=seed,
-            )
-            model_topology = fit.spec.get("topology")
+            f: Forecaster | None = None
         else:
             f = make_forecaster(name, seed, args.horizon).fit(train_eps())
-            model_topology = None
         fit_s = time.perf_counter() - t0
         print(f"{name} seed {seed}: fitted in {fit_s:.1f} s", flush=True)
         for suite in args.suites:
             for topo in args.topologies:
-                if model_topology not in (None, "any", topo):
-                    print(f"  skip {suite}/{topo}: the model fits {model_topology} only")
-                    continue
                 try:
                     eps = collect_histories(
                         suite, topo, args.behaviours, args.replicates, args.cache, limit=args.limit
@@ -151,6 +141,20 @@ def score(args: argparse.Namespace) -> None:
                 except ValueError as e:  # e.g. train:validation has no mesh40 entry
                     print(f"  skip {suite}/{topo}: {e}")
                     continue
+                if model_dir is not None:
+                    try:
+                        f = WorldModelForecaster(
+                            model_on(fit, eps[0].scenario),
+                            fit.calibration if name == "model_cal" else None,
+                            name,
+                            int(fit.spec["forecast"]["horizon"]),
+                            n_samples=args.n_samples,
+                            seed=seed,
+                        )
+                    except RunConfigError as e:  # a flat model on another topology
+                        print(f"  skip {suite}/{topo}: {e}")
+                        continue
+                assert f is not None
                 t1 = time.perf_counter()
                 scored = score_forecaster(f, eps, warmup=args.warmup, every=args.every)
                 rec = run_record(
