@@ -39,7 +39,13 @@ from typing import Any
 import numpy as np
 
 from agents.run_config import RunConfigError
-from agents.world_model.evaluation.bench import collect_histories, run_record, score_forecaster
+from agents.world_model.evaluation.bench import (
+    collect_histories,
+    fan_data,
+    merge_scored,
+    run_record,
+    score_forecaster,
+)
 from agents.world_model.evaluation.config import model_on
 from agents.world_model.evaluation.summary import BASELINES, Table, load_records, summarize
 from agents.world_model.forecast.baselines import Drift, Persistence, SeasonalNaive
@@ -99,17 +105,16 @@ def score(args: argparse.Namespace) -> None:
             ]
         return train
 
-    jobs: list[tuple[str, int, str | None]] = []
+    wm_names = [n for n in args.forecasters if n in ("model", "model_cal")]
+    if wm_names and not args.models:
+        raise SystemExit("--forecasters model/model_cal need --models (one fit folder per seed)")
+    # (names, seed, model folder): a model's raw and calibrated forecasts share one pass
+    jobs: list[tuple[list[str], int, str | None]] = [
+        (wm_names, i, d) for i, d in enumerate(args.models) if wm_names
+    ]
     for name in args.forecasters:
-        if name in ("model", "model_cal"):
-            if not args.models:
-                raise SystemExit(
-                    "--forecasters model/model_cal need --models (one fit folder per seed)"
-                )
-            jobs += [(name, i, d) for i, d in enumerate(args.models)]
-        else:
-            seeds = args.seeds if name == "lightgbm" else [0]
-            jobs += [(name, s, None) for s in seeds]
+        if name not in ("model", "model_cal"):
+            jobs += [([name], s, None) for s in (args.seeds if name == "lightgbm" else [0])]
     settings = {
         "behaviours": list(args.behaviours),
         "replicates": args.replicates,
@@ -118,20 +123,21 @@ def score(args: argparse.Namespace) -> None:
         "warmup": args.warmup,
         "limit": args.limit,
         "train_limit": args.train_limit,
+        "n_samples": args.n_samples,
         "command": "python -m experiments.forecast_report " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    for name, seed, model_dir in jobs:
+    for names, seed, model_dir in jobs:
         t0 = time.perf_counter()
-        if model_dir is not None:
+        fit: Any = None
+        if model_dir is None:
+            fitted = {names[0]: make_forecaster(names[0], seed, args.horizon).fit(train_eps())}
+        else:
             from agents.world_model.fit import load_fit
 
             fit = load_fit(model_dir)
-            f: Forecaster | None = None
-        else:
-            f = make_forecaster(name, seed, args.horizon).fit(train_eps())
         fit_s = time.perf_counter() - t0
-        print(f"{name} seed {seed}: fitted in {fit_s:.1f} s", flush=True)
+        print(f"{'+'.join(names)} seed {seed}: fitted in {fit_s:.1f} s", flush=True)
         for suite in args.suites:
             for topo in args.topologies:
                 try:
@@ -141,38 +147,64 @@ def score(args: argparse.Namespace) -> None:
                 except ValueError as e:  # e.g. train:validation has no mesh40 entry
                     print(f"  skip {suite}/{topo}: {e}")
                     continue
-                if model_dir is not None:
+                if fit is not None:
                     try:
-                        f = WorldModelForecaster(
-                            model_on(fit, eps[0].scenario),
-                            fit.calibration if name == "model_cal" else None,
-                            name,
-                            int(fit.spec["forecast"]["horizon"]),
-                            n_samples=args.n_samples,
-                            seed=seed,
-                        )
+                        model = model_on(fit, eps[0].scenario)
                     except RunConfigError as e:  # a flat model on another topology
                         print(f"  skip {suite}/{topo}: {e}")
                         continue
-                assert f is not None
+                    shared: dict[Any, Any] = {}
+                    fitted = {
+                        n: WorldModelForecaster(
+                            model,
+                            fit.calibration if n == "model_cal" else None,
+                            n,
+                            int(fit.spec["forecast"]["horizon"]),
+                            n_samples=args.n_samples,
+                            seed=seed,
+                            shared=shared,
+                        )
+                        for n in names
+                    }
                 t1 = time.perf_counter()
-                scored = score_forecaster(f, eps, warmup=args.warmup, every=args.every)
-                rec = run_record(
-                    f,
-                    scored,
-                    suite=suite,
-                    topology=topo,
-                    seed=seed,
-                    fit_s=fit_s,
-                    settings={**settings, "model": model_dir},
-                )
-                out = runs / f"{suite.replace(':', '-')}_{topo}_{name}_s{seed}.json"
-                out.write_text(json.dumps(rec, separators=(",", ":")))
-                print(
-                    f"  {suite}/{topo}: {len(eps)} episodes, {scored['origins']} origins, "
-                    f"{time.perf_counter() - t1:.1f} s -> {out}",
-                    flush=True,
-                )
+                scored = score_all(list(fitted.values()), eps, args.warmup, args.every)
+                for name, f in fitted.items():
+                    rec = run_record(
+                        f,
+                        scored[name],
+                        suite=suite,
+                        topology=topo,
+                        seed=seed,
+                        fit_s=fit_s,
+                        settings={**settings, "model": model_dir},
+                    )
+                    out = runs / f"{suite.replace(':', '-')}_{topo}_{name}_s{seed}.json"
+                    out.write_text(json.dumps(rec, separators=(",", ":")))
+                    print(
+                        f"  {suite}/{topo}: {len(eps)} episodes, {scored[name]['origins']} "
+                        f"origins, {time.perf_counter() - t1:.1f} s -> {out}",
+                        flush=True,
+                    )
+
+
+def score_all(
+    forecasters: list[Forecaster], eps: list[Any], warmup: int, every: int
+) -> dict[str, dict[str, Any]]:
+    """:func:`score_forecaster` of each forecaster, episode by episode in step.
+
+    In step, so that adapters sharing a memo of one model's raw forecasts imagine each
+    episode once.
+    """
+    parts: dict[str, list[dict[str, Any]]] = {f.name: [] for f in forecasters}
+    for ep in eps:
+        for f in forecasters:
+            parts[f.name].append(score_forecaster(f, [ep], warmup=warmup, every=every, fan=False))
+    out = {}
+    for f in forecasters:
+        merged = merge_scored(parts[f.name])
+        merged["fan"] = fan_data(f, eps)
+        out[f.name] = merged
+    return out
 
 
 # ------------------------------------------------------------------------------- report

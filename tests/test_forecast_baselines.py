@@ -273,6 +273,30 @@ def test_world_model_adapter_keeps_calibrated_draws_in_the_physical_ranges() -> 
         assert x.shape == (2, 16, 5, 3)
         assert x.min() >= 0.0 and np.all(x <= bounds[m][None, None, None, :]), m
     assert d.samples["error_rate"].max() <= 1.0
+    # a raw and a calibrated adapter sharing a memo give what forecast_batch gives
+    from agents.world_model.forecast import forecast_batch, planned_actions
+
+    memo: dict = {}
+    raw = WorldModelForecaster(model, None, "model", 5, n_samples=16, shared=memo)
+    cal = WorldModelForecaster(model, wide, "model_cal", 5, n_samples=16, shared=memo)
+    origins = np.array([10, 20])
+    r, c = raw.predict(ep, origins), cal.predict(ep, origins)
+    assert len(memo) == 1
+    ref = forecast_batch(
+        model,
+        ep.obs,
+        ep.action,
+        origins,
+        planned_actions({"action": ep.action}, origins, 5),
+        n_services=3,
+        n_samples=16,
+        calibration=wide,
+        bounds=bounds,
+    )
+    for m in METRICS:
+        np.testing.assert_array_equal(c.samples[m], ref.samples[m])
+        np.testing.assert_array_equal(c.samples[m], d.samples[m])
+    assert not np.array_equal(r.samples["rps"], c.samples["rps"])  # the 10x spread
 
 
 # ------------------------------------------------------------------------ report, end to end

@@ -183,17 +183,49 @@ def score_forecaster(
             rec["violation"] = v
         if progress:
             print(f"  {forecaster.name}: {i + 1}/{len(episodes)} {ep.entry}", flush=True)
-    fan_data = None
-    if fan and episodes:
-        first = next((ep for ep in episodes if ep.scenario.faults), episodes[0])
-        fan_data = _fan(first, forecaster, h)
     return {
         "entries": _jsonable(entries),
-        "fan": fan_data,
+        "fan": fan_data(forecaster, episodes) if fan else None,
         "origins": n_origins,
         "episodes": len(episodes),
         "predict_s": round(predict_s, 2),
     }
+
+
+def fan_data(forecaster: Forecaster, episodes: Sequence[EpisodeHistory]) -> dict[str, Any] | None:
+    """Fan-chart data of the first episode with a fault (:func:`_fan`); None without one."""
+    if not episodes:
+        return None
+    first = next((ep for ep in episodes if ep.scenario.faults), episodes[0])
+    return _fan(first, forecaster, forecaster.horizon)
+
+
+def _add(a: Any, b: Any) -> Any:
+    """Elementwise sum of two nested JSON values of the same shape (None + x = x)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, dict):
+        return {k: _add(a.get(k), b.get(k)) for k in {*a, *b}}
+    if isinstance(a, list):
+        return [_add(x, y) for x, y in zip(a, b, strict=True)]
+    return a + b
+
+
+def merge_scored(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`score_forecaster` result from several over disjoint episode sets."""
+    out: dict[str, Any] = {"entries": {}, "fan": None, "origins": 0, "episodes": 0}
+    predict_s = 0.0
+    for p in parts:
+        for e, rec in p["entries"].items():
+            out["entries"][e] = _add(out["entries"].get(e), rec)
+        out["origins"] += p["origins"]
+        out["episodes"] += p["episodes"]
+        predict_s += p["predict_s"]
+        out["fan"] = out["fan"] or p["fan"]
+    out["predict_s"] = round(predict_s, 2)
+    return out
 
 
 def _jsonable(x: Any) -> Any:
