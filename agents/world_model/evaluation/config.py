@@ -7,10 +7,15 @@ entry point ``experiments/evaluate_forecast.py`` registers it in Hydra's ConfigS
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from agents.run_config import Fidelity, RunConfigError, bounded, check_values
 from agents.world_model.fit import FittedModel, check_behaviours, load_fit, suite_entries
+from agents.world_model.forecast import NaiveForecaster
 from envs.scenarios.suites import SuiteEntry
 
 
@@ -80,6 +85,47 @@ class EvaluationSetup:
     services: list[str]
 
 
+def is_graph_fit(fit: FittedModel) -> bool:
+    """Whether ``fit`` is a ``wm.arch=graph`` model (one set of weights for any topology)."""
+    wm = fit.spec.get("world_model")
+    return isinstance(wm, dict) and wm.get("arch") == "graph"
+
+
+def model_on(fit: FittedModel, scenario: Any) -> Any:
+    """The fitted world model on ``scenario``'s topology.
+
+    ``FittedModel.model_for`` where the fit has it (a graph model binds its weights to the
+    topology's call graph), else the flat model itself.
+
+    Raises:
+        RunConfigError: A flat model and a topology with other services.
+    """
+    model_for = getattr(fit, "model_for", None)
+    if model_for is not None:
+        return model_for(scenario.topology)
+    if list(fit.spec.get("services", [])) != list(scenario.service_names):
+        raise RunConfigError(
+            f"a world model fitted on {fit.spec.get('topology')} cannot forecast "
+            f"{scenario.topology.name}; fit one with wm.arch=graph"
+        )
+    return fit.model
+
+
+def naive_for(nf: NaiveForecaster, n_services: int) -> NaiveForecaster:
+    """``nf`` with residual quantiles for ``n_services`` services.
+
+    Unchanged when it was fitted on that many; otherwise (a graph model scored on a topology
+    its extras were not fitted on) each step's quantiles are the mean over the fitted
+    services, the same for every service.
+    """
+    res = {}
+    for m, r in nf.residuals.items():  # [H, S, M]
+        res[m] = (
+            r if r.shape[1] == n_services else np.repeat(r.mean(1, keepdims=True), n_services, 1)
+        )
+    return dataclasses.replace(nf, residuals=res)
+
+
 def setup(conf: EvaluateForecastConfig) -> EvaluationSetup:
     """Load the model and check ``conf`` against it and the suite.
 
@@ -92,8 +138,14 @@ def setup(conf: EvaluateForecastConfig) -> EvaluationSetup:
     if conf.model is None:
         raise RunConfigError("model is required: an 'opsworld fit-world-model' output folder")
     fit = load_fit(conf.model)
+    graph = is_graph_fit(fit)
     topology = conf.topology or fit.spec["topology"]
-    if topology != fit.spec["topology"]:
+    if graph and "+" in topology:
+        raise RunConfigError(
+            f"topology is required: the model was fitted on {fit.spec['topology']!r} and runs "
+            "on any topology; name one, e.g. topology=mesh40"
+        )
+    if not graph and topology != fit.spec["topology"]:
         raise RunConfigError(
             f"topology={topology}: the model was fitted on {fit.spec['topology']!r} "
             "(one world model fits one topology)"
@@ -107,7 +159,7 @@ def setup(conf: EvaluateForecastConfig) -> EvaluationSetup:
             f"horizon={horizon}: must be in [1, {fitted_h}] (the horizon the model's "
             "calibration and naive forecasters were fitted for)"
         )
-    services = list(fit.spec["services"])
+    services = list(entries[0].scenario.service_names) if graph else list(fit.spec["services"])
     if list(entries[0].scenario.service_names) != services:
         raise RunConfigError(
             f"suite {conf.suite} topology {topology}: services {entries[0].scenario.service_names}"

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from agents.world_model.data import run_episode
-from agents.world_model.evaluation.config import EvaluateForecastConfig
+from agents.world_model.evaluation.config import EvaluateForecastConfig, model_on
 from agents.world_model.evaluation.scoring import FORECASTERS, LEVELS, VIOLATION_FORECASTERS
 from agents.world_model.fit import FittedModel
 from agents.world_model.forecast import (
@@ -127,25 +127,26 @@ def plot_example(
     faults = sorted(f.at_s for f in sc.faults)
     onset = faults[0] + 60.0 if faults else sc.horizon_s / 2
     t0 = int(np.clip(round(onset / dt), conf.warmup, len(ep["obs"]) - horizon - 1))
+    model = model_on(fit, sc)
     fc = forecast(
-        fit.model,
+        model,
         ep["obs"][: t0 + 1],
         ep["action"][: t0 + 1],
         ep["action"][t0 + 1 : t0 + 1 + horizon],
-        services=fit.spec["services"],
+        services=list(sc.service_names),
         n_samples=conf.n_samples,
         quantiles=LEVELS,
         seed=conf.seed,
         calibration=fit.calibration,
         bounds=physical_bounds(sc),
     )
-    s = list(fit.spec["services"]).index(sc.topology.entry)
+    s = list(sc.service_names).index(sc.topology.entry)
     period = period_steps(sc)
     fig = Figure(figsize=(11, 7))
     axes = fig.subplots(2, 2)
     back = 40
     for ax, m in zip(axes.ravel(), METRICS, strict=True):
-        y = raw_series(ep, fit.model.layout, m)[:, s]
+        y = raw_series(ep, model.layout, m)[:, s]
         lo = max(0, t0 - back)
         t_hist = (np.arange(lo, t0 + horizon + 1) - t0) * dt / 60.0
         ax.plot(t_hist, y[lo : t0 + horizon + 1], color="black", lw=1.2, label="observed")
@@ -155,7 +156,7 @@ def plot_example(
         ax.fill_between(t_fc, q[:, 1], q[:, -2], color="tab:blue", alpha=0.3, label="model 80%")
         ax.plot(t_fc, q[:, 2], color="tab:blue", label="model median")
         for nf, color in ((fit.persistence, "tab:orange"), (fit.seasonal, "tab:green")):
-            pt = nf.point(raw_series(ep, fit.model.layout, m), [t0], period)[0, :, s]
+            pt = nf.point(raw_series(ep, model.layout, m), [t0], period)[0, :, s]
             ax.plot(t_fc, pt, color=color, lw=1, label=nf.kind)
         ax.axvline(0, color="gray", lw=0.8)
         ax.set_title(f"{sc.topology.entry} {m}")

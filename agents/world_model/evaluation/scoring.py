@@ -21,6 +21,7 @@ import torch
 
 from agents.parallel import parallel_map
 from agents.world_model.data import ProgressBar, run_episode
+from agents.world_model.evaluation.config import model_on, naive_for
 from agents.world_model.fit import FittedModel, load_fit
 from agents.world_model.forecast import (
     METRICS,
@@ -132,7 +133,8 @@ def score_task(task: ScoreTask) -> EpisodeScores:
     start = time.perf_counter()
     torch.set_num_threads(task.threads)
     fit = cached_fit(task.model_dir)
-    layout = fit.model.layout
+    model = model_on(fit, task.scenario)
+    layout = model.layout
     ep = run_episode(task.scenario, task.behaviour, task.seed, task.fidelity)
     origins = forecast_origins(len(ep["obs"]), task.horizon, task.warmup, task.every)
     h = task.horizon
@@ -143,7 +145,7 @@ def score_task(task: ScoreTask) -> EpisodeScores:
         )
     truth = truths(ep, layout, origins, h)
     sf = forecast_batch(
-        fit.model,
+        model,
         ep["obs"],
         ep["action"],
         origins,
@@ -154,6 +156,8 @@ def score_task(task: ScoreTask) -> EpisodeScores:
     )
     period = period_steps(task.scenario)
     bounds = physical_bounds(task.scenario)
+    persistence = naive_for(fit.persistence, layout.n_services)
+    seasonal = naive_for(fit.seasonal, layout.n_services)
     scores: dict[str, dict[str, dict[str, np.ndarray]]] = {f: {} for f in FORECASTERS}
     for m in METRICS:
         raw = sf.samples[m]
@@ -162,8 +166,8 @@ def score_task(task: ScoreTask) -> EpisodeScores:
         draws = {
             "model": raw,
             "model_cal": cal,
-            "persistence": fit.persistence.samples(m, series, origins, period),
-            "seasonal": fit.seasonal.samples(m, series, origins, period),
+            "persistence": persistence.samples(m, series, origins, period),
+            "seasonal": seasonal.samples(m, series, origins, period),
         }
         for f in FORECASTERS:
             # every forecaster's draws within the physical ranges (issue 17, item 5)

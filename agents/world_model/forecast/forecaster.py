@@ -37,6 +37,8 @@ from agents.world_model.forecast.rollout import forecast_batch
 from agents.world_model.forecast.types import (
     METRICS,
     ForecastModel,
+    SampleForecast,
+    clip_to_bounds,
     physical_bounds,
     symexp_np,
 )
@@ -190,7 +192,8 @@ class WorldModelForecaster:
         name: Table name (``model`` / ``model_cal`` by convention).
         horizon: H.
         n_samples: Draws per origin.
-        seed: Base seed of the draws (plus a per-episode offset given to :meth:`predict`).
+        seed: Seed of the draws.
+        shared: Optional memo of raw forecasts shared with another adapter of the model.
     """
 
     model: ForecastModel
@@ -199,27 +202,51 @@ class WorldModelForecaster:
     horizon: int
     n_samples: int = 64
     seed: int = 0
+    shared: dict[Any, SampleForecast] | None = None
 
     def fit(self, episodes: Sequence[EpisodeHistory]) -> WorldModelForecaster:
         """Nothing to fit here."""
         return self
 
-    def predict(
-        self, episode: EpisodeHistory, origins: np.ndarray, seed: int | None = None
-    ) -> ForecastDraws:
-        """:func:`forecast_batch` from ``origins`` under the actions taken after them."""
-        origins = np.asarray(origins, dtype=int)
-        ep = {"action": episode.action}
+    def raw(self, episode: EpisodeHistory, origins: np.ndarray) -> SampleForecast:
+        """The uncalibrated :func:`forecast_batch` of ``origins``.
+
+        Memoised in :attr:`shared` when given (a dict): a raw and a calibrated adapter of
+        one model that share it imagine each episode once.
+        """
+        key = (episode.entry, episode.behaviour, episode.replicate, tuple(origins.tolist()))
+        if self.shared is not None and key in self.shared:
+            return self.shared[key]
         sf = forecast_batch(
             self.model,
             episode.obs,
             episode.action,
             origins,
-            planned_actions(ep, origins, self.horizon),
+            planned_actions({"action": episode.action}, origins, self.horizon),
             n_services=len(episode.services),
             n_samples=self.n_samples,
-            seed=self.seed if seed is None else seed,
-            calibration=self.calibration,
-            bounds=episode.bounds(),
+            seed=self.seed,
         )
-        return ForecastDraws(sf.samples, sf.p_violation)
+        if self.shared is not None:
+            self.shared.clear()  # one episode at a time: the raw and calibrated passes alternate
+            self.shared[key] = sf
+        return sf
+
+    def predict(self, episode: EpisodeHistory, origins: np.ndarray) -> ForecastDraws:
+        """Draws from ``origins`` under the actions taken after them.
+
+        Calibrated and clipped to the physical ranges, as
+        ``forecast_batch(calibration=, bounds=)`` does.
+        """
+        origins = np.asarray(origins, dtype=int)
+        sf = self.raw(episode, origins)
+        samples, p = sf.samples, sf.p_violation
+        if self.calibration is not None:
+            cal = self.calibration
+            samples = {
+                m: cal.apply_raw(m, x, sf.offset[m], sf.decoded[m]) for m, x in samples.items()
+            }
+            p = cal.apply_violation(p)
+        bounds = episode.bounds()
+        samples = {m: clip_to_bounds(m, x, bounds.get(m)) for m, x in samples.items()}
+        return ForecastDraws(samples, p)
