@@ -81,6 +81,11 @@ class Method:
         """The entries it was run on, sorted."""
         return sorted({r["entry"] for r in self.runs})
 
+    def restrict(self, entries: Sequence[str]) -> Method:
+        """The runs on ``entries`` only."""
+        keep = set(entries)
+        return Method(self.label, self.files, tuple(r for r in self.runs if r["entry"] in keep))
+
     def matrix(self, metric: str, entries: Sequence[str]) -> np.ndarray:
         """``(seeds x replicates, entries)`` scores, rows ordered by (file, replicate).
 
@@ -233,27 +238,48 @@ def mitigation(method: Method) -> dict[str, Any]:
 
 
 def analyse(
-    methods: Sequence[Method], reference: str, reps: int = 2000, seed: int = 0
+    methods: Sequence[Method],
+    reference: str,
+    reps: int = 2000,
+    seed: int = 0,
+    common: bool = False,
 ) -> dict[str, Any]:
     """Every figure of the report, as plain data (what ``<name>.json`` holds).
 
+    With ``common`` the comparison is restricted to the entries every method was run on
+    (``dropped`` lists the others); otherwise every method must cover the same entries.
+
     Raises:
-        RecordError: Unknown reference, or methods run on different entries.
+        RecordError: Unknown reference, methods run on different entries (without
+            ``common``), or no entry in common.
     """
     labels = [m.label for m in methods]
     if reference not in labels:
         raise RecordError(f"--reference {reference}: not one of the methods {labels}")
     entries = methods[0].entries()
-    for m in methods[1:]:
-        if m.entries() != entries:
-            only = sorted(set(m.entries()) ^ set(entries))
-            raise RecordError(
-                f"{m.label} and {methods[0].label} were run on different entries (differing: "
-                f"{only}); evaluate every method on the same suite"
-            )
+    every = sorted(set().union(*(m.entries() for m in methods)))
+    if common:
+        entries = sorted(set.intersection(*(set(m.entries()) for m in methods)))
+        if not entries:
+            raise RecordError("the methods have no entry in common")
+    else:
+        for m in methods[1:]:
+            if m.entries() != entries:
+                only = sorted(set(m.entries()) ^ set(entries))
+                raise RecordError(
+                    f"{m.label} and {methods[0].label} were run on different entries "
+                    f"(differing: {only}); evaluate every method on the same suite, or pass "
+                    "--common-entries to compare on the entries they share"
+                )
+    methods = [m.restrict(entries) for m in methods]
     ref = next(m for m in methods if m.label == reference)
     ref_slo = ref.matrix("slo_violation_min", entries)
-    out: dict[str, Any] = {"entries": entries, "reference": reference, "methods": {}}
+    out: dict[str, Any] = {
+        "entries": entries,
+        "dropped": sorted(set(every) - set(entries)),
+        "reference": reference,
+        "methods": {},
+    }
     for m in methods:
         rec: dict[str, Any] = {
             "files": list(m.files),
@@ -308,6 +334,13 @@ def markdown(result: dict[str, Any], command: str, notes: str = "", name: str = 
     if notes.strip():
         lines += [notes.strip(), ""]
     n_entries = len(result["entries"])
+    if result.get("dropped"):
+        lines += [
+            "Compared on the entries every method was run on; left out: "
+            + ", ".join(f"`{e}`" for e in result["dropped"])
+            + ".",
+            "",
+        ]
     lines += [
         f"## Aggregates ({n_entries} entries; runs = training seeds x entries x replicates)",
         "",
@@ -450,10 +483,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="control")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--common-entries",
+        action="store_true",
+        help="compare on the entries every method was run on (lists the others)",
+    )
     args = parser.parse_args(argv)
     try:
         methods = [load_method(*parse_method(m)) for m in args.method]
-        result = analyse(methods, args.reference, args.reps, args.seed)
+        result = analyse(methods, args.reference, args.reps, args.seed, args.common_entries)
     except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

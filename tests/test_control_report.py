@@ -134,3 +134,20 @@ def test_checkpoint_pick_respects_the_budgets() -> None:
     over = {k: {**r, "disruptive_actions": 9.0} for k, r in rows.items()}
     over["s0_30"]["disruptive_actions"] = 4.0
     assert pick(over, ref) == ("s0_30", False)  # none within: the smallest excess
+
+
+def test_common_entries_restricts_and_lists_the_rest(
+    records: dict[str, str], tmp_path: Path
+) -> None:
+    only_e1 = _write(
+        tmp_path / "e1only" / "results.json", [_run("e1", k, 0.0, 10.0) for k in range(3)]
+    )
+    methods = [cr.load_method("ref", [records["ref"]]), cr.load_method("o", [only_e1])]
+    res = cr.analyse(methods, "ref", reps=100, common=True)
+    assert res["entries"] == ["e1"] and res["dropped"] == ["e2"]
+    assert res["methods"]["ref"]["slo_violation_min"]["mean"][0] == 4.0  # e1 only
+    assert res["methods"]["o"]["paired"]["per_entry"] == {"e1": -4.0}
+    assert res["methods"]["o"]["prob_improvement"][0] == 1.0
+    other = _write(tmp_path / "other" / "results.json", [_run("e3", 0, 1.0, None)])
+    with pytest.raises(cr.RecordError, match="no entry in common"):
+        cr.analyse([methods[0], cr.load_method("x", [other])], "ref", common=True)
