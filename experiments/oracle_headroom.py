@@ -241,7 +241,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if args.limit is not None:
         suite = suite.subset(first=args.limit)
     config = OracleConfig(
-        every=args.every, lead_s=args.lead_s, hold=args.hold, margin_min=args.margin
+        every=args.every,
+        lead_s=args.lead_s,
+        hold=args.hold,
+        extra_holds=tuple(args.extra_holds),
+        scale_steps=tuple(args.scale_steps),
+        hpa_targets=tuple(args.hpa_targets),
+        shed_fractions=tuple(args.shed_fractions),
+        max_services=args.max_services,
+        margin_min=args.margin,
     )
     jobs = [
         (e.id, e.scenario, k, e.run_seed(k), args.fidelity, config)
@@ -335,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lead-s", type=float, default=OracleConfig.lead_s)
     p.add_argument("--hold", type=int, default=OracleConfig.hold)
     p.add_argument("--margin", type=float, default=OracleConfig.margin_min)
+    p.add_argument("--extra-holds", type=int, nargs="*", default=list(OracleConfig.extra_holds))
+    p.add_argument("--scale-steps", type=int, nargs="*", default=list(OracleConfig.scale_steps))
+    p.add_argument("--hpa-targets", type=int, nargs="*", default=list(OracleConfig.hpa_targets))
+    p.add_argument(
+        "--shed-fractions", type=float, nargs="*", default=list(OracleConfig.shed_fractions)
+    )
+    p.add_argument("--max-services", type=int, default=OracleConfig.max_services)
     p.add_argument("--label", default="oracle", help="folder and policy name of the oracle")
     p.add_argument("--out", default="experiments/results/control/oracle/validation")
     args = p.parse_args(argv)

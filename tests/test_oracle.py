@@ -197,6 +197,10 @@ def test_candidates_read_the_hidden_fault() -> None:
     assert "drain node0" in labels  # the hogged node, known only from the fault list
     assert "rollback api" not in labels  # nothing deployed since the start: not admissible
     assert "veto x8" in labels
+    assert len(labels) == len(set(labels))
+    wider = [m.label for m in candidates(world, OracleConfig(extra_holds=(20,)))]
+    held = [x for x in labels if x.endswith(" x8")]
+    assert set(wider) == set(labels) | {x[: -len("x8")] + "x20" for x in held}
 
 
 # --------------------------------------------------------------------------------------------
