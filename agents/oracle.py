@@ -423,6 +423,7 @@ class OracleConfig:
         every: Plan at every ``every``-th decision.
         lead_s: Start planning this long before the first fault's onset.
         hold: Decisions a held macro (scale, HPA target, shed, veto) lasts.
+        extra_holds: More hold lengths: every held macro is also tried with each of these.
         scale_steps: Pods added or removed by the ``scale`` macros.
         hpa_targets: CPU targets (percent) of the ``hpa_target`` macros.
         shed_fractions: Fractions of the ``shed`` macros.
@@ -438,6 +439,7 @@ class OracleConfig:
     every: int = 4
     lead_s: float = 0.0
     hold: int = 8
+    extra_holds: tuple[int, ...] = ()
     scale_steps: tuple[int, ...] = (1, 3, -1)
     hpa_targets: tuple[int, ...] = (30, 80)
     shed_fractions: tuple[float, ...] = (0.25, 0.5)
@@ -449,7 +451,7 @@ class OracleConfig:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.hold < 1 or self.workers < 1 or self.max_services < 1:
+        if min(self.every, self.hold, self.workers, self.max_services, *self.extra_holds) < 1:
             raise ValueError(
                 "OracleConfig: every, hold, workers and max_services must be >= 1, got "
                 f"{self.every}, {self.hold}, {self.workers}, {self.max_services}"
@@ -503,15 +505,17 @@ def focus_services(world: World, limit: int) -> list[str]:
 
 def candidates(world: World, config: OracleConfig) -> list[Macro]:
     """The macros tried at this decision (admissible now; the no-op not included)."""
+    holds = (config.hold, *config.extra_holds)
     out: list[Macro] = []
     for s in focus_services(world, config.max_services):
         lo, hi = world.bounds[s]
         d = world.desired(s)
-        for k in config.scale_steps:
-            if lo <= d + k <= hi:
-                out.append(Macro("scale", s, k, config.hold))
-        for target in config.hpa_targets:
-            out.append(Macro("hpa_target", s, target, config.hold))
+        for h in holds:
+            for k in config.scale_steps:
+                if lo <= d + k <= hi:
+                    out.append(Macro("scale", s, k, h))
+            for target in config.hpa_targets:
+                out.append(Macro("hpa_target", s, target, h))
         out.append(Macro("restart", s))
         accepted, _ = world.sim.admissible([Rollback(s)])
         if accepted:
@@ -521,12 +525,13 @@ def candidates(world: World, config: OracleConfig) -> list[Macro]:
         if accepted:
             out.append(Macro("drain", amount=node))
     shed = world.shed_fraction()
-    for f in config.shed_fractions:
-        if abs(f - shed) > 1e-9:
-            out.append(Macro("shed", amount=f, hold=config.hold))
-    if shed > 0:
-        out.append(Macro("shed", amount=0.0, hold=config.hold))
-    out.append(Macro("veto", hold=config.hold))
+    for h in holds:
+        for f in config.shed_fractions:
+            if abs(f - shed) > 1e-9:
+                out.append(Macro("shed", amount=f, hold=h))
+        if shed > 0:
+            out.append(Macro("shed", amount=0.0, hold=h))
+        out.append(Macro("veto", hold=h))
     return out
 
 

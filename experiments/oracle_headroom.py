@@ -7,7 +7,8 @@ plans on cloned simulator state. The question it answers: how much better than
 ::
 
     nice -n 10 .venv/bin/python -m experiments.oracle_headroom \\
-        --suite train:validation --seeds 3 --workers 2 --out experiments/results/control/oracle
+        --suite train:validation --seeds 3 --workers 2 \\
+        --out experiments/results/control/oracle/validation
 
 Every (entry, replicate) runs one oracle episode; its ``tuned_runbook`` reference is the
 no-op's projection at the first planning point, which is exactly ``tuned_runbook``'s run with
@@ -240,7 +241,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if args.limit is not None:
         suite = suite.subset(first=args.limit)
     config = OracleConfig(
-        every=args.every, lead_s=args.lead_s, hold=args.hold, margin_min=args.margin
+        every=args.every,
+        lead_s=args.lead_s,
+        hold=args.hold,
+        extra_holds=tuple(args.extra_holds),
+        scale_steps=tuple(args.scale_steps),
+        hpa_targets=tuple(args.hpa_targets),
+        shed_fractions=tuple(args.shed_fractions),
+        max_services=args.max_services,
+        margin_min=args.margin,
     )
     jobs = [
         (e.id, e.scenario, k, e.run_seed(k), args.fidelity, config)
@@ -248,10 +257,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for k in range(args.seeds)
     ]
     done = [0]
+    out = Path(args.out)
+    (out / args.label).mkdir(parents=True, exist_ok=True)
+    partial = out / args.label / "runs.partial.jsonl"
+    partial.write_text("")
 
-    def progress(i: int, out: tuple[RunScore, RunScore, dict[str, Any]]) -> None:
+    def progress(i: int, res: tuple[RunScore, RunScore, dict[str, Any]]) -> None:
         done[0] += 1
-        o, r, info = out
+        o, r, info = res
+        with partial.open("a") as f:  # survives an interrupted study; removed at the end
+            f.write(json.dumps({"oracle": o.as_dict(), "tuned_runbook": r.as_dict()}) + "\n")
         print(
             f"[{done[0]}/{len(jobs)}] {o.entry_id} k={o.replicate}: SLO min "
             f"{r.score.slo_violation_min:.2f} -> {o.score.slo_violation_min:.2f}, "
@@ -265,11 +280,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     oracle_runs = [o[0] for o in outs]
     ref_runs = [o[1] for o in outs]
     infos = [o[2] for o in outs]
-    out = Path(args.out)
     results = {}
     for label, runs, w in ((args.label, oracle_runs, wall), ("tuned_runbook", ref_runs, 0.0)):
         res = SuiteResult(
-            suite=suite.name if not args.suite.endswith(":validation") else args.suite,
+            suite=suite.name,
             policy=label,
             fidelity=args.fidelity,
             replicates=list(range(args.seeds)),
@@ -312,6 +326,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     }
     (out / args.label / "headroom.json").write_text(json.dumps(report, indent=1))
     (out / args.label / "headroom.md").write_text(markdown(report))
+    partial.unlink()
     return report
 
 
@@ -328,8 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lead-s", type=float, default=OracleConfig.lead_s)
     p.add_argument("--hold", type=int, default=OracleConfig.hold)
     p.add_argument("--margin", type=float, default=OracleConfig.margin_min)
+    p.add_argument("--extra-holds", type=int, nargs="*", default=list(OracleConfig.extra_holds))
+    p.add_argument("--scale-steps", type=int, nargs="*", default=list(OracleConfig.scale_steps))
+    p.add_argument("--hpa-targets", type=int, nargs="*", default=list(OracleConfig.hpa_targets))
+    p.add_argument(
+        "--shed-fractions", type=float, nargs="*", default=list(OracleConfig.shed_fractions)
+    )
+    p.add_argument("--max-services", type=int, default=OracleConfig.max_services)
     p.add_argument("--label", default="oracle", help="folder and policy name of the oracle")
-    p.add_argument("--out", default="experiments/results/control/oracle")
+    p.add_argument("--out", default="experiments/results/control/oracle/validation")
     args = p.parse_args(argv)
     if args.seeds < 1 or args.workers < 1:
         p.error("--seeds and --workers must be >= 1")

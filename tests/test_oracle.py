@@ -3,7 +3,9 @@ choice rule, a known-good action on an obvious incident, determinism."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +197,10 @@ def test_candidates_read_the_hidden_fault() -> None:
     assert "drain node0" in labels  # the hogged node, known only from the fault list
     assert "rollback api" not in labels  # nothing deployed since the start: not admissible
     assert "veto x8" in labels
+    assert len(labels) == len(set(labels))
+    wider = [m.label for m in candidates(world, OracleConfig(extra_holds=(20,)))]
+    held = [x for x in labels if x.endswith(" x8")]
+    assert set(wider) == set(labels) | {x[: -len("x8")] + "x20" for x in held}
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,3 +245,31 @@ def test_huge_margin_leaves_tuned_runbook_untouched() -> None:
     assert run.choices == []
     assert run.score == run.reference
     assert run.planning_points > 0
+
+
+# --------------------------------------------------------------------------------------------
+# the docs quote the committed study
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "control" / "oracle"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "oracle.md"
+
+
+@pytest.mark.parametrize("split", ["validation", "holdout"])
+def test_docs_quote_the_headroom_tables(split: str) -> None:
+    page = RESULTS / split / "oracle" / "headroom.md"
+    if split == "holdout" and not page.exists():
+        pytest.skip("no holdout study committed")
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| `")][:3]
+    assert [r.split(" |")[0] for r in rows] == [
+        "| `slo_violation_min`",
+        "| `allocated_cost`",
+        "| `disruptive_actions`",
+    ]
+    doc = DOC.read_text()
+    for row in rows:
+        assert row in doc, f"docs/oracle.md should quote {row!r} from {page}"
+    report = json.loads((RESULTS / split / "oracle" / "headroom.json").read_text())
+    assert report["upper_bound"] is True
+    records = json.loads((RESULTS / split / "oracle" / "results.json").read_text())
+    assert records["runs"] == report["entries"] * report["seeds"] == len(records["per_run"])
