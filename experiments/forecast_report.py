@@ -298,6 +298,45 @@ def _tables(suite: str, topo: str, s: dict[str, Any], horizon_step: int) -> list
     return [*lines, ""]
 
 
+TARGET_METRICS = ("p99", "error_rate", "replicas_ready")
+"""Metrics of the issue's skill target."""
+
+
+def _targets(summaries: dict[str, Any]) -> list[str]:
+    """The issue-17 targets per holdout topology, for every non-baseline forecaster."""
+    lines = [
+        "### Targets (holdout, h = 20 = 5 min, all windows)",
+        "",
+        "Skill = 1 - MASE / MASE of the best baseline (target >= 30 %); coverage of the 90 % "
+        "interval (target 85-95 %); Brier score of P(SLO violation within 5 min) (target "
+        "<= 0.05 and below the best baseline's).",
+        "",
+        "| topology | forecaster | "
+        + " | ".join(f"skill {m}" for m in TARGET_METRICS)
+        + " | "
+        + " | ".join(f"cov90 {m}" for m in TARGET_METRICS)
+        + " | Brier | best baseline Brier |",
+        "|---|---|" + "---:|" * (2 * len(TARGET_METRICS) + 2),
+    ]
+    for key, s in summaries.items():
+        suite, topo = key.split("|")
+        if suite != "holdout":
+            continue
+        learned = [f for f in s["seeds"] if f not in BASELINES]
+        base_b = {f: v for f, v in s["brier"]["all"].items() if f in BASELINES}
+        best_b = min(base_b, key=lambda f: base_b[f][0]) if base_b else None
+        for f in learned or ["(no model scored)"]:
+            if f not in s["seeds"]:
+                lines.append(f"| {topo} | {f} |" + " - |" * (2 * len(TARGET_METRICS) + 2))
+                continue
+            sk = [_ci(s["skill"]["all"][m]["20"][f], pct=True) for m in TARGET_METRICS]
+            cov = [_ci(s["cov90"]["all"][m]["20"][f], digits=2) for m in TARGET_METRICS]
+            br = _ci(s["brier"]["all"][f]) if f in s["brier"]["all"] else "-"
+            bb = f"`{best_b}` {_ci(base_b[best_b])}" if best_b else "-"
+            lines.append(f"| {topo} | `{f}` | " + " | ".join([*sk, *cov, br, bb]) + " |")
+    return [*lines, ""]
+
+
 def _plots(
     results: Path, groups: dict[tuple[str, str], list[dict[str, Any]]], summaries: dict[str, Any]
 ) -> list[str]:
@@ -367,6 +406,17 @@ def _plots(
     return made
 
 
+def _rounded(x: Any) -> Any:
+    """Floats to 4 significant digits (NaN: None), recursively."""
+    if isinstance(x, dict):
+        return {str(k): _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_rounded(v) for v in x]
+    if isinstance(x, float):
+        return None if math.isnan(x) else float(f"{x:.4g}")
+    return x
+
+
 def report(args: argparse.Namespace) -> None:
     """Rebuild ``summary.json``, the figures and the tables from the run records."""
     results = Path(args.results)
@@ -383,8 +433,9 @@ def report(args: argparse.Namespace) -> None:
         s = summarize(Table(groups[(suite, topo)]), n_boot=args.n_boot)
         summaries[f"{suite}|{topo}"] = s
         lines += _tables(suite, topo, s, 20)
+    lines = _targets(summaries) + lines
     made = _plots(results, groups, summaries)
-    (results / "summary.json").write_text(json.dumps(summaries, indent=1, default=str))
+    (results / "summary.json").write_text(json.dumps(_rounded(summaries), separators=(",", ":")))
     machine = (
         f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
     )
