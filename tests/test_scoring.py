@@ -22,6 +22,7 @@ from envs.core.telemetry import (
     LATENCY_BUCKETS_S,
     SERVICE_FIELDS,
     Telemetry,
+    histogram_quantile,
     make_frame,
 )
 from envs.scenarios.loader import load_scenario
@@ -35,13 +36,19 @@ from envs.scenarios.scoring import (
     aggregate,
     bootstrap_ci,
     count_disruptive,
+    degraded_times,
+    entry_p99,
+    episode_allocated_cost,
     episode_cost,
+    error_budget_burn,
+    fault_windows,
     iqm,
     lost_telemetry,
     score_episode,
     slo_timeline,
     summarize_metric,
     time_to_mitigate,
+    unknown_state_rate,
 )
 from envs.sim.faults import FaultRecord
 from envs.sim.simulator import Decision, SimResult, Simulator
@@ -452,3 +459,305 @@ def test_aggregate_skips_not_applicable_values() -> None:
     assert agg["relapsed"].n == 2 and agg["relapsed"].mean == 0.0
     assert agg["slo_violation_min"].mean_ci == (1.0, 1.0)
     assert aggregate(scores) == agg
+
+
+# --------------------------------------------------------------------------- exact values
+# (written against the survivors of `make mutation MODULES=scoring`; each asserts a value)
+
+
+def _with_allocated(frames: list[Telemetry], per_hour: float) -> list[Telemetry]:
+    """``frames`` with ``allocated_cost_total = per_hour * t / 3600`` where observed."""
+    ci = CLUSTER_INDEX["allocated_cost_total"]
+    for f in frames:
+        if f.cluster_mask[ci]:
+            f.cluster[ci] = per_hour * f.t / 3600.0
+    return frames
+
+
+def test_score_fields_by_value_on_two_frames() -> None:
+    sc = load_scenario("chain3", {"horizon_s": 300.0, "seed": 11, "slos": SLOS})
+    frames = _with_allocated(frames_for(sc, [GOOD]), per_hour=2.0)  # t = 0 and 15: the least
+    s = score_episode(result_for(sc, frames))
+    assert (s.scenario, s.seed, s.horizon_s) == ("chain3", 11, 300.0)
+    # both costs run to the scenario's horizon, not to the last frame (t = 15)
+    assert s.cost == pytest.approx(NODE_RATE * 300.0 / 3600.0, rel=1e-12)
+    assert s.allocated_cost == pytest.approx(2.0 * 300.0 / 3600.0, rel=1e-12)
+    assert (s.p99_mean_s, s.p99_max_s) == (0.08, 0.08)
+    m = s.metrics()
+    assert m["cost"] == s.cost and m["allocated_cost"] == s.allocated_cost
+    assert (s.n_faults, s.mitigated, s.relapsed, m["mitigated"]) == (0, False, None, None)
+
+
+def test_metrics_turn_non_finite_costs_into_not_applicable() -> None:
+    s = EpisodeScore(
+        "x", 0, 60.0, 0, 0.0, 0.0, None, None, math.nan, None, False, False, None, 0, 0, 0, 0.0
+    )
+    assert math.isnan(s.allocated_cost)  # the default: an old result without it
+    m = s.metrics()
+    assert m["cost"] is None and m["allocated_cost"] is None
+    assert (m["p99_mean_s"], m["relapsed"], m["n_actions"]) == (None, None, 0.0)
+
+
+def _p99_of_one_bucket(latency: float, n: float = 1000.0) -> float:
+    """The histogram p99 of ``n`` attempts all in the bucket of ``latency`` (frames_for's)."""
+    row = np.zeros(len(LATENCY_BUCKETS_S))
+    row[int(np.searchsorted(LATENCY_BUCKETS_S, latency)) :] = n
+    return float(histogram_quantile(0.99, np.asarray(LATENCY_BUCKETS_S), row[None])[0])
+
+
+def test_entry_p99_without_an_slo_on_the_entry_reads_gauges_and_histograms() -> None:
+    # only api has an SLO, so the entry (frontend) p99 is not in the timeline: its own path
+    faults = [{"kind": "telemetry", "at_s": 60, "mode": "gap", "duration_s": 30}]
+    sc = scenario(faults=faults, slos={"api": SLOS["api"]})
+    intervals = [GOOD] * 8
+    intervals[1] = bad(frontend=(1000, 0, 0, 0.2))  # trusted frame 2: the gauge, 0.2
+    intervals[3] = bad(frontend=(1000, 0, 0, 0.4))  # frames 4, 5 (t = 60, 75) hidden
+    intervals[5] = bad(frontend=(0, 0, 0, None))  # nothing finished: NaN
+    frames = frames_for(sc, intervals, hidden=[4, 5])
+    r = result_for(sc, frames)
+    tl = slo_timeline(r)
+    assert tl.services == ("api",)
+    got = entry_p99(r, tl)
+    assert got.shape == (8,)
+    by_hist = _p99_of_one_bucket(0.4)
+    assert by_hist == pytest.approx(0.25 + 0.99 * 0.25)  # 1000 attempts in (0.25, 0.5]
+    good_hist = _p99_of_one_bucket(0.08)  # frame 5 (t = 75) is hidden too
+    want = [0.08, 0.2, 0.08, by_hist, good_hist, math.nan, 0.08, 0.08]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(entry_p99(r), want)  # without a timeline: the same
+    s = score_episode(r)
+    assert s.p99_max_s == by_hist
+    assert s.p99_mean_s == pytest.approx(np.nanmean(want), rel=1e-12)
+
+
+def test_entry_p99_with_nothing_finished_anywhere_is_not_applicable() -> None:
+    sc = scenario()
+    quiet = {name: (0.0, 0.0, 0.0, None) for name in SERVICES}
+    s = score_episode(result_for(sc, frames_for(sc, [quiet] * 3)))
+    assert s.p99_mean_s is None and s.p99_max_s is None
+    assert s.slo_violation_min == 0.0 and s.error_budget_burn == 0.0
+
+
+def test_timeline_error_rates_and_types_by_value() -> None:
+    sc = scenario()
+    intervals = [GOOD] * 3
+    intervals[0] = bad(frontend=(0, 1, 0, None))  # one finished attempt, failed: rate 1
+    intervals[1] = bad(api=(0, 0, 0, None))  # nothing finished at api: NaN
+    intervals[2] = bad(frontend=(3, 0, 1, 0.1))  # 1 of 4 dropped
+    tl = slo_timeline(result_for(sc, frames_for(sc, intervals)))
+    assert tl.error_rate.dtype == np.float64 and tl.p99.dtype == np.float64
+    assert tl.from_histogram.dtype == np.bool_ and tl.violating.dtype == np.bool_
+    np.testing.assert_array_equal(tl.error_rate, [[1.0, 0.0], [0.0, math.nan], [0.25, 0.0]])
+    assert tl.violating.tolist() == [True, False, True]
+    np.testing.assert_array_equal(tl.t_start, [0.0, 15.0, 30.0])
+    np.testing.assert_array_equal(tl.t_end, [15.0, 30.0, 45.0])
+
+
+def test_timeline_histogram_p99_by_value() -> None:
+    faults = [{"kind": "telemetry", "at_s": 15, "mode": "delay", "duration_s": 15}]
+    sc = scenario(faults=faults)
+    intervals = [GOOD, bad(api=(1000, 0, 0, 0.4)), GOOD]
+    tl = slo_timeline(result_for(sc, frames_for(sc, intervals, stale={1: 0.08})))
+    assert tl.from_histogram.tolist() == [True, False, False]
+    # frame 1 is degraded: interval 0 from the histogram of 1000 attempts at 0.08
+    assert tl.p99[0, 0] == _p99_of_one_bucket(0.08) == pytest.approx(0.075 + 0.99 * 0.025)
+    assert tl.p99[1, 1] == 0.4 and tl.violating.tolist() == [False, False, False]
+
+
+def test_degraded_times_without_a_duration_run_to_the_end() -> None:
+    faults = [
+        {"kind": "telemetry", "at_s": 30, "duration_s": 60},
+        {"kind": "telemetry", "at_s": 200, "duration_s": None},
+        {"kind": "bad_deploy", "service": "api", "at_s": 60},  # not a telemetry fault
+    ]
+    assert degraded_times(scenario(faults=faults)) == [(30.0, 90.0), (200.0, math.inf)]
+
+
+def test_error_budget_burn_from_a_later_first_frame_and_small_budgets() -> None:
+    sc = scenario()
+    intervals = [bad(frontend=(900, 100, 0, 0.1))] + [bad(frontend=(95, 5, 0, 0.1))] * 2
+    frames = frames_for(sc, intervals)
+    # counted from frames[1]: frontend 10 bad of 200 (budget 2), api 0 of 2000 (budget 100)
+    assert error_budget_burn(sc, frames[1:]) == pytest.approx(10 / (2 + 100), rel=1e-12)
+    # a budget below one attempt still divides: 1 bad of 10 at 1% allows 0.1
+    tiny = scenario(slos={"frontend": SLOS["frontend"]})
+    small = frames_for(tiny, [bad(frontend=(9, 1, 0, 0.1))])
+    assert error_budget_burn(tiny, small) == pytest.approx(1 / 0.1, rel=1e-12)
+    quiet = {name: (0.0, 0.0, 0.0, None) for name in SERVICES}
+    assert error_budget_burn(sc, frames_for(sc, [quiet])) == 0.0  # nothing finished
+
+
+def test_allocated_cost_at_the_end_or_carried_over_a_final_gap() -> None:
+    sc = scenario(horizon=150.0)
+    frames = _with_allocated(frames_for(sc, [GOOD] * 10), per_hour=3.6)  # 0.001 per s
+    assert episode_allocated_cost(frames) == pytest.approx(0.15, rel=1e-12)
+    assert episode_allocated_cost(frames, 150.0) == pytest.approx(0.15, rel=1e-12)
+    # to a later horizon: the average rate carried on
+    assert episode_allocated_cost(frames, 300.0) == pytest.approx(0.30, rel=1e-12)
+    # a gap hides the last two frames: the value at t = 120 scaled by 150 / 120
+    hidden = _with_allocated(frames_for(sc, [GOOD] * 10, hidden=[9, 10]), per_hour=3.6)
+    assert episode_allocated_cost(hidden) == pytest.approx(0.12 * 150 / 120, rel=1e-12)
+    # only the first frame (t = 0) observed: its value, not a division by zero
+    first_only = _with_allocated(frames_for(sc, [GOOD] * 2, hidden=[1, 2]), per_hour=3.6)
+    first_only[0].cluster[CLUSTER_INDEX["allocated_cost_total"]] = 0.5
+    assert episode_allocated_cost(first_only, 150.0) == 0.5
+    assert math.isnan(episode_allocated_cost(frames_for(sc, [GOOD], hidden=[0, 1])))
+
+
+def test_actions_without_fault_at_the_window_edges() -> None:
+    sc = scenario(horizon=300.0, faults=[{"kind": "bad_deploy", "service": "api", "at_s": 60}])
+    records = [FaultRecord(0, "bad_deploy", "api", 60.0, 120.0, True)]
+    frames = frames_for(sc, [GOOD] * 20)
+
+    def without(t: float) -> int:
+        r = result_for(sc, frames, actions=[(t, Restart("api"))], faults=records)
+        return score_episode(r).actions_without_fault
+
+    # the window is [60, 120) with a 1e-9 s tolerance on both ends
+    assert [without(t) for t in (59.0, 60.0 - 1e-9, 60.0, 119.0, 120.0 - 1e-9, 120.0)] == [
+        1,
+        0,
+        0,
+        0,
+        1,
+        1,
+    ]
+
+
+def test_fault_windows_from_specs_without_records() -> None:
+    faults = [
+        {"kind": "bad_deploy", "service": "api", "at_s": 60},  # no end: to the horizon
+        {"kind": "telemetry", "at_s": 100, "duration_s": 50},
+        {"kind": "telemetry", "at_s": 250, "duration_s": 500},  # clipped at the horizon
+    ]
+    sc = scenario(horizon=300.0, faults=faults)
+    r = result_for(sc, frames_for(sc, [GOOD] * 20))
+    assert fault_windows(r) == [(60.0, 300.0), (100.0, 150.0), (250.0, 300.0)]
+
+
+def test_time_to_mitigate_edges_by_value() -> None:
+    # one violating interval after the onset: the hold starts at its end
+    one = timeline("...." + "X" + "." * 40)
+    assert time_to_mitigate(one, [(60.0, 900.0)]) == (15.0, True, True, False)
+    # a violation ending exactly at the onset is before the fault
+    before = timeline("...X" + "." * 40)
+    assert time_to_mitigate(before, [(60.0, 900.0)]) == (0.0, True, False, False)
+    # the hold fits exactly: (60, 360] ends at the last scrape
+    exact = timeline("." * 24)
+    assert exact.t_end[-1] == 360.0
+    assert time_to_mitigate(exact, [(60.0, 360.0)]) == (0.0, True, False, False)
+    assert time_to_mitigate(timeline("." * 23), [(60.0, 345.0)]) == (None, False, False, None)
+    # onsets after the last scrape: nothing to judge (first) or no scrape after the last
+    assert time_to_mitigate(exact, [(400.0, 900.0)]) == (None, False, False, None)
+    hit = timeline("....X" + "." * 19)
+    assert time_to_mitigate(hit, [(60.0, 900.0), (400.0, 900.0)]) == (None, False, True, None)
+
+
+def test_time_to_mitigate_tolerates_float_noise_of_a_nanosecond() -> None:
+    """Onsets, scrapes and hold ends 1e-9 s apart count as the same instant (_EPS)."""
+    clean = timeline("." * 40)
+    # an onset a nanosecond after a scrape still starts the hold at that scrape
+    ttm, ok, _, _ = time_to_mitigate(clean, [(60.0 + 1e-9, 900.0)])
+    assert ok and ttm == pytest.approx(0.0, abs=1e-6)
+    ttm, ok, _, _ = time_to_mitigate(clean, [(30.0, 900.0), (60.0 + 1e-9, 900.0)])
+    assert ok and ttm == pytest.approx(30.0, abs=1e-6)
+    # a violation ending a nanosecond before the onset is before it
+    before = timeline("...X" + "." * 40)
+    assert time_to_mitigate(before, [(60.0 - 1e-9, 900.0)])[2] is False
+    # a hold a nanosecond longer than what is left still fits
+    exact = timeline("." * 24)
+    assert time_to_mitigate(exact, [(60.0, 360.0)], hold_s=300.0 + 1e-9)[1] is True
+    # a violation ending a nanosecond after the hold starts is inside it
+    relapse = timeline("...." + "X" + "." * 40)
+    shifted = SloTimeline(
+        relapse.services,
+        relapse.t_start,
+        np.where(relapse.violating, 75.0 + 1e-9, relapse.t_end),
+        relapse.p99,
+        relapse.error_rate,
+        relapse.from_histogram,
+        relapse.service_violating,
+        relapse.violating,
+    )
+    assert time_to_mitigate(shifted, [(60.0, 900.0)])[0] == pytest.approx(15.0, abs=1e-6)
+
+
+def test_unknown_state_rate_by_value() -> None:
+    sc = scenario(horizon=120.0, faults=[{"kind": "telemetry", "at_s": 30, "duration_s": 30}])
+    frames = frames_for(sc, [GOOD] * 8, hidden=[2, 3])
+    assert unknown_state_rate(result_for(sc, frames)) == 0.0  # no decisions
+    decisions = [
+        Decision(0.0, 0.0, 0),  # saw everything: not unknown, and the next ones still count
+        Decision(30.0 + 4e-7, 0.5, 0),  # frame 2 (lost), found despite the float noise
+        Decision(45.0, 0.5, 0),  # frame 3: lost
+        Decision(52.4, 0.5, 0),  # no frame at that time: unknown
+        Decision(52.6, 0.0, 0),  # no frame, but it saw everything: not unknown
+        Decision(60.0, 0.5, 0),  # frame 4: structural NaNs only, not lost
+    ]
+    r = result_for(sc, frames, decisions=decisions)
+    assert unknown_state_rate(r) == 3 / 6
+
+
+def test_summary_as_dict_and_bootstrap_ci_against_scipy() -> None:
+    x = [0.3, 1.2, 0.7, 2.5, 0.1, 0.9, 1.7, 0.4, 3.1, 0.8]
+    s = summarize_metric(x)
+
+    def ref(stat: Any, seed: int = 0, n: int = 2000, cl: float = 0.95) -> tuple[float, float]:
+        res = stats.bootstrap(
+            (np.asarray(x),),
+            stat,
+            n_resamples=n,
+            confidence_level=cl,
+            method="BCa",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
+        return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+    def trim(a: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(stats.trim_mean(a, 0.25, axis=axis))
+
+    assert s.mean_ci == ref(np.mean) and s.iqm_ci == ref(trim) and s.method == "BCa"
+    assert bootstrap_ci(x, np.mean) == (ref(np.mean), "BCa")  # the defaults: 0, 2000, 0.95
+    assert bootstrap_ci(x, np.mean, seed=3, n_resamples=500, confidence=0.8) == (
+        ref(np.mean, 3, 500, 0.8),
+        "BCa",
+    )
+    other = summarize_metric(x, seed=3, n_resamples=500, confidence=0.8)
+    assert other.mean_ci == ref(np.mean, 3, 500, 0.8) and other.iqm_ci == ref(trim, 3, 500, 0.8)
+    d = s.as_dict()
+    assert d["mean_ci"] == list(s.mean_ci) and d["iqm_ci"] == list(s.iqm_ci)
+    assert d["n"] == 10 and d["n_missing"] == 0 and d["method"] == "BCa"
+    assert summarize_metric([None]).as_dict()["mean_ci"] is None
+    # equal values or one value: degenerate; two values or a range of exactly 1: not
+    assert bootstrap_ci([2.0] * 5, np.mean) == ((2.0, 2.0), "degenerate")
+    assert bootstrap_ci([4.0], np.mean) == ((4.0, 4.0), "degenerate")
+    assert bootstrap_ci([1.0, 2.0, 2.0, 1.0], np.mean)[1] != "degenerate"
+    assert bootstrap_ci([1.0, 3.0], np.mean)[1] != "degenerate"
+    # BCa's jackknife is degenerate for this IQM: the percentile method, named as such
+    lumpy = summarize_metric([1.0] * 9 + [5.0])
+    assert lumpy.method == "BCa/percentile"
+    pct = stats.bootstrap(
+        (np.asarray([1.0] * 9 + [5.0]),),
+        trim,
+        n_resamples=2000,
+        confidence_level=0.95,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert lumpy.iqm_ci == (float(pct.low), float(pct.high))
+
+
+def test_aggregate_passes_its_bootstrap_settings_on() -> None:
+    def score(v: float) -> EpisodeScore:
+        return EpisodeScore(
+            "x", 0, 60.0, 0, v, 0.0, None, None, 1.0, None, False, False, None, 0, 0, 0, 0.0
+        )
+
+    scores = [score(v) for v in (0.3, 1.2, 0.7, 2.5, 0.1, 0.9, 1.7, 0.4)]
+    values = [s.slo_violation_min for s in scores]
+    assert aggregate(scores)["slo_violation_min"] == summarize_metric(values, 0, 2000, 0.95)
+    got = aggregate(scores, seed=2, n_resamples=300, confidence=0.7)["slo_violation_min"]
+    assert got == summarize_metric(values, 2, 300, 0.7)
+    assert got != summarize_metric(values)
