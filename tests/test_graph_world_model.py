@@ -280,6 +280,7 @@ def test_fit_on_two_topologies_then_forecast_a_third(composer, tmp_path) -> None
                 "n_samples=4",
                 "workers=1",
                 "calib_behaviours=[hpa]",
+                "save_data=true",
                 f"out={out}",
                 *[f"wm.{k}={v}" for k, v in TINY.items() if k != "arch"],
             ],
@@ -314,6 +315,39 @@ def test_fit_on_two_topologies_then_forecast_a_third(composer, tmp_path) -> None
     for m, lo, hi in (("p99", 0.0, np.inf), ("error_rate", 0.0, 1.0)):
         assert (sf.samples[m] >= lo).all() and (sf.samples[m] <= hi).all()
     assert ((sf.p_violation >= 0) & (sf.p_violation <= 1)).all()
+
+    # episodes= trains on saved episodes instead of collecting them (same data, same model)
+    args = [
+        "topology=chain3+boutique",
+        "wm.arch=graph",
+        "limit=2",
+        "calib_every=2",
+        "updates=1",
+        "batch=2",
+        "seq_len=12",
+        "wm.overshoot=3",
+        "every=40",
+        "n_samples=4",
+        "workers=1",
+        "calib_behaviours=[hpa]",
+        *[f"wm.{k}={v}" for k, v in TINY.items() if k != "arch"],
+    ]
+    again = fit(
+        composer(
+            "fit_world_model",
+            [*args, f"episodes={out / 'episodes.npz'}", f"out={tmp_path / 'again'}"],
+        ),
+        log=None,
+    )
+    assert (again["episodes"], again["steps"]) == (summary["episodes"], summary["steps"])
+    with pytest.raises(RunConfigError, match="no such file"):
+        fit(
+            composer(
+                "fit_world_model",
+                [*args, f"episodes={tmp_path / 'nope.npz'}", f"out={tmp_path / 'x'}"],
+            ),
+            log=None,
+        )
 
     # a flat fit refuses several topologies, and another topology at forecast time
     with pytest.raises(RunConfigError, match=r"wm\.arch=graph"):

@@ -335,6 +335,13 @@ class GraphEncoder(nn.Module):
         return h, g
 
 
+RESIDUAL_SCALE = 0.1
+"""Multiplier of the residual head's output. One-step changes are small in symlog units
+(persistence is off by ~0.035 on average), while Adam moves every output weight by about
+``lr`` per update whatever the gradient's size; the factor makes the residual's early steps
+10x smaller, so a young model's noise does not pile up over a 20-step rollout."""
+
+
 class ResidualHead(nn.Module):
     """Mean residual and std of one node's values from ``[feat, base]``.
 
@@ -349,7 +356,7 @@ class ResidualHead(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(residual, raw std)``."""
         res, raw = self.out(self.mlp(x)).chunk(2, -1)
-        return res, raw
+        return RESIDUAL_SCALE * res, raw
 
 
 # ------------------------------------------------------------------------------ model
@@ -539,7 +546,8 @@ class BoundGraphModel(nn.Module):
         is_first: Tensor,
         sample: bool,
         generator: torch.Generator | None,
-    ) -> tuple[GraphCarry, Tensor, Tensor]:
+        prior: bool = True,
+    ) -> tuple[GraphCarry, Tensor, Tensor | None]:
         keep = 1.0 - is_first.to(carry.deter.dtype)
         deter = carry.deter * keep[:, None, None]
         stoch = carry.stoch * keep[:, None, None, None]
@@ -551,7 +559,11 @@ class BoundGraphModel(nn.Module):
         first = is_first.to(values.dtype)[:, None]
         base = first * values + (1.0 - first) * carry.last
         last = mask * values + (1.0 - mask) * base
-        return GraphCarry(deter, stoch, base, last), logits, self._prior_logits(deter)
+        return (
+            GraphCarry(deter, stoch, base, last),
+            logits,
+            (self._prior_logits(deter) if prior else None),
+        )
 
     def observe(
         self,
@@ -570,7 +582,7 @@ class BoundGraphModel(nn.Module):
         embed = self._embed(obs)  # [B, T, N, E]
         lay = self.layout
         values, mask = obs[..., lay.values], obs[..., lay.mask]
-        outs: list[tuple[GraphCarry, Tensor, Tensor]] = []
+        outs: list[tuple[GraphCarry, Tensor]] = []
         for t in range(t_len):
             step = self._obs_step(
                 carry,
@@ -581,16 +593,18 @@ class BoundGraphModel(nn.Module):
                 is_first[:, t],
                 sample,
                 generator,
+                prior=False,
             )
             carry = step[0]
-            outs.append(step)
+            outs.append((step[0], step[1]))
+        deter = torch.stack([o[0].deter for o in outs], 1)
         states = GraphStates(
-            torch.stack([o[0].deter for o in outs], 1),
+            deter,
             torch.stack([o[0].stoch for o in outs], 1),
             torch.stack([o[0].base for o in outs], 1),
             torch.stack([o[0].last for o in outs], 1),
             torch.stack([o[1] for o in outs], 1),
-            torch.stack([o[2] for o in outs], 1),
+            self._prior_logits(deter),  # all steps at once, after the recurrence
         )
         return carry, states
 

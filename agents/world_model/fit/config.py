@@ -132,6 +132,9 @@ class FitWorldModelConfig:
             ``updates=0`` only the forecast extras are refitted.
         progress: Progress bars (None: when stderr is a terminal).
         save_data: Also write the training episodes (``episodes.npz``).
+        episodes: Train on the episodes of this ``.npz`` (``save_data=true``'s
+            ``episodes.npz`` or :meth:`agents.world_model.data.Collection.save`) instead of
+            collecting them; only those of the training entries are used (None: collect).
         out: Output folder; a multirun job writes to ``<out>/<job>``.
         overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
@@ -168,6 +171,7 @@ class FitWorldModelConfig:
     init: str | None = None
     progress: bool | None = None
     save_data: bool = False
+    episodes: str | None = None
     out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
     overwrite: bool = False
 

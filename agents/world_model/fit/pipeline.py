@@ -100,6 +100,23 @@ def _collect_each(
     return Collection([ep for c in parts for ep in c.episodes], [m for c in parts for m in c.meta])
 
 
+def _load_episodes(path: str, train_entries: list[SuiteEntry]) -> Collection:
+    """The episodes of ``path`` that belong to ``train_entries``.
+
+    Raises:
+        RunConfigError: No such file, or none of its episodes is of a training entry.
+    """
+    if not Path(path).exists():
+        raise RunConfigError(f"episodes={path}: no such file (a Collection .npz)")
+    ids = {e.id for e in train_entries}
+    data = Collection.load(path).select(lambda m: m.entry in ids)
+    if len(data) == 0:
+        raise RunConfigError(
+            f"episodes={path}: none of its episodes is of a training entry ({sorted(ids)})"
+        )
+    return data
+
+
 class Models:
     """The model of the fit on each of its topologies (one for a flat model).
 
@@ -158,9 +175,12 @@ def train_stage(
     if conf.updates <= 0:
         return Training()
     t0 = time.perf_counter()
-    data = _collect_each(
-        train_entries, list(conf.behaviours), range(conf.replicates), conf, show, conf.perturb
-    )
+    if conf.episodes is not None:
+        data = _load_episodes(conf.episodes, train_entries)
+    else:
+        data = _collect_each(
+            train_entries, list(conf.behaviours), range(conf.replicates), conf, show, conf.perturb
+        )
     collect_s = time.perf_counter() - t0
     say(
         f"fit-world-model: {len(data)} episodes, {data.steps} steps from {len(train_entries)} "
