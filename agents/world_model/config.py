@@ -89,6 +89,14 @@ class WorldModelConfig(BaseModel):
         kl_dyn: Scale of the dynamics loss ``KL(sg(post) || prior)``.
         kl_rep: Scale of the representation loss ``KL(post || sg(prior))``.
         dec_scale: Scale of the decoder's masked Gaussian NLL.
+        dec_beta: beta of the beta-NLL (Seitzer et al. 2022, arXiv:2203.09168): each value's
+            Gaussian NLL in the loss is weighted by ``sg(std) ** (2 * beta)``. 0: the plain
+            NLL, whose mean gradient ``(x - mean) / std**2`` lets the values the model can
+            already predict (std near ``min_std``) outweigh the others by up to
+            ``(max_std / min_std)**2``; 1: each mean learns as under a squared error
+            (DreamerV3's symlog MSE) while the std still learns. Only the ``dec`` term is
+            weighted; the metric ``wm/dec_nll_per_value`` and the
+            overshooting term ``over`` stay the plain NLL, as do forecast scores.
         rew_scale: Scale of the two-hot reward loss.
         cont_scale: Scale of the continue loss.
         viol_scale: Scale of the SLO-violation loss.
@@ -140,6 +148,7 @@ class WorldModelConfig(BaseModel):
     kl_dyn: float = 1.0
     kl_rep: float = 0.1
     dec_scale: float = 1.0
+    dec_beta: float = 0.0
     rew_scale: float = 1.0
     cont_scale: float = 1.0
     viol_scale: float = 1.0
@@ -183,6 +192,8 @@ class WorldModelConfig(BaseModel):
             raise ValueError(f"bins={self.bins}: use an odd number >= 3 (a bin at zero)")
         if not 0.0 <= self.unimix < 1.0:
             raise ValueError(f"unimix={self.unimix}: must be in [0, 1)")
+        if not 0.0 <= self.dec_beta <= 1.0:
+            raise ValueError(f"dec_beta={self.dec_beta}: must be in [0, 1]")
         if not 0.0 < self.min_std < self.max_std:
             raise ValueError(f"need 0 < min_std < max_std, got {self.min_std}, {self.max_std}")
         for name in ("deter", "hidden", "stoch", "classes", "units", "batch", "seq_len", "threads"):

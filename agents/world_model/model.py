@@ -173,6 +173,11 @@ class WorldModel(nn.Module):
         std = lo + (hi - lo) * torch.sigmoid(raw_std + 2.0)
         return mean, std
 
+    def _nll_weight(self, std: Tensor) -> Tensor | float:
+        """beta-NLL weight ``sg(std) ** (2 * dec_beta)`` of each value (1.0 when beta is 0)."""
+        beta = self.cfg.dec_beta
+        return std.detach() ** (2.0 * beta) if beta > 0 else 1.0
+
     def reward_logits(self, feat: Tensor) -> Tensor:
         """Two-hot logits ``[..., bins]`` of the reward."""
         return self.reward_head(feat)
@@ -215,7 +220,7 @@ class WorldModel(nn.Module):
         mean, std = self.decode(feat)
         nll = gaussian_nll(target, mean, std) * mask
         terms = {
-            "dec": nll.sum(-1).mean(),
+            "dec": (nll * self._nll_weight(std)).sum(-1).mean(),
             "rew": self.twohot.loss(self.reward_logits(feat), batch["reward"]).mean(),
             "cont": bernoulli_nll(self.cont_head(feat)[..., 0], batch["cont"]).mean(),
             "viol": bernoulli_nll(self.violation_head(feat)[..., 0], batch["violation"]).mean(),
