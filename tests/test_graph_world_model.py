@@ -179,6 +179,16 @@ def test_untrained_model_forecasts_exactly_persistence(name: str) -> None:
         roll = model.imagine(carry, batch["action"][:, :7])
         mean, _ = model.decode(model.feat(roll))
     assert torch.equal(mean[0], carry.last[0].expand(7, -1))
+    # a sequence cut from the middle of an episode (no is_first) starts from its own values
+    mid = {k: v[:, 3:] for k, v in batch.items()}
+    assert not mid["is_first"].any()
+    with torch.no_grad():
+        _, st = model.observe(mid["obs"], mid["action"], mid["is_first"])
+    assert torch.equal(st.base[:, 0], mid["obs"][:, 0, lay.values])
+    assert torch.equal(
+        st.base[:, 1:][mid["obs"][:, :-1, lay.mask] > 0],
+        mid["obs"][:, :-1, lay.values][mid["obs"][:, :-1, lay.mask] > 0],
+    )
     # forecast_batch: the draws scatter (observation noise, std 0.13 in symlog space before
     # training) around the last known values; their median is persistence within the
     # sampling error of 801 draws (~0.006)

@@ -547,6 +547,7 @@ class BoundGraphModel(nn.Module):
         sample: bool,
         generator: torch.Generator | None,
         prior: bool = True,
+        new_base: Tensor | None = None,
     ) -> tuple[GraphCarry, Tensor, Tensor | None]:
         keep = 1.0 - is_first.to(carry.deter.dtype)
         deter = carry.deter * keep[:, None, None]
@@ -556,7 +557,7 @@ class BoundGraphModel(nn.Module):
         logits = self._post_logits(deter, embed)
         stoch = self._sample(logits, sample, generator)
         # the step starts from the last known values (the current ones on a first step)
-        first = is_first.to(values.dtype)[:, None]
+        first = (is_first if new_base is None else new_base).to(values.dtype)[:, None]
         base = first * values + (1.0 - first) * carry.last
         last = mask * values + (1.0 - mask) * base
         return (
@@ -574,11 +575,19 @@ class BoundGraphModel(nn.Module):
         sample: bool = True,
         generator: torch.Generator | None = None,
     ) -> tuple[GraphCarry, GraphStates]:
-        """Filter ``[B, T, O]`` observations; returns the last carry and the posterior."""
+        """Filter ``[B, T, O]`` observations; returns the last carry and the posterior.
+
+        Without ``carry`` the sequence starts from :meth:`initial`, and its first step also
+        starts from its own values (as on an episode's first step): a training sequence cut
+        from the middle of an episode has no previous observation to start from.
+        """
         b, t_len, _ = obs.shape
         assert action.shape == (b, t_len, self.action_size), (action.shape, self.action_size)
+        new_base = is_first
         if carry is None:
             carry = self.initial(b)
+            new_base = is_first.clone()
+            new_base[:, 0] = 1.0
         embed = self._embed(obs)  # [B, T, N, E]
         lay = self.layout
         values, mask = obs[..., lay.values], obs[..., lay.mask]
@@ -594,6 +603,7 @@ class BoundGraphModel(nn.Module):
                 sample,
                 generator,
                 prior=False,
+                new_base=new_base[:, t],
             )
             carry = step[0]
             outs.append((step[0], step[1]))
