@@ -290,14 +290,21 @@ def _tables(suite: str, topo: str, s: dict[str, Any], horizon_step: int) -> list
         "|---|---:|---:|---:|",
     ]
     for f in s["brier"]["all"]:
+        if f in SAME_VIOLATION:
+            continue
+        label = (
+            f"`{f}`" if f != "persistence" else "`naive` (persistence, seasonal, drift, ets, arima)"
+        )
         lines.append(
-            f"| `{f}` | "
+            f"| {label} | "
             + " | ".join(_ci(s["brier"][w][f]) for w in ("all", "steady", "incident"))
             + " |"
         )
     return [*lines, ""]
 
 
+SAME_VIOLATION = ("seasonal", "drift", "ets", "arima")
+"""Baselines whose violation probability is persistence's (the naive one): shown once."""
 TARGET_METRICS = ("p99", "error_rate", "replicas_ready")
 """Metrics of the issue's skill target."""
 
@@ -391,9 +398,17 @@ def _plots(
         fig, ax = plt.subplots(figsize=(3.6, 3.4))
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
         for f, bins in s["reliability"].items():
+            if f in SAME_VIOLATION:
+                continue
             pts = [(b[0], b[1]) for b in bins if b[0] is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, lw=1.0, label=f)
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker="o",
+                    ms=3,
+                    lw=1.0,
+                    label="naive" if f == "persistence" else f,
+                )
         ax.set_xlabel("forecast P(violation within 5 min)", fontsize=8)
         ax.set_ylabel("observed frequency", fontsize=8)
         ax.set_title(key.replace("|", " / "), fontsize=9)

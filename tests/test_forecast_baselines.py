@@ -354,3 +354,29 @@ def test_report_script_end_to_end(tmp_path) -> None:
     # rebuilding from the same records gives the same page
     main(["report", "--out", str(out), "--n-boot", "50", *common])
     assert out.read_text() == text
+
+
+def test_model_on_and_naive_for_other_topologies() -> None:
+    from agents.run_config import RunConfigError
+    from agents.world_model.evaluation.config import is_graph_fit, model_on, naive_for
+    from agents.world_model.forecast import NaiveForecaster
+
+    sc = _scenario(3)
+    flat = SimpleNamespace(model="flat", spec={"services": ["s0", "s1", "s2"], "topology": "x"})
+    assert model_on(flat, sc) == "flat" and not is_graph_fit(flat)  # type: ignore[arg-type]
+    other = SimpleNamespace(model="flat", spec={"services": ["a"], "topology": "chain3"})
+    with pytest.raises(RunConfigError, match=r"wm\.arch=graph"):
+        model_on(other, sc)  # type: ignore[arg-type]
+    graph = SimpleNamespace(
+        model="g",
+        spec={"world_model": {"arch": "graph"}},
+        model_for=lambda topo: ("bound", topo.name),
+    )
+    assert is_graph_fit(graph) and model_on(graph, sc) == ("bound", "toy")  # type: ignore[arg-type]
+    res = np.arange(2 * 2 * 3, dtype=float).reshape(2, 2, 3)  # [H, S=2, M]
+    nf = NaiveForecaster("persistence", 2, np.array([0.25, 0.5, 0.75]), {"rps": res})
+    assert naive_for(nf, 2).residuals["rps"] is res
+    wide = naive_for(nf, 3).residuals["rps"]
+    assert wide.shape == (2, 3, 3)
+    np.testing.assert_allclose(wide[:, 1], res.mean(1))  # the mean over the fitted services
+    np.testing.assert_allclose(wide[:, 0], wide[:, 2])
