@@ -325,7 +325,8 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 1) -> list
     The child is a copy-on-write clone of the whole process at the fork, so ``fn`` sees (and
     may change) every object as it is now without touching the parent's. Each child pickles
     its result into a pipe and exits with ``os._exit``. At most ``workers`` children run at
-    once. POSIX only.
+    once. POSIX only; a fork copies only the calling thread, so call it from a process that
+    runs no other threads holding locks (the simulator and the runbook start none).
 
     Raises:
         CloneError: When a child raised (its traceback in the message) or died silently.
