@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,7 @@ def test_time_to_mitigate_through_score_episode() -> None:
         intervals[i] = bad(api=(800, 200, 0, 0.1))
     records = [FaultRecord(0, "bad_deploy", "api", 60.0, 250.0, True)]
     s = score_episode(result_for(sc, frames_for(sc, intervals), faults=records))
-    assert s.time_to_mitigate_s == 180.0 and s.mitigated and s.impacted and not s.relapsed
+    assert s.time_to_mitigate_s == 180.0 and s.mitigated and s.impacted and s.relapsed is False
     assert s.slo_violation_min == 5 * DT / 60
     assert s.metrics()["mitigated"] == 1.0
 
@@ -416,7 +417,7 @@ def test_summary_degenerate_inputs() -> None:
     same = summarize_metric([0.0] * 12 + [None, None])
     assert same.mean_ci == (0.0, 0.0) and same.n == 12 and same.n_missing == 2
     none = summarize_metric([None, None])
-    assert none.n == 0 and none.mean is None and none.method == "none"
+    assert none.n == 0 and none.n_missing == 2 and none.mean is None and none.method == "none"
     two = summarize_metric([1.0, 3.0])
     assert two.mean_ci is not None and 1.0 <= two.mean_ci[0] <= 2.0 <= two.mean_ci[1] <= 3.0
     # mostly equal with one outlier: BCa's jackknife is degenerate for the IQM
@@ -424,8 +425,9 @@ def test_summary_degenerate_inputs() -> None:
     assert lumpy.iqm_ci is not None and all(math.isfinite(v) for v in lumpy.iqm_ci)
     ci, method = bootstrap_ci([], np.mean)
     assert method == "none" and all(math.isnan(v) for v in ci)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="non-finite") as err:
         summarize_metric([1.0, math.inf])
+    assert str(err.value).endswith("a metric must be a finite number or None (not applicable)")
 
 
 def test_aggregate_skips_not_applicable_values() -> None:
@@ -688,11 +690,11 @@ def test_unknown_state_rate_by_value() -> None:
     assert unknown_state_rate(result_for(sc, frames)) == 0.0  # no decisions
     decisions = [
         Decision(0.0, 0.0, 0),  # saw everything: not unknown, and the next ones still count
-        Decision(30.0 + 4e-7, 0.5, 0),  # frame 2 (lost), found despite the float noise
+        Decision(30.0, 0.5, 0),  # frame 2: lost
         Decision(45.0, 0.5, 0),  # frame 3: lost
-        Decision(52.4, 0.5, 0),  # no frame at that time: unknown
-        Decision(52.6, 0.0, 0),  # no frame, but it saw everything: not unknown
-        Decision(60.0, 0.5, 0),  # frame 4: structural NaNs only, not lost
+        Decision(60.0 + 4e-7, 0.5, 0),  # frame 4 (structural NaNs only) despite float noise
+        Decision(75.4, 0.5, 0),  # no frame at that time: unknown (not frame 5's 75.0)
+        Decision(82.6, 0.0, 0),  # no frame, but it saw everything: not unknown
     ]
     r = result_for(sc, frames, decisions=decisions)
     assert unknown_state_rate(r) == 3 / 6
@@ -761,3 +763,45 @@ def test_aggregate_passes_its_bootstrap_settings_on() -> None:
     got = aggregate(scores, seed=2, n_resamples=300, confidence=0.7)["slo_violation_min"]
     assert got == summarize_metric(values, 2, 300, 0.7)
     assert got != summarize_metric(values)
+
+
+def test_cost_ends_and_a_missing_rate_by_value() -> None:
+    sc = scenario(horizon=150.0)
+    frames = frames_for(sc, [GOOD] * 10)
+    last = frames[-1].cluster_value("cost_total")
+    # within the 1e-9 s tolerance of the end: the last value itself, not an extrapolation
+    assert episode_cost(frames, 150.0 + 1e-9) == last
+    # a final gap without a horizon: carried to the last frame's time (150), not an earlier one
+    hidden = frames_for(sc, [GOOD] * 10, hidden=[9, 10])
+    assert episode_cost(hidden) == pytest.approx(NODE_RATE * 150 / 3600, rel=1e-12)
+    # the rate is unknown where the total is known: nothing is added for the gap
+    ci = CLUSTER_INDEX["cost_rate_per_hour"]
+    hidden[8].cluster[ci] = math.nan
+    hidden[8].cluster_mask[ci] = False
+    assert episode_cost(hidden, 150.0) == hidden[8].cluster_value("cost_total")
+
+
+def test_allocated_cost_ends_and_an_early_last_value_by_value() -> None:
+    sc = scenario(horizon=150.0)
+    frames = _with_allocated(frames_for(sc, [GOOD] * 10), per_hour=3.6)
+    last = frames[-1].cluster[CLUSTER_INDEX["allocated_cost_total"]]
+    assert episode_allocated_cost(frames, 150.0 + 1e-9) == last
+    # the last observed value at t = 1 s is carried to the end x 150 (no shortcut below 1 s)
+    early = _with_allocated(frames_for(sc, [GOOD], hidden=[1]), per_hour=3.6)
+    one = dataclasses.replace(early[0], t=1.0)
+    one.cluster[CLUSTER_INDEX["allocated_cost_total"]] = 0.001
+    assert episode_allocated_cost([one, early[1]], 150.0) == pytest.approx(0.15, rel=1e-12)
+
+
+def test_count_disruptive_reads_frame_zero_and_frames_at_the_action_time() -> None:
+    sc = scenario(horizon=300.0)
+    ready = [{"api": 2}] * 21
+    ready[0] = {"api": 4}  # t = 0 shows 4 ready (the scenario starts api at 2)
+    ready[8] = {"api": 5}  # t = 120
+    frames = frames_for(sc, [GOOD] * 20, ready=ready)
+    acts = [
+        (0.0, Scale("api", 3)),  # 3 < 4 ready at t = 0: disruptive
+        (120.0 - 1e-9, Scale("api", 4)),  # the frame at 120 counts (1e-9 s tolerance): 4 < 5
+        (400.0, Scale("api", 1)),  # after the last frame (300: 2 ready): disruptive
+    ]
+    assert count_disruptive(result_for(sc, frames, actions=acts)) == 3

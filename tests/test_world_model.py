@@ -601,9 +601,18 @@ def test_bench_world_model_quick(tmp_path: Path) -> None:
     figs = report["figures"]
     assert figs["ours_updates_per_s"] > 0 and figs["reference_updates_per_s"] > 0
     assert figs["ours_env_steps_per_s"] == pytest.approx(8 * figs["ours_updates_per_s"])
-    assert figs["speedup"] == pytest.approx(
+    assert figs["wall_speedup"] == pytest.approx(
         figs["ours_updates_per_s"] / figs["reference_updates_per_s"]
     )
+    # the headline: the median of the rounds' CPU-time ratios, their range beside it
+    rounds = report["details"]["tiny"]["round_cpu_speedup"]
+    cpu = report["details"]["tiny"]["cpu_s"]
+    assert len(rounds) == 2 and len(cpu["ours"]) == len(cpu["reference"]) == 2 * 2
+    first = float(np.median(cpu["reference"][:2]) / np.median(cpu["ours"][:2]))
+    assert rounds[0] == pytest.approx(first)
+    assert figs["cpu_speedup"] == pytest.approx(float(np.median(rounds)))
+    assert (figs["cpu_speedup_min"], figs["cpu_speedup_max"]) == (min(rounds), max(rounds))
+    assert "speedup" not in figs and report["targets"] == {}  # quick runs have no target
     assert report["details"]["obs_size"] == 322 and report["details"]["action_size"] == 36
     assert report["details"]["tiny"]["ours_params"] > 0
     assert (tmp_path / "world_model_bench_quick.md").exists()
