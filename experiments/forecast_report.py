@@ -364,6 +364,8 @@ def _plots(
         ]
         if not fans:
             continue
+        order = {b: i for i, b in enumerate(BASELINES)}
+        fans.sort(key=lambda nf: (order.get(nf[0], len(order)), nf[0]))
         fig, axes = plt.subplots(
             1, len(fans), figsize=(3.2 * len(fans), 3.0), sharey=True, squeeze=False
         )
