@@ -224,7 +224,13 @@ def _tables(suite: str, topo: str, s: dict[str, Any], horizon_step: int) -> list
     fs = list(s["seeds"])
     lines = [f"### {suite} / {topo}", ""]
     lines.append(
-        f"{s['entries']} entries; seeds per forecaster: "
+        f"{s['entries']} entries"
+        + (
+            f" ({len(s['left_out'])} left out: not scored by every forecaster)"
+            if s.get("left_out")
+            else ""
+        )
+        + "; seeds per forecaster: "
         + ", ".join(f"`{f}` {len(v)}" for f, v in s["seeds"].items())
         + "; flat series (left out of MASE) at h=20: "
         + ", ".join(f"{m} {100 * v:.0f}%" for m, v in s["flat"].items())
