@@ -109,8 +109,13 @@ def score(args: argparse.Namespace) -> None:
     if wm_names and not args.models:
         raise SystemExit("--forecasters model/model_cal need --models (one fit folder per seed)")
     # (names, seed, model folder): a model's raw and calibrated forecasts share one pass
+    model_seeds = args.model_seeds or list(range(len(args.models)))
+    if len(model_seeds) != len(args.models):
+        raise SystemExit(
+            f"--model-seeds: {len(model_seeds)} seeds for {len(args.models)} --models; give one each"
+        )
     jobs: list[tuple[list[str], int, str | None]] = [
-        (wm_names, i, d) for i, d in enumerate(args.models) if wm_names
+        (wm_names, k, d) for k, d in zip(model_seeds, args.models, strict=True) if wm_names
     ]
     for name in args.forecasters:
         if name not in ("model", "model_cal"):
@@ -507,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sc.add_argument("--forecasters", nargs="+", required=True)
     sc.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     sc.add_argument("--models", nargs="*", default=[])
+    sc.add_argument(
+        "--model-seeds", nargs="*", type=int, default=[], help="training seed of each --models"
+    )
     sc.add_argument("--suites", nargs="+", default=["train:validation", "holdout"])
     sc.add_argument("--topologies", nargs="+", default=["chain3", "boutique", "mesh40"])
     sc.add_argument("--behaviours", nargs="+", default=["hpa", "runbook"])
