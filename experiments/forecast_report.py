@@ -112,7 +112,7 @@ def score(args: argparse.Namespace) -> None:
     model_seeds = args.model_seeds or list(range(len(args.models)))
     if len(model_seeds) != len(args.models):
         raise SystemExit(
-            f"--model-seeds: {len(model_seeds)} seeds for {len(args.models)} --models; give one each"
+            f"--model-seeds: {len(model_seeds)} seeds for {len(args.models)} --models: one each"
         )
     jobs: list[tuple[list[str], int, str | None]] = [
         (wm_names, k, d) for k, d in zip(model_seeds, args.models, strict=True) if wm_names
