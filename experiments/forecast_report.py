@@ -109,8 +109,13 @@ def score(args: argparse.Namespace) -> None:
     if wm_names and not args.models:
         raise SystemExit("--forecasters model/model_cal need --models (one fit folder per seed)")
     # (names, seed, model folder): a model's raw and calibrated forecasts share one pass
+    model_seeds = args.model_seeds or list(range(len(args.models)))
+    if len(model_seeds) != len(args.models):
+        raise SystemExit(
+            f"--model-seeds: {len(model_seeds)} seeds for {len(args.models)} --models: one each"
+        )
     jobs: list[tuple[list[str], int, str | None]] = [
-        (wm_names, i, d) for i, d in enumerate(args.models) if wm_names
+        (wm_names, k, d) for k, d in zip(model_seeds, args.models, strict=True) if wm_names
     ]
     for name in args.forecasters:
         if name not in ("model", "model_cal"):
@@ -224,7 +229,13 @@ def _tables(suite: str, topo: str, s: dict[str, Any], horizon_step: int) -> list
     fs = list(s["seeds"])
     lines = [f"### {suite} / {topo}", ""]
     lines.append(
-        f"{s['entries']} entries; seeds per forecaster: "
+        f"{s['entries']} entries"
+        + (
+            f" ({len(s['left_out'])} left out: not scored by every forecaster)"
+            if s.get("left_out")
+            else ""
+        )
+        + "; seeds per forecaster: "
         + ", ".join(f"`{f}` {len(v)}" for f, v in s["seeds"].items())
         + "; flat series (left out of MASE) at h=20: "
         + ", ".join(f"{m} {100 * v:.0f}%" for m, v in s["flat"].items())
@@ -364,6 +375,8 @@ def _plots(
         ]
         if not fans:
             continue
+        order = {b: i for i, b in enumerate(BASELINES)}
+        fans.sort(key=lambda nf: (order.get(nf[0], len(order)), nf[0]))
         fig, axes = plt.subplots(
             1, len(fans), figsize=(3.2 * len(fans), 3.0), sharey=True, squeeze=False
         )
@@ -499,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sc.add_argument("--forecasters", nargs="+", required=True)
     sc.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     sc.add_argument("--models", nargs="*", default=[])
+    sc.add_argument(
+        "--model-seeds", nargs="*", type=int, default=[], help="training seed of each --models"
+    )
     sc.add_argument("--suites", nargs="+", default=["train:validation", "holdout"])
     sc.add_argument("--topologies", nargs="+", default=["chain3", "boutique", "mesh40"])
     sc.add_argument("--behaviours", nargs="+", default=["hpa", "runbook"])

@@ -380,3 +380,48 @@ def test_model_on_and_naive_for_other_topologies() -> None:
     assert wide.shape == (2, 3, 3)
     np.testing.assert_allclose(wide[:, 1], res.mean(1))  # the mean over the fitted services
     np.testing.assert_allclose(wide[:, 0], wide[:, 2])
+
+
+def _record(name: str, seed: int, entries: dict[str, float]) -> dict:
+    """A run record whose every sum of entry e is ``entries[e]`` (n = 1 per cell)."""
+    w, st = len(WINDOWS), 4
+
+    def cell(x: float) -> list:
+        return [[[x, 1.0, x, x, 1.0, 1.0, 1.0] for _ in range(st)] for _ in range(w)]
+
+    viol = {
+        k: {"n": 1.0, "brier_sum": 0.0, "events": 0.0, "bins": [[0, 0, 0]] * 10} for k in WINDOWS
+    }
+    return {
+        "forecaster": name,
+        "seed": seed,
+        "topology": "toy",
+        "metrics": list(METRICS),
+        "windows": list(WINDOWS),
+        "steps": [1, 4, 10, 20],
+        "stats": list(STATS),
+        "entries": {
+            e: {"metrics": {m: cell(x) for m in METRICS}, "violation": viol, "episodes": 1}
+            for e, x in entries.items()
+        },
+    }
+
+
+def test_summary_pairs_forecasters_on_shared_entries_and_skill_by_value() -> None:
+    from agents.world_model.evaluation.summary import Table, summarize
+
+    recs = [
+        _record("persistence", 0, {"e1": 2.0, "e2": 4.0, "e3": 100.0}),
+        _record("model", 0, {"e1": 1.0, "e2": 3.0}),
+        _record("model", 1, {"e1": 1.0, "e2": 1.0}),
+    ]
+    t = Table(recs)
+    assert t.entries == ["e1", "e2"] and t.left_out == ["e3"]
+    s = summarize(t, n_boot=200)
+    # MASE = sum of scaled errors / count over entries and seeds
+    assert s["mase"]["all"]["p99"]["20"]["persistence"][0] == pytest.approx(3.0)
+    assert s["mase"]["all"]["p99"]["20"]["model"][0] == pytest.approx(6.0 / 4)
+    sk = s["skill"]["all"]["p99"]["20"]
+    assert sk["best"] == "persistence" and sk["model"][0] == pytest.approx(0.5)
+    lo, hi = sk["model"][1:]
+    assert lo <= 0.5 <= hi

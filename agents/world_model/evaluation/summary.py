@@ -42,6 +42,9 @@ class Table:
         metric_sums: Forecaster -> ``[seeds, entries, metrics, W, steps, K]``.
         viol_sums: Forecaster -> ``[seeds, entries, W, 3]`` (n, Brier sum, events) or absent.
         bins: Forecaster -> ``[seeds, W, N_BINS, 3]`` reliability bins pooled over entries.
+        left_out: Entries left out because some forecaster (or one of its seeds) has no
+            score on them: every figure is over the entries all forecasters share, so that
+            the comparisons stay paired.
     """
 
     def __init__(self, records: Sequence[dict[str, Any]]) -> None:
@@ -63,15 +66,18 @@ class Table:
         for r in records:
             by_f.setdefault(r["forecaster"], {}).setdefault(int(r["seed"]), []).append(r)
         shape = (len(self.metrics), len(self.windows), len(self.steps), len(self.stats))
+        common = np.ones(len(keys), bool)
         for f, seeds in by_f.items():
             ms, vs, bs, ok_v = [], [], [], True
             for _, recs in sorted(seeds.items()):
                 m = np.zeros((len(self.entries), *shape))
                 v = np.zeros((len(self.entries), len(self.windows), 3))
-                b = np.zeros((len(self.windows), 10, 3))
+                b = np.zeros((len(self.entries), len(self.windows), 10, 3))
+                seen = np.zeros(len(keys), bool)
                 for r in recs:
                     for e, rec in r["entries"].items():
                         i = keys.index((r["topology"], e))
+                        seen[i] = True
                         m[i] = [rec["metrics"][k] for k in self.metrics]
                         if rec["violation"] is None:
                             ok_v = False
@@ -79,7 +85,8 @@ class Table:
                         for w, name in enumerate(self.windows):
                             x = rec["violation"][name]
                             v[i, w] = (x["n"], x["brier_sum"], x["events"])
-                            b[w] += np.asarray(x["bins"])
+                            b[i, w] += np.asarray(x["bins"])
+                common &= seen
                 ms.append(m)
                 vs.append(v)
                 bs.append(b)
@@ -88,6 +95,15 @@ class Table:
             if ok_v:
                 self.viol_sums[f] = np.stack(vs)
                 self.bins[f] = np.stack(bs)
+        keep = np.flatnonzero(common)
+        self.left_out = [e for i, e in enumerate(self.entries) if not common[i]]
+        self.entries = [self.entries[i] for i in keep]
+        self.strata = [self.strata[i] for i in keep]
+        for f in self.metric_sums:
+            self.metric_sums[f] = self.metric_sums[f][:, keep]
+        for f in self.viol_sums:
+            self.viol_sums[f] = self.viol_sums[f][:, keep]
+            self.bins[f] = self.bins[f][:, keep].sum(1)  # [seeds, W, N_BINS, 3]
 
     @property
     def forecasters(self) -> list[str]:
@@ -245,5 +261,6 @@ def summarize(table: Table, n_boot: int = N_BOOT) -> dict[str, Any]:
         for i, m in enumerate(table.metrics)
     }
     out["entries"] = len(table.entries)
+    out["left_out"] = list(table.left_out)
     out["seeds"] = {f: table.seeds[f] for f in fs}
     return out
