@@ -200,6 +200,11 @@ def export_run(
             force=force,
         )
     sb3 = SB3Policy(run, model=model, vecnormalize=vecnormalize)
+    if sb3.residual is not None:
+        raise BundleError(
+            f"{run}: an env=residual run decides with tuned_runbook inside the policy, which the "
+            "bundle format does not carry yet; evaluate it with opsworld evaluate instead"
+        )
     net, head = decision_net_from_sb3(sb3.model)
     stats = sb3.vec_normalize
     root = _prepare(out, force)

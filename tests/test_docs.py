@@ -71,12 +71,23 @@ def _wm_load() -> str:
     return f"load average {m.group(1)} to {m.group(2)}"
 
 
+def _control() -> str:
+    m = _results("control")["methods"]
+    last, ref = m["residual_last"]["slo_violation_min"], m["tuned_runbook"]["slo_violation_min"]
+    p = m["residual_last"]["prob_improvement"]
+    return (
+        f"({last['mean'][0]:.2f} vs {ref['mean'][0]:.2f}, P(improvement) "
+        f"{p[0]:.2f} [{p[1]:.2f}, {p[2]:.2f}])"
+    )
+
+
 QUOTES: list[tuple[str, Callable[[], str]]] = [
     ("docs/cli.md", _sim_wall),
     ("docs/scoring.md", _incidents),
     ("docs/world_model.md", lambda: _wm_row("tiny")),
     ("docs/world_model.md", lambda: _wm_row("small")),
     ("docs/world_model.md", _wm_load),
+    ("docs/control.md", _control),
 ]
 
 

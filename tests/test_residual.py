@@ -208,6 +208,11 @@ def test_train_and_evaluate_a_residual_policy(tmp_path: Path) -> None:
     result = rollout(Simulator(entry.scenario, fidelity="fluid", seed=1), per_entry)
     assert len(result.frames) == 161
     assert math.isfinite(score_episode(result).allocated_cost)
+    from agents.bundle import BundleError
+    from agents.bundle_export import export_run
+
+    with pytest.raises(BundleError, match="env=residual"):
+        export_run(tmp_path / "run", tmp_path / "bundle")
 
 
 def test_an_added_shed_is_lifted_by_the_rules_once_healthy() -> None:
