@@ -320,15 +320,33 @@ def _ci(t: Sequence[float], fmt: str = ".3g") -> str:
     return f"{p:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
+def _commit() -> str:
+    """The repository's HEAD commit (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def markdown(result: dict[str, Any], command: str, notes: str = "", name: str = "control") -> str:
     """The report page (``name``: the figures' file prefix)."""
     ref = result["reference"]
     lines = [
         "# Learned control against the best rules",
         "",
-        f"Built by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
-        f"({platform.node() or 'unknown host'}, {platform.machine()}), from the per-run "
-        "records listed at the end; definitions: `docs/protocol.md`, `docs/scoring.md`.",
+        f"Built by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC at commit "
+        f"`{_commit()}` ({platform.node() or 'unknown host'}, {platform.machine()}), from the "
+        "per-run records listed at the end; definitions: `docs/protocol.md`, "
+        "`docs/scoring.md`.",
         "",
     ]
     if notes.strip():
@@ -386,8 +404,9 @@ def markdown(result: dict[str, Any], command: str, notes: str = "", name: str = 
         "",
         "## Time to mitigate",
         "",
-        "Over the impacted runs; a run that never mitigates is censored at the horizon "
-        "(Kaplan-Meier median; '-' when more than half are censored).",
+        "Over the impacted runs (a method that prevents the impact has fewer); a run that "
+        "never mitigates is censored at the horizon (Kaplan-Meier median; '-' when more than "
+        "half are censored).",
         "",
         "| method | impacted runs | censored | KM median s |",
         "|---|---:|---:|---:|",
