@@ -153,6 +153,9 @@ def interval(
     from rliable import library as rly
 
     key = "x"
+    # rliable's bootstrap (arch) draws from NumPy's global generator despite random_state:
+    # seed it too, so that a rebuild from the same records gives the same intervals
+    np.random.seed(seed)  # noqa: NPY002 (the library reads the legacy global generator)
     point, ci = rly.get_interval_estimates(
         {key: scores},
         lambda *x: np.array([func(*x)]),
@@ -447,6 +450,7 @@ def plot(
     top = max(float(np.max(s)) for s in scores.values())
     taus = np.linspace(0.0, 1.05 * max(top, 1e-6), 106)  # past the worst run: every curve ends at 1
     # rliable's profiles count scores above tau; minutes are lower-better: negate both
+    np.random.seed(seed)  # noqa: NPY002 (the bands' bootstrap reads the global generator)
     profiles, cis = rly.create_performance_profile(
         {k: -v for k, v in scores.items()}, -taus, reps=reps
     )
