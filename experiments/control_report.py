@@ -153,6 +153,9 @@ def interval(
     from rliable import library as rly
 
     key = "x"
+    # rliable's bootstrap (arch) draws from NumPy's global generator despite random_state:
+    # seed it too, so that a rebuild from the same records gives the same intervals
+    np.random.seed(seed)  # noqa: NPY002 (the library reads the legacy global generator)
     point, ci = rly.get_interval_estimates(
         {key: scores},
         lambda *x: np.array([func(*x)]),
@@ -320,15 +323,33 @@ def _ci(t: Sequence[float], fmt: str = ".3g") -> str:
     return f"{p:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
+def _commit() -> str:
+    """The repository's HEAD commit (``unknown`` outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def markdown(result: dict[str, Any], command: str, notes: str = "", name: str = "control") -> str:
     """The report page (``name``: the figures' file prefix)."""
     ref = result["reference"]
     lines = [
         "# Learned control against the best rules",
         "",
-        f"Built by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
-        f"({platform.node() or 'unknown host'}, {platform.machine()}), from the per-run "
-        "records listed at the end; definitions: `docs/protocol.md`, `docs/scoring.md`.",
+        f"Built by `{command}` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC at commit "
+        f"`{_commit()}` ({platform.node() or 'unknown host'}, {platform.machine()}), from the "
+        "per-run records listed at the end; definitions: `docs/protocol.md`, "
+        "`docs/scoring.md`.",
         "",
     ]
     if notes.strip():
@@ -386,8 +407,9 @@ def markdown(result: dict[str, Any], command: str, notes: str = "", name: str = 
         "",
         "## Time to mitigate",
         "",
-        "Over the impacted runs; a run that never mitigates is censored at the horizon "
-        "(Kaplan-Meier median; '-' when more than half are censored).",
+        "Over the impacted runs (a method that prevents the impact has fewer); a run that "
+        "never mitigates is censored at the horizon (Kaplan-Meier median; '-' when more than "
+        "half are censored).",
         "",
         "| method | impacted runs | censored | KM median s |",
         "|---|---:|---:|---:|",
@@ -428,6 +450,7 @@ def plot(
     top = max(float(np.max(s)) for s in scores.values())
     taus = np.linspace(0.0, 1.05 * max(top, 1e-6), 106)  # past the worst run: every curve ends at 1
     # rliable's profiles count scores above tau; minutes are lower-better: negate both
+    np.random.seed(seed)  # noqa: NPY002 (the bands' bootstrap reads the global generator)
     profiles, cis = rly.create_performance_profile(
         {k: -v for k, v in scores.items()}, -taus, reps=reps
     )

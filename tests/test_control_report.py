@@ -151,3 +151,24 @@ def test_common_entries_restricts_and_lists_the_rest(
     other = _write(tmp_path / "other" / "results.json", [_run("e3", 0, 1.0, None)])
     with pytest.raises(cr.RecordError, match="no entry in common"):
         cr.analyse([methods[0], cr.load_method("x", [other])], "ref", common=True)
+
+
+def test_a_rebuild_gives_the_same_intervals(records: dict[str, str]) -> None:
+    methods = [cr.load_method("ref", [records["ref"]]), cr.load_method("new", [records["new"]])]
+    noisy = [
+        cr.Method(
+            m.label,
+            m.files,
+            tuple(
+                {**r, "allocated_cost": r["allocated_cost"] + 0.1 * i} for i, r in enumerate(m.runs)
+            ),
+        )
+        for m in methods
+    ]
+    a = cr.analyse(noisy, "ref", reps=200, seed=3)
+    b = cr.analyse(noisy, "ref", reps=200, seed=3)
+    assert a == b
+    assert (
+        a["methods"]["new"]["allocated_cost"]["mean"][1]
+        < a["methods"]["new"]["allocated_cost"]["mean"][2]
+    )
