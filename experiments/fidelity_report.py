@@ -13,6 +13,10 @@ each policy at both fidelities (:func:`agents.evaluation.fidelity.check_fidelity
 there, and writes the table into ``<out>/fidelity.md`` between :data:`TABLE_START` and
 :data:`TABLE_END`. ``--only chain3`` keeps the entries whose id starts with a prefix;
 ``--table-only`` rebuilds the table and plots from the JSON files without running anything.
+``--fluid-only`` re-runs only the fluid side of every JSON file there (after a change to the
+fluid engine alone) and keeps its request-level runs, whose command stays recorded in
+``request_command``: the request level is deterministic per seed, so re-running it would
+reproduce them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from agents.evaluation.evaluate import resolve_policy
-from agents.evaluation.fidelity import JUDGED, check_fidelity, fmt_value
+from agents.evaluation.fidelity import (
+    JUDGED,
+    FidelityReport,
+    RunMetrics,
+    RunTask,
+    check_fidelity,
+    compare_metrics,
+    fmt_value,
+    overall_verdict,
+    run_task,
+)
+from agents.parallel import parallel_map
 from envs.scenarios.loader import load_scenario
 from envs.scenarios.suites import load_suite
 from envs.sim.validation import RunStats, at_utilisation, compare, without_timeouts
@@ -67,6 +82,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=[], help="entry id prefixes to run")
     ap.add_argument("--results", type=Path, default=OVERLOAD_RESULTS)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument(
+        "--fluid-only",
+        action="store_true",
+        help="re-run the fluid runs of the JSON files in --results, keep their request runs",
+    )
     args = ap.parse_args()
     if args.suite is not None:
         run_overload(args)
@@ -154,7 +174,9 @@ def run_overload(args: argparse.Namespace) -> None:
     """Run the suite's entries (unless ``--table-only``), then build the table and plots."""
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
-    if not args.table_only:
+    if args.fluid_only:
+        rerun_fluid(results, args.workers, args.only)
+    elif not args.table_only:
         suite = load_suite(args.suite)
         entries = [e for e in suite if not args.only or e.id.startswith(tuple(args.only))]
         for name in args.policies:
@@ -176,6 +198,65 @@ def run_overload(args: argparse.Namespace) -> None:
                     flush=True,
                 )
     build_overload_outputs(results, args.out)
+
+
+def rerun_fluid(results: Path, workers: int, only: list[str]) -> None:
+    """Re-run the fluid side of each ``<entry>__<policy>.json`` in ``results`` in place.
+
+    The request-level runs are kept as they are (the request level is deterministic per
+    seed; their command moves to ``request_command``); the fluid runs, the agreement rows
+    and the verdict are recomputed with the current fluid engine.
+    """
+    suite = {e.id: e for e in load_suite("overload")}
+    files = [
+        f for f in sorted(results.glob("*__*.json")) if not only or f.name.startswith(tuple(only))
+    ]
+    olds = [json.loads(f.read_text()) for f in files]
+    tasks = []
+    for old in olds:
+        if old["entry"] not in suite:
+            raise SystemExit(f"{old['entry']!r} is not an entry of the overload suite")
+        sc = suite[old["entry"]].scenario
+        spec = resolve_policy(old["policy"])
+        tasks += [
+            RunTask(
+                sc.model_copy(update={"fidelity": "fluid", "seed": seed}), spec, old["window_s"]
+            )
+            for seed in old["seeds"]
+        ]
+    t0 = time.perf_counter()
+    runs = parallel_map(run_task, tasks, workers)
+    k = 0
+    for path, old in zip(files, olds, strict=True):
+        sc = suite[old["entry"]].scenario
+        fluid = runs[k : k + len(old["seeds"])]
+        k += len(old["seeds"])
+        request = [RunMetrics(**r) for r in old["request"]]
+        rows = compare_metrics(fluid, request, sc.scrape_interval_s)
+        report = FidelityReport(
+            sc.name,
+            old["policy"],
+            old["seeds"],
+            old["window_s"],
+            rows,
+            overall_verdict(rows),
+            fluid,
+            request,
+        )
+        data = report.to_dict()
+        data["request"] = old["request"]  # exactly as recorded
+        data["entry"] = old["entry"]
+        data["description"] = old.get("description", sc.description)
+        data["wall_s"] = old["wall_s"]
+        data["request_command"] = old.get("request_command", old["command"])
+        data["command"] = (
+            f"python -m experiments.fidelity_report --suite overload --fluid-only "
+            f"(fluid runs; request-level runs from: {data['request_command']})"
+        )
+        data["machine"] = f"{platform.machine()}, python {platform.python_version()}"
+        path.write_text(json.dumps(data, indent=2))
+        print(f"{old['entry']} / {old['policy']}: {old['verdict']} -> {report.verdict}", flush=True)
+    print(f"re-ran {len(tasks)} fluid runs in {time.perf_counter() - t0:.0f} s wall")
 
 
 def _cell(row: dict) -> str:

@@ -720,24 +720,7 @@ def test_flash_crowd_ends_with_scale_out(fidelity: str) -> None:
     assert_recovered(run, by=120)
 
 
-_FLUID_METASTABLE = (
-    "Known limit of the fluid engine (docs/queueing.md): after a 2x flash crowd on chain3 "
-    "the db stays in a retry-driven overload (attempts ~2.9x requests, queue full, waits just "
-    "over the 0.2 s timeout), while the request level recovers within ~60 s of the crowd's end. "
-    "The fluid model is a mean-field fixed point: spreading the backlog wait (now a sum of "
-    "exponential departures) gives ~5% success at the db, as the request level has, but the "
-    "overloaded state stays a stable equilibrium; the request level escapes it through "
-    "fluctuations the fluid model averages away."
-)
-
-
-@pytest.mark.parametrize(
-    "fidelity",
-    [
-        pytest.param("fluid", marks=pytest.mark.xfail(strict=True, reason=_FLUID_METASTABLE)),
-        "request",
-    ],
-)
+@pytest.mark.parametrize("fidelity", FIDELITIES)
 def test_transient_overload_without_retry_change_recovers_at_both_fidelities(
     fidelity: str,
 ) -> None:

@@ -15,7 +15,10 @@ once, vectorised, by a few Jacobi sweeps over the call graph (see ``docs/queuein
   excess is dropped), and delays everyone behind it by the sum of ``B`` departures (mean
   ``B / mu``, variance ``B / mu^2``);
 * the response time is moment-matched to a gamma law, which gives timeouts ``P(R > T)``,
-  latency quantiles and histogram buckets in closed form.
+  latency quantiles and histogram buckets in closed form;
+* a service held in overload by retries alone (a metastable state the mean field cannot
+  leave) escapes at a Kramers rate over the backlog it would have to drain, at a time drawn
+  from the scenario's data-plane random stream (``_escape_hazard``).
 
 Counters are expected values (floats). ``docs/queueing.md`` writes the formulas out and
 gives their sources.
@@ -39,6 +42,16 @@ FIXED_POINT_RTOL = 1e-3
 (relative); the queueing approximations themselves are good to a few percent."""
 RHO_MAX = 0.97
 """Utilisation at which the stationary (Erlang-C) part is capped; beyond, the backlog rules."""
+ESCAPE_DISPERSION = 0.6
+"""Index of dispersion of a retry-amplified attempt stream, per unit of amplification
+(``D = ESCAPE_DISPERSION x lambda / lambda_0``) in the escape hazard of a retry-sustained
+overload (``docs/queueing.md``, "Escape"). Calibrated once on the chain3 2x flash crowd of
+``tests/test_faults.py`` (eight request-level seeds), not on the overload suite."""
+_ESCAPE_GRID = 9
+"""Backlogs (0 to the queue's own, evenly spaced) at which the escape barrier is located."""
+ESCAPE_REFRESH_S = 60.0
+"""A free stuck service's escape hazard is recomputed after this much simulated time, or
+sooner when the capacity or its arrival rate (by more than 5%) change."""
 
 
 @dataclass
@@ -89,6 +102,30 @@ class FluidEngine(Engine):
         self.entry_vec = np.zeros(n)
         self.entry_vec[self.entry] = 1.0
         self.sweeps = _depth(scenario) + 1
+        # attempts per second at each service per external request per second, with no
+        # retries, errors or drops: the load the cluster would carry without amplification
+        self.fresh = np.linalg.solve(np.eye(n) - self.em_t, self.entry_vec)
+        # below[i, j]: j is reachable from i by calls (a descendant of i)
+        below = self.em > 0
+        for _ in range(self.sweeps):
+            below = below | ((below.astype(np.int64) @ below.astype(np.int64)) > 0)
+        self.below = below
+        # the call edges sorted by caller, for the escape barrier's sweeps
+        src, dst = np.nonzero(self.em > 0)
+        self._e_src, self._e_dst = src, dst
+        self._e_p, self._e_n, self._e_frac = p[src, dst], nfloor[src, dst], frac[src, dst]
+        self._e_callers, self._e_starts = np.unique(src, return_index=True)
+        # escape from retry-sustained overload: a hazard integrated against an Exp(1) draw
+        self._rng = self.data_rng
+        self.hazard = np.zeros(n)
+        self._esc_acc = np.zeros(n)
+        self._esc_need = self._rng.exponential(size=n)
+        self._any_hazard = False
+        self._stuck = np.zeros(n, dtype=bool)
+        # per service: last hazard computed, when, at which external rate and capacity
+        self._hz_cache = (np.zeros(n), np.full(n, -np.inf), np.zeros(n), np.zeros(n, np.int64))
+        self._cold = False
+        self.escapes = 0
         # state
         self._t = 0.0
         self.backlog = np.zeros(n)
@@ -171,6 +208,49 @@ class FluidEngine(Engine):
 
     # ------------------------------------------------------------------ the model
     def _integrate(self, t1: float) -> None:
+        """Advance the data plane to ``t1``, escaping retry-sustained overload on the way."""
+        while self._any_hazard:
+            t0 = self._t
+            dt = t1 - t0
+            if dt <= 1e-12:
+                return
+            h = self.hazard
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t_hit = np.where(h > 0, (self._esc_need - self._esc_acc) / h, np.inf)
+            j = int(np.argmin(t_hit))
+            first = float(t_hit[j])
+            if first >= dt:
+                self._esc_acc += h * dt
+                self._segment(t1)
+                return
+            # the escape clock rings inside the segment: integrate up to it, then escape
+            self._esc_acc += h * first
+            self._segment(t0 + first)
+            self._escape(j)
+        self._segment(t1)
+
+    def _escape(self, j: int) -> None:
+        """Service ``j`` leaves its retry-sustained overload: its queue drains, retries stop.
+
+        The stuck services below ``j`` (overloaded by its retries) leave with it; the callers
+        above it that are not stuck themselves (they failed because ``j`` did) start again
+        from healthy failure probabilities. The fixed point restarts cold from there.
+        """
+        esc = self._stuck & (self.below[j] | (np.arange(self.n) == j))
+        healed = esc | (self.below[:, esc].any(axis=1) & ~self._stuck)
+        self.backlog = np.where(esc, 0.0, self.backlog)
+        self._esc_acc = np.where(esc, 0.0, self._esc_acc)
+        self._esc_need = np.where(esc, self._rng.exponential(size=self.n), self._esc_need)
+        self.hazard = np.where(esc, 0.0, self.hazard)
+        self._any_hazard = bool(self.hazard.any())
+        self.f = np.where(healed, 0.0, self.f)
+        self.drop = np.where(healed, 0.0, self.drop)
+        self.lam = np.where(healed, self._lam_ext_prev * self.fresh, self.lam)
+        self._steady = None
+        self._cold = True
+        self.escapes += 1
+
+    def _segment(self, t1: float) -> None:
         t0 = self._t
         dt = t1 - t0
         if dt <= 1e-12:
@@ -202,7 +282,9 @@ class FluidEngine(Engine):
         else:
             # from a cold start arrivals need `depth` sweeps to reach the leaves, then
             # response times need `depth` more to climb back up
-            sweeps = self.sweeps if self._lam_ext_prev > 0 else 2 * self.sweeps
+            cold = self._lam_ext_prev <= 0 or self._cold
+            self._cold = False
+            sweeps = 2 * self.sweeps if cold else self.sweeps
             self._steady = None
             if self._lam_ext_prev > 0 and lam_ext > 0:
                 # arrivals are linear in the external rate for given failure probabilities:
@@ -316,8 +398,162 @@ class FluidEngine(Engine):
             self.in_service = np.minimum(served * m, c)
             self.lq = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog = np.where(has_pods, b1, 0.0)
+            if sweeps > 0 and not fast:
+                self.hazard = self._escape_hazard(
+                    lam_ext, lam, mu, f, self.backlog, (delay, delay_var, drop, wq, var_wq, d1, d2)
+                )
+                self._any_hazard = bool(self.hazard.any())
+                self._esc_acc = np.where(self.hazard > 0, self._esc_acc, 0.0)
+            elif self._any_hazard:
+                self.hazard = np.zeros(self.n)
+                self._stuck = np.zeros(self.n, dtype=bool)
+                self._any_hazard = False
+                self._esc_acc = np.zeros(self.n)
         self.f, self.drop, self.lam, self.d1, self.d2 = f, drop, lam, d1, d2
         self._segments.append(_Segment(finished, self._no_shift, k, theta, d1))
+
+    def _escape_hazard(
+        self,
+        lam_ext: float,
+        lam: np.ndarray,
+        mu: np.ndarray,
+        f: np.ndarray,
+        b: np.ndarray,
+        seg: tuple[np.ndarray, ...],
+    ) -> np.ndarray:
+        """Rate (1/s) at which each service leaves a retry-sustained overload.
+
+        A service is in one when its queue is backed up and attempts exceed its capacity
+        (``lambda > mu``) although the un-amplified load would not (``lambda_0 < mu``): only
+        retries keep it overloaded. The mean-field state is a stable fixed point; the
+        request level leaves it when a fluctuation drains the queue to the backlog ``B*``
+        below which the retry-amplified arrival rate (the whole graph's fixed point with
+        this queue held at ``B*``, every other queue as it is) falls below the capacity. The
+        hazard is Kramers' escape rate over that barrier for a diffusion with drift
+        ``lambda - mu`` at the queue limit, falling linearly to 0 at ``B*``, and variance
+        ``D lambda`` per second: ``h = exp(-(1 - mu / lambda) (B - B*) / D) / T``
+        (``docs/queueing.md``, "Escape").
+        """
+        lam0 = lam_ext * self.fresh
+        h = np.zeros(self.n)
+        # stuck: backed up, over capacity although the un-amplified load is not, and failing
+        # at least the excess share of its attempts (the excess is retries of its failures)
+        stuck = (b > 0) & self.finite_timeout & (lam0 > 0) & (lam0 < mu) & (lam > mu)
+        stuck &= f * lam >= lam - mu
+        self._stuck = stuck
+        # a service below an overloaded one (stuck or not) gets that one's retries: it cannot
+        # leave before its caller does
+        over = (b > 0) & (lam > mu)
+        free = stuck & ~(self.below & over[:, None]).any(axis=0)
+        if not free.any():
+            return h
+        # a service free and stuck at the last computation, in much the same state since:
+        # the same hazard (ESCAPE_REFRESH_S)
+        hz_val, hz_t, hz_lam, hz_ver = self._hz_cache
+        fresh = (
+            (self._t - hz_t < ESCAPE_REFRESH_S)
+            & (hz_ver == self._cap_version)
+            & (np.abs(lam - hz_lam) <= 0.05 * hz_lam)
+        )
+        h[free] = hz_val[free]
+        js = np.flatnonzero(free & ~fresh)
+        if js.size == 0:
+            return h
+        # every such service's queue held at a grid of backlogs from 0 to its own, one row
+        # per (service, backlog); the other queues as they are
+        grid = np.linspace(0.0, 1.0, _ESCAPE_GRID)
+        rows = np.repeat(js, _ESCAPE_GRID)
+        held = np.tile(grid, js.size) * b[rows]
+        k = np.arange(rows.size)
+        delay, delay_var, drop, wq, var_wq, d1, d2 = (np.tile(x, (rows.size, 1)) for x in seg)
+        delay[k, rows] = held / mu[rows]
+        delay_var[k, rows] = held / mu[rows] ** 2
+        drop[k, rows] = 0.0
+        # only the services above (and the one held) respond: the others' delays, drops
+        # and stationary waits are held, so their failure probabilities and durations are
+        above = np.asarray(self.below[:, js].any(axis=1))
+        above[js] = True
+        cols = np.flatnonzero(above)
+        rates = self._rates_at(lam_ext, delay, delay_var, drop, wq, var_wq, f, lam, d1, d2, cols)
+        excess = (rates[k, rows] - mu[rows]).reshape(js.size, _ESCAPE_GRID)
+        for r, j in enumerate(js):
+            # no escape where an empty queue would not do (the failures or the retries come
+            # from elsewhere), nor where the queue just below its limit would drain already
+            # (drops at the limit alone keep the overload: an edge the mean field rides)
+            e = excess[r]
+            hz_val[j], hz_t[j], hz_lam[j], hz_ver[j] = 0.0, self._t, lam[j], self._cap_version
+            if e[0] >= 0 or e[-1] <= 0:
+                continue
+            u = int(np.argmax(e > 0))  # first grid backlog over capacity; interpolate
+            x = grid[u - 1] + (grid[u] - grid[u - 1]) * -e[u - 1] / (e[u] - e[u - 1])
+            b_star = b[j] * x
+            barrier = (1.0 - mu[j] / lam[j]) * (b[j] - b_star)
+            amp = lam[j] / lam0[j]
+            h[j] = hz_val[j] = np.exp(-barrier / (ESCAPE_DISPERSION * amp)) / self.timeout[j]
+        return h
+
+    def _rates_at(
+        self,
+        lam_ext: float,
+        delay: np.ndarray,
+        delay_var: np.ndarray,
+        drop: np.ndarray,
+        wq: np.ndarray,
+        var_wq: np.ndarray,
+        f: np.ndarray,
+        lam: np.ndarray,
+        d1: np.ndarray,
+        d2: np.ndarray,
+        cols: np.ndarray,
+    ) -> np.ndarray:
+        """Attempts/s at every service with the queueing delays and drops held as given.
+
+        The sweep of :meth:`_segment` without the backlog's evolution and with the
+        stationary waits held, started from its solution; one row per case (arrays
+        ``(K, S)``). Only the services ``cols`` update their response times and failure
+        probabilities; every service updates its arrivals.
+        """
+        c_m, c_scv, c_to = self.m[cols], self.scv[cols], self.timeout[cols]
+        c_fin, c_pods, c_err = self.finite_timeout[cols], self.c[cols] > 0, self.app_err[cols]
+        c_loss = self.net_loss[cols]
+        r1 = self.retries + 1.0
+        ok_own = (1.0 - drop) * (1.0 - self.app_err)
+        em_t = self.em.T
+        f, d1, d2 = (np.array(np.broadcast_to(x, delay.shape)) for x in (f, d1, d2))
+        lam = np.broadcast_to(lam, delay.shape)
+        c_base_mean = delay[:, cols] + wq[:, cols] + c_m
+        c_base_var = delay_var[:, cols] + var_wq[:, cols] + c_scv * c_m * c_m
+        c_drop = drop[:, cols]
+        for _ in range(2 * self.sweeps):
+            prev, prev_f = lam, f.copy()
+            fc = np.minimum(f, 1.0 - 1e-9)
+            attempts = (1.0 - fc**r1) / (1.0 - fc)
+            bo = _backoff_mean(fc, self.retries, self.backoff)
+            call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
+            lam = (lam_ext * self.entry_vec + (lam * ok_own) @ self.em) * attempts
+            x_mean = c_base_mean + (call_mean @ em_t)[:, cols]
+            x_var = c_base_var + ((attempts * d2) @ em_t + (call_mean**2) @ self.vm.T)[:, cols]
+            k, theta = q.gamma_shape_scale(x_mean, x_var)
+            p_to = np.where(c_fin, q.gamma_sf(c_to, k, theta), 0.0)
+            p_to = np.where(c_pods, p_to, 1.0)
+            dd = np.where(c_fin, q.gamma_mean_min(c_to, k, theta), x_mean)
+            d1[:, cols] = np.where(c_pods, dd, np.where(c_fin, c_to, 0.0))
+            d2[:, cols] = x_var * (1.0 - p_to)
+            ds_ok = np.ones_like(f)
+            if self._e_src.size:  # per edge, then the product over each caller's edges
+                phi = (fc**r1)[:, self._e_dst]
+                g = (1.0 - self._e_p) + self._e_p * (1.0 - phi) ** self._e_n * (
+                    1.0 - self._e_frac * phi
+                )
+                ds_ok[:, self._e_callers] = np.multiply.reduceat(g, self._e_starts, axis=1)
+            f_nd = p_to + (1.0 - p_to) * (1.0 - (1.0 - c_err) * ds_ok[:, cols])
+            f_nd = 1.0 - (1.0 - f_nd) * (1.0 - c_loss)
+            f[:, cols] = c_drop + (1.0 - c_drop) * f_nd
+            if (np.abs(lam - prev) <= FIXED_POINT_RTOL * np.abs(lam)).all() and (
+                np.abs(f - prev_f) <= FIXED_POINT_RTOL
+            ).all():
+                break
+        return lam
 
     # ------------------------------------------------------------------ scrape
     def _read_data_plane(self) -> DataPlaneReading:
