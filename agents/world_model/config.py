@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from envs.gym.encoder import CLUSTER_FEATURES, SERVICE_FEATURES, TIME_FEATURES, ObsEncoder
 
 Size = Literal["tiny", "small"]
+Arch = Literal["flat", "graph"]
+DecLoss = Literal["nll", "mse"]
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {
@@ -39,11 +41,36 @@ SIZES: dict[str, dict[str, int]] = {
 }
 """Size presets: the fields a ``size`` fills unless they are given explicitly."""
 
+GRAPH_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {
+        "deter": 64,
+        "hidden": 64,
+        "stoch": 8,
+        "classes": 8,
+        "gru_blocks": 1,
+        "units": 64,
+    },
+    "small": {
+        "deter": 128,
+        "hidden": 128,
+        "stoch": 16,
+        "classes": 8,
+        "gru_blocks": 2,
+        "units": 128,
+    },
+}
+"""Size presets of ``arch="graph"``: the sizes are per node (every service and the global
+node have a state of this size), so they are much smaller than the flat model's."""
+
 
 class WorldModelConfig(BaseModel):
     """Settings of the world model and its trainer (a typo fails at construction).
 
     Attributes:
+        arch: ``flat`` (one MLP over the whole observation: a model fits one topology) or
+            ``graph`` (:mod:`agents.world_model.graph`: per-service weights shared across
+            services, messages along the call graph, a latent per service plus a global
+            one; one model runs on any topology).
         size: Preset that fills ``deter``, ``hidden``, ``stoch``, ``classes``,
             ``gru_blocks`` and ``units`` (explicit values win).
         deter: GRU state size D.
@@ -87,10 +114,15 @@ class WorldModelConfig(BaseModel):
         overshoot_heads: Also train the reward and violation heads on the rollouts.
         overshoot_kl: Scale, inside ``over``, of PlaNet's latent overshooting
             ``max(free_nats, KL(sg(post) || rollout prior))`` at the rollout's steps (0: off).
+        mp_rounds: ``arch="graph"``: message-passing rounds of the observation encoder.
+        dec_loss: ``arch="graph"``: ``mse`` (DreamerV3's symlog squared error for the mean,
+            plus a Gaussian NLL that trains only the std, on the detached mean) or ``nll``
+            (the Gaussian NLL for both).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    arch: Arch = "flat"
     size: Size = "tiny"
     deter: int = 256
     hidden: int = 128
@@ -127,6 +159,8 @@ class WorldModelConfig(BaseModel):
     overshoot_detach: bool = False
     overshoot_heads: bool = False
     overshoot_kl: float = 0.0
+    mp_rounds: int = 2
+    dec_loss: DecLoss = "nll"
 
     @model_validator(mode="before")
     @classmethod
@@ -135,7 +169,8 @@ class WorldModelConfig(BaseModel):
             size = data.get("size", "tiny")
             if size not in SIZES:
                 raise ValueError(f"size={size!r}: one of {sorted(SIZES)}")
-            data = {**SIZES[size], **data}
+            presets = GRAPH_SIZES if data.get("arch") == "graph" else SIZES
+            data = {**presets[size], **data}
         return data
 
     @model_validator(mode="after")
@@ -163,6 +198,8 @@ class WorldModelConfig(BaseModel):
                 f"overshoot={self.overshoot}: must be < seq_len={self.seq_len} "
                 "(a rollout starts at a step of the sequence and ends inside it)"
             )
+        if self.mp_rounds < 0:
+            raise ValueError(f"mp_rounds={self.mp_rounds}: must be >= 0")
         if self.overshoot_scale < 0 or self.overshoot_kl < 0:
             raise ValueError("overshoot_scale and overshoot_kl must be >= 0")
         return self

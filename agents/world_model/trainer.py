@@ -167,6 +167,7 @@ class WorldModelTrainer:
             "config": self.model.cfg.model_dump(),
             "layout": _layout_dict(self.model.layout),
             "action_size": self.model.action_size,
+            **({"graph": graph.to_dict()} if (graph := getattr(self.model, "graph", None)) else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -176,7 +177,9 @@ class WorldModelTrainer:
         mine = self.model.cfg.model_dump()
         saved = saved_config(state["config"])
         diff = sorted(k for k in mine if k != "threads" and saved[k] != mine[k])
-        if diff or state["layout"] != _layout_dict(self.model.layout):
+        # a graph model's weights fit every layout; a flat one's only its own
+        other_layout = state["layout"] != _layout_dict(self.model.layout)
+        if diff or (other_layout and mine.get("arch") != "graph"):
             raise ValueError(
                 f"checkpoint config differs in {diff or ['layout']}; build the model with "
                 "load_model(path) or the same config"
@@ -212,11 +215,25 @@ def _layout_dict(layout: ObsLayout) -> dict[str, Any]:
     }
 
 
-def load_model(path: str | Path) -> WorldModel:
-    """The model of a trainer checkpoint, rebuilt from its saved config and layout (eval mode)."""
+def load_model(path: str | Path) -> Any:
+    """The model of a trainer checkpoint, rebuilt from its saved config and layout (eval mode).
+
+    A ``wm.arch=graph`` checkpoint gives a
+    :class:`~agents.world_model.graph.BoundGraphModel` on the topology it was saved with
+    (``.bind(graph)`` puts the same weights on another).
+    """
     state = torch.load(path, weights_only=True)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a world-model checkpoint")
+    cfg = WorldModelConfig(**saved_config(state["config"]))
+    if cfg.arch == "graph":
+        from agents.world_model.graph import GraphWorldModel, TopologyGraph
+
+        lay = state["layout"]
+        core = GraphWorldModel(cfg, tuple(lay["service_features"]), tuple(lay["cluster_features"]))
+        bound = core.bind(TopologyGraph.from_dict(state["graph"]))
+        bound.load_state_dict(state["model"])
+        return bound.eval()
     lay = state["layout"]
     layout = ObsLayout(
         lay["n_services"],

@@ -66,6 +66,9 @@ class WorldModelOverrides:
     overshoot_detach: bool | None = None
     overshoot_heads: bool | None = None
     overshoot_kl: float | None = None
+    arch: str | None = None
+    mp_rounds: int | None = None
+    dec_loss: str | None = None
 
     def given(self) -> dict[str, Any]:
         """The fields that were set."""
@@ -92,6 +95,8 @@ class FitWorldModelConfig:
     Attributes:
         suite: Suite to collect on (``train`` or a YAML path; never the holdout).
         topology: Topology whose entries are used (``chain3``, ``boutique``); required.
+            ``wm.arch=graph`` takes several joined by ``+`` (``chain3+boutique``): one model
+            is trained on all of them (updates alternate between the topologies).
         behaviours: Behaviour policies of the training data
             (:data:`agents.world_model.data.BEHAVIOURS`).
         replicates: Seeds per entry and behaviour (replicate indices ``0 .. replicates-1``).
@@ -127,6 +132,9 @@ class FitWorldModelConfig:
             ``updates=0`` only the forecast extras are refitted.
         progress: Progress bars (None: when stderr is a terminal).
         save_data: Also write the training episodes (``episodes.npz``).
+        episodes: Train on the episodes of this ``.npz`` (``save_data=true``'s
+            ``episodes.npz`` or :meth:`agents.world_model.data.Collection.save`) instead of
+            collecting them; only those of the training entries are used (None: collect).
         out: Output folder; a multirun job writes to ``<out>/<job>``.
         overwrite: Clear a non-empty ``out`` first (a non-empty ``out`` is refused otherwise).
     """
@@ -163,6 +171,7 @@ class FitWorldModelConfig:
     init: str | None = None
     progress: bool | None = None
     save_data: bool = False
+    episodes: str | None = None
     out: str = "outputs/fit_world_model/${now:%Y-%m-%d}/${now:%H-%M-%S}-${opsworld_pid:}"
     overwrite: bool = False
 
@@ -170,7 +179,10 @@ class FitWorldModelConfig:
 def suite_entries(
     suite_name: str, topology: str | None, limit: int | None = None
 ) -> list[SuiteEntry]:
-    """The entries of ``suite_name`` on ``topology`` (first ``limit``).
+    """The entries of ``suite_name`` on ``topology`` (first ``limit`` of each topology).
+
+    ``topology`` may join several with ``+`` (``chain3+boutique``); the entries come in
+    that order.
 
     Raises:
         RunConfigError: Naming ``suite``, ``topology`` or ``limit``.
@@ -184,16 +196,17 @@ def suite_entries(
         raise RunConfigError(
             f"topology is required (one world model fits one topology): one of {names}"
         )
-    entries = [e for e in suite.entries if e.scenario.topology.name == topology]
-    if not entries:
-        raise RunConfigError(
-            f"topology={topology}: no entry of suite {suite.name!r} uses it; its topologies "
-            f"are {names}"
-        )
-    if limit is not None:
-        if limit < 1:
-            raise RunConfigError(f"limit={limit}: must be >= 1 (or null for all entries)")
-        entries = entries[:limit]
+    if limit is not None and limit < 1:
+        raise RunConfigError(f"limit={limit}: must be >= 1 (or null for all entries)")
+    entries: list[SuiteEntry] = []
+    for name in topology.split("+"):
+        mine = [e for e in suite.entries if e.scenario.topology.name == name]
+        if not mine:
+            raise RunConfigError(
+                f"topology={topology}: no entry of suite {suite.name!r} uses {name!r}; its "
+                f"topologies are {names}"
+            )
+        entries += mine[:limit] if limit is not None else mine
     return entries
 
 

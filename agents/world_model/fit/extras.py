@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from agents.world_model.forecast import (
     ForecastModel,
     NaiveForecaster,
     NaiveViolation,
+    SampleForecast,
     forecast_batch,
     forecast_origins,
     planned_actions,
@@ -82,8 +84,36 @@ class ForecastExtras:
         return paths
 
 
+def fold_services(
+    sf: SampleForecast, truth: dict[str, np.ndarray]
+) -> tuple[SampleForecast, dict[str, np.ndarray]]:
+    """Services moved into the origin axis: ``[B, N, H, S]`` -> ``[B S, N, H, 1]``.
+
+    :class:`CalibrationStats` pools origins and services alike, so folding changes nothing
+    of its fit; it lets episodes of topologies with different S share one pool (a
+    ``wm.arch=graph`` model calibrated on several topologies).
+    """
+
+    def draws(x: np.ndarray) -> np.ndarray:
+        return np.moveaxis(x, -1, 1).reshape(-1, *x.shape[1:-1], 1)
+
+    def per_origin(x: np.ndarray) -> np.ndarray:  # [B, S] -> [B S, 1]
+        return x.reshape(-1, 1)
+
+    def per_step(x: np.ndarray) -> np.ndarray:  # [B, H, S] -> [B S, H, 1]
+        return np.moveaxis(x, -1, 1).reshape(-1, x.shape[1], 1)
+
+    folded = SampleForecast(
+        {m: draws(v) for m, v in sf.samples.items()},
+        sf.p_violation,
+        {m: per_origin(v) for m, v in sf.offset.items()},
+        {m: per_origin(v) for m, v in sf.decoded.items()},
+    )
+    return folded, {m: per_step(v) for m, v in truth.items()}
+
+
 def calibration_stats(
-    model: ForecastModel,
+    model: ForecastModel | Sequence[ForecastModel],
     episodes: list[dict[str, np.ndarray]],
     horizon: int,
     warmup: int,
@@ -95,16 +125,22 @@ def calibration_stats(
     """The model's uncalibrated forecasts of ``episodes`` and their truths, summarised.
 
     Episode ``i`` is forecast from origins ``warmup, warmup + every, ...`` with draws seeded
-    by ``seed + i`` and the actions taken as the plan.
+    by ``seed + i`` and the actions taken as the plan. ``model`` may be a list with one
+    model per episode (one ``wm.arch=graph`` model bound to each episode's topology); the
+    services are then folded into the origins (:func:`fold_services`).
     """
-    layout = model.layout
+    per_episode = isinstance(model, Sequence)
+    models = list(model) if isinstance(model, Sequence) else [model] * len(episodes)
+    if len(models) != len(episodes):
+        raise ValueError(f"{len(models)} models for {len(episodes)} episodes")
     stats = CalibrationStats()
     with ProgressBar(progress, len(episodes), "calibrate") as tick:
-        for i, ep in enumerate(episodes):
+        for i, (ep, mod) in enumerate(zip(episodes, models, strict=True)):
+            layout = mod.layout
             origins = forecast_origins(len(ep["obs"]), horizon, warmup, every)
             if origins.size:
                 sf = forecast_batch(
-                    model,
+                    mod,
                     ep["obs"],
                     ep["action"],
                     origins,
@@ -113,11 +149,10 @@ def calibration_stats(
                     n_samples=n_samples,
                     seed=seed + i,
                 )
-                stats.add(
-                    sf,
-                    truths(ep, layout, origins, horizon),
-                    NaiveViolation.outcomes(ep["violation"], origins, horizon),
-                )
+                truth = truths(ep, layout, origins, horizon)
+                if per_episode:
+                    sf, truth = fold_services(sf, truth)
+                stats.add(sf, truth, NaiveViolation.outcomes(ep["violation"], origins, horizon))
             tick()
     return stats
 
@@ -149,7 +184,7 @@ def calibration_report(stats: CalibrationStats, calibration: Calibration) -> dic
 
 
 def fit_forecast_extras(
-    model: ForecastModel,
+    model: ForecastModel | Sequence[ForecastModel],
     episodes: list[dict[str, np.ndarray]],
     periods: list[int | None],
     calib_episodes: list[dict[str, np.ndarray]],
@@ -174,7 +209,7 @@ def fit_forecast_extras(
     )
     calibration = stats.fit(level, anchor=anchor)
     report = calibration_report(stats, calibration)
-    layout = model.layout
+    layout = (model[0] if isinstance(model, Sequence) else model).layout
     series = [{m: raw_series(ep, layout, m) for m in METRICS} for ep in episodes]
     persistence = NaiveForecaster("persistence", horizon).fit(series, periods, warmup)
     seasonal = NaiveForecaster("seasonal", horizon, fallback_season=horizon).fit(

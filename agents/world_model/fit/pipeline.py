@@ -41,6 +41,7 @@ from agents.world_model.fit.extras import FILES, ForecastExtras, fit_forecast_ex
 from agents.world_model.fit.run_dir import FORECAST_DIR, SPEC_FORMAT, model_code_digest
 from agents.world_model.fit.train import CsvLog, build_trainer, train_world_model
 from agents.world_model.forecast import period_steps
+from agents.world_model.graph import BoundGraphModel, TopologyGraph
 from agents.world_model.trainer import WorldModelTrainer
 from envs.gym.envs import ClusterOpsEnv
 from envs.scenarios.suites import SuiteEntry
@@ -53,21 +54,93 @@ def calibration_split(
 ) -> tuple[set[str], list[SuiteEntry]]:
     """``(held-out entry ids, training entries)``.
 
-    With ``split=entries`` every ``every``-th entry (``every-1, 2 every-1, ...``) is held
-    out of training to calibrate on; with ``split=replicate`` none is.
+    With ``split=entries`` every ``every``-th entry (``every-1, 2 every-1, ...``) of each
+    topology is held out of training to calibrate on; with ``split=replicate`` none is.
 
     Raises:
         RunConfigError: No entry is left to train on.
     """
-    held_out = (
-        {e.id for i, e in enumerate(entries) if i % every == every - 1}
-        if split == CalibSplit.entries
-        else set()
-    )
+    held_out: set[str] = set()
+    if split == CalibSplit.entries:  # every ``every``-th entry of each topology
+        for topo in _topologies(entries):
+            mine = [e for e in entries if e.scenario.topology.name == topo]
+            held_out |= {e.id for i, e in enumerate(mine) if i % every == every - 1}
     train_entries = [e for e in entries if e.id not in held_out]
     if not train_entries:
         raise RunConfigError(f"calib_every={every}: leaves no entry to train on")
     return held_out, train_entries
+
+
+def _topologies(entries: list[SuiteEntry]) -> list[str]:
+    """The topologies of ``entries`` in order of first appearance."""
+    return list(dict.fromkeys(e.scenario.topology.name for e in entries))
+
+
+def _collect_each(
+    entries: list[SuiteEntry],
+    behaviours: list[str],
+    replicates: Any,
+    conf: FitWorldModelConfig,
+    show: bool,
+    perturb: float = 0.0,
+) -> Collection:
+    """:func:`collect` per topology (it takes one at a time), joined in entry order."""
+    parts = [
+        collect(
+            [e for e in entries if e.scenario.topology.name == topo],
+            behaviours,
+            replicates,
+            conf.workers,
+            conf.fidelity.value,
+            progress=show,
+            perturb=perturb,
+        )
+        for topo in _topologies(entries)
+    ]
+    return Collection([ep for c in parts for ep in c.episodes], [m for c in parts for m in c.meta])
+
+
+def _load_episodes(path: str, train_entries: list[SuiteEntry]) -> Collection:
+    """The episodes of ``path`` that belong to ``train_entries``.
+
+    Raises:
+        RunConfigError: No such file, or none of its episodes is of a training entry.
+    """
+    if not Path(path).exists():
+        raise RunConfigError(f"episodes={path}: no such file (a Collection .npz)")
+    ids = {e.id for e in train_entries}
+    data = Collection.load(path).select(lambda m: m.entry in ids)
+    if len(data) == 0:
+        raise RunConfigError(
+            f"episodes={path}: none of its episodes is of a training entry ({sorted(ids)})"
+        )
+    return data
+
+
+class Models:
+    """The model of the fit on each of its topologies (one for a flat model).
+
+    Args:
+        trainer: The trainer (its model is the first topology's).
+        entries: The suite entries (their topologies, in order).
+    """
+
+    def __init__(self, trainer: WorldModelTrainer, entries: list[SuiteEntry]) -> None:
+        self.trainer = trainer
+        first = trainer.model
+        self.by_topology: dict[str, Any] = {}
+        for topo in _topologies(entries):
+            scenario = next(e.scenario for e in entries if e.scenario.topology.name == topo)
+            self.by_topology[topo] = (
+                first.bind(TopologyGraph.from_topology(scenario.topology))
+                if isinstance(first, BoundGraphModel)
+                else first
+            )
+
+    def of(self, entry_ids: list[str], entries: list[SuiteEntry]) -> list[Any]:
+        """The model for each of ``entry_ids``."""
+        topo = {e.id: e.scenario.topology.name for e in entries}
+        return [self.by_topology[topo[i]] for i in entry_ids]
 
 
 @dataclass
@@ -102,15 +175,12 @@ def train_stage(
     if conf.updates <= 0:
         return Training()
     t0 = time.perf_counter()
-    data = collect(
-        train_entries,
-        conf.behaviours,
-        range(conf.replicates),
-        conf.workers,
-        conf.fidelity.value,
-        progress=show,
-        perturb=conf.perturb,
-    )
+    if conf.episodes is not None:
+        data = _load_episodes(conf.episodes, train_entries)
+    else:
+        data = _collect_each(
+            train_entries, list(conf.behaviours), range(conf.replicates), conf, show, conf.perturb
+        )
     collect_s = time.perf_counter() - t0
     say(
         f"fit-world-model: {len(data)} episodes, {data.steps} steps from {len(train_entries)} "
@@ -120,6 +190,18 @@ def train_stage(
         data.save(out / "episodes.npz")
     with CsvLog(out / "metrics.csv") as metrics:
         max_s = None if conf.max_minutes is None else 60.0 * conf.max_minutes
+        models = Models(trainer, train_entries)
+        groups = [
+            (
+                models.by_topology[topo],
+                [
+                    ep
+                    for ep, m in zip(data.episodes, data.meta, strict=True)
+                    if m.entry in {e.id for e in train_entries if e.scenario.topology.name == topo}
+                ],
+            )
+            for topo in models.by_topology
+        ]
         rows = train_world_model(
             trainer,
             data.episodes,
@@ -129,6 +211,7 @@ def train_stage(
             conf.log_every,
             show,
             metrics.write,
+            groups=groups if len(groups) > 1 else None,
         )
     return Training(data, rows, collect_s)
 
@@ -159,21 +242,19 @@ def calibrate_stage(
 ) -> Calibrated:
     """Collect the calibration split and fit the forecast extras on it."""
     t1 = time.perf_counter()
-    calib = collect(
-        entries,
-        conf.calib_behaviours,
-        [conf.replicates],
-        conf.workers,
-        conf.fidelity.value,
-        progress=show,
-    )
+    calib = _collect_each(entries, list(conf.calib_behaviours), [conf.replicates], conf, show)
     scenarios = {e.id: e.scenario for e in entries}
-    periods = [period_steps(scenarios[m.entry]) for m in calib.meta]
     model_calib = calib.select(lambda m: not held_out or m.entry in held_out)
+    models = Models(trainer, entries)
+    # the naive forecasters keep per-service quantiles: fitted on the first topology
+    first = _topologies(entries)[0]
+    naive = calib.select(lambda m: scenarios[m.entry].topology.name == first)
+    periods = [period_steps(scenarios[m.entry]) for m in naive.meta]
     torch.set_num_threads(conf.threads)
+    several = len(models.by_topology) > 1
     extras = fit_forecast_extras(
-        trainer.model,
-        calib.episodes,
+        models.of([m.entry for m in model_calib.meta], entries) if several else trainer.model,
+        naive.episodes,
         periods,
         model_calib.episodes,
         conf.horizon,
@@ -244,14 +325,18 @@ def fit_spec(
     env: ClusterOpsEnv,
     wm_cfg: WorldModelConfig,
     summary: dict[str, Any],
+    graphs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``spec.json``: what a consumer needs to load and feed the model.
 
-    Its format is :data:`~agents.world_model.fit.run_dir.SPEC_FORMAT`.
+    Its format is :data:`~agents.world_model.fit.run_dir.SPEC_FORMAT`; a graph model's
+    adds ``graphs`` (each training topology's :class:`TopologyGraph` as a dict).
     """
     return {
         "format": SPEC_FORMAT,
         "topology": conf.topology,
+        "topologies": str(conf.topology).split("+"),
+        **({"graphs": graphs} if graphs else {}),
         "services": list(env.services),
         "encoder": env.encoder.spec(),
         "action_features": {
@@ -292,10 +377,21 @@ def fit_world_model(conf: FitWorldModelConfig, log: Log | None = print) -> dict[
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(conf), resolve=True))
     say: Log = log or (lambda _: None)
 
+    topologies = _topologies(entries)
+    if len(topologies) > 1 and wm_cfg.arch != "graph":
+        raise RunConfigError(
+            f"topology={conf.topology}: a flat world model fits one topology; "
+            "add wm.arch=graph to fit one model on several"
+        )
     env = ClusterOpsEnv(scenario=entries[0].scenario)
     layout = ObsLayout.from_encoder(env.encoder)
+    graph = (
+        TopologyGraph.from_topology(entries[0].scenario.topology)
+        if wm_cfg.arch == "graph"
+        else None
+    )
     trainer = build_trainer(
-        layout, env.action_encoder.size, wm_cfg, conf.seed, conf.init, conf.threads
+        layout, env.action_encoder.size, wm_cfg, conf.seed, conf.init, conf.threads, graph
     )
     start_steps = trainer.steps
     training = train_stage(conf, trainer, train_entries, out, show, say)
@@ -313,7 +409,10 @@ def fit_world_model(conf: FitWorldModelConfig, log: Log | None = print) -> dict[
     summary = fit_summary(
         conf, entries, train_entries, held_out, trainer, start_steps, training, calibrated
     )
-    spec = fit_spec(conf, env, trainer.cfg, summary)
+    graphs = None
+    if graph is not None:
+        graphs = {t: m.graph.to_dict() for t, m in Models(trainer, entries).by_topology.items()}
+    spec = fit_spec(conf, env, trainer.cfg, summary, graphs)
     (out / "spec.json").write_text(json.dumps(spec, indent=2))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     say(

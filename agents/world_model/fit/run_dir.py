@@ -18,14 +18,16 @@ from typing import Any
 
 from agents.run_config import RunConfigError
 from agents.world_model.forecast import Calibration, NaiveForecaster, NaiveViolation
+from agents.world_model.graph import BoundGraphModel, TopologyGraph
 from agents.world_model.model import WorldModel
 from agents.world_model.trainer import load_model
+from envs.scenarios.schema import Topology
 
 SPEC_FORMAT = "opsworld.fit_world_model/1"
 """``spec.json``'s ``format``."""
 FORECAST_DIR = "forecast"
 """Sub-folder of a fit run with the forecast extras."""
-MODEL_CODE: tuple[str, ...] = ("config", "math", "nets", "rssm", "fused", "model")
+MODEL_CODE: tuple[str, ...] = ("config", "math", "nets", "rssm", "fused", "model", "graph")
 """Modules of ``agents/world_model`` whose source defines what a checkpoint's weights mean."""
 
 
@@ -61,11 +63,32 @@ class FittedModel:
 
     path: Path
     spec: dict[str, Any]
-    model: WorldModel
+    model: WorldModel | BoundGraphModel
     calibration: Calibration
     persistence: NaiveForecaster
     seasonal: NaiveForecaster
     violation: NaiveViolation
+
+    def model_for(self, topology: Topology) -> WorldModel | BoundGraphModel:
+        """The world model on ``topology`` (an :class:`envs.scenarios.schema.Topology`).
+
+        A ``wm.arch=graph`` model puts its weights on that topology's call graph, whichever
+        it is (trained on it or not); a flat model runs only on the services it was fitted
+        on.
+
+        Raises:
+            RunConfigError: A flat model and another topology.
+        """
+        if isinstance(self.model, BoundGraphModel):
+            return self.model.bind(TopologyGraph.from_topology(topology))
+        mine = list(self.spec.get("services", []))
+        theirs = [s.name for s in topology.services]
+        if mine != theirs:
+            raise RunConfigError(
+                f"model={self.path}: a flat world model fitted on {self.spec.get('topology')} "
+                f"cannot forecast {topology.name}; fit one with wm.arch=graph"
+            )
+        return self.model
 
 
 def load_fit(path: str | Path) -> FittedModel:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 from agents.run_config import RunConfigError
 from agents.world_model.config import ObsLayout, WorldModelConfig
 from agents.world_model.data import ProgressBar
+from agents.world_model.graph import GraphWorldModel, TopologyGraph
 from agents.world_model.model import WorldModel
 from agents.world_model.replay import Replay
 from agents.world_model.trainer import WorldModelTrainer
@@ -33,19 +35,30 @@ def build_trainer(
     seed: int,
     init: str | None = None,
     threads: int = 1,
+    graph: TopologyGraph | None = None,
 ) -> WorldModelTrainer:
     """A world model and its trainer: new (``wm_cfg``), or continued from ``init``.
 
     Seeds torch with ``seed`` first. With ``init`` (an earlier fit folder) the model,
     optimizer, update count and RNG come from its ``checkpoint.pt`` and so does the
-    WorldModelConfig (``wm_cfg`` is ignored; ``threads`` still applies).
+    WorldModelConfig (``wm_cfg`` is ignored; ``threads`` still applies). A ``wm.arch=graph``
+    model is bound to ``graph`` (the first training topology).
 
     Raises:
         RunConfigError: ``init`` has no checkpoint, or one that does not fit this model.
     """
     torch.manual_seed(seed)
+
+    def model(cfg: WorldModelConfig) -> Any:
+        if cfg.arch != "graph":
+            return WorldModel(layout, n_actions, cfg)
+        if graph is None:
+            raise RunConfigError("wm.arch=graph needs the topology's call graph")
+        core = GraphWorldModel(cfg, layout.service_features, layout.cluster_features)
+        return core.bind(graph)
+
     if init is None:
-        return WorldModelTrainer(WorldModel(layout, n_actions, wm_cfg), wm_cfg, seed=seed)
+        return WorldModelTrainer(model(wm_cfg), wm_cfg, seed=seed)
     path = Path(init) / "checkpoint.pt"
     if not path.exists():
         raise RunConfigError(f"init={init}: no checkpoint.pt (a fit-world-model folder?)")
@@ -57,7 +70,7 @@ def build_trainer(
             f"init={init}: {path.name} is damaged or truncated ({type(err).__name__}: "
             f"{str(err)[:200]}); give another fit folder or fit from scratch (init=null)"
         ) from None
-    trainer = WorldModelTrainer(WorldModel(layout, n_actions, wm_cfg), wm_cfg, seed=seed)
+    trainer = WorldModelTrainer(model(wm_cfg), wm_cfg, seed=seed)
     try:
         trainer.load_state_dict(state)
     except ValueError as err:
@@ -104,28 +117,41 @@ def train_world_model(
     log_every: int = 100,
     progress: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
+    groups: list[tuple[Any, list[dict[str, np.ndarray]]]] | None = None,
 ) -> list[dict[str, float]]:
     """Run ``updates`` updates of a WorldModelTrainer on sequences of ``episodes``.
 
-    Stops early once ``max_seconds`` have passed.
+    Stops early once ``max_seconds`` have passed. With ``groups`` (``(model, episodes)``
+    per topology: one ``wm.arch=graph`` model bound to each) the updates cycle through the
+    groups, each on a batch of its own episodes (``episodes`` is then ignored); the
+    trainer's model is the first group's again at the end.
 
     Returns:
         The logged rows (means of ``wm/*`` over each ``log_every`` updates, plus the
         trainer's ``update`` count and ``wall_s``).
     """
     wm_cfg = trainer.cfg
-    steps = sum(len(e["obs"]) for e in episodes)
-    replay = Replay(
-        capacity=max(steps, wm_cfg.seq_len), seq_len=wm_cfg.seq_len, seed=seed + trainer.steps
-    )
-    for ep in episodes:
-        replay.add(ep)
+    if groups is None:
+        groups = [(trainer.model, episodes)]
+    replays = []
+    for j, (_, eps) in enumerate(groups):
+        steps = sum(len(e["obs"]) for e in eps)
+        replay = Replay(
+            capacity=max(steps, wm_cfg.seq_len),
+            seq_len=wm_cfg.seq_len,
+            seed=seed + trainer.steps + 7919 * j,
+        )
+        for ep in eps:
+            replay.add(ep)
+        replays.append(replay)
     rows: list[dict[str, float]] = []
     acc: dict[str, list[float]] = {}
     start = time.perf_counter()
     with ProgressBar(progress, updates, "train world model") as tick:
         for i in range(updates):
-            metrics = trainer.step(replay.sample(wm_cfg.batch))
+            g = i % len(groups)
+            trainer.model = groups[g][0]
+            metrics = trainer.step(replays[g].sample(wm_cfg.batch))
             for k, v in metrics.items():
                 acc.setdefault(k, []).append(v)
             wall = time.perf_counter() - start
@@ -140,4 +166,5 @@ def train_world_model(
             tick(f"loss {metrics['wm/loss']:.2f}")
             if last:
                 break
+    trainer.model = groups[0][0]
     return rows

@@ -1,0 +1,390 @@
+"""The topology-free world model (``wm.arch=graph``, agents/world_model/graph.py).
+
+Shapes and weight sharing on chain3, boutique, mesh40 and a topology no suite has;
+permutation equivariance; an untrained model forecasts exactly persistence; determinism by
+seed; checkpoints; a tiny ``fit-world-model`` on two topologies that then forecasts a third.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.world_model.config import WorldModelConfig
+from agents.world_model.forecast import forecast_batch, forecast_origins, planned_actions
+from agents.world_model.graph import BoundGraphModel, GraphWorldModel, TopologyGraph
+from agents.world_model.trainer import WorldModelTrainer, load_model
+from envs.gym.encoder import ActionEncoder
+from envs.scenarios.suites import load_suite
+
+TINY = {
+    "arch": "graph",
+    "deter": 16,
+    "hidden": 16,
+    "stoch": 4,
+    "classes": 4,
+    "gru_blocks": 1,
+    "units": 16,
+    "mp_rounds": 1,
+}
+
+
+def _cfg(**kw: object) -> WorldModelConfig:
+    return WorldModelConfig(**{**TINY, **kw})
+
+
+def _graphs() -> dict[str, TopologyGraph]:
+    out: dict[str, TopologyGraph] = {}
+    for e in load_suite("holdout").entries:
+        t = e.scenario.topology
+        out.setdefault(t.name, TopologyGraph.from_topology(t))
+    return out
+
+
+GRAPHS = _graphs()
+# a topology no suite has: a star with a diamond below the hub
+UNSEEN = TopologyGraph(
+    ("edge", "hub", "a", "b", "c", "store"),
+    ((0, 1), (1, 2), (1, 3), (1, 4), (2, 5), (3, 5)),
+    "unseen6",
+)
+
+
+def _batch(model: BoundGraphModel, b: int, t: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random batch in the encoder's ranges (values symlog'd, a few missing)."""
+    g = torch.Generator().manual_seed(seed)
+    lay = model.layout
+    obs = torch.zeros(b, t, lay.obs_size)
+    obs[..., lay.values] = torch.randn(b, t, lay.value_size, generator=g).abs() * 2.0
+    mask = (torch.rand(b, t, lay.value_size, generator=g) > 0.05).float()
+    obs[..., lay.values] *= mask
+    obs[..., lay.mask] = mask
+    obs[..., lay.time] = torch.rand(b, t, 4, generator=g) * 2 - 1
+    action = torch.zeros(b, t, model.action_size)
+    action[..., 0::3] = torch.randint(-1, 2, (b, t, model.action_size // 3 + 1), generator=g)[
+        ..., : action[..., 0::3].shape[-1]
+    ].float()
+    is_first = torch.zeros(b, t)
+    is_first[:, 0] = 1.0
+    return {
+        "obs": obs,
+        "action": action,
+        "reward": torch.randn(b, t, generator=g),
+        "cont": torch.ones(b, t),
+        "is_first": is_first,
+        "violation": (torch.rand(b, t, generator=g) > 0.8).float(),
+    }
+
+
+def test_topology_graph_from_schema_and_bad_edges() -> None:
+    chain = GRAPHS["chain3"]
+    assert chain.services == ("frontend", "api", "db") and chain.edges == ((0, 1), (1, 2))
+    assert GRAPHS["mesh40"].n_services == 40 and len(GRAPHS["mesh40"].edges) == 70
+    assert TopologyGraph.from_dict(chain.to_dict()) == chain
+    with pytest.raises(ValueError, match="out of range or self-loops"):
+        TopologyGraph(("a", "b"), ((0, 2),))
+    with pytest.raises(ValueError, match="out of range or self-loops"):
+        TopologyGraph(("a", "b"), ((1, 1),))
+
+
+@pytest.mark.parametrize("name", ["chain3", "boutique", "mesh40", "unseen6"])
+def test_same_weights_run_on_every_topology(name: str) -> None:
+    torch.manual_seed(0)
+    core = GraphWorldModel(_cfg(overshoot=3, overshoot_stride=2, overshoot_heads=True))
+    n_params = sum(p.numel() for p in core.parameters())
+    graph = UNSEEN if name == "unseen6" else GRAPHS[name]
+    model = core.bind(graph)
+    s = graph.n_services
+    # no parameter depends on the topology: binding adds none and shares all
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert all(a is b for a, b in zip(model.core.parameters(), core.parameters(), strict=True))
+    assert model.action_size == ActionEncoder(graph.services).size == 3 * s + 3
+    batch = _batch(model, 2, 8)
+    total, metrics, states = model.loss(batch)
+    assert torch.isfinite(total) and states.deter.shape == (2, 8, s + 1, 16)
+    assert states.stoch.shape == (2, 8, s + 1, 4, 4)
+    total.backward()
+    grads = [p.grad for p in core.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    feat = model.feat(states)
+    mean, std = model.decode(feat)
+    assert mean.shape == std.shape == (2, 8, model.layout.value_size)
+    assert model.violation_prob(feat).shape == model.reward(feat).shape == (2, 8)
+    assert set(metrics) >= {"wm/dec", "wm/over", "wm/over_abs_err", "wm/persist_abs_err"}
+
+
+def test_permuting_services_permutes_outputs() -> None:
+    torch.manual_seed(1)
+    core = GraphWorldModel(_cfg())
+    graph = GRAPHS["boutique"]
+    model = core.bind(graph)
+    order = list(np.random.default_rng(3).permutation(graph.n_services))
+    permuted = core.bind(graph.permuted(order))
+    batch = _batch(model, 2, 6, seed=4)
+    s, f = graph.n_services, model.layout.n_service_features
+    lay = model.layout
+
+    def perm_values(v: torch.Tensor) -> torch.Tensor:
+        svc = v[..., : s * f].unflatten(-1, (s, f))[..., order, :].flatten(-2)
+        return torch.cat([svc, v[..., s * f :]], -1)
+
+    obs = batch["obs"]
+    obs_p = torch.cat(
+        [perm_values(obs[..., lay.values]), obs[..., lay.time], perm_values(obs[..., lay.mask])],
+        -1,
+    )
+    act = batch["action"]
+    act_p = torch.cat(
+        [act[..., : 3 * s].unflatten(-1, (s, 3))[..., order, :].flatten(-2), act[..., 3 * s :]],
+        -1,
+    )
+    with torch.no_grad():
+        carry, st = model.observe(obs, act, batch["is_first"], sample=False)
+        carry_p, st_p = permuted.observe(obs_p, act_p, batch["is_first"], sample=False)
+        nodes = [*order, s]  # the global node stays last
+        torch.testing.assert_close(st_p.deter, st.deter[:, :, nodes], rtol=1e-5, atol=1e-5)
+        mean, _ = model.decode(model.feat(st))
+        mean_p, _ = permuted.decode(permuted.feat(st_p))
+        torch.testing.assert_close(mean_p, perm_values(mean), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            permuted.violation_prob(permuted.feat(st_p)),
+            model.violation_prob(model.feat(st)),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        roll = model.imagine(carry, act[:, :4], sample=False)
+        roll_p = permuted.imagine(carry_p, act_p[:, :4], sample=False)
+        torch.testing.assert_close(
+            permuted.decode(permuted.feat(roll_p))[0],
+            perm_values(model.decode(model.feat(roll))[0]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("name", ["chain3", "mesh40"])
+def test_untrained_model_forecasts_exactly_persistence(name: str) -> None:
+    torch.manual_seed(2)
+    model = GraphWorldModel(_cfg()).bind(GRAPHS[name])
+    batch = _batch(model, 1, 12, seed=5)
+    lay = model.layout
+    with torch.no_grad():
+        carry, states = model.observe(batch["obs"], batch["action"], batch["is_first"])
+        # the carry continues from the last observation (the last known value where missing)
+        obs, mask = batch["obs"][0, -1, lay.values], batch["obs"][0, -1, lay.mask] > 0
+        assert torch.equal(carry.last[0][mask], obs[mask])
+        prev = states.last[0, -2]
+        assert torch.equal(carry.last[0][~mask], prev[~mask])
+        roll = model.imagine(carry, batch["action"][:, :7])
+        mean, _ = model.decode(model.feat(roll))
+    assert torch.equal(mean[0], carry.last[0].expand(7, -1))
+    # a sequence cut from the middle of an episode (no is_first) starts from its own values
+    mid = {k: v[:, 3:] for k, v in batch.items()}
+    assert not mid["is_first"].any()
+    with torch.no_grad():
+        _, st = model.observe(mid["obs"], mid["action"], mid["is_first"])
+    assert torch.equal(st.base[:, 0], mid["obs"][:, 0, lay.values])
+    assert torch.equal(
+        st.base[:, 1:][mid["obs"][:, :-1, lay.mask] > 0],
+        mid["obs"][:, :-1, lay.values][mid["obs"][:, :-1, lay.mask] > 0],
+    )
+    # forecast_batch: the draws scatter (observation noise, std 0.13 in symlog space before
+    # training) around the last known values; their median is persistence within the
+    # sampling error of 801 draws (~0.006)
+    n_svc = GRAPHS[name].n_services
+    sf = forecast_batch(
+        model,
+        batch["obs"][0].numpy(),
+        batch["action"][0].numpy(),
+        [11],
+        np.zeros((1, 5, model.action_size), np.float32),
+        n_services=n_svc,
+        n_samples=801,
+        seed=0,
+    )
+    idx = [lay.service_index(i, "rps") for i in range(n_svc)]
+    last = carry.last[0, idx].double().numpy()
+    med = np.log1p(np.median(sf.samples["rps"][0], axis=0))  # [H, S] symlog
+    np.testing.assert_allclose(med, np.broadcast_to(last, med.shape), atol=0.04)
+    assert sf.decoded["rps"].shape == (1, n_svc)
+
+
+def test_determinism_by_seed_and_checkpoint_round_trip(tmp_path) -> None:
+    def build(seed: int) -> WorldModelTrainer:
+        torch.manual_seed(seed)
+        return WorldModelTrainer(GraphWorldModel(_cfg()).bind(GRAPHS["chain3"]), seed=seed)
+
+    a, b, c = build(0), build(0), build(1)
+    batch = {k: v.numpy() for k, v in _batch(a.model, 2, 8).items()}
+    ma, mb, mc = a.step(batch), b.step(batch), c.step(batch)
+    assert ma["wm/loss"] == mb["wm/loss"] != mc["wm/loss"]
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    a.save(tmp_path / "ck.pt")
+    loaded = load_model(tmp_path / "ck.pt")
+    assert isinstance(loaded, BoundGraphModel) and loaded.graph == GRAPHS["chain3"]
+    on_mesh = loaded.bind(GRAPHS["mesh40"])
+    ep = _batch(on_mesh, 1, 10, seed=9)
+    args = (ep["obs"][0].numpy(), ep["action"][0].numpy(), [5, 8])
+    plan = np.zeros((2, 4, on_mesh.action_size), np.float32)
+    one = forecast_batch(on_mesh, *args, plan, n_services=40, n_samples=4, seed=3)
+    two = forecast_batch(
+        a.model.bind(GRAPHS["mesh40"]).eval(), *args, plan, n_services=40, n_samples=4, seed=3
+    )
+    other = forecast_batch(on_mesh, *args, plan, n_services=40, n_samples=4, seed=4)
+    assert one.samples["p99"].shape == (2, 4, 4, 40)
+    for m in one.samples:
+        np.testing.assert_array_equal(one.samples[m], two.samples[m])
+    assert not np.array_equal(one.samples["rps"], other.samples["rps"])
+
+
+def test_graph_config_switch_and_presets() -> None:
+    flat, graph = WorldModelConfig(), WorldModelConfig(arch="graph")
+    assert (flat.arch, flat.deter) == ("flat", 256)
+    assert (graph.arch, graph.deter, graph.stoch, graph.units) == ("graph", 64, 8, 64)
+    assert WorldModelConfig(arch="graph", size="small", deter=96).deter == 96
+    with pytest.raises(ValueError, match="arch"):
+        WorldModelConfig(arch="mesh")
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture
+def composer():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments import fit_world_model as fw
+    from experiments.cli import CONFIG_DIR
+
+    fw.register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield lambda name, overrides: compose(config_name=name, overrides=overrides)
+    GlobalHydra.instance().clear()
+
+
+def test_fit_on_two_topologies_then_forecast_a_third(composer, tmp_path) -> None:
+    from agents.run_config import RunConfigError
+    from agents.world_model.data import run_episode
+    from agents.world_model.fit import load_fit
+    from experiments.fit_world_model import fit
+
+    out = tmp_path / "wm"
+    summary = fit(
+        composer(
+            "fit_world_model",
+            [
+                "topology=chain3+boutique",
+                "wm.arch=graph",
+                "limit=2",
+                "calib_every=2",
+                "behaviours=[hpa]",
+                "replicates=1",
+                "updates=4",
+                "log_every=2",
+                "batch=2",
+                "seq_len=12",
+                "wm.overshoot=3",
+                "every=40",
+                "n_samples=4",
+                "workers=1",
+                "calib_behaviours=[hpa]",
+                "save_data=true",
+                f"out={out}",
+                *[f"wm.{k}={v}" for k, v in TINY.items() if k != "arch"],
+            ],
+        ),
+        log=None,
+    )
+    # one entry of each topology trains, the other calibrates
+    assert summary["updates"] == 4 and summary["episodes"] == 2
+    assert len(summary["calibration_split"]["entries"]) == 2
+    fitted = load_fit(out)
+    assert fitted.spec["topologies"] == ["chain3", "boutique"]
+    assert set(fitted.spec["graphs"]) == {"chain3", "boutique"}
+    assert fitted.spec["world_model"]["arch"] == "graph"
+    # the calibration was fitted on both topologies' held-out entries, services folded
+    assert fitted.calibration.n["rps"] > 0
+    mesh = next(e for e in load_suite("holdout").entries if e.scenario.topology.name == "mesh40")
+    scenario = mesh.scenario.model_copy(update={"horizon_s": 450.0})
+    ep = run_episode(scenario, "hpa", 0)
+    model = fitted.model_for(scenario.topology)
+    origins = forecast_origins(len(ep["obs"]), 5, 10, 8)
+    sf = forecast_batch(
+        model,
+        ep["obs"],
+        ep["action"],
+        origins,
+        planned_actions(ep, origins, 5),
+        n_services=40,
+        n_samples=4,
+        calibration=fitted.calibration,
+    )
+    assert sf.samples["p99"].shape == (origins.size, 4, 5, 40)
+    for m, lo, hi in (("p99", 0.0, np.inf), ("error_rate", 0.0, 1.0)):
+        assert (sf.samples[m] >= lo).all() and (sf.samples[m] <= hi).all()
+    assert ((sf.p_violation >= 0) & (sf.p_violation <= 1)).all()
+
+    # episodes= trains on saved episodes instead of collecting them (same data, same model)
+    args = [
+        "topology=chain3+boutique",
+        "wm.arch=graph",
+        "limit=2",
+        "calib_every=2",
+        "updates=1",
+        "batch=2",
+        "seq_len=12",
+        "wm.overshoot=3",
+        "every=40",
+        "n_samples=4",
+        "workers=1",
+        "calib_behaviours=[hpa]",
+        *[f"wm.{k}={v}" for k, v in TINY.items() if k != "arch"],
+    ]
+    again = fit(
+        composer(
+            "fit_world_model",
+            [*args, f"episodes={out / 'episodes.npz'}", f"out={tmp_path / 'again'}"],
+        ),
+        log=None,
+    )
+    assert (again["episodes"], again["steps"]) == (summary["episodes"], summary["steps"])
+    with pytest.raises(RunConfigError, match="no such file"):
+        fit(
+            composer(
+                "fit_world_model",
+                [*args, f"episodes={tmp_path / 'nope.npz'}", f"out={tmp_path / 'x'}"],
+            ),
+            log=None,
+        )
+
+    # a flat fit refuses several topologies, and another topology at forecast time
+    with pytest.raises(RunConfigError, match=r"wm\.arch=graph"):
+        fit(
+            composer(
+                "fit_world_model",
+                ["topology=chain3+boutique", "updates=1", f"out={tmp_path / 'flat'}"],
+            ),
+            log=None,
+        )
+
+
+def test_flat_fit_refuses_another_topology(tmp_path) -> None:
+    from agents.run_config import RunConfigError
+    from agents.world_model.fit import FittedModel
+
+    fitted = FittedModel(
+        tmp_path,
+        {"services": ["frontend", "api", "db"], "topology": "chain3"},
+        None,
+        None,
+        None,
+        None,
+        None,  # type: ignore[arg-type]
+    )
+    mesh = next(e for e in load_suite("holdout").entries if e.scenario.topology.name == "mesh40")
+    with pytest.raises(
+        RunConfigError, match=r"cannot forecast mesh40; fit one with wm\.arch=graph"
+    ):
+        fitted.model_for(mesh.scenario.topology)
