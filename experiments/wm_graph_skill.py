@@ -155,7 +155,8 @@ def summarise(rows: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, Any]:
                 boots = []
                 for _ in range(n_boot):
                     pick = rng.integers(len(entries), size=len(entries))
-                    boots.append(1.0 - a[pick].sum() / b[pick].sum())
+                    if b[pick].sum() > 0:  # a resample of error-free entries has no skill
+                        boots.append(1.0 - a[pick].sum() / b[pick].sum())
                 lo, hi = np.quantile(boots, (0.025, 0.975))
                 entry: dict[str, Any] = {
                     "skill": float(1.0 - a.sum() / b.sum()),
@@ -202,6 +203,7 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"# Graph world model vs persistence: {meta['suite']}",
         "",
         f"Command: `{meta['command']}`  ",
+        *[f"Per-seed run: `{c}`  " for c in meta.get("parts", [])],
         f"Date: {meta['date']}; machine: {meta['machine']}; wall {meta['wall_s']:.0f} s.  ",
         "Skill = 1 - MAE(calibrated model median) / MAE(persistence), raw units, pooled over "
         "entries and seeds; 95 % bootstrap interval over entries; `last` = the 5-minute step "

@@ -388,3 +388,27 @@ def test_flat_fit_refuses_another_topology(tmp_path) -> None:
         RunConfigError, match=r"cannot forecast mesh40; fit one with wm\.arch=graph"
     ):
         fitted.model_for(mesh.scenario.topology)
+
+
+def _cell(e: dict) -> str:
+    return f"{e['skill']:+.3f} [{e['ci95'][0]:+.3f}, {e['ci95'][1]:+.3f}]"
+
+
+def doc_rows(path: str) -> dict[str, str]:
+    """Topology -> the table cells docs/world_model.md quotes from a wm_graph_skill result."""
+    import json
+    from pathlib import Path
+
+    summary = json.loads(Path(path).read_text())["summary"]
+    names = ("p99_last", "rps_last", "error_rate_last", "replicas_ready_last", "violation")
+    return {topo: " | ".join(_cell(res[n]) for n in names) + " |" for topo, res in summary.items()}
+
+
+@pytest.mark.parametrize("name", ["wm_graph_validation", "wm_graph_holdout"])
+def test_docs_quote_the_graph_model_figures(name: str) -> None:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (repo / "docs" / "world_model.md").read_text()
+    for topo, row in doc_rows(str(repo / "experiments" / "results" / f"{name}.json")).items():
+        assert f"| {topo} | {row}" in text, f"docs/world_model.md should quote {topo}: {row}"
