@@ -166,6 +166,14 @@ EQUIVALENT: list[tuple[str, str]] = [
         r"^ready = (None|1\.0)$",
         "read only for a Scale, which sets it first (is_disruptive ignores it otherwise)",
     ),
+    # envs/gym/codec.py
+    (
+        r"zip\((col\.tolist\(\), old|frame\[\"replicas_desired\"\]\.tolist\(\), self\.desired|"
+        r"self\.services, a\[:-1\]|self\.targets\(action\)\.items\(\), known), "
+        r"(strict=(None|False))?\)",
+        "strict= only raises on a length mismatch, and both sides hold one entry per service "
+        "(the frame's services are the belief's; the action was checked against the space)",
+    ),
     (
         r"vectorized=(None|False)",
         "scipy infers vectorized=True from the statistic's axis argument (None), or loops "
@@ -218,11 +226,20 @@ EQUIVALENT_DELETED: list[tuple[str, str]] = [
 ]
 
 
+# Patterns of EQUIVALENT that hold only when the original line is the one named here.
+ORIGINAL_MUST_MATCH: dict[str, str] = {
+    r"\.astype\(None\)": r"\.astype\(np\.float64\)",
+    r"np\.asarray\([a-z_]+, (dtype=None)?\)": r"dtype=np\.float64",
+}
+
+
 def _explain(diff: list[str]) -> str | None:
     added = [ln[1:].strip() for ln in diff if ln.startswith("+ ")]
+    removed = " ".join(ln[1:].strip() for ln in diff if ln.startswith("- "))
     for line in added:
         for pattern, why in EQUIVALENT:
-            if re.search(pattern, line):
+            need = ORIGINAL_MUST_MATCH.get(pattern)
+            if re.search(pattern, line) and (need is None or re.search(need, removed)):
                 return why
     if not added:
         for line in (ln[1:].strip() for ln in diff if ln.startswith("- ")):
