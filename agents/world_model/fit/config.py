@@ -51,6 +51,7 @@ class WorldModelOverrides:
     kl_dyn: float | None = None
     kl_rep: float | None = None
     dec_scale: float | None = None
+    dec_beta: float | None = None
     rew_scale: float | None = None
     cont_scale: float | None = None
     viol_scale: float | None = None
