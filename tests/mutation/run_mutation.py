@@ -78,9 +78,8 @@ NOT_SCORED = (
     "time after 101 of its 333 mutants (81 killed, 17 survived, 3 timed out: 80% of those "
     "run; 79 were in Engine.__init__, 18 in advance, 2 each in start and _scrape, so the "
     "scrape, where the counters and quantiles are formed, is barely reached); survivors not "
-    "analysed. `envs/kube/hpa.py` (against tests/test_hpa.py) is configured but was not run. "
-    "On the shared 2-core machine at load 10-20 a module took 8-25 minutes of wall; "
-    '`make mutation MODULES="engine hpa"` runs both. `envs/sim/request.py` and '
+    "analysed (`make mutation MODULES=engine` re-runs it; 25 minutes or more on the shared "
+    "2-core machine at load 10-20). `envs/sim/request.py` and "
     "`envs/sim/fluid.py` need simulation runs of tens of seconds per mutant (hours on a shared "
     "2-core machine)."
 )
