@@ -61,6 +61,7 @@ from agents.world_model.math import (
     unimix_logits,
     unimix_probs,
 )
+from agents.world_model.model import Head, loss_scales, overshoot_starts, total_loss
 from agents.world_model.nets import MLP, BlockGRU, Dense, Linear
 from envs.gym.encoder import (
     ACTION_CLUSTER_FEATURES,
@@ -390,9 +391,9 @@ class GraphWorldModel(nn.Module):
         self.svc_dec = ResidualHead(self.node_feat + nf, nf, cfg.units, cfg.dec_layers)
         self.glob_dec = ResidualHead(self.node_feat + nc, nc, cfg.units, cfg.dec_layers)
         pooled = 3 * (self.node_feat + max(nf, nc))
-        self.reward_head = _Head(pooled, cfg.bins, cfg.units, cfg.head_layers, out_scale=0.0)
-        self.cont_head = _Head(pooled, 1, cfg.units, cfg.head_layers)
-        self.violation_head = _Head(pooled, 1, cfg.units, cfg.head_layers)
+        self.reward_head = Head(pooled, cfg.bins, cfg.units, cfg.head_layers, out_scale=0.0)
+        self.cont_head = Head(pooled, 1, cfg.units, cfg.head_layers)
+        self.violation_head = Head(pooled, 1, cfg.units, cfg.head_layers)
         self.twohot = TwoHot(cfg.bins, cfg.bin_limit)
 
     def layout(self, n_services: int) -> ObsLayout:
@@ -408,16 +409,6 @@ class GraphWorldModel(nn.Module):
     def bind(self, graph: TopologyGraph) -> BoundGraphModel:
         """These weights on ``graph`` (no copy: training either trains both)."""
         return BoundGraphModel(self, graph)
-
-
-class _Head(nn.Module):
-    def __init__(self, inp: int, out: int, units: int, layers: int, out_scale: float = 1.0):
-        super().__init__()
-        self.mlp = MLP(inp, units, layers)
-        self.out = Linear(self.mlp.out_size, out, scale=out_scale)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.mlp(x))
 
 
 class BoundGraphModel(nn.Module):
@@ -754,16 +745,7 @@ class BoundGraphModel(nn.Module):
 
     def scales(self) -> dict[str, float]:
         """Loss scale of each term."""
-        c = self.cfg
-        return {
-            "dec": c.dec_scale,
-            "rew": c.rew_scale,
-            "cont": c.cont_scale,
-            "viol": c.viol_scale,
-            "dyn": c.kl_dyn,
-            "rep": c.kl_rep,
-            **({"over": c.overshoot_scale} if c.overshoot > 0 else {}),
-        }
+        return loss_scales(self.cfg)
 
     def loss_terms(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None
@@ -811,8 +793,7 @@ class BoundGraphModel(nn.Module):
 
     def overshoot_starts(self, t_len: int) -> Tensor:
         """Start steps of the overshooting rollouts (as the flat model)."""
-        h = self.cfg.overshoot
-        return torch.arange(t_len - 1 - h, -1, -self.cfg.overshoot_stride).flip(0)
+        return overshoot_starts(self.cfg, t_len)
 
     def overshoot_loss(
         self,
@@ -887,10 +868,7 @@ class BoundGraphModel(nn.Module):
     ) -> tuple[Tensor, dict[str, float], GraphStates]:
         """Total loss, metrics and the posterior States."""
         terms, metrics, states = self.loss_terms(batch, generator)
-        scales = self.scales()
-        total = torch.stack([scales[k] * v for k, v in terms.items()]).sum()
-        metrics = {**{f"wm/{k}": float(v.detach()) for k, v in terms.items()}, **metrics}
-        metrics["wm/loss"] = float(total.detach())
+        total, metrics = total_loss(terms, metrics, self.scales())
         return total, metrics, states
 
 

@@ -72,6 +72,40 @@ class Head(nn.Module):
         return self.out(self.mlp(x))
 
 
+def loss_scales(cfg: WorldModelConfig) -> dict[str, float]:
+    """Loss scale of each term of a world model with config ``cfg`` (flat and graph models)."""
+    return {
+        "dec": cfg.dec_scale,
+        "rew": cfg.rew_scale,
+        "cont": cfg.cont_scale,
+        "viol": cfg.viol_scale,
+        "dyn": cfg.kl_dyn,
+        "rep": cfg.kl_rep,
+        **({"over": cfg.overshoot_scale} if cfg.overshoot > 0 else {}),
+    }
+
+
+def overshoot_starts(cfg: WorldModelConfig, t_len: int) -> Tensor:
+    """Start steps ``[N]`` of the overshooting rollouts in a sequence of ``t_len`` steps.
+
+    Every ``overshoot_stride``-th step counted back from the last start whose rollout of
+    ``overshoot`` steps ends inside the sequence (``s = t_len - 1 - overshoot``), so the
+    latest, best-filtered states start rollouts (a sequence's first states have seen
+    only a few observations). Ascending.
+    """
+    return torch.arange(t_len - 1 - cfg.overshoot, -1, -cfg.overshoot_stride).flip(0)
+
+
+def total_loss(
+    terms: dict[str, Tensor], metrics: dict[str, float], scales: dict[str, float]
+) -> tuple[Tensor, dict[str, float]]:
+    """``sum(scale * term)`` and the metrics with every unscaled term and the total added."""
+    total = torch.stack([scales[k] * v for k, v in terms.items()]).sum()
+    out = {**{f"wm/{k}": float(v.detach()) for k, v in terms.items()}, **metrics}
+    out["wm/loss"] = float(total.detach())
+    return total, out
+
+
 class WorldModel(nn.Module):
     """Encoder, RSSM, decoder and reward / continue / violation heads.
 
@@ -248,15 +282,8 @@ class WorldModel(nn.Module):
         return terms, metrics, states
 
     def overshoot_starts(self, t_len: int) -> Tensor:
-        """Start steps ``[N]`` of the overshooting rollouts in a sequence of ``t_len`` steps.
-
-        Every ``overshoot_stride``-th step counted back from the last start whose rollout of
-        ``overshoot`` steps ends inside the sequence (``s = t_len - 1 - overshoot``), so the
-        latest, best-filtered states start rollouts (a sequence's first states have seen
-        only a few observations). Ascending.
-        """
-        h = self.cfg.overshoot
-        return torch.arange(t_len - 1 - h, -1, -self.cfg.overshoot_stride).flip(0)
+        """Start steps ``[N]`` of the overshooting rollouts (:func:`overshoot_starts`)."""
+        return overshoot_starts(self.cfg, t_len)
 
     def overshoot_loss(
         self,
@@ -332,16 +359,7 @@ class WorldModel(nn.Module):
 
     def scales(self) -> dict[str, float]:
         """Loss scale of each term."""
-        c = self.cfg
-        return {
-            "dec": c.dec_scale,
-            "rew": c.rew_scale,
-            "cont": c.cont_scale,
-            "viol": c.viol_scale,
-            "dyn": c.kl_dyn,
-            "rep": c.kl_rep,
-            **({"over": c.overshoot_scale} if c.overshoot > 0 else {}),
-        }
+        return loss_scales(self.cfg)
 
     def loss(
         self, batch: dict[str, Tensor], generator: torch.Generator | None = None
@@ -353,10 +371,7 @@ class WorldModel(nn.Module):
         ``wm/over`` and the metrics of :meth:`overshoot_loss`.
         """
         terms, metrics, states = self.loss_terms(batch, generator)
-        scales = self.scales()
-        total = torch.stack([scales[k] * v for k, v in terms.items()]).sum()
-        metrics = {**{f"wm/{k}": float(v.detach()) for k, v in terms.items()}, **metrics}
-        metrics["wm/loss"] = float(total.detach())
+        total, metrics = total_loss(terms, metrics, self.scales())
         return total, metrics, states
 
 
