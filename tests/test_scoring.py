@@ -368,9 +368,26 @@ def test_telemetry_faults_do_not_change_the_score_of_the_same_trajectory(mode: s
     assert hidden.slo_violation_min == clean.slo_violation_min > 0
     assert hidden.error_budget_burn == pytest.approx(clean.error_budget_burn)
     assert hidden.cost == pytest.approx(clean.cost)
-    assert hidden.time_to_mitigate_s == clean.time_to_mitigate_s
     expected_unknown = 20 / 80 if mode in ("gap", "missing_service") else 0.0
     assert hidden.unknown_state_rate == expected_unknown
+
+
+_ESCAPE_SEGMENTS = (
+    "known defect (issue 16): the fluid engine's escape from retry-sustained overload "
+    "accumulates its hazard per segment, so the extra segment boundaries of an observation-only "
+    "fault move the escape time (time to mitigate 150 s vs 90 s here; SLO minutes and cost equal)"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_ESCAPE_SEGMENTS)
+@pytest.mark.parametrize("mode", ["gap", "noise"])
+def test_telemetry_faults_do_not_change_the_time_to_mitigate(mode: str) -> None:
+    tele = {"kind": "telemetry", "at_s": 360, "mode": mode, "duration_s": 300}
+    base = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db()]})
+    blind = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db(), tele]})
+    clean = score_episode(rollout(Simulator(base, seed=5), StaticPolicy()))
+    hidden = score_episode(rollout(Simulator(blind, seed=5), StaticPolicy()))
+    assert hidden.time_to_mitigate_s == clean.time_to_mitigate_s
 
 
 def test_fault_free_run_and_too_short_result() -> None:
