@@ -59,7 +59,7 @@ MODULES: dict[str, Module] = {
             "tests/test_engines.py::test_same_seed_gives_bit_identical_telemetry",
         ),
     ),
-    "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py",)),
+    "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py", "tests/test_hpa_boundaries.py")),
     "codec": Module(
         "envs/gym/codec.py",
         ("tests/test_codec.py", "tests/test_gym_envs.py"),
@@ -112,7 +112,7 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r"if a > c:", "a = c: c mu - lam = 0 divides by zero and gives inf, also refused"),
     (r'float\("NAN"\)', 'float("NAN") is the same NaN'),
     (
-        r"or True else float\(\"nan\"\)|or True$",
+        r"or True else float\(\"nan\"\)",
         "nanmean of an all-NaN array is NaN too (it only warns)",
     ),
     (r"\.astype\(None\)", "astype(None) is float64, the type asked for"),
@@ -180,6 +180,69 @@ EQUIVALENT: list[tuple[str, str]] = [
         r"vectorized=(None|False)",
         "scipy infers vectorized=True from the statistic's axis argument (None), or loops "
         "over the same resamples (False): the same interval",
+    ),
+    # envs/kube/hpa.py
+    (
+        r"\(ratio <=? 1\.0 <=? new_ratio\) or \(ratio >=? 1\.0 >=? new_ratio\)",
+        "a recomputed ratio of exactly 1 is within every tolerance and returned before; a "
+        "ratio of exactly 1 gets here only with missing pods, which then get no value, so the "
+        "recomputed ratio is 1 too: < and <= differ on no input that gets here",
+    ),
+    (
+        r"new_ratio (<=|>=) 1\.0 and new_replicas [<>] current_replicas",
+        "a recomputed ratio of exactly 1 is within every tolerance and returned before",
+    ),
+    (
+        r"if rec\.t <=? up_cutoff and rec\.t <=? down_cutoff:$",
+        "a recommendation exactly at a cutoff is outside that window now and at every later "
+        "sync (cutoffs only move forward): keeping it or reusing its slot changes no "
+        "stabilised count",
+    ),
+    (
+        r"if recommendation (<=|>=) (up|down)_rec:$|elif rec\.replicas >= best:$|"
+        r"if proposal == 0 or calc\.replicas >= proposal:$",
+        "on equality it assigns the value the variable already holds",
+    ),
+    (
+        r"^if desired >= current:$|^elif desired <= current:$",
+        "desired = current: in reconcile's event storage this runs only when desired != "
+        "current; in convert_desired_replicas_with_behavior_rate (called by reconcile only for "
+        "min <= current <= max) the allowance is >= current on the way up and <= current on "
+        "the way down, so desired = current is returned unchanged either way",
+    ),
+    (
+        r"replace\(e, outdated=True\) if e\.t <= cutoff else e",
+        "an event exactly longest-period old is outside every policy's period now and later "
+        "(changes count strictly after now - period): reusing its slot changes no limit",
+    ),
+    (
+        r'^spec_lo: int \| None = ""$',
+        "spec_lo stays unset only without replica_bounds: `spec_lo or 1` reads '' as it reads "
+        "None, and the range check also needs spec_hi, which is None then",
+    ),
+    (
+        r'max\(1, spec_lo or 1\), (None|"XXmin_replicasXX"|"MIN_REPLICAS")\)$',
+        "min_replicas always has a default (at least 1): _bound never raises for it, so the "
+        "name of the field in its message is never read",
+    ),
+    (
+        r"^return HPAState\(\{s: ServiceState\(\) for s in self\.services\}, \)$",
+        "HPAState.next_sync_t defaults to None",
+    ),
+    (
+        r"^per_pod_request, starting_usage, ready=False, started_ago_s=0\.0, "
+        r"(ready_changed_ago_s=None|\))$",
+        "no transition time and a transition at the start time are read alike (never "
+        "transitioned since the start)",
+    ),
+    (
+        r'PodSample\(per_pod_request, None, phase="Pending", \)',
+        "a Pending pod is unready by its phase before its readiness is read",
+    ),
+    (
+        r"^PodSample\(per_pod_request, None, (ready=(None|True|False), )?"
+        r"(started_ago_s=(None|math\.inf))?\)$",
+        "a pod without a metric is missing before its readiness or start time is read",
     ),
 ]
 
