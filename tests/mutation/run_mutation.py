@@ -62,7 +62,7 @@ MODULES: dict[str, Module] = {
     "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py", "tests/test_hpa_boundaries.py")),
     "codec": Module(
         "envs/gym/codec.py",
-        ("tests/test_codec.py", "tests/test_gym_envs.py"),
+        ("tests/test_codec.py", "tests/test_codec_values.py", "tests/test_gym_envs.py"),
         # the slow ones train or load policies, or run subprocesses: not about the codec's
         # arithmetic, and 5-40 s each per mutant
         (
@@ -244,6 +244,43 @@ EQUIVALENT: list[tuple[str, str]] = [
         r"(started_ago_s=(None|math\.inf))?\)$",
         "a pod without a metric is missing before its readiness or start time is read",
     ),
+    # envs/gym/codec.py (its zip(strict=) rule is above)
+    (
+        r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$',
+        "cluster_ops and hpa_tune have the same nvec: 5 deltas or 5 targets per service "
+        "(len(SCALE_DELTAS) = len(HPA_TARGETS)), then the remediation",
+    ),
+    (
+        r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$',
+        "for remediate the general path concatenates an empty free part (nvec[:-1] is empty) "
+        "with the same remediation mask",
+    ),
+    (
+        r"^known = belief\.hpa_targets or \(1,\) \* len\(self\.services\)$",
+        "HPA_TARGETS holds neither 0 nor 1: with no target known, every service gets one "
+        "either way",
+    ),
+    (r"^m\[base - 0, 3 \* svc \+ 1\] = 1\.0", "base - 0 is base + 0"),
+    (
+        r"^a = np\.asarray\(action, dtype=np\.int64\)\.reshape\(None\)$",
+        "actions come as a scalar, (n,) or SB3's (1, n) batch: the offsets broadcast to the "
+        "same one-hot entries without the reshape",
+    ),
+    (
+        r"^a = np\.asarray\(action, dtype=np\.int64\)\.reshape\(-2\)$",
+        "NumPy reads a negative size as the one to infer, as -1",
+    ),
+    (
+        r"^a = np\.asarray\(action, (dtype=None)?\)\.reshape\(-1\)$",
+        "every caller passes integer indices (Gymnasium samples, ActionSpec.to_env), which "
+        "NumPy holds as int64 already",
+    ),
+    (
+        r"^onehot = np\.zeros\(len\(self\._matrix\), (dtype=None)?\)$",
+        "a float64 one-hot gives a float64 product that is cast to float32: each feature sums "
+        "at most two float32 entries (a delta and a remediation's scale-up), exact in float64, "
+        "so the cast gives the float32 sum",
+    ),
 ]
 
 
@@ -298,12 +335,22 @@ ORIGINAL_MUST_MATCH: dict[str, str] = {
 }
 
 
-def _explain(diff: list[str]) -> str | None:
+# Patterns of EQUIVALENT that hold only in the function named here (the mutant's name).
+ONLY_IN: dict[str, str] = {
+    r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$': r"ǁmasks__mutmut_",
+    r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$': r"ǁ__init____mutmut_",
+}
+
+
+def _explain(diff: list[str], mutant: str = "") -> str | None:
     added = [ln[1:].strip() for ln in diff if ln.startswith("+ ")]
     removed = " ".join(ln[1:].strip() for ln in diff if ln.startswith("- "))
     for line in added:
         for pattern, why in EQUIVALENT:
             need = ORIGINAL_MUST_MATCH.get(pattern)
+            where = ONLY_IN.get(pattern)
+            if where is not None and not re.search(where, mutant):
+                continue
             if re.search(pattern, line) and (need is None or re.search(need, removed)):
                 return why
     if not added:
@@ -383,7 +430,7 @@ def write_report(scores: dict[str, dict[str, object]], command: str) -> None:
     for s in scores.values():
         surv = s["survivors"]
         assert isinstance(surv, list)
-        eq = sum(1 for x in surv if _explain(x["diff"]))
+        eq = sum(1 for x in surv if _explain(x["diff"], x["id"]))
         killed, survived = int(s["killed"]), int(s["survived"])  # type: ignore[call-overload]
         total = killed + survived
         score = killed / total if total else float("nan")
@@ -403,7 +450,7 @@ def write_report(scores: dict[str, dict[str, object]], command: str) -> None:
         out += ["", f"## Survivors in `{s['module']}`", ""]
         for x in surv:
             diff = " / ".join(f"`{d}`" for d in x["diff"])
-            why = _explain(x["diff"]) or ("unexplained" if x["diff"] else "not analysed")
+            why = _explain(x["diff"], x["id"]) or ("unexplained" if x["diff"] else "not analysed")
             out.append(f"* `{x['id']}` ({x['status']}): {diff}: {why}")
     RESULTS.write_text("\n".join(out).rstrip() + "\n")
 
