@@ -265,7 +265,7 @@ def test_resource_replicas_default_periods_are_300_s_and_30_s() -> None:
 def test_resource_replicas_error_messages_are_kubernetes() -> None:
     with pytest.raises(
         MetricsUnavailableError,
-        match="^" + re.escape("no pods returned by selector while calculating replicas") + "$",
+        match="^" + re.escape("no pods returned by selector while calculating replica count") + "$",
     ):
         resource_replicas(2, 50, [])
     with pytest.raises(
@@ -282,6 +282,19 @@ def test_resource_replicas_reports_average_and_ignored_pods() -> None:
     calc = resource_replicas(3, 50, [*pods(2, 300), PodSample(1000, 900, deleting=True)])
     assert (calc.replicas, calc.raw_average, calc.utilization) == (2, 300, 30)
     assert (calc.ready_count, calc.unready, calc.missing, calc.ignored) == (2, 0, 0, 1)
+
+
+def test_pods_set_aside_without_a_metric() -> None:
+    # a Pending pod and a deleted one, neither with a metric: set aside (unready, ignored);
+    # the two ready pods at 50% of a 50% target hold the count
+    pod_list = [
+        *pods(2, 500),
+        PodSample(1000, None, phase="Pending", ready=None),
+        PodSample(1000, None, deleting=True),
+    ]
+    calc = resource_replicas(4, 50, pod_list)
+    assert (calc.replicas, calc.reason) == (4, "within_tolerance")
+    assert (calc.ready_count, calc.unready, calc.missing, calc.ignored) == (2, 1, 0, 1)
 
 
 def test_ratio_exactly_one_with_unready_pods_is_within_tolerance() -> None:

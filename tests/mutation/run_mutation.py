@@ -205,10 +205,13 @@ EQUIVALENT: list[tuple[str, str]] = [
     ),
     (
         r"^if desired >= current:$|^elif desired <= current:$",
-        "desired = current: in reconcile's event storage this runs only when desired != "
-        "current; in convert_desired_replicas_with_behavior_rate (called by reconcile only for "
-        "min <= current <= max) the allowance is >= current on the way up and <= current on "
-        "the way down, so desired = current is returned unchanged either way",
+        "desired = current: reconcile calls this only for min <= current <= max, where the "
+        "allowance is >= current on the way up and <= current on the way down, so desired = "
+        "current comes back unchanged either way",
+    ),
+    (
+        r"^(if desired >= current:)$",
+        "inside `if desired != current`: desired = current never gets here",
     ),
     (
         r"replace\(e, outdated=True\) if e\.t <= cutoff else e",
@@ -339,6 +342,8 @@ ORIGINAL_MUST_MATCH: dict[str, str] = {
 ONLY_IN: dict[str, str] = {
     r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$': r"ǁmasks__mutmut_",
     r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$': r"ǁ__init____mutmut_",
+    r"^if desired >= current:$|^elif desired <= current:$": r"x_convert_desired_replicas_with_",
+    r"^(if desired >= current:)$": r"\.x_reconcile__mutmut_",
 }
 
 
