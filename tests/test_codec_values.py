@@ -165,6 +165,9 @@ def test_shed_level_within_1e_9_of_the_one_in_force_is_masked() -> None:
     assert codec.remediation_mask(near)[shed].tolist() == [False, True, True]
     off = ControlBelief(0.0, (2, 3), (2.0, 3.0), (0.0, 0.0), 2e-9, 3.0, frozenset(), (0.0,) * 2)
     assert codec.remediation_mask(off)[shed].tolist() == [True, True, True]
+    # shedding 25%: that level is masked, 0 (stop shedding) and 50% are valid
+    quarter = ControlBelief(0.0, (2, 3), (2.0, 3.0), (0.0, 0.0), 0.25, 3.0, frozenset(), (0.0,) * 2)
+    assert codec.remediation_mask(quarter)[shed].tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize(
