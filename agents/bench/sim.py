@@ -77,7 +77,7 @@ def time_batched(
     venv = BatchedAutoscaleEnv(n, scenario)
     venv.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    shape = venv.action_space.shape
+    shape = (n, len(venv.services))
     if actions == "keep":
         plan = [np.full(shape, 2)] * steps
     else:
