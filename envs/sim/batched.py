@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
 from envs.scenarios.schema import FAULT_KINDS, Scenario
@@ -57,10 +58,25 @@ UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in S
 
 _EMPTY, _PENDING, _STARTING = 0, 1, 2
 """States of a not-ready pod slot."""
+_DRAW_AHEAD = 64
+"""Start-up times drawn ahead per row (when every service has the same distribution)."""
 
 
 class UnsupportedScenarioError(ValueError):
     """The scenario uses something the batched core does not simulate (named in the message)."""
+
+
+def _erlang_c(c: np.ndarray, a: np.ndarray, gammaln_c1: np.ndarray) -> np.ndarray:
+    """:func:`envs.sim.queueing.erlang_c` with ``gammaln(c + 1)`` given (same operations)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logpmf = special.xlogy(c, a) - a - gammaln_c1
+        cdf = special.pdtr(c, a)
+        b = np.exp(logpmf) / cdf
+    b = np.where(c <= 0, 1.0, np.where(a <= 0, 0.0, b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = a / c
+        out = b / (1.0 - rho * (1.0 - b))
+    return np.where(a >= c, 1.0, np.clip(out, 0.0, 1.0))
 
 
 def check_supported(scenarios: Sequence[Scenario]) -> None:
@@ -258,6 +274,9 @@ class BatchedFluid:
         self.rl = np.zeros((n, 1))
         self.res = float(self.sc.traffic.resolution_s)
         self.rngs: list[np.random.Generator] = [np.random.default_rng(0)] * n
+        shared = all(d == self.startup[0] for d in self.startup)
+        self._buf: np.ndarray | None = np.zeros((n, _DRAW_AHEAD)) if shared else None
+        self._ptr = np.full(n, _DRAW_AHEAD, dtype=np.int64)  # empty: drawn at first use
         self.scenario_index = np.zeros(n, dtype=np.int64)
 
     def reset(self, seeds: Sequence[int], index: Sequence[int] | None = None) -> BatchedFrame:
@@ -355,38 +374,92 @@ class BatchedFluid:
         return self.core_s / 3600.0 * self.core_price + self.pod_cost_s
 
     def _schedule(self, rows: np.ndarray, now: float) -> None:
-        """Bind the pending pods of ``rows`` that fit, oldest first; start each one bound."""
+        """Bind the pending pods of ``rows`` oldest first while they fit; start each one.
+
+        The cluster's free CPU and memory are summed over its nodes, and binding stops at the
+        first pod that does not fit (the scalar scheduler tries every node for every pending
+        pod); both agree whenever every pending pod fits.
+        """
         pend = self.slot_state[rows] == _PENDING
         has = pend.any(axis=(1, 2))
-        rows = rows[has]
+        if not has.all():
+            rows, pend = rows[has], pend[has]
         if rows.size == 0:
             return
         self._account(rows, now)
+        r_n = rows.size
+        s_n, k_n = self.n_services, self.slots
+        flat_pend = pend.reshape(r_n, s_n * k_n)
+        n_pend = flat_pend.sum(axis=1)
+        width = int(n_pend.max())
+        seq = np.where(flat_pend, self.slot_seq[rows].reshape(r_n, -1), np.iinfo(np.int64).max)
+        order = np.argsort(seq, axis=1, kind="stable")[:, :width]
+        valid = np.arange(width) < n_pend[:, None]
+        svc = order // k_n
+        slot = order % k_n
+        cpu = np.cumsum(np.where(valid, self.cpu_req[svc], 0.0), axis=1)
+        mem = np.cumsum(np.where(valid, self.mem_req[svc], 0.0), axis=1)
         free_cpu = self.cpu_total - self.bound_cores()[rows]
         free_mem = self.mem_total - self._bound_mem()[rows]
-        for r, row in enumerate(rows.tolist()):
-            ss, kk = np.nonzero(self.slot_state[row] == _PENDING)
-            order = np.argsort(self.slot_seq[row, ss, kk], kind="stable")
-            bound_s: list[int] = []
-            bound_k: list[int] = []
-            fc, fm = float(free_cpu[r]), float(free_mem[r])
-            for j in order.tolist():
-                s = int(ss[j])
-                if fc >= self.cpu_req[s] - 1e-9 and fm >= self.mem_req[s] - 1e-9:
-                    fc -= float(self.cpu_req[s])
-                    fm -= float(self.mem_req[s])
-                    bound_s.append(s)
-                    bound_k.append(int(kk[j]))
-            if bound_s:
-                delays = self._draw(row, bound_s)
-                self.slot_state[row, bound_s, bound_k] = _STARTING
-                self.slot_ready[row, bound_s, bound_k] = now + delays
+        ok = valid & (cpu <= free_cpu[:, None] + 1e-9) & (mem <= free_mem[:, None] + 1e-9)
+        ok = np.logical_and.accumulate(ok, axis=1)
+        n_bind = ok.sum(axis=1)
+        if not n_bind.any():
+            return
+        delays = self._draws(rows, svc, n_bind)
+        rr = np.broadcast_to(rows[:, None], ok.shape)[ok]
+        ss, kk = svc[ok], slot[ok]
+        self.slot_state[rr, ss, kk] = _STARTING
+        self.slot_ready[rr, ss, kk] = now + delays[ok]
+
+    def _draws(self, rows: np.ndarray, svc: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Start-up times of the first ``n[r]`` pods ``svc[r]`` of each row, in order.
+
+        Drawn from each row's control-plane stream as the scalar control plane draws them
+        (one per pod, in bind order): from a buffer drawn ahead when every service has the
+        same start-up distribution (an array draw gives the same numbers as one draw at a
+        time), else one by one.
+        """
+        out = np.zeros(svc.shape)
+        if self._buf is None:
+            for r, row in enumerate(rows.tolist()):
+                out[r, : n[r]] = self._draw(row, svc[r, : n[r]].tolist())
+            return out
+        ptr = self._ptr[rows]
+        low = np.flatnonzero(ptr + n > self._buf.shape[1])
+        for r in low.tolist():
+            self._refill(int(rows[r]))
+        ptr = self._ptr[rows]
+        idx = np.minimum(ptr[:, None] + np.arange(svc.shape[1]), self._buf.shape[1] - 1)
+        out = np.take_along_axis(self._buf[rows], idx, axis=1)
+        self._ptr[rows] = ptr + n
+        return out
+
+    def _refill(self, row: int) -> None:
+        """Move ``row``'s unused start-up draws to the front and draw the rest afresh."""
+        assert self._buf is not None
+        size = self._buf.shape[1]
+        rest = self._buf[row, self._ptr[row] :].copy()
+        self._buf[row, : rest.size] = rest
+        self._buf[row, rest.size :] = self._draw(row, [0] * (size - rest.size))
+        self._ptr[row] = 0
 
     def _draw(self, row: int, services: list[int]) -> np.ndarray:
         """Start-up times of pods of ``services`` (in bind order) from ``row``'s stream."""
         out = np.empty(len(services))
         rng = self.rngs[row]
-        # one call per run of same-distribution pods keeps the scalar engine's draw order
+        if len(set(services)) == 1 and len(services) > 1:
+            d = self.startup[services[0]]
+            if d.cv == 0:
+                out[:] = d.mean
+            elif d.kind == "gamma":
+                shape = 1.0 / (d.cv * d.cv)
+                out[:] = rng.gamma(shape, d.mean / shape, size=len(services))
+            else:
+                s2 = math.log1p(d.cv * d.cv)
+                z = rng.normal(-s2 / 2, math.sqrt(s2), size=len(services)).tolist()
+                out[:] = [d.mean * math.exp(x) for x in z]
+            return out
         for j, s in enumerate(services):
             d = self.startup[s]
             if d.cv == 0:
@@ -408,33 +481,29 @@ class BatchedFluid:
         st = self.slot_state[rows]
         live = self.ready[rows] + (st != _EMPTY).sum(axis=2)
         diff = self.desired[rows] - live
-        # scale down: not-ready pods newest first, then ready ones (they terminate)
+        # scale down: not-ready pods newest first, then ready ones (they terminate); a
+        # starting pod is bound, so it terminates too
         over = np.maximum(-diff, 0)
-        if over.any():
-            rr, ss = np.nonzero(over)
-            for r, s in zip(rr.tolist(), ss.tolist(), strict=True):
-                row = int(rows[r])
-                for _ in range(int(over[r, s])):
-                    occupied = self.slot_state[row, s] != _EMPTY
-                    if occupied.any():
-                        k = int(np.argmax(np.where(occupied, self.slot_seq[row, s], -1)))
-                        if self.slot_state[row, s, k] == _STARTING:  # bound: terminates
-                            self.term[row, s] += 1
-                            self.term_until[row] = now + self.grace
-                        self.slot_state[row, s, k] = _EMPTY
-                        self.slot_ready[row, s, k] = np.inf
-                    else:
-                        self.ready[row, s] -= 1
-                        self.term[row, s] += 1
-                        self.term_until[row] = now + self.grace
+        for j in range(int(over.max(initial=0))):
+            r_i, s_i = np.nonzero(over > j)
+            rr = rows[r_i]
+            occ = self.slot_state[rr, s_i] != _EMPTY
+            k = np.argmax(np.where(occ, self.slot_seq[rr, s_i], -1), axis=1)
+            has = occ[np.arange(rr.size), k]
+            was_starting = has & (self.slot_state[rr, s_i, k] == _STARTING)
+            self.slot_state[rr[has], s_i[has], k[has]] = _EMPTY
+            self.slot_ready[rr[has], s_i[has], k[has]] = np.inf
+            self.ready[rr[~has], s_i[~has]] -= 1
+            stops = was_starting | ~has
+            self.term[rr[stops], s_i[stops]] += 1
+            self.term_until[rr[stops]] = now + self.grace
         # scale up: new pending pods in service order, then the scheduler
         under = np.maximum(diff, 0)
         if under.any():
             for s in range(self.n_services):
                 need = under[:, s]
                 for j in range(int(need.max())):
-                    sub = rows[need > j]
-                    self._new_slots(sub, s, _PENDING)
+                    self._new_slots(rows[need > j], s, _PENDING)
             self._schedule(rows[under.any(axis=1)], now)
 
     def _grace_over(self, rows: np.ndarray, now: float) -> None:
@@ -540,155 +609,200 @@ class BatchedFluid:
         self._segment(rows, t0, dt)
 
     def _segment(self, rows: np.ndarray, t0: np.ndarray, dt: np.ndarray) -> None:
-        """The scalar engine's ``_segment`` for ``rows`` (no shedding, no network faults)."""
+        """The scalar engine's ``_segment`` for ``rows`` (no shedding, no network faults).
+
+        The same floating-point operations in the same order, rearranged only where that
+        cannot change a result: ``gammaincc(k, T / theta)`` is computed once for ``p_to``
+        and ``d1`` (the scalar engine computes it twice), ``gammaln(c + 1)`` once per
+        segment, ``np.where`` on "has pods" skipped where every service has pods, and rows
+        whose fixed point has converged leave the sweep loop.
+        """
+        sel: slice | np.ndarray = slice(None) if rows.size == self.n_rows else rows
         offered = self._integral(rows, t0, t0 + dt)
         lam_ext = offered / dt
-        ready = self.ready[rows].astype(np.float64)
+        ready = self.ready[sel].astype(np.float64)
         c = ready * self.concurrency
         qcap = ready * self.qpp
         m = self.m0 * 1.0
         r1 = self.retries + 1.0
-        b0 = self.backlog[rows]
+        b0 = self.backlog[sel]
         has_pods = c > 0
-        f, drop, lam = self.f[rows], self.drop[rows], self.lam[rows]
-        d1, d2 = self.d1[rows], self.d2[rows]
-        prev = self.lam_ext_prev[rows]
-        cold = prev <= 0
-        sweeps = np.where(cold, 2 * self.sweeps, self.sweeps)
+        f, drop, lam = self.f[sel], self.drop[sel], self.lam[sel]
+        d1, d2 = self.d1[sel], self.d2[sel]
+        prev = self.lam_ext_prev[sel]
+        sweeps = np.where(prev <= 0, 2 * self.sweeps, self.sweeps)
         scale = (prev > 0) & (lam_ext > 0)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             lam = np.where(scale[:, None], lam * (lam_ext / prev)[:, None], lam)
-        self.lam_ext_prev[rows] = lam_ext
+        self.lam_ext_prev[sel] = lam_ext
         dt2 = dt[:, None]
-        k_rows = rows.size
-        s_n = self.n_services
-        # the last sweep's values of each row
-        out = {
-            name: np.zeros((k_rows, s_n))
-            for name in ("lam_adm", "mu", "b1", "b_avg", "delay", "dropped_amt", "wq", "k", "th")
-        }
-        f_nd = np.zeros((k_rows, s_n))
-        active = np.arange(k_rows)
+        gl_c1 = special.gammaln(c + 1.0)  # Erlang-B's log(c!), fixed within the segment
+        fin = self.finite_timeout
+        all_fin = bool(fin.all())
+        fcols = np.flatnonzero(fin)
+        t_fin = self.timeout[fcols]
+        one_m_err = 1.0 - self.app_err
+        half_scv1 = 1.0 + self.scv
+        own_var = self.scv * m * m
+        last: dict[str, np.ndarray] = {}
+        active: np.ndarray | None = None  # None: every row
         it = 0
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            while active.size:
+            while True:
                 a = active
-                fa, dra, la, d1a, d2a = f[a], drop[a], lam[a], d1[a], d2[a]
-                ca, qa, b0a, hp, dta = c[a], qcap[a], b0[a], has_pods[a], dt2[a]
+                if a is None:
+                    fa, dra, la, d1a, d2a = f, drop, lam, d1, d2
+                    ca, qa, b0a, hp, dta, glc = c, qcap, b0, has_pods, dt2, gl_c1
+                    lea = lam_ext[:, None]
+                else:
+                    fa, dra, la, d1a, d2a = f[a], drop[a], lam[a], d1[a], d2[a]
+                    ca, qa, b0a, hp, dta, glc = c[a], qcap[a], b0[a], has_pods[a], dt2[a], gl_c1[a]
+                    lea = lam_ext[a, None]
+                allp = bool(hp.all())
                 prev_lam, prev_d1 = la, d1a
                 fc = np.minimum(fa, 1.0 - 1e-9)
-                attempts = (1.0 - fc**r1) / (1.0 - fc)
+                fc_r1 = fc**r1
+                attempts = (1.0 - fc_r1) / (1.0 - fc)
                 bo = _backoff_mean(fc, self.retries, self.backoff)
                 call_mean = attempts * ((1.0 - dra) * d1a + 0.0) + bo
                 call_var = attempts * d2a
-                ok_own = (1.0 - dra) * (1.0 - self.app_err)
+                ok_own = (1.0 - dra) * one_m_err
                 if self.has_edges:
                     down_mean = call_mean @ self.em_T
                     down_var = call_var @ self.em_T + (call_mean**2) @ self.vm_T
-                    inflow = lam_ext[a, None] * self.entry_vec + (la * ok_own) @ self.em
+                    inflow = lea * self.entry_vec + (la * ok_own) @ self.em
                 else:
-                    down_mean = np.zeros_like(call_mean)
-                    down_var = np.zeros_like(call_mean)
-                    inflow = lam_ext[a, None] * self.entry_vec
+                    down_mean = 0.0
+                    down_var = 0.0
+                    inflow = lea * self.entry_vec
                 la = inflow * attempts
-                mu = np.where(hp, ca / m, 0.0)
+                mu = ca / m if allp else np.where(hp, ca / m, 0.0)
                 net = la - mu
                 grown = b0a + net * dta
                 b1 = np.clip(grown, 0.0, qa)
-                dropped_amt = np.where(hp, np.maximum(grown - qa, 0.0), la * dta)
-                dra = np.where(la > 0, dropped_amt / (la * dta), np.where(hp, 0.0, 1.0))
+                if allp:
+                    dropped_amt = np.maximum(grown - qa, 0.0)
+                    dra = np.where(la > 0, dropped_amt / (la * dta), 0.0)
+                else:
+                    dropped_amt = np.where(hp, np.maximum(grown - qa, 0.0), la * dta)
+                    dra = np.where(la > 0, dropped_amt / (la * dta), np.where(hp, 0.0, 1.0))
                 b_avg = _mean_backlog(b0a, net, qa, dta)  # type: ignore[arg-type]  # elementwise
                 pos = hp & (b_avg > 0)
-                delay = np.where(pos, b_avg / mu, 0.0)
-                delay_var = np.where(pos, b_avg / (mu * mu), 0.0)
+                if pos.any():
+                    delay = np.where(pos, b_avg / mu, 0.0)
+                    delay_var = np.where(pos, b_avg / (mu * mu), 0.0)
+                else:
+                    delay = np.zeros_like(b_avg)
+                    delay_var = delay
                 lam_adm = la * (1.0 - dra)
                 load = np.minimum(lam_adm * m, RHO_MAX * ca)
-                cw = q.erlang_c(ca, load)
+                cw = _erlang_c(ca, load, glc)
                 wq = np.where(
                     hp & (load > 0) & (b_avg <= 0),
-                    cw * m / (ca - load) * (1.0 + self.scv) / 2.0,
+                    cw * m / (ca - load) * half_scv1 / 2.0,
                     0.0,
                 )
                 var_wq = np.where(cw > 0, 2.0 * wq * wq / cw - wq * wq, 0.0)
                 x_mean = delay + wq + m + down_mean
-                x_var = delay_var + var_wq + self.scv * m * m + down_var
+                x_var = delay_var + var_wq + own_var + down_var
                 kk, th = q.gamma_shape_scale(x_mean, x_var)
-                p_to = np.where(self.finite_timeout, q.gamma_sf(self.timeout, kk, th), 0.0)
-                p_to = np.where(hp, p_to, 1.0)
-                d1a = np.where(self.finite_timeout, q.gamma_mean_min(self.timeout, kk, th), x_mean)
-                d1a = np.where(hp, d1a, np.where(self.finite_timeout, self.timeout, 0.0))
+                # P(R > T) and E[min(R, T)] of the gamma law, sharing gammaincc(k, T / theta)
+                if all_fin:
+                    k_f, th_f = kk, th
+                else:
+                    k_f, th_f = kk[:, fcols], th[:, fcols]
+                xs = t_fin / th_f
+                sf = special.gammaincc(k_f, xs)
+                mm = k_f * th_f * special.gammainc(k_f + 1.0, xs) + t_fin * sf
+                if all_fin:
+                    p_to, d1a = sf, mm
+                else:
+                    p_to = np.zeros_like(kk)
+                    p_to[:, fcols] = sf
+                    d1a = x_mean.copy()
+                    d1a[:, fcols] = mm
+                if not allp:
+                    p_to = np.where(hp, p_to, 1.0)
+                    d1a = np.where(hp, d1a, np.where(fin, self.timeout, 0.0))
                 d2a = x_var * (1.0 - p_to)
                 if self.has_edges:
-                    phi = (fc**r1)[:, self._e_dst]
+                    phi = fc_r1[:, self._e_dst]
                     g = (1.0 - self._e_p) + self._e_p * (1.0 - phi) ** self._e_n * (
                         1.0 - self._e_frac * phi
                     )
                     ds_ok = np.ones_like(fa)
                     ds_ok[:, self._e_callers] = np.multiply.reduceat(g, self._e_starts, axis=1)
+                    fnd = p_to + (1.0 - p_to) * (1.0 - one_m_err * ds_ok)
                 else:
-                    ds_ok = np.ones_like(fa)
-                fnd = p_to + (1.0 - p_to) * (1.0 - (1.0 - self.app_err) * ds_ok)
+                    fnd = p_to + (1.0 - p_to) * (1.0 - one_m_err * 1.0)
                 fnd = 1.0 - (1.0 - fnd) * 1.0
                 fa = dra + (1.0 - dra) * fnd
-                f[a], drop[a], lam[a], d1[a], d2[a] = fa, dra, la, d1a, d2a
-                for name, val in (
-                    ("lam_adm", lam_adm),
-                    ("mu", mu),
-                    ("b1", b1),
-                    ("b_avg", b_avg),
-                    ("delay", delay),
-                    ("dropped_amt", dropped_amt),
-                    ("wq", wq),
-                    ("k", kk),
-                    ("th", th),
-                ):
-                    out[name][a] = val
-                f_nd[a] = fnd
+                vals = {
+                    "lam_adm": lam_adm,
+                    "mu": mu,
+                    "b1": b1,
+                    "b_avg": b_avg,
+                    "delay": delay,
+                    "dropped_amt": dropped_amt,
+                    "wq": wq,
+                    "k": kk,
+                    "th": th,
+                    "f_nd": fnd,
+                }
+                if a is None:
+                    f, drop, lam, d1, d2 = fa, dra, la, d1a, d2a
+                    last = vals  # fresh arrays of this sweep: later sweeps write into them
+                else:
+                    f[a], drop[a], lam[a], d1[a], d2[a] = fa, dra, la, d1a, d2a
+                    for name, v in vals.items():
+                        last[name][a] = v
                 it += 1
                 exact = (la == prev_lam).all(axis=1) & (d1a == prev_d1).all(axis=1)
                 close = (np.abs(la - prev_lam) <= FIXED_POINT_RTOL * np.abs(la)).all(axis=1) & (
                     np.abs(d1a - prev_d1) <= FIXED_POINT_RTOL * np.abs(d1a)
                 ).all(axis=1)
-                stop = exact | close | (it >= sweeps[a])
-                active = a[~stop]
-            lam_adm, mu, b1, b_avg = out["lam_adm"], out["mu"], out["b1"], out["b_avg"]
-            delay, wq = out["delay"], out["wq"]
+                todo = ~(exact | close) & (it < (sweeps if a is None else sweeps[a]))
+                if not todo.any():
+                    break
+                active = np.flatnonzero(todo) if a is None else a[todo]
+            lam_adm, mu, b1, b_avg = last["lam_adm"], last["mu"], last["b1"], last["b_avg"]
+            delay, wq, f_nd = last["delay"], last["wq"], last["f_nd"]
             # commit the segment
             admitted = lam_adm * dt2
-            self.arrived[rows] += lam * dt2
-            self.dropped[rows] += out["dropped_amt"]
+            self.arrived[sel] += lam * dt2
+            self.dropped[sel] += last["dropped_amt"]
             target = np.where(
                 b_avg > 0,
                 np.minimum(lam_adm, mu) * np.maximum(d1 - delay, 0.0) + b1,
                 lam_adm * d1,
             )
-            cap_to = np.where(self.finite_timeout, lam_adm * self.timeout, np.inf)
+            cap_to = np.where(fin, lam_adm * self.timeout, np.inf)
             target = np.where(has_pods, np.minimum(target, cap_to), 0.0)
-            in_flight0 = self.in_flight[rows]
+            in_flight0 = self.in_flight[sel]
             in_flight1 = np.clip(target, 0.0, in_flight0 + admitted)
             finished = in_flight0 + admitted - in_flight1
             f_fin = np.where(has_pods, f_nd, 1.0)
-            self.failed[rows] += finished * f_fin
-            self.completed[rows] += finished * (1.0 - f_fin)
-            self.in_flight[rows] = in_flight1
+            self.failed[sel] += finished * f_fin
+            self.completed[sel] += finished * (1.0 - f_fin)
+            self.in_flight[sel] = in_flight1
             served = np.minimum(lam_adm, mu)
-            self.own_busy[rows] += served * m * dt2
-            self.lq[rows] = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
-            self.backlog[rows] = np.where(has_pods, b1, 0.0)
-            self.f[rows], self.drop[rows], self.lam[rows] = f, drop, lam
-            self.d1[rows], self.d2[rows] = d1, d2
+            self.own_busy[sel] += served * m * dt2
+            self.lq[sel] = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
+            self.backlog[sel] = np.where(has_pods, b1, 0.0)
+            self.f[sel], self.drop[sel], self.lam[sel] = f, drop, lam
+            self.d1[sel], self.d2[sel] = d1, d2
             # the segment's latency law (no shift: the scalar engine's _Segment delay is 0)
             w = np.where(np.isfinite(finished), finished, 0.0)
-            k, th = out["k"], out["th"]
+            k, th = last["k"], last["th"]
             quants = np.stack(
                 [np.minimum(q.gamma_quantile(z, k, th), self.timeout) for z in (0.5, 0.99)],
                 axis=1,
             )
-        self.seg_n[rows] += 1
-        self.seg_acc[rows] += w[:, None, :] * quants
-        self.seg_w[rows] += w
-        self.seg_last[rows] = quants
-        self.seg_last_w[rows] = w
+        self.seg_n[sel] += 1
+        self.seg_acc[sel] += w[:, None, :] * quants
+        self.seg_w[sel] += w
+        self.seg_last[sel] = quants
+        self.seg_last_w[sel] = w
 
     # ------------------------------------------------------------------ scrape
     def _scrape(self) -> BatchedFrame:
