@@ -23,8 +23,9 @@ What it shares with the scalar fluid engine (:class:`envs.sim.fluid.FluidEngine`
 
 What it leaves out, so that results differ from the scalar engine where these matter:
 
-* **incidents**: only ``flash_crowd`` (a traffic change) is supported; any other fault kind
-  raises :class:`UnsupportedScenarioError` naming it;
+* **incidents**: only ``flash_crowd`` (a traffic change) and ``slow_dependency`` (a service
+  time change, from its onset to its end, a segment boundary at each) are supported; any
+  other fault kind raises :class:`UnsupportedScenarioError` naming it;
 * **escape from retry-sustained overload** (the scalar engine's Kramers hazard): a row held
   in overload by retries alone stays there until its capacity is raised;
 * **the scheduler works on the cluster's total free CPU and memory**, not per node (no
@@ -52,8 +53,9 @@ from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
 from envs.sim.traffic import TrafficModel
 
-SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd",)
-"""Fault kinds the batched core simulates (a flash crowd is a change of traffic)."""
+SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency")
+"""Fault kinds the batched core simulates: a flash crowd changes the traffic, a slow
+dependency the service time (both exactly as the scalar engine)."""
 UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in SUPPORTED_FAULTS)
 
 _EMPTY, _PENDING, _STARTING = 0, 1, 2
@@ -261,6 +263,12 @@ class BatchedFluid:
         self.pod_cost_s = np.zeros(n)  # pod surcharge, currency
         self.acct_t = np.zeros(n)
         self.violation_s = z()
+        self.slowdown = np.ones((n, s_n))  # service slowdown (slow_dependency faults)
+        self.fault_t = np.full((n, 1), np.inf)  # per row: fault events in time order
+        self.fault_s = np.zeros((n, 1), dtype=np.int64)
+        self.fault_x = np.ones((n, 1))
+        self.fault_div = np.zeros((n, 1), dtype=bool)
+        self.fault_ptr = np.zeros(n, dtype=np.int64)
         self.prev_counters = np.zeros((n, s_n, 4))
         self.last_scrape = 0.0
         # per scrape interval: finished-weighted p50/p99 over the segments
@@ -311,6 +319,7 @@ class BatchedFluid:
             self.slo_p99[i] = [slos[s].p99_latency_s if s in slos else np.nan for s in self.names]
             self.slo_err[i] = [slos[s].error_rate if s in slos else np.nan for s in self.names]
         self.scenario_index = np.array(idx, dtype=np.int64)
+        self._fault_events([self.scenarios[k] for k in idx])
         self.rl = np.stack(self.rates)
         self.cum = np.stack(cums)
         self._last_tick = self.rl.shape[1] - 1
@@ -329,6 +338,54 @@ class BatchedFluid:
                     self._new_slots(np.flatnonzero(pend), s, _PENDING)
         self.base_cost_rate = np.maximum(self.allocated_cost_rate(), 1e-9)
         return self._scrape()
+
+    def _fault_events(self, scenarios: Sequence[Scenario]) -> None:
+        """Each row's slow-dependency starts and stops, in the scalar engine's order.
+
+        By time; at one time, starts (timers set at ``t = 0``, in fault order) before stops
+        (timers set at their fault's onset, earliest first).
+        """
+        per_row: list[list[tuple[float, int, int, float, bool]]] = []
+        for sc in scenarios:
+            ev: list[tuple[float, int, int, float, bool]] = []
+            for i, f in enumerate(sc.faults):
+                if f.kind != "slow_dependency":
+                    continue
+                s = self.names.index(f.service)  # type: ignore[union-attr]
+                x = float(f.latency_factor)  # type: ignore[union-attr]
+                ev.append((float(f.at_s), i, s, x, False))
+                if f.duration_s is not None:
+                    ev.append((float(f.at_s) + float(f.duration_s), i, s, x, True))
+            onset = {i: float(f.at_s) for i, f in enumerate(sc.faults)}
+            per_row.append(sorted(ev, key=lambda e: (e[0], e[4], onset[e[1]], e[1])))
+        width = max(1, max(len(e) for e in per_row))
+        n = self.n_rows
+        self.fault_t = np.full((n, width + 1), np.inf)
+        self.fault_s = np.zeros((n, width + 1), dtype=np.int64)
+        self.fault_x = np.ones((n, width + 1))
+        self.fault_div = np.zeros((n, width + 1), dtype=bool)
+        for r, ev in enumerate(per_row):
+            for j, (t, _i, s, x, div) in enumerate(ev):
+                self.fault_t[r, j], self.fault_s[r, j] = t, s
+                self.fault_x[r, j], self.fault_div[r, j] = x, div
+        self.fault_ptr = np.zeros(n, dtype=np.int64)
+
+    def _next_fault(self) -> np.ndarray:
+        return self.fault_t[np.arange(self.n_rows), self.fault_ptr]
+
+    def _apply_faults(self, rows: np.ndarray, now: np.ndarray) -> None:
+        """Start or stop every fault of ``rows`` due at ``now`` (the row's time)."""
+        while rows.size:
+            p = self.fault_ptr[rows]
+            due = self.fault_t[rows, p] <= now
+            rows, now, p = rows[due], now[due], p[due]
+            if rows.size == 0:
+                return
+            s, x = self.fault_s[rows, p], self.fault_x[rows, p]
+            div = self.fault_div[rows, p]
+            cur = self.slowdown[rows, s]
+            self.slowdown[rows, s] = np.where(div, cur / x, cur * x)
+            self.fault_ptr[rows] += 1
 
     # ------------------------------------------------------------------ pods
     def _new_slots(self, rows: np.ndarray, s: int, state: int) -> np.ndarray:
@@ -545,13 +602,15 @@ class BatchedFluid:
         while True:
             starting = self.slot_state == _STARTING
             nxt_ready = np.where(starting, self.slot_ready, np.inf).min(axis=(1, 2))
-            nxt = np.minimum(np.minimum(nxt_ready, ta), self.term_until)
+            nxt_fault = self._next_fault()
+            nxt = np.minimum(np.minimum(nxt_ready, ta), np.minimum(self.term_until, nxt_fault))
             todo = nxt < t_end
             if not todo.any():
                 break
             is_ready = todo & (nxt_ready <= nxt)
             is_act = todo & (ta <= nxt)
             is_grace = todo & (self.term_until <= nxt)
+            is_fault = todo & (nxt_fault <= nxt)
             now = np.where(todo, nxt, tau)
             # actuation first (data plane integrated only where it deletes a pod)
             rows_act = np.flatnonzero(is_act)
@@ -567,6 +626,10 @@ class BatchedFluid:
             if rows_ready.size:
                 self._integrate(rows_ready, now[rows_ready])
                 self._become_ready(rows_ready, now[rows_ready][:, None, None])
+            rows_fault = np.flatnonzero(is_fault)
+            if rows_fault.size:  # the scalar engine's refresh: integrate, then change
+                self._integrate(rows_fault, now[rows_fault])
+                self._apply_faults(rows_fault, now[rows_fault])
             rows_grace = np.flatnonzero(is_grace)
             for when in np.unique(now[rows_grace]).tolist():
                 self._grace_over(rows_grace[now[rows_grace] == when], when)
@@ -623,7 +686,7 @@ class BatchedFluid:
         ready = self.ready[sel].astype(np.float64)
         c = ready * self.concurrency
         qcap = ready * self.qpp
-        m = self.m0 * 1.0
+        m_all = self.m0 * self.slowdown[sel]
         r1 = self.retries + 1.0
         b0 = self.backlog[sel]
         has_pods = c > 0
@@ -643,7 +706,7 @@ class BatchedFluid:
         t_fin = self.timeout[fcols]
         one_m_err = 1.0 - self.app_err
         half_scv1 = 1.0 + self.scv
-        own_var = self.scv * m * m
+        own_var_all = self.scv * m_all * m_all
         last: dict[str, np.ndarray] = {}
         active: np.ndarray | None = None  # None: every row
         it = 0
@@ -654,10 +717,12 @@ class BatchedFluid:
                     fa, dra, la, d1a, d2a = f, drop, lam, d1, d2
                     ca, qa, b0a, hp, dta, glc = c, qcap, b0, has_pods, dt2, gl_c1
                     lea = lam_ext[:, None]
+                    m, own_var = m_all, own_var_all
                 else:
                     fa, dra, la, d1a, d2a = f[a], drop[a], lam[a], d1[a], d2[a]
                     ca, qa, b0a, hp, dta, glc = c[a], qcap[a], b0[a], has_pods[a], dt2[a], gl_c1[a]
                     lea = lam_ext[a, None]
+                    m, own_var = m_all[a], own_var_all[a]
                 allp = bool(hp.all())
                 prev_lam, prev_d1 = la, d1a
                 fc = np.minimum(fa, 1.0 - 1e-9)
@@ -786,7 +851,7 @@ class BatchedFluid:
             self.completed[sel] += finished * (1.0 - f_fin)
             self.in_flight[sel] = in_flight1
             served = np.minimum(lam_adm, mu)
-            self.own_busy[sel] += served * m * dt2
+            self.own_busy[sel] += served * m_all * dt2
             self.lq[sel] = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog[sel] = np.where(has_pods, b1, 0.0)
             self.f[sel], self.drop[sel], self.lam[sel] = f, drop, lam
