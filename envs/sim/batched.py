@@ -47,7 +47,7 @@ import numpy as np
 from scipy import special
 
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
-from envs.scenarios.schema import FAULT_KINDS, Scenario
+from envs.scenarios.schema import FAULT_KINDS, Scenario, SlowDependencyFault
 from envs.sim import queueing as q
 from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
@@ -349,10 +349,10 @@ class BatchedFluid:
         for sc in scenarios:
             ev: list[tuple[float, int, int, float, bool]] = []
             for i, f in enumerate(sc.faults):
-                if f.kind != "slow_dependency":
+                if not isinstance(f, SlowDependencyFault):
                     continue
-                s = self.names.index(f.service)  # type: ignore[union-attr]
-                x = float(f.latency_factor)  # type: ignore[union-attr]
+                s = self.names.index(f.service)
+                x = float(f.latency_factor)
                 ev.append((float(f.at_s), i, s, x, False))
                 if f.duration_s is not None:
                     ev.append((float(f.at_s) + float(f.duration_s), i, s, x, True))
