@@ -59,10 +59,10 @@ MODULES: dict[str, Module] = {
             "tests/test_engines.py::test_same_seed_gives_bit_identical_telemetry",
         ),
     ),
-    "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py",)),
+    "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py", "tests/test_hpa_boundaries.py")),
     "codec": Module(
         "envs/gym/codec.py",
-        ("tests/test_codec.py", "tests/test_gym_envs.py"),
+        ("tests/test_codec.py", "tests/test_codec_values.py", "tests/test_gym_envs.py"),
         # the slow ones train or load policies, or run subprocesses: not about the codec's
         # arithmetic, and 5-40 s each per mutant
         (
@@ -112,7 +112,7 @@ EQUIVALENT: list[tuple[str, str]] = [
     (r"if a > c:", "a = c: c mu - lam = 0 divides by zero and gives inf, also refused"),
     (r'float\("NAN"\)', 'float("NAN") is the same NaN'),
     (
-        r"or True else float\(\"nan\"\)|or True$",
+        r"or True else float\(\"nan\"\)",
         "nanmean of an all-NaN array is NaN too (it only warns)",
     ),
     (r"\.astype\(None\)", "astype(None) is float64, the type asked for"),
@@ -181,6 +181,109 @@ EQUIVALENT: list[tuple[str, str]] = [
         "scipy infers vectorized=True from the statistic's axis argument (None), or loops "
         "over the same resamples (False): the same interval",
     ),
+    # envs/kube/hpa.py
+    (
+        r"\(ratio <=? 1\.0 <=? new_ratio\) or \(ratio >=? 1\.0 >=? new_ratio\)",
+        "a recomputed ratio of exactly 1 is within every tolerance and returned before; a "
+        "ratio of exactly 1 gets here only with missing pods, which then get no value, so the "
+        "recomputed ratio is 1 too: < and <= differ on no input that gets here",
+    ),
+    (
+        r"new_ratio (<=|>=) 1\.0 and new_replicas [<>] current_replicas",
+        "a recomputed ratio of exactly 1 is within every tolerance and returned before",
+    ),
+    (
+        r"if rec\.t <=? up_cutoff and rec\.t <=? down_cutoff:$",
+        "a recommendation exactly at a cutoff is outside that window now and at every later "
+        "sync (cutoffs only move forward): keeping it or reusing its slot changes no "
+        "stabilised count",
+    ),
+    (
+        r"if recommendation (<=|>=) (up|down)_rec:$|elif rec\.replicas >= best:$|"
+        r"if proposal == 0 or calc\.replicas >= proposal:$",
+        "on equality it assigns the value the variable already holds",
+    ),
+    (
+        r"^if desired >= current:$|^elif desired <= current:$",
+        "desired = current: reconcile calls this only for min <= current <= max, where the "
+        "allowance is >= current on the way up and <= current on the way down, so desired = "
+        "current comes back unchanged either way",
+    ),
+    (
+        r"^(if desired >= current:)$",
+        "inside `if desired != current`: desired = current never gets here",
+    ),
+    (
+        r"replace\(e, outdated=True\) if e\.t <= cutoff else e",
+        "an event exactly longest-period old is outside every policy's period now and later "
+        "(changes count strictly after now - period): reusing its slot changes no limit",
+    ),
+    (
+        r'^spec_lo: int \| None = ""$',
+        "spec_lo stays unset only without replica_bounds: `spec_lo or 1` reads '' as it reads "
+        "None, and the range check also needs spec_hi, which is None then",
+    ),
+    (
+        r'max\(1, spec_lo or 1\), (None|"XXmin_replicasXX"|"MIN_REPLICAS")\)$',
+        "min_replicas always has a default (at least 1): _bound never raises for it, so the "
+        "name of the field in its message is never read",
+    ),
+    (
+        r"^return HPAState\(\{s: ServiceState\(\) for s in self\.services\}, \)$",
+        "HPAState.next_sync_t defaults to None",
+    ),
+    (
+        r"^per_pod_request, starting_usage, ready=False, started_ago_s=0\.0, "
+        r"(ready_changed_ago_s=None|\))$",
+        "no transition time and a transition at the start time are read alike (never "
+        "transitioned since the start)",
+    ),
+    (
+        r'PodSample\(per_pod_request, None, phase="Pending", \)',
+        "a Pending pod is unready by its phase before its readiness is read",
+    ),
+    (
+        r"^PodSample\(per_pod_request, None, (ready=(None|True|False), )?"
+        r"(started_ago_s=(None|math\.inf))?\)$",
+        "a pod without a metric is missing before its readiness or start time is read",
+    ),
+    # envs/gym/codec.py (its zip(strict=) rule is above)
+    (
+        r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$',
+        "cluster_ops and hpa_tune have the same nvec: 5 deltas or 5 targets per service "
+        "(len(SCALE_DELTAS) = len(HPA_TARGETS)), then the remediation",
+    ),
+    (
+        r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$',
+        "for remediate the general path concatenates an empty free part (nvec[:-1] is empty) "
+        "with the same remediation mask",
+    ),
+    (
+        r"^known = belief\.hpa_targets or \(1,\) \* len\(self\.services\)$",
+        "HPA_TARGETS holds neither 0 nor 1: with no target known, every service gets one "
+        "either way",
+    ),
+    (r"^m\[base - 0, 3 \* svc \+ 1\] = 1\.0", "base - 0 is base + 0"),
+    (
+        r"^a = np\.asarray\(action, dtype=np\.int64\)\.reshape\(None\)$",
+        "actions come as a scalar, (n,) or SB3's (1, n) batch: the offsets broadcast to the "
+        "same one-hot entries without the reshape",
+    ),
+    (
+        r"^a = np\.asarray\(action, dtype=np\.int64\)\.reshape\(-2\)$",
+        "NumPy reads a negative size as the one to infer, as -1",
+    ),
+    (
+        r"^a = np\.asarray\(action, (dtype=None)?\)\.reshape\(-1\)$",
+        "every caller passes integer indices (Gymnasium samples, ActionSpec.to_env), which "
+        "NumPy holds as int64 already",
+    ),
+    (
+        r"^onehot = np\.zeros\(len\(self\._matrix\), (dtype=None)?\)$",
+        "a float64 one-hot gives a float64 product that is cast to float32: each feature sums "
+        "at most two float32 entries (a delta and a remediation's scale-up), exact in float64, "
+        "so the cast gives the float32 sum",
+    ),
 ]
 
 
@@ -235,12 +338,24 @@ ORIGINAL_MUST_MATCH: dict[str, str] = {
 }
 
 
-def _explain(diff: list[str]) -> str | None:
+# Patterns of EQUIVALENT that hold only in the function named here (the mutant's name).
+ONLY_IN: dict[str, str] = {
+    r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$': r"ǁmasks__mutmut_",
+    r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$': r"ǁ__init____mutmut_",
+    r"^if desired >= current:$|^elif desired <= current:$": r"x_convert_desired_replicas_with_",
+    r"^(if desired >= current:)$": r"\.x_reconcile__mutmut_",
+}
+
+
+def _explain(diff: list[str], mutant: str = "") -> str | None:
     added = [ln[1:].strip() for ln in diff if ln.startswith("+ ")]
     removed = " ".join(ln[1:].strip() for ln in diff if ln.startswith("- "))
     for line in added:
         for pattern, why in EQUIVALENT:
             need = ORIGINAL_MUST_MATCH.get(pattern)
+            where = ONLY_IN.get(pattern)
+            if where is not None and not re.search(where, mutant):
+                continue
             if re.search(pattern, line) and (need is None or re.search(need, removed)):
                 return why
     if not added:
@@ -320,7 +435,7 @@ def write_report(scores: dict[str, dict[str, object]], command: str) -> None:
     for s in scores.values():
         surv = s["survivors"]
         assert isinstance(surv, list)
-        eq = sum(1 for x in surv if _explain(x["diff"]))
+        eq = sum(1 for x in surv if _explain(x["diff"], x["id"]))
         killed, survived = int(s["killed"]), int(s["survived"])  # type: ignore[call-overload]
         total = killed + survived
         score = killed / total if total else float("nan")
@@ -340,7 +455,7 @@ def write_report(scores: dict[str, dict[str, object]], command: str) -> None:
         out += ["", f"## Survivors in `{s['module']}`", ""]
         for x in surv:
             diff = " / ".join(f"`{d}`" for d in x["diff"])
-            why = _explain(x["diff"]) or ("unexplained" if x["diff"] else "not analysed")
+            why = _explain(x["diff"], x["id"]) or ("unexplained" if x["diff"] else "not analysed")
             out.append(f"* `{x['id']}` ({x['status']}): {diff}: {why}")
     RESULTS.write_text("\n".join(out).rstrip() + "\n")
 
