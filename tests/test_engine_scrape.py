@@ -4,7 +4,7 @@ The scrape turns what a data plane reports (cumulative counters, busy time, quan
 histogram deltas) and the control plane's state into a frame of gauges: rates over the
 interval, error rate, CPU and memory, SLO violation time, the cumulative histogram and the
 cluster's meters. Here the data plane is a script: each scrape reads hand-chosen numbers, so
-every gauge of every frame is known by hand (no queueing model in between). The cases are
+the gauges are known by hand (no queueing model in between). The cases are
 chosen so that each rule shows: an interval with exactly one finished attempt, one with
 none, an error rate and a p99 exactly at the SLO (not a violation), a service with one ready
 pod and one with none, a telemetry gap, a memory leak, the first frame at t = 0 (no
@@ -166,14 +166,13 @@ class Scripted(Engine):
         self.script = list(script if script is not None else SCRIPT)
         self.reads: list[float] = []
         self.started = 0
-        self.capacity_changes = 0
         super().__init__(scenario)
 
     def before_change(self) -> None:
         pass
 
     def capacity_changed(self) -> None:
-        self.capacity_changes += 1
+        pass
 
     def pods_lost(self, service: int, lost_fraction: float) -> None:
         pass
@@ -225,10 +224,13 @@ def test_engine_reads_the_scenario() -> None:
     np.testing.assert_array_equal(eng.slo_p99, [NAN, 0.5])
     np.testing.assert_array_equal(eng.slo_err, [NAN, 0.01])
     assert eng.edge_faults == {}
-    # no SLO given: the entry gets the default one
+    # no SLO given: the entry gets the default one (0.5 s, 1%)
     default = Scripted(_scenario(slos={}))
     np.testing.assert_array_equal(default.slo_p99, [NAN, 0.5])
     np.testing.assert_array_equal(default.slo_err, [NAN, 0.01])
+    other = Scripted(_scenario(slos={"back": {"p99_latency_s": 0.2, "error_rate": 0.05}}))
+    np.testing.assert_array_equal(other.slo_p99, [0.2, NAN])
+    np.testing.assert_array_equal(other.slo_err, [0.05, NAN])
 
 
 def test_frames_come_at_every_scrape_and_the_clock_stops_at_each_decision() -> None:
