@@ -208,7 +208,9 @@ def _config(mod: Module) -> str:
         "[tool.mutmut]",
         f"source_paths = [{json.dumps(mod.path)}]",
         'also_copy = ["envs", "agents", "experiments", "configs"]',
-        f"pytest_add_cli_args = {json.dumps(['-p', 'no:xdist', '-q', *mod.pytest_args])}",
+        # the hypothesis profile `mutation` (tests/conftest.py): no shrinking, no deadline
+        "pytest_add_cli_args = "
+        + json.dumps(["-p", "no:xdist", "-q", "--hypothesis-profile=mutation", *mod.pytest_args]),
         f"pytest_add_cli_args_test_selection = {json.dumps(list(mod.tests))}",
     ]
     if mod.timeout_multiplier is not None:
