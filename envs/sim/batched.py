@@ -698,8 +698,8 @@ class BatchedFluid:
         ta = np.full(n, np.inf)
         if desired is not None:
             desired = np.clip(np.asarray(desired, dtype=np.int64), self.r_min, self.r_max)
-            self._changed = np.not_equal(desired, self.desired)
-            changed = self._changed.any(axis=1)
+            self._changed = np.asarray(desired != self.desired, dtype=bool)
+            changed = np.asarray(self._changed.any(axis=1), dtype=bool)
             self.desired = np.where(changed[:, None], desired, self.desired)
             ta[changed] = t0 + self.delay
         # events in time order, each row on its own; the data plane is integrated up to an
