@@ -174,6 +174,25 @@ def test_slow_dependency_matches_bit_for_bit() -> None:
     assert db_p50[19] < 1.1 * db_p50[8]  # and back after 262.5 s (t = 300 s)
 
 
+@pytest.mark.parametrize(("name", "node", "at_s"), [("chain3", 1, 157.5), ("boutique", 0, 150.0)])
+def test_node_failure_matches(name: str, node: int, at_s: float) -> None:
+    """A node dies: its pods are lost (the requests in service on them fail), replacements
+    are scheduled on the other nodes, the node bill drops; as in the scalar engine."""
+    sc = varying(name, faults=[{"kind": "node_failure", "node": node, "at_s": at_s}])
+    got, want, cost_got, cost_want = run_both(sc, [31, 32], steps=24, cap=8, floor=2)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"frame {k}")
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12, err_msg=f"frame {k}")
+    np.testing.assert_allclose(cost_got, cost_want, rtol=1e-12)
+    core = BatchedFluid([sc], 1)
+    core.reset([31])
+    before = core.advance(None).cluster[0]
+    for _ in range(int(at_s // 15)):
+        after = core.advance(None).cluster[0]
+    assert before[0] == 3 and after[0] == 2  # nodes_ready
+    assert after[3] < before[3]  # the node bill
+
+
 def test_env_rows_are_the_scalar_autoscale_env() -> None:
     """Sub-env ``i`` reset with vector seed ``s`` is ``AutoscaleEnv.reset(seed=row_seeds(s)[i])``:
     the same observations and rewards, across the auto-reset at the horizon."""
@@ -291,6 +310,7 @@ def test_bad_actions_are_refused_with_the_fix() -> None:
     ("overrides", "match"),
     [
         ({"faults": [{"kind": "pod_crash", "service": "db", "at_s": 60}]}, "pod_crash"),
+        ({"faults": [{"kind": "cpu_hog", "node": 1, "at_s": 60}]}, "cpu_hog"),
         (
             {"faults": [{"kind": "bad_deploy", "service": "api", "at_s": 60, "error_rate": 0.2}]},
             "bad_deploy",

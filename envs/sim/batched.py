@@ -26,9 +26,10 @@ What it shares with the scalar fluid engine (:class:`envs.sim.fluid.FluidEngine`
 
 What it leaves out, so that results differ from the scalar engine where these matter:
 
-* **incidents**: only ``flash_crowd`` (a traffic change) and ``slow_dependency`` (a service
-  time change, from its onset to its end, a segment boundary at each) are supported; any
-  other fault kind raises :class:`UnsupportedScenarioError` naming it;
+* **incidents**: only ``flash_crowd`` (a traffic change), ``slow_dependency`` (a service
+  time change, from its onset to its end, a segment boundary at each) and ``node_failure``
+  (the node's pods lost, replacements scheduled on the other nodes) are supported; any other
+  fault kind raises :class:`UnsupportedScenarioError` naming it;
 * **escape from retry-sustained overload** (the scalar engine's Kramers hazard): a row held
   in overload by retries alone stays there until its capacity is raised;
 * no HPA, no cluster autoscaler, no rollouts (restart, rollback, deploy), no telemetry
@@ -48,18 +49,21 @@ import numpy as np
 from scipy import special
 
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
-from envs.scenarios.schema import FAULT_KINDS, Scenario, SlowDependencyFault
+from envs.scenarios.schema import FAULT_KINDS, NodeFailureFault, Scenario, SlowDependencyFault
 from envs.sim import queueing as q
 from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
 from envs.sim.traffic import TrafficModel
 
-SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency")
-"""Fault kinds the batched core simulates: a flash crowd changes the traffic, a slow
-dependency the service time (both exactly as the scalar engine)."""
+SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency", "node_failure")
+"""Fault kinds the batched core simulates, as the scalar engine does: a flash crowd changes
+the traffic, a slow dependency a service time, a node failure the capacity (its pods are
+lost and replaced on the other nodes where they fit)."""
 UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in SUPPORTED_FAULTS)
 
 _EMPTY, _PENDING, _STARTING, _READY, _TERMINATING = 0, 1, 2, 3, 4
+_SLOW_START, _SLOW_STOP, _NODE_FAILS = 0, 1, 2
+"""Kinds of a fault event."""
 """States of a pod slot (``_EMPTY``: no pod)."""
 _DRAW_AHEAD = 64
 """Start-up times drawn ahead per row (when every service has the same distribution)."""
@@ -234,7 +238,7 @@ class BatchedFluid:
         self.cpu_total = cl.nodes * cl.node_cpu
         self.mem_total = cl.nodes * cl.node_memory_mb
         self.core_price = cl.cost_per_node_hour / cl.node_cpu
-        self.node_cost_rate = cl.nodes * cl.cost_per_node_hour
+        self.cost_per_node = cl.cost_per_node_hour
         self.dt = float(sc.decision_interval_s)
         self.delay = float(sc.actuation_delay_s)
         self.horizon = float(sc.horizon_s)
@@ -275,6 +279,7 @@ class BatchedFluid:
         self.node_cpu_used = np.zeros((n, self.n_nodes))
         self.node_mem_used = np.zeros((n, self.n_nodes))
         self._changed = np.zeros((n, s_n), dtype=bool)
+        self._target = np.zeros((n, s_n), dtype=np.int64)
         self._hi = 0  # pod slots at and beyond this one were never used
         self.core_s = np.zeros(n)  # requested core-seconds of bound pods
         self.pod_cost_s = np.zeros(n)  # pod surcharge, currency
@@ -284,8 +289,10 @@ class BatchedFluid:
         self.fault_t = np.full((n, 1), np.inf)  # per row: fault events in time order
         self.fault_s = np.zeros((n, 1), dtype=np.int64)
         self.fault_x = np.ones((n, 1))
-        self.fault_div = np.zeros((n, 1), dtype=bool)
+        self.fault_kind = np.zeros((n, 1), dtype=np.int64)
         self.fault_ptr = np.zeros(n, dtype=np.int64)
+        self.node_alive = np.ones((n, self.n_nodes), dtype=bool)
+        self.in_service = z()
         self.prev_counters = np.zeros((n, s_n, 4))
         self.last_scrape = 0.0
         # per scrape interval: finished-weighted p50/p99 over the segments
@@ -357,34 +364,39 @@ class BatchedFluid:
         return self._scrape()
 
     def _fault_events(self, scenarios: Sequence[Scenario]) -> None:
-        """Each row's slow-dependency starts and stops, in the scalar engine's order.
+        """Each row's fault events (slow dependencies, node failures) in the scalar order.
 
         By time; at one time, starts (timers set at ``t = 0``, in fault order) before stops
         (timers set at their fault's onset, earliest first).
         """
-        per_row: list[list[tuple[float, int, int, float, bool]]] = []
+        per_row: list[list[tuple[float, int, int, float, int, int]]] = []
         for sc in scenarios:
-            ev: list[tuple[float, int, int, float, bool]] = []
-            for i, f in enumerate(sc.faults):
-                if not isinstance(f, SlowDependencyFault):
-                    continue
-                s = self.names.index(f.service)
-                x = float(f.latency_factor)
-                ev.append((float(f.at_s), i, s, x, False))
-                if f.duration_s is not None:
-                    ev.append((float(f.at_s) + float(f.duration_s), i, s, x, True))
             onset = {i: float(f.at_s) for i, f in enumerate(sc.faults)}
-            per_row.append(sorted(ev, key=lambda e: (e[0], e[4], onset[e[1]], e[1])))
+            # (time, stop?, fault, factor, target service or node, kind)
+            ev: list[tuple[float, int, int, float, int, int]] = []
+            for i, f in enumerate(sc.faults):
+                if isinstance(f, SlowDependencyFault):
+                    s = self.names.index(f.service)
+                    x = float(f.latency_factor)
+                    ev.append((float(f.at_s), 0, i, x, s, _SLOW_START))
+                    if f.duration_s is not None:
+                        end = float(f.at_s) + float(f.duration_s)
+                        ev.append((end, 1, i, x, s, _SLOW_STOP))
+                elif isinstance(f, NodeFailureFault):
+                    ev.append((float(f.at_s), 0, i, 1.0, f.node, _NODE_FAILS))
+            per_row.append(
+                sorted(ev, key=lambda e: (e[0], e[1], onset[e[2]] if e[1] else 0.0, e[2]))
+            )
         width = max(1, max(len(e) for e in per_row))
         n = self.n_rows
         self.fault_t = np.full((n, width + 1), np.inf)
         self.fault_s = np.zeros((n, width + 1), dtype=np.int64)
         self.fault_x = np.ones((n, width + 1))
-        self.fault_div = np.zeros((n, width + 1), dtype=bool)
+        self.fault_kind = np.zeros((n, width + 1), dtype=np.int64)
         for r, ev in enumerate(per_row):
-            for j, (t, _i, s, x, div) in enumerate(ev):
-                self.fault_t[r, j], self.fault_s[r, j] = t, s
-                self.fault_x[r, j], self.fault_div[r, j] = x, div
+            for j, (t, _stop, _i, x, tgt, kind) in enumerate(ev):
+                self.fault_t[r, j], self.fault_s[r, j], self.fault_x[r, j] = t, tgt, x
+                self.fault_kind[r, j] = kind
         self.fault_ptr = np.zeros(n, dtype=np.int64)
 
     def _next_fault(self) -> np.ndarray:
@@ -399,10 +411,62 @@ class BatchedFluid:
             if rows.size == 0:
                 return
             s, x = self.fault_s[rows, p], self.fault_x[rows, p]
-            div = self.fault_div[rows, p]
-            cur = self.slowdown[rows, s]
-            self.slowdown[rows, s] = np.where(div, cur / x, cur * x)
+            kind = self.fault_kind[rows, p]
+            slow = kind != _NODE_FAILS
+            rs, ss, xs = rows[slow], s[slow], x[slow]
+            cur = self.slowdown[rs, ss]
+            self.slowdown[rs, ss] = np.where(kind[slow] == _SLOW_STOP, cur / xs, cur * xs)
             self.fault_ptr[rows] += 1
+            fails = ~slow
+            for when in np.unique(now[fails]).tolist():
+                at = fails & (now == when)
+                self._fail_node(rows[at], s[at], when)
+
+    def _fail_node(self, rows: np.ndarray, node: np.ndarray, now: float) -> None:
+        """The scalar control plane's ``fail_node`` on ``node[i]`` of each of ``rows``.
+
+        The node's pods are lost (in uid order; the requests in service on a ready one
+        fail), the node is gone, every service is reconciled (replacements scheduled on the
+        other nodes), then the lost pods leave their node.
+        """
+        self._account(rows, now)
+        alive = self.node_alive[rows, node]
+        rows, node = rows[alive], node[alive]
+        if rows.size == 0:
+            return
+        hi = self._hi
+        st = self.p_state[rows, :hi]
+        on = (self.p_node[rows, :hi] == node[:, None]) & ((st == _STARTING) | (st == _READY))
+        n_on = on.sum(axis=1)
+        order = np.argsort(np.where(on, self.p_uid[rows, :hi], np.iinfo(np.int64).max), axis=1)
+        lost: list[tuple[np.ndarray, np.ndarray]] = []
+        for j in range(int(n_on.max(initial=0))):
+            live = np.flatnonzero(j < n_on)
+            r, k = rows[live], order[live, j]
+            svc = self.p_svc[r, k]
+            ready = self.p_state[r, k] == _READY
+            rr, sr = r[ready], svc[ready]
+            frac = 1.0 / np.maximum(self.ready[rr, sr], 1)
+            gone = np.minimum(self.in_service[rr, sr] * frac, self.in_flight[rr, sr])
+            self.in_flight[rr, sr] -= gone
+            self.in_service[rr, sr] -= gone
+            self.failed[rr, sr] += gone
+            self.ready[rr, sr] -= 1
+            self.starting[r[~ready], svc[~ready]] -= 1
+            self.term[r, svc] += 1
+            self.p_state[r, k] = _TERMINATING
+            self.p_ready[r, k] = np.inf
+            lost.append((r, k))
+        self.node_alive[rows, node] = False
+        for s in range(self.n_services):
+            diff = self.desired[rows, s] - self._live(rows)[:, s]
+            for j in range(int(diff.max(initial=0))):
+                self._create(rows[diff > j], s)
+            if (diff > 0).any():
+                self._schedule(rows[diff > 0], now)
+        for r, k in lost:  # their terminations finish at once (no grace for a lost pod)
+            self._unbind(r, k)
+            self._schedule(r, now)
 
     # ------------------------------------------------------------------ pods
     def _create(self, rows: np.ndarray, s: int) -> np.ndarray:
@@ -432,6 +496,7 @@ class BatchedFluid:
             cpu, mem = cpu[:, None], mem[:, None]
         used_c, used_m = self.node_cpu_used[rows], self.node_mem_used[rows]
         fits = (self.node_cpu - used_c >= cpu - 1e-9) & (self.node_mem - used_m >= mem - 1e-9)
+        fits &= self.node_alive[rows]
         score = np.where(fits, used_c / self.node_cpu, np.inf)
         best = np.argmin(score, axis=1)
         return np.where(fits.any(axis=1), best, -1)
@@ -441,6 +506,7 @@ class BatchedFluid:
         return (
             (self.node_cpu - self.node_cpu_used[rows][:, None, :] >= self._cpu_s)
             & (self.node_mem - self.node_mem_used[rows][:, None, :] >= self._mem_s)
+            & self.node_alive[rows][:, None, :]
         ).any(axis=2)
 
     def _bind(self, rows: np.ndarray, k: np.ndarray, s: int | np.ndarray, node: np.ndarray) -> None:
@@ -698,9 +764,11 @@ class BatchedFluid:
         ta = np.full(n, np.inf)
         if desired is not None:
             desired = np.clip(np.asarray(desired, dtype=np.int64), self.r_min, self.r_max)
+            # the Scale actions reach the control plane at ta (until then, a fault that
+            # reconciles, such as a node failure, works towards the old counts)
+            self._target = desired
             self._changed = np.asarray(desired != self.desired, dtype=bool)
             changed = np.asarray(self._changed.any(axis=1), dtype=bool)
-            self.desired = np.where(changed[:, None], desired, self.desired)
             ta[changed] = t0 + self.delay
         # events in time order, each row on its own; the data plane is integrated up to an
         # event only where it changes serving capacity (as the scalar engine's hooks do)
@@ -721,6 +789,9 @@ class BatchedFluid:
             rows_act = np.flatnonzero(is_act)
             if rows_act.size:
                 at = float(nxt[rows_act[0]])
+                self.desired[rows_act] = np.where(
+                    self._changed[rows_act], self._target[rows_act], self.desired[rows_act]
+                )
                 live = self._live(rows_act)
                 deleting = rows_act[(self.desired[rows_act] < live).any(axis=1)]
                 if deleting.size:  # before_change: bring the data plane up to now first
@@ -957,6 +1028,7 @@ class BatchedFluid:
             self.in_flight[sel] = in_flight1
             served = np.minimum(lam_adm, mu)
             self.own_busy[sel] += served * m_all * dt2
+            self.in_service[sel] = np.minimum(served * m_all, c)
             self.lq[sel] = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog[sel] = np.where(has_pods, b1, 0.0)
             self.f[sel], self.drop[sel], self.lam[sel] = f, drop, lam
@@ -1029,10 +1101,11 @@ class BatchedFluid:
         bound = self.ready + self.starting + self.term
         cl = np.full((n, len(CLUSTER_INDEX)), np.nan)
         C = CLUSTER_INDEX
-        cl[:, C["nodes_ready"]] = self.n_nodes
+        alive = self.node_alive.sum(axis=1)
+        cl[:, C["nodes_ready"]] = alive
         cl[:, C["nodes_provisioning"]] = 0.0
         cl[:, C["pods_unschedulable"]] = pending
-        cl[:, C["cost_rate_per_hour"]] = self.node_cost_rate + bound @ self.pod_cost
+        cl[:, C["cost_rate_per_hour"]] = alive * self.cost_per_node + bound @ self.pod_cost
         cl[:, C["shed_fraction"]] = 0.0
         self._account(np.arange(n), now)
         cl[:, C["allocated_cost_total"]] = self.core_s / 3600.0 * self.core_price + self.pod_cost_s
