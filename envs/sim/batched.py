@@ -27,8 +27,9 @@ What it shares with the scalar fluid engine (:class:`envs.sim.fluid.FluidEngine`
 What it leaves out, so that results differ from the scalar engine where these matter:
 
 * **incidents**: only ``flash_crowd`` (a traffic change), ``slow_dependency`` (a service
-  time change, from its onset to its end, a segment boundary at each) and ``node_failure``
-  (the node's pods lost, replacements scheduled on the other nodes) are supported; any other
+  time change, from its onset to its end, a segment boundary at each), ``node_failure`` (the
+  node's pods lost, replacements scheduled on the other nodes) and ``pod_crash`` without
+  ``crash_loop`` (containers restarting under CrashLoopBackOff) are supported; any other
   fault kind raises :class:`UnsupportedScenarioError` naming it;
 * **escape from retry-sustained overload** (the scalar engine's Kramers hazard): a row held
   in overload by retries alone stays there until its capacity is raised;
@@ -49,20 +50,28 @@ import numpy as np
 from scipy import special
 
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
-from envs.scenarios.schema import FAULT_KINDS, NodeFailureFault, Scenario, SlowDependencyFault
+from envs.scenarios.schema import (
+    FAULT_KINDS,
+    NodeFailureFault,
+    PodCrashFault,
+    Scenario,
+    SlowDependencyFault,
+)
 from envs.sim import queueing as q
+from envs.sim.control.objects import BACKOFF_INITIAL_S, BACKOFF_MAX_S, BACKOFF_RESET_S
 from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
 from envs.sim.traffic import TrafficModel
 
-SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency", "node_failure")
+SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency", "node_failure", "pod_crash")
 """Fault kinds the batched core simulates, as the scalar engine does: a flash crowd changes
 the traffic, a slow dependency a service time, a node failure the capacity (its pods are
-lost and replaced on the other nodes where they fit)."""
+lost and replaced on the other nodes where they fit), a pod crash (without ``crash_loop``)
+the capacity until the container restarts under CrashLoopBackOff."""
 UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in SUPPORTED_FAULTS)
 
-_EMPTY, _PENDING, _STARTING, _READY, _TERMINATING = 0, 1, 2, 3, 4
-_SLOW_START, _SLOW_STOP, _NODE_FAILS = 0, 1, 2
+_EMPTY, _PENDING, _STARTING, _READY, _TERMINATING, _BACKOFF = 0, 1, 2, 3, 4, 5
+_SLOW_START, _SLOW_STOP, _NODE_FAILS, _PODS_CRASH = 0, 1, 2, 3
 """Kinds of a fault event."""
 """States of a pod slot (``_EMPTY``: no pod)."""
 _DRAW_AHEAD = 64
@@ -96,7 +105,9 @@ def check_supported(scenarios: Sequence[Scenario]) -> None:
         raise UnsupportedScenarioError("scenarios: give at least one scenario")
     base = scenarios[0]
     for sc in scenarios:
-        kinds = sorted({f.kind for f in sc.faults if f.kind not in SUPPORTED_FAULTS})
+        kinds: list[str] = sorted({f.kind for f in sc.faults if f.kind not in SUPPORTED_FAULTS})
+        if any(isinstance(f, PodCrashFault) and f.crash_loop for f in sc.faults):
+            kinds.append("pod_crash with crash_loop: true")
         if kinds:
             raise UnsupportedScenarioError(
                 f"scenario {sc.name!r}: fault kind(s) {kinds} are not simulated by the batched "
@@ -266,6 +277,8 @@ class BatchedFluid:
         self.term = np.zeros((n, s_n), dtype=np.int64)  # terminating (bound, not serving)
         self.starting = np.zeros((n, s_n), dtype=np.int64)
         self.pending = np.zeros((n, s_n), dtype=np.int64)
+        self.backoff_n = np.zeros((n, s_n), dtype=np.int64)  # crashed, waiting to restart
+        self.restarts = np.zeros((n, s_n), dtype=np.int64)
         self.term_until = np.full(n, np.inf)
         # the pod table: one slot per pod (state, service, uid, node, ready time, the order
         # of its termination), as the scalar control plane's pod objects
@@ -275,6 +288,10 @@ class BatchedFluid:
         self.p_node = np.full((n, k), -1, dtype=np.int64)
         self.p_ready = np.full((n, k), np.inf)
         self.p_term = np.zeros((n, k), dtype=np.int64)
+        self.p_started = np.zeros((n, k))  # when the container last became ready
+        self.p_backoff = np.zeros((n, k))  # CrashLoopBackOff delay, seconds (0: none yet)
+        self.p_restart = np.full((n, k), np.inf)  # when a crashed container restarts
+        self.p_order = np.zeros((n, k), dtype=np.int64)  # order of its restart timer
         self.uid = np.zeros(n, dtype=np.int64)
         self.node_cpu_used = np.zeros((n, self.n_nodes))
         self.node_mem_used = np.zeros((n, self.n_nodes))
@@ -384,6 +401,9 @@ class BatchedFluid:
                         ev.append((end, 1, i, x, s, _SLOW_STOP))
                 elif isinstance(f, NodeFailureFault):
                     ev.append((float(f.at_s), 0, i, 1.0, f.node, _NODE_FAILS))
+                elif isinstance(f, PodCrashFault):
+                    s = self.names.index(f.service)
+                    ev.append((float(f.at_s), 0, i, float(f.pods), s, _PODS_CRASH))
             per_row.append(
                 sorted(ev, key=lambda e: (e[0], e[1], onset[e[2]] if e[1] else 0.0, e[2]))
             )
@@ -412,15 +432,71 @@ class BatchedFluid:
                 return
             s, x = self.fault_s[rows, p], self.fault_x[rows, p]
             kind = self.fault_kind[rows, p]
-            slow = kind != _NODE_FAILS
+            slow = (kind == _SLOW_START) | (kind == _SLOW_STOP)
             rs, ss, xs = rows[slow], s[slow], x[slow]
             cur = self.slowdown[rs, ss]
             self.slowdown[rs, ss] = np.where(kind[slow] == _SLOW_STOP, cur / xs, cur * xs)
             self.fault_ptr[rows] += 1
-            fails = ~slow
+            fails = kind == _NODE_FAILS
             for when in np.unique(now[fails]).tolist():
                 at = fails & (now == when)
                 self._fail_node(rows[at], s[at], when)
+            crash = kind == _PODS_CRASH
+            for when in np.unique(now[crash]).tolist():
+                at = crash & (now == when)
+                self._crash(rows[at], s[at], x[at].astype(np.int64), when)
+
+    def _crash(self, rows: np.ndarray, svc: np.ndarray, pods: np.ndarray, now: float) -> None:
+        """The first ``pods`` ready pods (uid order) of ``svc`` crash (the scalar ``crash``).
+
+        The requests in service on each fail; it waits in CrashLoopBackOff (10 s doubling to
+        300 s, reset after 600 s of running), then restarts at half the start-up time.
+        """
+        self._account(rows, now)
+        hi = self._hi
+        for j in range(int(pods.max(initial=0))):
+            st = self.p_state[rows, :hi]
+            mine = (st == _READY) & (self.p_svc[rows, :hi] == svc[:, None])
+            key = np.where(mine, self.p_uid[rows, :hi], np.iinfo(np.int64).max)
+            k = np.argmin(key, axis=1)
+            ok = (j < pods) & mine[np.arange(rows.size), k]
+            r, k, s = rows[ok], k[ok], svc[ok]
+            if r.size == 0:
+                break
+            frac = 1.0 / np.maximum(self.ready[r, s], 1)
+            gone = np.minimum(self.in_service[r, s] * frac, self.in_flight[r, s])
+            self.in_flight[r, s] -= gone
+            self.in_service[r, s] -= gone
+            self.failed[r, s] += gone
+            b = np.where(now - self.p_started[r, k] >= BACKOFF_RESET_S, 0.0, self.p_backoff[r, k])
+            b = np.where(b == 0, BACKOFF_INITIAL_S, np.minimum(2 * b, BACKOFF_MAX_S))
+            self.p_backoff[r, k] = b
+            np.add.at(self.restarts, (r, s), 1)
+            self.ready[r, s] -= 1
+            self.backoff_n[r, s] += 1
+            self.p_state[r, k] = _BACKOFF
+            self.p_restart[r, k] = now + b
+            self.p_order[r, k] = self.uid[r]  # restart timers fire in the order they were set
+            self.uid[r] += 1
+
+    def _restart(self, rows: np.ndarray, now: float) -> None:
+        """Crashed containers of ``rows`` due now start again (half the start-up time)."""
+        hi = self._hi
+        due = (self.p_state[rows, :hi] == _BACKOFF) & (self.p_restart[rows, :hi] <= now)
+        n_due = due.sum(axis=1)
+        order = np.argsort(np.where(due, self.p_order[rows, :hi], np.iinfo(np.int64).max), axis=1)
+        width = int(n_due.max(initial=0))
+        pods = order[:, :width]
+        take = np.arange(width) < n_due[:, None]
+        svc = self.p_svc[rows[:, None], pods]
+        delays = 0.5 * self._draws(rows, svc, n_due)  # exact: a power-of-two scale
+        rr = np.broadcast_to(rows[:, None], pods.shape)[take]
+        kk, ss = pods[take], svc[take]
+        self.p_state[rr, kk] = _STARTING
+        self.p_restart[rr, kk] = np.inf
+        self.p_ready[rr, kk] = now + delays[take]
+        np.subtract.at(self.backoff_n, (rr, ss), 1)
+        np.add.at(self.starting, (rr, ss), 1)
 
     def _fail_node(self, rows: np.ndarray, node: np.ndarray, now: float) -> None:
         """The scalar control plane's ``fail_node`` on ``node[i]`` of each of ``rows``.
@@ -436,7 +512,9 @@ class BatchedFluid:
             return
         hi = self._hi
         st = self.p_state[rows, :hi]
-        on = (self.p_node[rows, :hi] == node[:, None]) & ((st == _STARTING) | (st == _READY))
+        on = (self.p_node[rows, :hi] == node[:, None]) & (
+            (st == _STARTING) | (st == _READY) | (st == _BACKOFF)
+        )
         n_on = on.sum(axis=1)
         order = np.argsort(np.where(on, self.p_uid[rows, :hi], np.iinfo(np.int64).max), axis=1)
         lost: list[tuple[np.ndarray, np.ndarray]] = []
@@ -452,10 +530,13 @@ class BatchedFluid:
             self.in_service[rr, sr] -= gone
             self.failed[rr, sr] += gone
             self.ready[rr, sr] -= 1
-            self.starting[r[~ready], svc[~ready]] -= 1
+            was = self.p_state[r, k]
+            self.starting[r, svc] -= was == _STARTING
+            self.backoff_n[r, svc] -= was == _BACKOFF
             self.term[r, svc] += 1
             self.p_state[r, k] = _TERMINATING
             self.p_ready[r, k] = np.inf
+            self.p_restart[r, k] = np.inf
             lost.append((r, k))
         self.node_alive[rows, node] = False
         for s in range(self.n_services):
@@ -516,18 +597,18 @@ class BatchedFluid:
 
     def bound_cores(self) -> np.ndarray:
         """``(N,)`` CPU cores requested by the bound pods (ready, starting, terminating)."""
-        return (self.ready + self.starting + self.term) @ self.cpu_req
+        return (self.ready + self.starting + self.term + self.backoff_n) @ self.cpu_req
 
     def allocated_cost_rate(self) -> np.ndarray:
         """``(N,)`` spend per hour attributed to the bound pods (their CPU requests)."""
-        bound = self.ready + self.starting + self.term
+        bound = self.ready + self.starting + self.term + self.backoff_n
         return bound @ self.cpu_req * self.core_price + bound @ self.pod_cost
 
     def _account(self, rows: np.ndarray, now: float) -> None:
         """Integrate the cost meters of ``rows`` up to ``now``."""
         if rows.size == 0:
             return
-        bound = self.ready[rows] + self.starting[rows] + self.term[rows]
+        bound = self.ready[rows] + self.starting[rows] + self.term[rows] + self.backoff_n[rows]
         span = now - self.acct_t[rows]
         self.core_s[rows] += (bound @ self.cpu_req) * span
         self.pod_cost_s[rows] += (bound @ self.pod_cost) * span / 3600.0
@@ -662,7 +743,7 @@ class BatchedFluid:
         return out
 
     def _live(self, rows: np.ndarray) -> np.ndarray:
-        return self.ready[rows] + self.starting[rows] + self.pending[rows]
+        return self.ready[rows] + self.starting[rows] + self.pending[rows] + self.backoff_n[rows]
 
     def _actuate(self, rows: np.ndarray, now: float) -> None:
         """Scale ``rows`` to ``self.desired`` now.
@@ -689,7 +770,7 @@ class BatchedFluid:
                 d = r[-diff > j]
                 hi = self._hi
                 st = self.p_state[d, :hi]
-                mine = (self.p_svc[d, :hi] == s) & (st >= _PENDING) & (st <= _READY)
+                mine = (self.p_svc[d, :hi] == s) & (st != _EMPTY) & (st != _TERMINATING)
                 key = np.where(mine, (st != _READY) * big + self.p_uid[d, :hi], -1)
                 k = np.argmax(key, axis=1)
                 old = self.p_state[d, k]
@@ -700,6 +781,8 @@ class BatchedFluid:
                 dt_, kt = d[t], k[t]
                 self.ready[dt_, s] -= old[t] == _READY
                 self.starting[dt_, s] -= old[t] == _STARTING
+                self.backoff_n[dt_, s] -= old[t] == _BACKOFF
+                self.p_restart[dt_, kt] = np.inf
                 self.term[dt_, s] += 1
                 self.p_state[dt_, kt] = _TERMINATING
                 self.p_ready[dt_, kt] = np.inf
@@ -750,6 +833,7 @@ class BatchedFluid:
         np.subtract.at(self.starting, (rr, svc), 1)
         self.p_state[rr, k] = _READY
         self.p_ready[rr, k] = np.inf
+        self.p_started[rr, k] = now[r]
 
     # ------------------------------------------------------------------ stepping
     def advance(self, desired: np.ndarray | None) -> BatchedFrame:
@@ -775,8 +859,10 @@ class BatchedFluid:
         tau = np.full(n, t0)
         while True:
             nxt_ready = self.p_ready[:, : max(self._hi, 1)].min(axis=1)  # inf unless starting
+            nxt_restart = self.p_restart[:, : max(self._hi, 1)].min(axis=1)
             nxt_fault = self._next_fault()
             nxt = np.minimum(np.minimum(nxt_ready, ta), np.minimum(self.term_until, nxt_fault))
+            nxt = np.minimum(nxt, nxt_restart)
             todo = nxt < t_end
             if not todo.any():
                 break
@@ -784,6 +870,7 @@ class BatchedFluid:
             is_act = todo & (ta <= nxt)
             is_grace = todo & (self.term_until <= nxt)
             is_fault = todo & (nxt_fault <= nxt)
+            is_restart = todo & (nxt_restart <= nxt)
             now = np.where(todo, nxt, tau)
             # actuation first (data plane integrated only where it deletes a pod)
             rows_act = np.flatnonzero(is_act)
@@ -806,6 +893,9 @@ class BatchedFluid:
             if rows_fault.size:  # the scalar engine's refresh: integrate, then change
                 self._integrate(rows_fault, now[rows_fault])
                 self._apply_faults(rows_fault, now[rows_fault])
+            rows_restart = np.flatnonzero(is_restart)
+            for when in np.unique(now[rows_restart]).tolist():
+                self._restart(rows_restart[now[rows_restart] == when], when)
             rows_grace = np.flatnonzero(is_grace)
             for when in np.unique(now[rows_grace]).tolist():
                 self._grace_over(rows_grace[now[rows_grace] == when], when)
@@ -1087,7 +1177,7 @@ class BatchedFluid:
         v[..., F["replicas_ready"]] = ready
         v[..., F["replicas_pending"]] = self.pending
         v[..., F["replicas_starting"]] = self.starting
-        v[..., F["restarts"]] = 0.0
+        v[..., F["restarts"]] = self.restarts
         v[..., F["oom_kills"]] = 0.0
         v[..., F["backlog"]] = self.lq
         v[..., F["in_flight"]] = self.in_flight
@@ -1098,7 +1188,7 @@ class BatchedFluid:
             self.violation_s += np.where(bad, dt, 0.0)
         v[..., F["slo_violation_s"]] = np.where(np.isnan(self.slo_p99), np.nan, self.violation_s)
         pending = self.pending.sum(axis=1)
-        bound = self.ready + self.starting + self.term
+        bound = self.ready + self.starting + self.term + self.backoff_n
         cl = np.full((n, len(CLUSTER_INDEX)), np.nan)
         C = CLUSTER_INDEX
         alive = self.node_alive.sum(axis=1)
