@@ -222,6 +222,27 @@ def test_pod_crash_matches() -> None:
     assert ready[6] == 1 and ready[7] == 2 and ready[10:13] == [1, 1, 1] and ready[13] == 2
 
 
+def test_cpu_hog_matches() -> None:
+    """A noisy neighbour slows the pods on its node: each service's service time is the mean
+    slowdown of its ready pods' nodes, which moves as pods start and stop elsewhere."""
+    sc = varying(
+        "boutique",
+        faults=[
+            {"kind": "cpu_hog", "node": 1, "at_s": 97.5, "slowdown": 3.0, "duration_s": 150.0},
+            {"kind": "cpu_hog", "node": 2, "at_s": 150.0, "slowdown": 2.0},
+        ],
+    )
+    got, want, cost_got, cost_want = run_both(sc, [51, 52], steps=24, cap=8, floor=2)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=f"frame {k}")
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12, err_msg=f"frame {k}")
+    np.testing.assert_allclose(cost_got, cost_want, rtol=1e-12)
+    p50 = COMPARED.index("p50")
+    before = max(g[:, p50].max() for g in got[:12])  # up to 90 s
+    after = max(g[:, p50].max() for g in got[12:])
+    assert after > 1.2 * before
+
+
 def test_env_rows_are_the_scalar_autoscale_env() -> None:
     """Sub-env ``i`` reset with vector seed ``s`` is ``AutoscaleEnv.reset(seed=row_seeds(s)[i])``:
     the same observations and rewards, across the auto-reset at the horizon."""
@@ -342,7 +363,7 @@ def test_bad_actions_are_refused_with_the_fix() -> None:
             {"faults": [{"kind": "pod_crash", "service": "db", "at_s": 60, "crash_loop": True}]},
             "crash_loop",
         ),
-        ({"faults": [{"kind": "cpu_hog", "node": 1, "at_s": 60}]}, "cpu_hog"),
+        ({"faults": [{"kind": "memory_leak", "service": "api", "at_s": 60}]}, "memory_leak"),
         (
             {"faults": [{"kind": "bad_deploy", "service": "api", "at_s": 60, "error_rate": 0.2}]},
             "bad_deploy",

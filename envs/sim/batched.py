@@ -28,9 +28,10 @@ What it leaves out, so that results differ from the scalar engine where these ma
 
 * **incidents**: only ``flash_crowd`` (a traffic change), ``slow_dependency`` (a service
   time change, from its onset to its end, a segment boundary at each), ``node_failure`` (the
-  node's pods lost, replacements scheduled on the other nodes) and ``pod_crash`` without
-  ``crash_loop`` (containers restarting under CrashLoopBackOff) are supported; any other
-  fault kind raises :class:`UnsupportedScenarioError` naming it;
+  node's pods lost, replacements scheduled on the other nodes), ``cpu_hog`` (the pods on a
+  node slower) and ``pod_crash`` without ``crash_loop`` (containers restarting under
+  CrashLoopBackOff) are supported; any other fault kind raises
+  :class:`UnsupportedScenarioError` naming it;
 * **escape from retry-sustained overload** (the scalar engine's Kramers hazard): a row held
   in overload by retries alone stays there until its capacity is raised;
 * no HPA, no cluster autoscaler, no rollouts (restart, rollback, deploy), no telemetry
@@ -52,6 +53,7 @@ from scipy import special
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
 from envs.scenarios.schema import (
     FAULT_KINDS,
+    CpuHogFault,
     NodeFailureFault,
     PodCrashFault,
     Scenario,
@@ -63,15 +65,22 @@ from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
 from envs.sim.traffic import TrafficModel
 
-SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency", "node_failure", "pod_crash")
+SUPPORTED_FAULTS: tuple[str, ...] = (
+    "flash_crowd",
+    "slow_dependency",
+    "cpu_hog",
+    "node_failure",
+    "pod_crash",
+)
 """Fault kinds the batched core simulates, as the scalar engine does: a flash crowd changes
 the traffic, a slow dependency a service time, a node failure the capacity (its pods are
 lost and replaced on the other nodes where they fit), a pod crash (without ``crash_loop``)
-the capacity until the container restarts under CrashLoopBackOff."""
+the capacity until the container restarts under CrashLoopBackOff, a CPU hog the service
+time of the pods on its node."""
 UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in SUPPORTED_FAULTS)
 
 _EMPTY, _PENDING, _STARTING, _READY, _TERMINATING, _BACKOFF = 0, 1, 2, 3, 4, 5
-_SLOW_START, _SLOW_STOP, _NODE_FAILS, _PODS_CRASH = 0, 1, 2, 3
+_SLOW_START, _SLOW_STOP, _NODE_FAILS, _PODS_CRASH, _HOG_START, _HOG_STOP = 0, 1, 2, 3, 4, 5
 """Kinds of a fault event."""
 """States of a pod slot (``_EMPTY``: no pod)."""
 _DRAW_AHEAD = 64
@@ -309,6 +318,8 @@ class BatchedFluid:
         self.fault_kind = np.zeros((n, 1), dtype=np.int64)
         self.fault_ptr = np.zeros(n, dtype=np.int64)
         self.node_alive = np.ones((n, self.n_nodes), dtype=bool)
+        self.node_slow = np.ones((n, self.n_nodes))  # noisy-neighbour slowdown (cpu_hog)
+        self.hogged = np.zeros(n, dtype=bool)  # a node of the row is slowed
         self.in_service = z()
         self.prev_counters = np.zeros((n, s_n, 4))
         self.last_scrape = 0.0
@@ -401,6 +412,12 @@ class BatchedFluid:
                         ev.append((end, 1, i, x, s, _SLOW_STOP))
                 elif isinstance(f, NodeFailureFault):
                     ev.append((float(f.at_s), 0, i, 1.0, f.node, _NODE_FAILS))
+                elif isinstance(f, CpuHogFault):
+                    x = float(f.slowdown)
+                    ev.append((float(f.at_s), 0, i, x, f.node, _HOG_START))
+                    if f.duration_s is not None:
+                        end = float(f.at_s) + float(f.duration_s)
+                        ev.append((end, 1, i, x, f.node, _HOG_STOP))
                 elif isinstance(f, PodCrashFault):
                     s = self.names.index(f.service)
                     ev.append((float(f.at_s), 0, i, float(f.pods), s, _PODS_CRASH))
@@ -437,6 +454,11 @@ class BatchedFluid:
             cur = self.slowdown[rs, ss]
             self.slowdown[rs, ss] = np.where(kind[slow] == _SLOW_STOP, cur / xs, cur * xs)
             self.fault_ptr[rows] += 1
+            hog = (kind == _HOG_START) | (kind == _HOG_STOP)
+            rh, nh, xh = rows[hog], s[hog], x[hog]
+            cur = self.node_slow[rh, nh]
+            self.node_slow[rh, nh] = np.where(kind[hog] == _HOG_STOP, cur / xh, cur * xh)
+            self.hogged[rh] = (self.node_slow[rh] != 1.0).any(axis=1)
             fails = kind == _NODE_FAILS
             for when in np.unique(now[fails]).tolist():
                 at = fails & (now == when)
@@ -548,6 +570,29 @@ class BatchedFluid:
         for r, k in lost:  # their terminations finish at once (no grace for a lost pod)
             self._unbind(r, k)
             self._schedule(r, now)
+
+    def _latency_factor(self, rows: np.ndarray, sel: slice | np.ndarray) -> np.ndarray:
+        """The scalar serving effects' latency factor of ``rows`` (``(R, S)``).
+
+        The mean node slowdown of each service's ready pods (1 with none) times the
+        service's own slowdown.
+        """
+        lf = self.slowdown[sel]
+        hog = self.hogged[rows]
+        if not hog.any():
+            return lf
+        lf = lf.copy()
+        h = rows[hog]
+        hi = self._hi
+        ready = self.p_state[h, :hi] == _READY
+        r, k = np.nonzero(ready)
+        total = np.zeros((h.size, self.n_services))
+        np.add.at(total, (r, self.p_svc[h[r], k]), 1.0 * self.node_slow[h[r], self.p_node[h[r], k]])
+        n = self.ready[h]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(n > 0, total / n, 1.0)
+        lf[hog] = mean * self.slowdown[h]
+        return lf
 
     # ------------------------------------------------------------------ pods
     def _create(self, rows: np.ndarray, s: int) -> np.ndarray:
@@ -952,7 +997,7 @@ class BatchedFluid:
         ready = self.ready[sel].astype(np.float64)
         c = ready * self.concurrency
         qcap = ready * self.qpp
-        m_all = self.m0 * self.slowdown[sel]
+        m_all = self.m0 * self._latency_factor(rows, sel)
         r1 = self.retries + 1.0
         b0 = self.backlog[sel]
         has_pods = c > 0
