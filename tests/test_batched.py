@@ -7,11 +7,20 @@ SB3 training through :class:`agents.sb3.batched.GymVectorToSB3`.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 
+from agents.sb3.config import config_from_mapping
+from agents.sb3.envs import env_seeds, make_vec_env
 from envs.core.actions import Scale
 from envs.core.telemetry import FIELD_INDEX
 from envs.gym.batched import BatchedAutoscaleEnv, row_seeds
@@ -20,6 +29,8 @@ from envs.scenarios.loader import load_scenario
 from envs.scenarios.schema import Scenario
 from envs.sim.batched import BatchedFluid, UnsupportedScenarioError
 from envs.sim.simulator import Simulator
+from experiments import train as train_mod
+from experiments.cli import CONFIG_DIR, ConfigError
 
 COMPARED = (
     "rps",
@@ -401,3 +412,62 @@ def test_sb3_ppo_trains_through_the_adapter() -> None:
     assert model.num_timesteps == 64
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (4, 3)
+
+
+# --------------------------------------------------------------------------- opsworld train
+
+
+@pytest.fixture(scope="module")
+def compose_train() -> Iterator[Callable[..., DictConfig]]:
+    """``compose(overrides)`` of configs/train.yaml (as tests/test_train.py does)."""
+    train_mod.register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield lambda *overrides: compose(config_name="train", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+
+
+def test_opsworld_train_on_the_batched_env(
+    compose_train: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    """``vec_env=batched``: PPO trains on N batched sub-envs (episodes cut at 20 decisions as
+    the scalar env's TimeLimit would), evaluates on the scalar env, saves a usable model."""
+    out = tmp_path / "run"
+    cfg = compose_train(
+        "debug=default", f"out={out}", "vec_env=batched", "n_envs=8", "total_timesteps=1024"
+    )
+    train_mod.train(cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["timesteps"] >= 1024
+    conf = config_from_mapping(OmegaConf.to_container(cfg))
+    venv = make_vec_env(conf, env_seeds(0, 8), training=True)
+    assert venv.num_envs == 8 and venv.observation_space.shape == (2 * (3 * 14 + 5) + 4,)
+    venv.reset()
+    for k in range(20):
+        _, _, dones, infos = venv.step(np.full((8, 3), 2))
+        assert dones.all() == (k == 19)
+    assert all("episode" in i and i["episode"]["l"] == 20 for i in infos)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("env=ops",), r"vec_env=batched runs env=autoscale"),
+        (("env.fidelity=request",), r"vec_env=batched runs env=autoscale at env.fidelity=fluid"),
+        (
+            ("++scenario_overrides.faults=[{kind: memory_leak, service: api, at_s: 60}]",),
+            r"vec_env=batched: .*memory_leak",
+        ),
+    ],
+)
+def test_opsworld_train_refuses_what_the_batched_env_cannot_run(
+    compose_train: Callable[..., DictConfig],
+    tmp_path: Path,
+    overrides: tuple[str, ...],
+    match: str,
+) -> None:
+    out = tmp_path / "run"
+    cfg = compose_train("debug=default", f"out={out}", "vec_env=batched", *overrides)
+    with pytest.raises(ConfigError, match=match):
+        train_mod.train(cfg)
+    assert not out.exists()

@@ -14,7 +14,8 @@ at once, over the batched fluid core :class:`envs.sim.batched.BatchedFluid`:
   ``s`` uses the generator of ``AutoscaleEnv.reset(seed=row_seeds(s, N)[i])``, so on a
   scenario the batched core fully supports the two run the same episode (``tests/
   test_batched.py`` compares them);
-* truncation at the horizon (all sub-envs share it, so they end together), then
+* truncation at the horizon or after ``max_episode_steps`` (all sub-envs share both, so they
+  end together), then
   **same-step auto-reset** (``metadata["autoreset_mode"]``): the returned observation is the
   next episode's first, the last one is in ``infos["final_obs"]``.
 
@@ -63,6 +64,9 @@ class BatchedAutoscaleEnv(VectorEnv):
         reward_weights: :class:`RewardWeights` or a dict of its fields.
         scenario_overrides: Dotted-key overrides applied to named scenarios.
         obs: ``"box"`` (the only layout).
+        max_episode_steps: Truncate episodes after this many steps as well (Gymnasium's
+            ``TimeLimit``, which ``gymnasium.make`` puts around the scalar envs with the
+            registered 240); None: at the horizon only.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
@@ -74,11 +78,16 @@ class BatchedAutoscaleEnv(VectorEnv):
         reward_weights: RewardWeights | dict[str, float] | None = None,
         scenario_overrides: dict[str, Any] | None = None,
         obs: str = "box",
+        max_episode_steps: int | None = None,
     ) -> None:
         if obs != "box":
             raise ValueError(f"obs={obs!r}: the batched env has the 'box' layout only")
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}: give at least 1")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps}: give at least 1 (or None)")
+        self.max_episode_steps = max_episode_steps
+        self._steps = 0
         specs: list[str | Path | Scenario] = (
             list(scenario) if isinstance(scenario, list | tuple) else [scenario]  # type: ignore[list-item]
         )
@@ -139,6 +148,7 @@ class BatchedAutoscaleEnv(VectorEnv):
         self._last_viol = self.core.violation_s.copy()
         self._last_cost = np.zeros(self.num_envs)
         self._started = True
+        self._steps = 0
         info = {
             "scenario_index": np.array(index, dtype=np.int64),
             "sim_seed": np.array(seeds, dtype=np.int64),
@@ -176,15 +186,19 @@ class BatchedAutoscaleEnv(VectorEnv):
         reward, slo, cost = self._reward(disruption)
         obs = self._encode(frame.values, frame.cluster, frame.t)
         n = self.num_envs
+        self._steps += 1
+        done = core.done or (
+            self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        )
         terminated = np.zeros(n, dtype=bool)
-        truncated = np.full(n, core.done)
+        truncated = np.full(n, done)
         info: dict[str, Any] = {
             "t": np.full(n, frame.t),
             "slo_violation": slo,
             "cost": cost,
             "disruption": disruption,
         }
-        if core.done:
+        if done:
             final = np.empty(n, dtype=object)
             for i in range(n):
                 final[i] = obs[i]
