@@ -162,6 +162,11 @@ def check_supported(scenarios: Sequence[Scenario]) -> None:
                     "scenarios of one batch may differ only in traffic, seed, slos and "
                     "flash crowds"
                 )
+        if sc.traffic.resolution_s != base.traffic.resolution_s:
+            raise UnsupportedScenarioError(
+                f"scenario {sc.name!r}: traffic.resolution_s differs from {base.name!r}'s; the "
+                "scenarios of one batch need one traffic tick"
+            )
         if sc.actuation_delay_s != base.actuation_delay_s:
             raise UnsupportedScenarioError(
                 f"scenario {sc.name!r}: actuation_delay_s differs from {base.name!r}'s"
