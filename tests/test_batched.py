@@ -274,7 +274,7 @@ def test_env_rows_are_the_scalar_autoscale_env() -> None:
     the same observations and rewards, across the auto-reset at the horizon."""
     sc = varying("chain3", horizon_s=150.0)  # 10 steps
     n = 3
-    venv = BatchedAutoscaleEnv(n, sc)
+    venv = BatchedAutoscaleEnv(n, sc, autoreset_mode=AutoresetMode.SAME_STEP)
     obs, info = venv.reset(seed=7)
     envs = [AutoscaleEnv(scenario=sc) for _ in range(n)]
     for i, (env, s) in enumerate(zip(envs, row_seeds(7, n), strict=True)):
@@ -322,9 +322,9 @@ def test_same_seed_same_run_and_another_seed_another() -> None:
     assert not np.array_equal(a[0][5, 0], a[0][5, 1])
 
 
-def test_auto_reset_at_the_horizon() -> None:
+def test_same_step_auto_reset_at_the_horizon() -> None:
     sc = varying("chain3", horizon_s=60.0)  # 4 steps
-    venv = BatchedAutoscaleEnv(3, sc)
+    venv = BatchedAutoscaleEnv(3, sc, autoreset_mode="SameStep")
     assert venv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
     first, info0 = venv.reset(seed=0)
     keep = np.full(venv.action_space.shape, 2)
@@ -336,16 +336,39 @@ def test_auto_reset_at_the_horizon() -> None:
     last = np.stack(info["final_obs"])
     assert not np.array_equal(last, obs)
     # the new episode starts at t = 0 (time features of midnight, rates masked) ...
-    np.testing.assert_array_equal(
-        obs[:, venv.encoder.size // 2 - 2 : venv.encoder.size // 2 + 2],
-        first[:, venv.encoder.size // 2 - 2 : venv.encoder.size // 2 + 2],
-    )
+    time_at = venv.encoder.size // 2 - 2
+    np.testing.assert_array_equal(obs[:, time_at : time_at + 4], first[:, time_at : time_at + 4])
     rps_mask = venv.encoder.size - (len(venv.services) * 14 + 5)
     assert (obs[:, rps_mask] == 0).all() and (last[:, rps_mask] == 1).all()
     # ... with new simulator seeds, and the next step runs it
     assert not np.array_equal(info["sim_seed"], info0["sim_seed"])
     _, _, _, trunc2, _ = venv.step(keep)
     assert not trunc2.any()
+
+
+def test_next_step_auto_reset_works_with_gymnasium_vector_wrappers() -> None:
+    """The default NEXT_STEP mode: the step after the last one starts the next episodes (its
+    actions ignored, rewards 0); Gymnasium's vector wrappers accept the env and count the
+    episodes."""
+    from gymnasium.wrappers.vector import NormalizeObservation, RecordEpisodeStatistics
+
+    sc = varying("chain3", horizon_s=60.0)  # 4 steps
+    raw = BatchedAutoscaleEnv(3, sc)
+    assert raw.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    venv = NormalizeObservation(RecordEpisodeStatistics(raw))
+    venv.reset(seed=0)
+    keep = np.full((3, 3), 2)
+    for k in range(4):
+        _, rew, _, trunc, info = venv.step(keep)
+        assert trunc.all() == (k == 3) and (rew < 0).all()
+    assert info["_episode"].all() and (info["episode"]["l"] == 4).all()
+    _, rew, term, trunc, info = venv.step(np.full((3, 3), 4))  # ignored: a reset step
+    assert (rew == 0).all() and not term.any() and not trunc.any()
+    assert (raw.core.desired == raw.core.r_init).all() and raw.core.t == 0.0
+    _, rew, _, trunc, _ = venv.step(keep)
+    assert (rew < 0).all() and not trunc.any() and raw.core.t == 15.0
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        BatchedAutoscaleEnv(2, sc, autoreset_mode="Disabled")
 
 
 def test_vector_env_contract() -> None:
@@ -414,7 +437,9 @@ def test_sb3_ppo_trains_through_the_adapter() -> None:
 
     from agents.sb3.batched import GymVectorToSB3
 
-    venv = GymVectorToSB3(BatchedAutoscaleEnv(4, varying("chain3", horizon_s=60.0)))
+    venv = GymVectorToSB3(
+        BatchedAutoscaleEnv(4, varying("chain3", horizon_s=60.0), autoreset_mode="SameStep")
+    )
     venv.seed(5)
     obs = venv.reset()
     assert obs.shape == (4, venv.observation_space.shape[0])

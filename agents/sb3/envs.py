@@ -239,6 +239,8 @@ def batched_vec_env(conf: TrainConfig, seeds: Sequence[int]) -> VecEnv:
     Raises:
         SB3ConfigError: The scenario needs something the batched core does not simulate.
     """
+    from gymnasium.vector import AutoresetMode
+
     from agents.sb3.batched import GymVectorToSB3
     from envs.gym import MAX_EPISODE_STEPS
     from envs.gym.batched import BatchedAutoscaleEnv
@@ -252,6 +254,7 @@ def batched_vec_env(conf: TrainConfig, seeds: Sequence[int]) -> VecEnv:
             reward_weights=kwargs["reward_weights"],
             scenario_overrides=kwargs["scenario_overrides"],
             max_episode_steps=conf.env.max_episode_steps or MAX_EPISODE_STEPS,
+            autoreset_mode=AutoresetMode.SAME_STEP,
         )
     except UnsupportedScenarioError as err:
         raise SB3ConfigError(f"vec_env=batched: {err}") from None
