@@ -103,11 +103,17 @@ class Format(StrEnum):
 
 
 class VecEnvKind(StrEnum):
-    """SB3 vectorisation: ``auto`` is ``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise."""
+    """SB3 vectorisation.
+
+    ``auto`` is ``DummyVecEnv`` for one env, ``SubprocVecEnv`` otherwise; ``batched``: the
+    ``n_envs`` training envs as one batched fluid vector env (``envs.gym.batched``,
+    ``env=autoscale`` only; evaluation stays on the scalar env).
+    """
 
     auto = "auto"
     dummy = "dummy"
     subproc = "subproc"
+    batched = "batched"
 
 
 # --------------------------------------------------------------------------- value bounds

@@ -74,7 +74,7 @@ def time_batched(
 
     from envs.gym.batched import BatchedAutoscaleEnv
 
-    venv = BatchedAutoscaleEnv(n, scenario)
+    venv = BatchedAutoscaleEnv(n, scenario, autoreset_mode="SameStep")  # as PPO runs it
     venv.reset(seed=seed)
     rng = np.random.default_rng(seed)
     shape = (n, len(venv.services))

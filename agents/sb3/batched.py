@@ -10,6 +10,7 @@ sub-envs as it would on ``N`` scalar envs in a ``DummyVecEnv``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,11 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 
 class GymVectorToSB3(VecEnv):
     """An SB3 ``VecEnv`` over a same-step auto-resetting Gymnasium ``VectorEnv``.
+
+    It also keeps episode statistics as SB3's ``Monitor`` does (``info["episode"]`` with the
+    return ``r``, length ``l`` and wall time ``t`` at each episode's end), so SB3's logger
+    reports ``ep_rew_mean`` without a ``VecMonitor`` (which would make the wrapper chain differ
+    from the evaluation env's, which SB3's normalisation sync refuses).
 
     Args:
         venv: The vector env (``metadata["autoreset_mode"]`` must be ``SAME_STEP``).
@@ -40,11 +46,16 @@ class GymVectorToSB3(VecEnv):
         self.venv = venv
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
+        self._returns = np.zeros(self.num_envs)
+        self._lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self._t0 = time.time()
 
     def reset(self) -> np.ndarray:
         """Reset every sub-env (with the seed given to :meth:`seed`, if any)."""
         seed = self._seeds[0]
         obs, _ = self.venv.reset(seed=seed)
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
         self._reset_seeds()
         self._reset_options()
         return np.asarray(obs)
@@ -60,11 +71,20 @@ class GymVectorToSB3(VecEnv):
         obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
         self._actions = None
         dones = np.logical_or(terminated, truncated)
+        self._returns += rewards
+        self._lengths += 1
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         final = info.get("final_obs")
         for i in np.flatnonzero(dones).tolist():
             infos[i]["terminal_observation"] = final[i] if final is not None else obs[i]
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["episode"] = {
+                "r": round(float(self._returns[i]), 6),
+                "l": int(self._lengths[i]),
+                "t": round(time.time() - self._t0, 6),
+            }
+            self._returns[i] = 0.0
+            self._lengths[i] = 0
         return np.asarray(obs), np.asarray(rewards, dtype=np.float32), dones, infos
 
     def close(self) -> None:

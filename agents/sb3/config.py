@@ -86,6 +86,17 @@ class SB3AgentConfig(AgentConfig):
             RunConfigError: The message names the field(s) and says what to do.
         """
         env = run.env
+        if run.vec_env == VecEnvKind.batched and (
+            env.name != EnvName.autoscale
+            or env.fidelity != Fidelity.fluid
+            or env.obs != ObsKind.box
+        ):
+            raise RunConfigError(
+                f"vec_env=batched runs env=autoscale at env.fidelity=fluid with env.obs=box "
+                f"(envs.gym.batched.BatchedAutoscaleEnv), got env={env.name}, "
+                f"env.fidelity={env.fidelity}, env.obs={env.obs}: use vec_env=auto, dummy or "
+                "subproc for this env"
+            )
         expected = AGENT_SCHEMAS.get(self.algo)
         if type(self) is not expected:
             raise RunConfigError(

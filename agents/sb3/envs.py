@@ -140,12 +140,29 @@ def check_scenario(conf: TrainConfig) -> None:
             ``scenario_overrides`` and the problem.
     """
     if conf.suite is not None:
-        suite_scenarios(conf)
+        check_batched(conf, suite_scenarios(conf))
         return
     try:
-        load_scenario(conf.scenario, flatten(_plain(conf.scenario_overrides)))
+        scenarios = [load_scenario(conf.scenario, flatten(_plain(conf.scenario_overrides)))]
     except ScenarioError as err:
         raise SB3ConfigError(f"scenario={conf.scenario} (with scenario_overrides): {err}") from None
+    check_batched(conf, scenarios)
+
+
+def check_batched(conf: TrainConfig, scenarios: Sequence[Scenario]) -> None:
+    """With ``vec_env=batched``: raise unless the batched core simulates ``scenarios``.
+
+    Raises:
+        SB3ConfigError: Naming the unsupported part (a fault kind, an HPA, ...).
+    """
+    if conf.vec_env != VecEnvKind.batched:
+        return
+    from envs.sim.batched import UnsupportedScenarioError, check_supported
+
+    try:
+        check_supported(list(scenarios))
+    except UnsupportedScenarioError as err:
+        raise SB3ConfigError(f"vec_env=batched: {err}") from None
 
 
 def _make(env_id: str, kwargs: dict[str, Any], max_steps: int | None) -> gym.Env[Any, Any]:
@@ -201,11 +218,49 @@ def make_vec_env(conf: TrainConfig, seeds: Sequence[int], *, training: bool) -> 
     Returns:
         ``VecNormalize`` over ``DummyVecEnv`` or ``SubprocVecEnv`` (see ``vec_env``).
     """
-    fns = env_factories(conf, seeds)
     kind = conf.vec_env
+    if kind == VecEnvKind.batched and training:
+        return wrap_normalize(
+            conf, VecCheckNan(batched_vec_env(conf, seeds), raise_exception=True), training=True
+        )
+    fns = env_factories(conf, seeds)
     subproc = kind == VecEnvKind.subproc or (kind == VecEnvKind.auto and len(fns) > 1)
     venv: VecEnv = subproc_vec_env(fns) if subproc and training else DummyVecEnv(fns)
     return wrap_normalize(conf, VecCheckNan(venv, raise_exception=True), training=training)
+
+
+def batched_vec_env(conf: TrainConfig, seeds: Sequence[int]) -> VecEnv:
+    """The training envs as one batched vector env, for SB3.
+
+    A :class:`envs.gym.batched.BatchedAutoscaleEnv` of ``len(seeds)`` sub-envs (seeded with
+    ``seeds[0]``; episodes truncated as the registered scalar env's ``TimeLimit`` does)
+    through :class:`agents.sb3.batched.GymVectorToSB3` (which keeps episode statistics).
+
+    Raises:
+        SB3ConfigError: The scenario needs something the batched core does not simulate.
+    """
+    from gymnasium.vector import AutoresetMode
+
+    from agents.sb3.batched import GymVectorToSB3
+    from envs.gym import MAX_EPISODE_STEPS
+    from envs.gym.batched import BatchedAutoscaleEnv
+    from envs.sim.batched import UnsupportedScenarioError
+
+    kwargs = env_kwargs(conf)
+    try:
+        venv = BatchedAutoscaleEnv(
+            len(seeds),
+            kwargs["scenario"],
+            reward_weights=kwargs["reward_weights"],
+            scenario_overrides=kwargs["scenario_overrides"],
+            max_episode_steps=conf.env.max_episode_steps or MAX_EPISODE_STEPS,
+            autoreset_mode=AutoresetMode.SAME_STEP,
+        )
+    except UnsupportedScenarioError as err:
+        raise SB3ConfigError(f"vec_env=batched: {err}") from None
+    sb3 = GymVectorToSB3(venv)
+    sb3.seed(int(seeds[0]))
+    return sb3
 
 
 def subproc_vec_env(fns: Sequence[Callable[[], gym.Env]]) -> SubprocVecEnv:

@@ -14,12 +14,16 @@ at once, over the batched fluid core :class:`envs.sim.batched.BatchedFluid`:
   ``s`` uses the generator of ``AutoscaleEnv.reset(seed=row_seeds(s, N)[i])``, so on a
   scenario the batched core fully supports the two run the same episode (``tests/
   test_batched.py`` compares them);
-* truncation at the horizon (all sub-envs share it, so they end together), then
-  **same-step auto-reset** (``metadata["autoreset_mode"]``): the returned observation is the
-  next episode's first, the last one is in ``infos["final_obs"]``.
+* truncation at the horizon or after ``max_episode_steps`` (all sub-envs share both, so they
+  end together), then auto-reset (``metadata["autoreset_mode"]``, the constructor's
+  ``autoreset_mode``): with ``NEXT_STEP`` (Gymnasium's default, which its vector wrappers
+  need) the step after the last one ignores its actions and returns the next episode's first
+  observations (rewards 0); with ``SAME_STEP`` (what SB3 expects,
+  :class:`agents.sb3.batched.GymVectorToSB3`) the last step already returns them and puts
+  the last observations in ``infos["final_obs"]``.
 
-What the batched core does not simulate (incidents other than flash crowds, the escape from
-retry-sustained overload, per-node scheduling, HPAs) is listed in :mod:`envs.sim.batched`;
+What the batched core does not simulate (most incidents, the escape from retry-sustained
+overload, HPAs, the cluster autoscaler) is listed in :mod:`envs.sim.batched`;
 a scenario that needs one of them is refused with
 :class:`~envs.sim.batched.UnsupportedScenarioError`.
 """
@@ -63,9 +67,13 @@ class BatchedAutoscaleEnv(VectorEnv):
         reward_weights: :class:`RewardWeights` or a dict of its fields.
         scenario_overrides: Dotted-key overrides applied to named scenarios.
         obs: ``"box"`` (the only layout).
+        max_episode_steps: Truncate episodes after this many steps as well (Gymnasium's
+            ``TimeLimit``, which ``gymnasium.make`` puts around the scalar envs with the
+            registered 240); None: at the horizon only.
+        autoreset_mode: ``NEXT_STEP`` (default) or ``SAME_STEP``; see the module docstring.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
@@ -74,11 +82,30 @@ class BatchedAutoscaleEnv(VectorEnv):
         reward_weights: RewardWeights | dict[str, float] | None = None,
         scenario_overrides: dict[str, Any] | None = None,
         obs: str = "box",
+        max_episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ) -> None:
         if obs != "box":
             raise ValueError(f"obs={obs!r}: the batched env has the 'box' layout only")
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}: give at least 1")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps}: give at least 1 (or None)")
+        self.max_episode_steps = max_episode_steps
+        self._steps = 0
+        try:
+            mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            raise ValueError(
+                f"autoreset_mode={autoreset_mode!r}: use AutoresetMode.NEXT_STEP or SAME_STEP"
+            ) from None
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(
+                f"autoreset_mode={mode}: use AutoresetMode.NEXT_STEP or SAME_STEP (sub-envs "
+                "end together, so a disabled auto-reset has nothing to offer)"
+            )
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self._pending_reset = False
         specs: list[str | Path | Scenario] = (
             list(scenario) if isinstance(scenario, list | tuple) else [scenario]  # type: ignore[list-item]
         )
@@ -139,6 +166,8 @@ class BatchedAutoscaleEnv(VectorEnv):
         self._last_viol = self.core.violation_s.copy()
         self._last_cost = np.zeros(self.num_envs)
         self._started = True
+        self._steps = 0
+        self._pending_reset = False
         info = {
             "scenario_index": np.array(index, dtype=np.int64),
             "sim_seed": np.array(seeds, dtype=np.int64),
@@ -166,6 +195,11 @@ class BatchedAutoscaleEnv(VectorEnv):
                 f"actions: entries must lie in [0, {len(SCALE_DELTAS) - 1}] (SCALE_DELTAS "
                 f"index), got min {a.min()} max {a.max()}"
             )
+        n = self.num_envs
+        if self._pending_reset:  # NEXT_STEP: this step starts the next episodes
+            first, start_info = self._start()
+            none = np.zeros(n, dtype=bool)
+            return first, np.zeros(n), none, none.copy(), start_info
         core = self.core
         desired = core.desired
         target = np.clip(desired + _DELTAS[a], core.r_min, core.r_max)
@@ -175,16 +209,21 @@ class BatchedAutoscaleEnv(VectorEnv):
         self._observe_frame(frame.values)
         reward, slo, cost = self._reward(disruption)
         obs = self._encode(frame.values, frame.cluster, frame.t)
-        n = self.num_envs
+        self._steps += 1
+        done = core.done or (
+            self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        )
         terminated = np.zeros(n, dtype=bool)
-        truncated = np.full(n, core.done)
+        truncated = np.full(n, done)
         info: dict[str, Any] = {
             "t": np.full(n, frame.t),
             "slo_violation": slo,
             "cost": cost,
             "disruption": disruption,
         }
-        if core.done:
+        if done and self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
+            self._pending_reset = True
+        elif done:
             final = np.empty(n, dtype=object)
             for i in range(n):
                 final[i] = obs[i]

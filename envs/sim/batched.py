@@ -16,20 +16,24 @@ What it shares with the scalar fluid engine (:class:`envs.sim.fluid.FluidEngine`
 * the segment boundaries: a row's data plane is integrated up to every event that changes
   its serving capacity (a pod becoming ready, a scale-down deleting pods), as the scalar
   engine's ``before_change`` hook does, so a segment's mean arrival rate is the same;
-* the pod start-up times, drawn from the row's control-plane stream in the order the scalar
-  control plane draws them (pods bound in creation order);
+* the pods and nodes: a pod table per row (state, service, creation order, node, ready
+  time), the scalar scheduler (every pending pod, oldest first, to the least-allocated node
+  with room), scale-ups and scale-downs service by service (not-ready pods deleted newest
+  first, then ready ones, which keep their node for the grace period), and the start-up
+  times drawn from the row's control-plane stream in the scalar control plane's order;
 * the scrape: rates, errors, p50 and p99 (finished-weighted over the interval's segments),
   CPU, memory, replicas, backlog, SLO violation seconds, and the allocated cost.
 
 What it leaves out, so that results differ from the scalar engine where these matter:
 
-* **incidents**: only ``flash_crowd`` (a traffic change) and ``slow_dependency`` (a service
-  time change, from its onset to its end, a segment boundary at each) are supported; any
-  other fault kind raises :class:`UnsupportedScenarioError` naming it;
+* **incidents**: only ``flash_crowd`` (a traffic change), ``slow_dependency`` (a service
+  time change, from its onset to its end, a segment boundary at each), ``node_failure`` (the
+  node's pods lost, replacements scheduled on the other nodes), ``cpu_hog`` (the pods on a
+  node slower) and ``pod_crash`` without ``crash_loop`` (containers restarting under
+  CrashLoopBackOff) are supported; any other fault kind raises
+  :class:`UnsupportedScenarioError` naming it;
 * **escape from retry-sustained overload** (the scalar engine's Kramers hazard): a row held
   in overload by retries alone stays there until its capacity is raised;
-* **the scheduler works on the cluster's total free CPU and memory**, not per node (no
-  fragmentation), and pending pods bind oldest first only within one decision;
 * no HPA, no cluster autoscaler, no rollouts (restart, rollback, deploy), no telemetry
   faults; the decision interval must equal the scrape interval, and
   ``actuation_delay_s + termination_grace_s`` must fit in one decision interval.
@@ -47,19 +51,38 @@ import numpy as np
 from scipy import special
 
 from envs.core.telemetry import CLUSTER_INDEX, FIELD_INDEX, SERVICE_FIELDS
-from envs.scenarios.schema import FAULT_KINDS, Scenario, SlowDependencyFault
+from envs.scenarios.schema import (
+    FAULT_KINDS,
+    CpuHogFault,
+    NodeFailureFault,
+    PodCrashFault,
+    Scenario,
+    SlowDependencyFault,
+)
 from envs.sim import queueing as q
+from envs.sim.control.objects import BACKOFF_INITIAL_S, BACKOFF_MAX_S, BACKOFF_RESET_S
 from envs.sim.faults import traffic_with_faults
 from envs.sim.fluid import FIXED_POINT_RTOL, RHO_MAX, _backoff_mean, _depth, _mean_backlog
 from envs.sim.traffic import TrafficModel
 
-SUPPORTED_FAULTS: tuple[str, ...] = ("flash_crowd", "slow_dependency")
-"""Fault kinds the batched core simulates: a flash crowd changes the traffic, a slow
-dependency the service time (both exactly as the scalar engine)."""
+SUPPORTED_FAULTS: tuple[str, ...] = (
+    "flash_crowd",
+    "slow_dependency",
+    "cpu_hog",
+    "node_failure",
+    "pod_crash",
+)
+"""Fault kinds the batched core simulates, as the scalar engine does: a flash crowd changes
+the traffic, a slow dependency a service time, a node failure the capacity (its pods are
+lost and replaced on the other nodes where they fit), a pod crash (without ``crash_loop``)
+the capacity until the container restarts under CrashLoopBackOff, a CPU hog the service
+time of the pods on its node."""
 UNSUPPORTED_FAULTS: tuple[str, ...] = tuple(k for k in FAULT_KINDS if k not in SUPPORTED_FAULTS)
 
-_EMPTY, _PENDING, _STARTING = 0, 1, 2
-"""States of a not-ready pod slot."""
+_EMPTY, _PENDING, _STARTING, _READY, _TERMINATING, _BACKOFF = 0, 1, 2, 3, 4, 5
+_SLOW_START, _SLOW_STOP, _NODE_FAILS, _PODS_CRASH, _HOG_START, _HOG_STOP = 0, 1, 2, 3, 4, 5
+"""Kinds of a fault event."""
+"""States of a pod slot (``_EMPTY``: no pod)."""
 _DRAW_AHEAD = 64
 """Start-up times drawn ahead per row (when every service has the same distribution)."""
 
@@ -91,7 +114,9 @@ def check_supported(scenarios: Sequence[Scenario]) -> None:
         raise UnsupportedScenarioError("scenarios: give at least one scenario")
     base = scenarios[0]
     for sc in scenarios:
-        kinds = sorted({f.kind for f in sc.faults if f.kind not in SUPPORTED_FAULTS})
+        kinds: list[str] = sorted({f.kind for f in sc.faults if f.kind not in SUPPORTED_FAULTS})
+        if any(isinstance(f, PodCrashFault) and f.crash_loop for f in sc.faults):
+            kinds.append("pod_crash with crash_loop: true")
         if kinds:
             raise UnsupportedScenarioError(
                 f"scenario {sc.name!r}: fault kind(s) {kinds} are not simulated by the batched "
@@ -137,6 +162,11 @@ def check_supported(scenarios: Sequence[Scenario]) -> None:
                     "scenarios of one batch may differ only in traffic, seed, slos and "
                     "flash crowds"
                 )
+        if sc.traffic.resolution_s != base.traffic.resolution_s:
+            raise UnsupportedScenarioError(
+                f"scenario {sc.name!r}: traffic.resolution_s differs from {base.name!r}'s; the "
+                "scenarios of one batch need one traffic tick"
+            )
         if sc.actuation_delay_s != base.actuation_delay_s:
             raise UnsupportedScenarioError(
                 f"scenario {sc.name!r}: actuation_delay_s differs from {base.name!r}'s"
@@ -201,7 +231,12 @@ class BatchedFluid:
         self.r_min = np.array([s.replicas.min for s in specs], dtype=np.int64)
         self.r_max = np.array([s.replicas.max for s in specs], dtype=np.int64)
         self.r_init = np.array([s.replicas.initial for s in specs], dtype=np.int64)
-        self.slots = int(max(self.r_max.max(), self.r_init.max()))
+        # every live pod plus those terminating (all deleted at one actuation, at most)
+        self.slots = 2 * int(np.maximum(self.r_max, self.r_init).sum())
+        self.node_cpu = float(sc.cluster.node_cpu)
+        self._cpu_s = self.cpu_req[None, :, None] - 1e-9
+        self._mem_s = self.mem_req[None, :, None] - 1e-9
+        self.node_mem = float(sc.cluster.node_memory_mb)
         index = {s.name: i for i, s in enumerate(specs)}
         p = np.zeros((s_n, s_n))
         calls = np.zeros((s_n, s_n))
@@ -228,7 +263,7 @@ class BatchedFluid:
         self.cpu_total = cl.nodes * cl.node_cpu
         self.mem_total = cl.nodes * cl.node_memory_mb
         self.core_price = cl.cost_per_node_hour / cl.node_cpu
-        self.node_cost_rate = cl.nodes * cl.cost_per_node_hour
+        self.cost_per_node = cl.cost_per_node_hour
         self.dt = float(sc.decision_interval_s)
         self.delay = float(sc.actuation_delay_s)
         self.horizon = float(sc.horizon_s)
@@ -254,11 +289,29 @@ class BatchedFluid:
         self.ready = np.zeros((n, s_n), dtype=np.int64)
         self.desired = np.zeros((n, s_n), dtype=np.int64)
         self.term = np.zeros((n, s_n), dtype=np.int64)  # terminating (bound, not serving)
+        self.starting = np.zeros((n, s_n), dtype=np.int64)
+        self.pending = np.zeros((n, s_n), dtype=np.int64)
+        self.backoff_n = np.zeros((n, s_n), dtype=np.int64)  # crashed, waiting to restart
+        self.restarts = np.zeros((n, s_n), dtype=np.int64)
         self.term_until = np.full(n, np.inf)
-        self.slot_state = np.zeros((n, s_n, k), dtype=np.int8)
-        self.slot_seq = np.zeros((n, s_n, k), dtype=np.int64)
-        self.slot_ready = np.full((n, s_n, k), np.inf)
-        self.seq = np.zeros(n, dtype=np.int64)
+        # the pod table: one slot per pod (state, service, uid, node, ready time, the order
+        # of its termination), as the scalar control plane's pod objects
+        self.p_state = np.zeros((n, k), dtype=np.int8)
+        self.p_svc = np.zeros((n, k), dtype=np.int64)
+        self.p_uid = np.zeros((n, k), dtype=np.int64)
+        self.p_node = np.full((n, k), -1, dtype=np.int64)
+        self.p_ready = np.full((n, k), np.inf)
+        self.p_term = np.zeros((n, k), dtype=np.int64)
+        self.p_started = np.zeros((n, k))  # when the container last became ready
+        self.p_backoff = np.zeros((n, k))  # CrashLoopBackOff delay, seconds (0: none yet)
+        self.p_restart = np.full((n, k), np.inf)  # when a crashed container restarts
+        self.p_order = np.zeros((n, k), dtype=np.int64)  # order of its restart timer
+        self.uid = np.zeros(n, dtype=np.int64)
+        self.node_cpu_used = np.zeros((n, self.n_nodes))
+        self.node_mem_used = np.zeros((n, self.n_nodes))
+        self._changed = np.zeros((n, s_n), dtype=bool)
+        self._target = np.zeros((n, s_n), dtype=np.int64)
+        self._hi = 0  # pod slots at and beyond this one were never used
         self.core_s = np.zeros(n)  # requested core-seconds of bound pods
         self.pod_cost_s = np.zeros(n)  # pod surcharge, currency
         self.acct_t = np.zeros(n)
@@ -267,8 +320,12 @@ class BatchedFluid:
         self.fault_t = np.full((n, 1), np.inf)  # per row: fault events in time order
         self.fault_s = np.zeros((n, 1), dtype=np.int64)
         self.fault_x = np.ones((n, 1))
-        self.fault_div = np.zeros((n, 1), dtype=bool)
+        self.fault_kind = np.zeros((n, 1), dtype=np.int64)
         self.fault_ptr = np.zeros(n, dtype=np.int64)
+        self.node_alive = np.ones((n, self.n_nodes), dtype=bool)
+        self.node_slow = np.ones((n, self.n_nodes))  # noisy-neighbour slowdown (cpu_hog)
+        self.hogged = np.zeros(n, dtype=bool)  # a node of the row is slowed
+        self.in_service = z()
         self.prev_counters = np.zeros((n, s_n, 4))
         self.last_scrape = 0.0
         # per scrape interval: finished-weighted p50/p99 over the segments
@@ -323,51 +380,65 @@ class BatchedFluid:
         self.rl = np.stack(self.rates)
         self.cum = np.stack(cums)
         self._last_tick = self.rl.shape[1] - 1
-        # the initial pods: bound in service order where they fit, ready at t = 0
+        # the initial pods, in service order: each bound at once where a node has room
+        # (and ready at t = 0), else pending
         self.desired[:] = self.r_init
-        free_cpu = np.full(n, self.cpu_total)
-        free_mem = np.full(n, self.mem_total)
+        every = np.arange(n)
         for s in range(self.n_services):
             for _ in range(int(self.r_init[s])):
-                fits = (free_cpu >= self.cpu_req[s] - 1e-9) & (free_mem >= self.mem_req[s] - 1e-9)
+                slot = self._create(every, s)
+                node = self._pick_node(every, s)
+                fits = node >= 0
+                self._bind(every[fits], slot[fits], s, node[fits])
+                self.p_state[every[fits], slot[fits]] = _READY
+                self.pending[fits, s] -= 1
                 self.ready[fits, s] += 1
-                free_cpu[fits] -= self.cpu_req[s]
-                free_mem[fits] -= self.mem_req[s]
-                pend = ~fits
-                if pend.any():
-                    self._new_slots(np.flatnonzero(pend), s, _PENDING)
         self.base_cost_rate = np.maximum(self.allocated_cost_rate(), 1e-9)
         return self._scrape()
 
     def _fault_events(self, scenarios: Sequence[Scenario]) -> None:
-        """Each row's slow-dependency starts and stops, in the scalar engine's order.
+        """Each row's fault events (slow dependencies, node failures) in the scalar order.
 
         By time; at one time, starts (timers set at ``t = 0``, in fault order) before stops
         (timers set at their fault's onset, earliest first).
         """
-        per_row: list[list[tuple[float, int, int, float, bool]]] = []
+        per_row: list[list[tuple[float, int, int, float, int, int]]] = []
         for sc in scenarios:
-            ev: list[tuple[float, int, int, float, bool]] = []
-            for i, f in enumerate(sc.faults):
-                if not isinstance(f, SlowDependencyFault):
-                    continue
-                s = self.names.index(f.service)
-                x = float(f.latency_factor)
-                ev.append((float(f.at_s), i, s, x, False))
-                if f.duration_s is not None:
-                    ev.append((float(f.at_s) + float(f.duration_s), i, s, x, True))
             onset = {i: float(f.at_s) for i, f in enumerate(sc.faults)}
-            per_row.append(sorted(ev, key=lambda e: (e[0], e[4], onset[e[1]], e[1])))
+            # (time, stop?, fault, factor, target service or node, kind)
+            ev: list[tuple[float, int, int, float, int, int]] = []
+            for i, f in enumerate(sc.faults):
+                if isinstance(f, SlowDependencyFault):
+                    s = self.names.index(f.service)
+                    x = float(f.latency_factor)
+                    ev.append((float(f.at_s), 0, i, x, s, _SLOW_START))
+                    if f.duration_s is not None:
+                        end = float(f.at_s) + float(f.duration_s)
+                        ev.append((end, 1, i, x, s, _SLOW_STOP))
+                elif isinstance(f, NodeFailureFault):
+                    ev.append((float(f.at_s), 0, i, 1.0, f.node, _NODE_FAILS))
+                elif isinstance(f, CpuHogFault):
+                    x = float(f.slowdown)
+                    ev.append((float(f.at_s), 0, i, x, f.node, _HOG_START))
+                    if f.duration_s is not None:
+                        end = float(f.at_s) + float(f.duration_s)
+                        ev.append((end, 1, i, x, f.node, _HOG_STOP))
+                elif isinstance(f, PodCrashFault):
+                    s = self.names.index(f.service)
+                    ev.append((float(f.at_s), 0, i, float(f.pods), s, _PODS_CRASH))
+            per_row.append(
+                sorted(ev, key=lambda e: (e[0], e[1], onset[e[2]] if e[1] else 0.0, e[2]))
+            )
         width = max(1, max(len(e) for e in per_row))
         n = self.n_rows
         self.fault_t = np.full((n, width + 1), np.inf)
         self.fault_s = np.zeros((n, width + 1), dtype=np.int64)
         self.fault_x = np.ones((n, width + 1))
-        self.fault_div = np.zeros((n, width + 1), dtype=bool)
+        self.fault_kind = np.zeros((n, width + 1), dtype=np.int64)
         for r, ev in enumerate(per_row):
-            for j, (t, _i, s, x, div) in enumerate(ev):
-                self.fault_t[r, j], self.fault_s[r, j] = t, s
-                self.fault_x[r, j], self.fault_div[r, j] = x, div
+            for j, (t, _stop, _i, x, tgt, kind) in enumerate(ev):
+                self.fault_t[r, j], self.fault_s[r, j], self.fault_x[r, j] = t, tgt, x
+                self.fault_kind[r, j] = kind
         self.fault_ptr = np.zeros(n, dtype=np.int64)
 
     def _next_fault(self) -> np.ndarray:
@@ -382,44 +453,212 @@ class BatchedFluid:
             if rows.size == 0:
                 return
             s, x = self.fault_s[rows, p], self.fault_x[rows, p]
-            div = self.fault_div[rows, p]
-            cur = self.slowdown[rows, s]
-            self.slowdown[rows, s] = np.where(div, cur / x, cur * x)
+            kind = self.fault_kind[rows, p]
+            slow = (kind == _SLOW_START) | (kind == _SLOW_STOP)
+            rs, ss, xs = rows[slow], s[slow], x[slow]
+            cur = self.slowdown[rs, ss]
+            self.slowdown[rs, ss] = np.where(kind[slow] == _SLOW_STOP, cur / xs, cur * xs)
             self.fault_ptr[rows] += 1
+            hog = (kind == _HOG_START) | (kind == _HOG_STOP)
+            rh, nh, xh = rows[hog], s[hog], x[hog]
+            cur = self.node_slow[rh, nh]
+            self.node_slow[rh, nh] = np.where(kind[hog] == _HOG_STOP, cur / xh, cur * xh)
+            self.hogged[rh] = (self.node_slow[rh] != 1.0).any(axis=1)
+            fails = kind == _NODE_FAILS
+            for when in np.unique(now[fails]).tolist():
+                at = fails & (now == when)
+                self._fail_node(rows[at], s[at], when)
+            crash = kind == _PODS_CRASH
+            for when in np.unique(now[crash]).tolist():
+                at = crash & (now == when)
+                self._crash(rows[at], s[at], x[at].astype(np.int64), when)
+
+    def _crash(self, rows: np.ndarray, svc: np.ndarray, pods: np.ndarray, now: float) -> None:
+        """The first ``pods`` ready pods (uid order) of ``svc`` crash (the scalar ``crash``).
+
+        The requests in service on each fail; it waits in CrashLoopBackOff (10 s doubling to
+        300 s, reset after 600 s of running), then restarts at half the start-up time.
+        """
+        self._account(rows, now)
+        hi = self._hi
+        for j in range(int(pods.max(initial=0))):
+            st = self.p_state[rows, :hi]
+            mine = (st == _READY) & (self.p_svc[rows, :hi] == svc[:, None])
+            key = np.where(mine, self.p_uid[rows, :hi], np.iinfo(np.int64).max)
+            k = np.argmin(key, axis=1)
+            ok = (j < pods) & mine[np.arange(rows.size), k]
+            r, k, s = rows[ok], k[ok], svc[ok]
+            if r.size == 0:
+                break
+            frac = 1.0 / np.maximum(self.ready[r, s], 1)
+            gone = np.minimum(self.in_service[r, s] * frac, self.in_flight[r, s])
+            self.in_flight[r, s] -= gone
+            self.in_service[r, s] -= gone
+            self.failed[r, s] += gone
+            b = np.where(now - self.p_started[r, k] >= BACKOFF_RESET_S, 0.0, self.p_backoff[r, k])
+            b = np.where(b == 0, BACKOFF_INITIAL_S, np.minimum(2 * b, BACKOFF_MAX_S))
+            self.p_backoff[r, k] = b
+            np.add.at(self.restarts, (r, s), 1)
+            self.ready[r, s] -= 1
+            self.backoff_n[r, s] += 1
+            self.p_state[r, k] = _BACKOFF
+            self.p_restart[r, k] = now + b
+            self.p_order[r, k] = self.uid[r]  # restart timers fire in the order they were set
+            self.uid[r] += 1
+
+    def _restart(self, rows: np.ndarray, now: float) -> None:
+        """Crashed containers of ``rows`` due now start again (half the start-up time)."""
+        hi = self._hi
+        due = (self.p_state[rows, :hi] == _BACKOFF) & (self.p_restart[rows, :hi] <= now)
+        n_due = due.sum(axis=1)
+        order = np.argsort(np.where(due, self.p_order[rows, :hi], np.iinfo(np.int64).max), axis=1)
+        width = int(n_due.max(initial=0))
+        pods = order[:, :width]
+        take = np.arange(width) < n_due[:, None]
+        svc = self.p_svc[rows[:, None], pods]
+        delays = 0.5 * self._draws(rows, svc, n_due)  # exact: a power-of-two scale
+        rr = np.broadcast_to(rows[:, None], pods.shape)[take]
+        kk, ss = pods[take], svc[take]
+        self.p_state[rr, kk] = _STARTING
+        self.p_restart[rr, kk] = np.inf
+        self.p_ready[rr, kk] = now + delays[take]
+        np.subtract.at(self.backoff_n, (rr, ss), 1)
+        np.add.at(self.starting, (rr, ss), 1)
+
+    def _fail_node(self, rows: np.ndarray, node: np.ndarray, now: float) -> None:
+        """The scalar control plane's ``fail_node`` on ``node[i]`` of each of ``rows``.
+
+        The node's pods are lost (in uid order; the requests in service on a ready one
+        fail), the node is gone, every service is reconciled (replacements scheduled on the
+        other nodes), then the lost pods leave their node.
+        """
+        self._account(rows, now)
+        alive = self.node_alive[rows, node]
+        rows, node = rows[alive], node[alive]
+        if rows.size == 0:
+            return
+        hi = self._hi
+        st = self.p_state[rows, :hi]
+        on = (self.p_node[rows, :hi] == node[:, None]) & (
+            (st == _STARTING) | (st == _READY) | (st == _BACKOFF)
+        )
+        n_on = on.sum(axis=1)
+        order = np.argsort(np.where(on, self.p_uid[rows, :hi], np.iinfo(np.int64).max), axis=1)
+        lost: list[tuple[np.ndarray, np.ndarray]] = []
+        for j in range(int(n_on.max(initial=0))):
+            live = np.flatnonzero(j < n_on)
+            r, k = rows[live], order[live, j]
+            svc = self.p_svc[r, k]
+            ready = self.p_state[r, k] == _READY
+            rr, sr = r[ready], svc[ready]
+            frac = 1.0 / np.maximum(self.ready[rr, sr], 1)
+            gone = np.minimum(self.in_service[rr, sr] * frac, self.in_flight[rr, sr])
+            self.in_flight[rr, sr] -= gone
+            self.in_service[rr, sr] -= gone
+            self.failed[rr, sr] += gone
+            self.ready[rr, sr] -= 1
+            was = self.p_state[r, k]
+            self.starting[r, svc] -= was == _STARTING
+            self.backoff_n[r, svc] -= was == _BACKOFF
+            self.term[r, svc] += 1
+            self.p_state[r, k] = _TERMINATING
+            self.p_ready[r, k] = np.inf
+            self.p_restart[r, k] = np.inf
+            lost.append((r, k))
+        self.node_alive[rows, node] = False
+        for s in range(self.n_services):
+            diff = self.desired[rows, s] - self._live(rows)[:, s]
+            for j in range(int(diff.max(initial=0))):
+                self._create(rows[diff > j], s)
+            if (diff > 0).any():
+                self._schedule(rows[diff > 0], now)
+        for r, k in lost:  # their terminations finish at once (no grace for a lost pod)
+            self._unbind(r, k)
+            self._schedule(r, now)
+
+    def _latency_factor(self, rows: np.ndarray, sel: slice | np.ndarray) -> np.ndarray:
+        """The scalar serving effects' latency factor of ``rows`` (``(R, S)``).
+
+        The mean node slowdown of each service's ready pods (1 with none) times the
+        service's own slowdown.
+        """
+        lf = self.slowdown[sel]
+        hog = self.hogged[rows]
+        if not hog.any():
+            return lf
+        lf = lf.copy()
+        h = rows[hog]
+        hi = self._hi
+        ready = self.p_state[h, :hi] == _READY
+        r, k = np.nonzero(ready)
+        total = np.zeros((h.size, self.n_services))
+        np.add.at(total, (r, self.p_svc[h[r], k]), 1.0 * self.node_slow[h[r], self.p_node[h[r], k]])
+        n = self.ready[h]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(n > 0, total / n, 1.0)
+        lf[hog] = mean * self.slowdown[h]
+        return lf
 
     # ------------------------------------------------------------------ pods
-    def _new_slots(self, rows: np.ndarray, s: int, state: int) -> np.ndarray:
-        """Put one pod of service ``s`` into a free slot of each of ``rows``; returns slots."""
-        free = self.slot_state[rows, s] == _EMPTY
+    def _create(self, rows: np.ndarray, s: int) -> np.ndarray:
+        """A new pending pod of service ``s`` in each of ``rows``; returns their slots."""
+        free = self.p_state[rows] == _EMPTY
         k = np.argmax(free, axis=1)
-        if not free[np.arange(rows.size), k].all():  # pragma: no cover - desired <= max
-            raise RuntimeError("batched core: no free pod slot (more pods than replicas.max)")
-        self.slot_state[rows, s, k] = state
-        self.slot_seq[rows, s, k] = self.seq[rows]
-        self.seq[rows] += 1
+        if not free[np.arange(rows.size), k].all():  # pragma: no cover - slots sized for it
+            raise RuntimeError("batched core: the pod table is full")
+        self._hi = max(self._hi, int(k.max(initial=-1)) + 1)
+        self.p_state[rows, k] = _PENDING
+        self.p_svc[rows, k] = s
+        self.p_uid[rows, k] = self.uid[rows]
+        self.p_node[rows, k] = -1
+        self.uid[rows] += 1
+        self.pending[rows, s] += 1
         return k
+
+    def _pick_node(self, rows: np.ndarray, s: int | np.ndarray) -> np.ndarray:
+        """The scalar scheduler's node for a pod of ``s`` in each row (-1: none).
+
+        The least-allocated (CPU) node with room for the pod's requests, the first such in
+        node order.
+        """
+        cpu = self.cpu_req[s]
+        mem = self.mem_req[s]
+        if isinstance(s, np.ndarray):
+            cpu, mem = cpu[:, None], mem[:, None]
+        used_c, used_m = self.node_cpu_used[rows], self.node_mem_used[rows]
+        fits = (self.node_cpu - used_c >= cpu - 1e-9) & (self.node_mem - used_m >= mem - 1e-9)
+        fits &= self.node_alive[rows]
+        score = np.where(fits, used_c / self.node_cpu, np.inf)
+        best = np.argmin(score, axis=1)
+        return np.where(fits.any(axis=1), best, -1)
+
+    def _fits(self, rows: np.ndarray) -> np.ndarray:
+        """``(R, S)``: whether a pod of each service fits on some node of each row now."""
+        return (
+            (self.node_cpu - self.node_cpu_used[rows][:, None, :] >= self._cpu_s)
+            & (self.node_mem - self.node_mem_used[rows][:, None, :] >= self._mem_s)
+            & self.node_alive[rows][:, None, :]
+        ).any(axis=2)
+
+    def _bind(self, rows: np.ndarray, k: np.ndarray, s: int | np.ndarray, node: np.ndarray) -> None:
+        self.p_node[rows, k] = node
+        self.node_cpu_used[rows, node] += self.cpu_req[s]
+        self.node_mem_used[rows, node] += self.mem_req[s]
 
     def bound_cores(self) -> np.ndarray:
         """``(N,)`` CPU cores requested by the bound pods (ready, starting, terminating)."""
-        starting = (self.slot_state == _STARTING).sum(axis=2)
-        return (self.ready + starting + self.term) @ self.cpu_req
-
-    def _bound_mem(self) -> np.ndarray:
-        starting = (self.slot_state == _STARTING).sum(axis=2)
-        return (self.ready + starting + self.term) @ self.mem_req
+        return (self.ready + self.starting + self.term + self.backoff_n) @ self.cpu_req
 
     def allocated_cost_rate(self) -> np.ndarray:
         """``(N,)`` spend per hour attributed to the bound pods (their CPU requests)."""
-        starting = (self.slot_state == _STARTING).sum(axis=2)
-        bound = self.ready + starting + self.term
+        bound = self.ready + self.starting + self.term + self.backoff_n
         return bound @ self.cpu_req * self.core_price + bound @ self.pod_cost
 
     def _account(self, rows: np.ndarray, now: float) -> None:
         """Integrate the cost meters of ``rows`` up to ``now``."""
         if rows.size == 0:
             return
-        starting = (self.slot_state[rows] == _STARTING).sum(axis=2)
-        bound = self.ready[rows] + starting + self.term[rows]
+        bound = self.ready[rows] + self.starting[rows] + self.term[rows] + self.backoff_n[rows]
         span = now - self.acct_t[rows]
         self.core_s[rows] += (bound @ self.cpu_req) * span
         self.pod_cost_s[rows] += (bound @ self.pod_cost) * span / 3600.0
@@ -431,43 +670,67 @@ class BatchedFluid:
         return self.core_s / 3600.0 * self.core_price + self.pod_cost_s
 
     def _schedule(self, rows: np.ndarray, now: float) -> None:
-        """Bind the pending pods of ``rows`` oldest first while they fit; start each one.
+        """The scalar scheduler on ``rows``.
 
-        The cluster's free CPU and memory are summed over its nodes, and binding stops at the
-        first pod that does not fit (the scalar scheduler tries every node for every pending
-        pod); both agree whenever every pending pod fits.
+        Every pending pod, oldest first, is bound to the least-allocated node with room
+        (skipped while none has) and started.
         """
-        pend = self.slot_state[rows] == _PENDING
-        has = pend.any(axis=(1, 2))
-        if not has.all():
-            rows, pend = rows[has], pend[has]
+        # cheap exits first: rows with a pending pod of a service that fits on some node
+        waiting = self.pending[rows] > 0
+        rows, waiting = rows[waiting.any(axis=1)], waiting[waiting.any(axis=1)]
         if rows.size == 0:
             return
-        self._account(rows, now)
-        r_n = rows.size
-        s_n, k_n = self.n_services, self.slots
-        flat_pend = pend.reshape(r_n, s_n * k_n)
-        n_pend = flat_pend.sum(axis=1)
-        width = int(n_pend.max())
-        seq = np.where(flat_pend, self.slot_seq[rows].reshape(r_n, -1), np.iinfo(np.int64).max)
-        order = np.argsort(seq, axis=1, kind="stable")[:, :width]
-        valid = np.arange(width) < n_pend[:, None]
-        svc = order // k_n
-        slot = order % k_n
-        cpu = np.cumsum(np.where(valid, self.cpu_req[svc], 0.0), axis=1)
-        mem = np.cumsum(np.where(valid, self.mem_req[svc], 0.0), axis=1)
-        free_cpu = self.cpu_total - self.bound_cores()[rows]
-        free_mem = self.mem_total - self._bound_mem()[rows]
-        ok = valid & (cpu <= free_cpu[:, None] + 1e-9) & (mem <= free_mem[:, None] + 1e-9)
-        ok = np.logical_and.accumulate(ok, axis=1)
-        n_bind = ok.sum(axis=1)
-        if not n_bind.any():
+        rows = rows[(waiting & self._fits(rows)).any(axis=1)]
+        if rows.size == 0:
             return
-        delays = self._draws(rows, svc, n_bind)
-        rr = np.broadcast_to(rows[:, None], ok.shape)[ok]
-        ss, kk = svc[ok], slot[ok]
-        self.slot_state[rr, ss, kk] = _STARTING
-        self.slot_ready[rr, ss, kk] = now + delays[ok]
+        hi = self._hi
+        pend = self.p_state[rows, :hi] == _PENDING
+        n_pend = pend.sum(axis=1)
+        self._account(rows, now)
+        width = int(n_pend.max())
+        uid = np.where(pend, self.p_uid[rows, :hi], np.iinfo(np.int64).max)
+        order = np.argsort(uid, axis=1, kind="stable")[:, :width]
+        valid = np.arange(width) < n_pend[:, None]
+        svc_o = self.p_svc[rows[:, None], order]
+        bound = np.zeros(order.shape, dtype=bool)
+        ptr = np.zeros(rows.size, dtype=np.int64)
+        live = np.arange(rows.size)
+        while live.size:
+            # binding only takes room: a service with no node to fit now never fits later in
+            # this pass, so its pods are skipped (as the scalar scheduler skips them one by one)
+            r = rows[live]
+            fit = self._fits(r)
+            cand = (
+                valid[live]
+                & (np.arange(width) >= ptr[live, None])
+                & np.take_along_axis(fit, svc_o[live], axis=1)
+            )
+            has = cand.any(axis=1)
+            live, r, cand = live[has], r[has], cand[has]
+            if live.size == 0:
+                break
+            j = np.argmax(cand, axis=1)
+            k = order[live, j]
+            svc = svc_o[live, j]
+            node = self._pick_node(r, svc)
+            self._bind(r, k, svc, node)
+            self.p_state[r, k] = _STARTING
+            self.pending[r, svc] -= 1
+            self.starting[r, svc] += 1
+            bound[live, j] = True
+            ptr[live] = j + 1
+        if not bound.any():
+            return
+        # start-up times in bind order (= uid order), from each row's stream
+        has = bound.any(axis=1)
+        rows, order, bound = rows[has], order[has], bound[has]
+        n_bind = bound.sum(axis=1)
+        rank = np.argsort(~bound, axis=1, kind="stable")  # bound first, in uid order
+        pods = np.take_along_axis(order, rank, axis=1)
+        delays = self._draws(rows, self.p_svc[rows[:, None], pods], n_bind)
+        take = np.arange(pods.shape[1]) < n_bind[:, None]
+        rr = np.broadcast_to(rows[:, None], pods.shape)[take]
+        self.p_ready[rr, pods[take]] = now + delays[take]
 
     def _draws(self, rows: np.ndarray, svc: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Start-up times of the first ``n[r]`` pods ``svc[r]`` of each row, in order.
@@ -529,56 +792,98 @@ class BatchedFluid:
                 out[j] = rng.gamma(shape, d.mean / shape)
         return out
 
+    def _live(self, rows: np.ndarray) -> np.ndarray:
+        return self.ready[rows] + self.starting[rows] + self.pending[rows] + self.backoff_n[rows]
+
     def _actuate(self, rows: np.ndarray, now: float) -> None:
         """Scale ``rows`` to ``self.desired`` now.
+
+        Service by service, as the scalar control plane carries out one ``Scale`` per changed
+        service: create pods and schedule, or delete not-ready pods newest first, then ready
+        ones newest first.
 
         Where a pod is deleted, the row's data plane must already be integrated to now.
         """
         self._account(rows, now)
-        st = self.slot_state[rows]
-        live = self.ready[rows] + (st != _EMPTY).sum(axis=2)
-        diff = self.desired[rows] - live
-        # scale down: not-ready pods newest first, then ready ones (they terminate); a
-        # starting pod is bound, so it terminates too
-        over = np.maximum(-diff, 0)
-        for j in range(int(over.max(initial=0))):
-            r_i, s_i = np.nonzero(over > j)
-            rr = rows[r_i]
-            occ = self.slot_state[rr, s_i] != _EMPTY
-            k = np.argmax(np.where(occ, self.slot_seq[rr, s_i], -1), axis=1)
-            has = occ[np.arange(rr.size), k]
-            was_starting = has & (self.slot_state[rr, s_i, k] == _STARTING)
-            self.slot_state[rr[has], s_i[has], k[has]] = _EMPTY
-            self.slot_ready[rr[has], s_i[has], k[has]] = np.inf
-            self.ready[rr[~has], s_i[~has]] -= 1
-            stops = was_starting | ~has
-            self.term[rr[stops], s_i[stops]] += 1
-            self.term_until[rr[stops]] = now + self.grace
-        # scale up: new pending pods in service order, then the scheduler
-        under = np.maximum(diff, 0)
-        if under.any():
-            for s in range(self.n_services):
-                need = under[:, s]
-                for j in range(int(need.max())):
-                    self._new_slots(rows[need > j], s, _PENDING)
-            self._schedule(rows[under.any(axis=1)], now)
+        big = np.int64(1) << 40
+        for s in range(self.n_services):
+            r = rows[self._changed[rows, s]]
+            if r.size == 0:
+                continue
+            diff = self.desired[r, s] - self._live(r)[:, s]
+            for j in range(int(diff.max(initial=0))):
+                self._create(r[diff > j], s)
+            up = r[diff > 0]
+            if up.size:
+                self._schedule(up, now)
+            for j in range(int((-diff).max(initial=0))):
+                d = r[-diff > j]
+                hi = self._hi
+                st = self.p_state[d, :hi]
+                mine = (self.p_svc[d, :hi] == s) & (st != _EMPTY) & (st != _TERMINATING)
+                key = np.where(mine, (st != _READY) * big + self.p_uid[d, :hi], -1)
+                k = np.argmax(key, axis=1)
+                old = self.p_state[d, k]
+                pend = old == _PENDING
+                self.p_state[d[pend], k[pend]] = _EMPTY
+                self.pending[d[pend], s] -= 1
+                t = ~pend
+                dt_, kt = d[t], k[t]
+                self.ready[dt_, s] -= old[t] == _READY
+                self.starting[dt_, s] -= old[t] == _STARTING
+                self.backoff_n[dt_, s] -= old[t] == _BACKOFF
+                self.p_restart[dt_, kt] = np.inf
+                self.term[dt_, s] += 1
+                self.p_state[dt_, kt] = _TERMINATING
+                self.p_ready[dt_, kt] = np.inf
+                self.p_term[dt_, kt] = self.uid[dt_]  # termination order (a fresh counter)
+                self.uid[dt_] += 1
+                self.term_until[dt_] = now + self.grace
 
     def _grace_over(self, rows: np.ndarray, now: float) -> None:
-        """Terminating pods of ``rows`` leave their nodes; pending pods may bind now."""
+        """Terminating pods of ``rows`` leave their nodes, in termination order.
+
+        After each, the scheduler runs (the scalar engine's ``_finish_termination``).
+        """
         self._account(rows, now)
-        self.term[rows] = 0
         self.term_until[rows] = np.inf
-        self._schedule(rows, now)
+        hi = self._hi
+        term = self.p_state[rows, :hi] == _TERMINATING
+        waiting = self.pending[rows].any(axis=1)
+        # rows with no pending pod: every terminating pod leaves at once (nothing to schedule)
+        quiet = rows[~waiting]
+        if quiet.size:
+            r, k = np.nonzero(term[~waiting])
+            self._unbind(quiet[r], k)
+        rows, term = rows[waiting], term[waiting]
+        n_term = term.sum(axis=1)
+        order = np.argsort(np.where(term, self.p_term[rows, :hi], np.iinfo(np.int64).max), axis=1)
+        for j in range(int(n_term.max(initial=0))):
+            live = np.flatnonzero(j < n_term)
+            r = rows[live]
+            self._unbind(r, order[live, j])
+            self._schedule(r, now)
+
+    def _unbind(self, r: np.ndarray, k: np.ndarray) -> None:
+        """Terminating pods ``(r, k)`` (one per row) leave their nodes and the table."""
+        svc, node = self.p_svc[r, k], self.p_node[r, k]
+        np.subtract.at(self.node_cpu_used, (r, node), self.cpu_req[svc])
+        np.subtract.at(self.node_mem_used, (r, node), self.mem_req[svc])
+        self.p_state[r, k] = _EMPTY
+        self.p_node[r, k] = -1
+        np.subtract.at(self.term, (r, svc), 1)
 
     def _become_ready(self, rows: np.ndarray, now: np.ndarray) -> None:
-        hit = (self.slot_state[rows] == _STARTING) & (self.slot_ready[rows] <= now)
-        self.ready[rows] += hit.sum(axis=2)
-        st = self.slot_state[rows]
-        st[hit] = _EMPTY
-        self.slot_state[rows] = st
-        sr = self.slot_ready[rows]
-        sr[hit] = np.inf
-        self.slot_ready[rows] = sr
+        hi = self._hi
+        hit = (self.p_state[rows, :hi] == _STARTING) & (self.p_ready[rows, :hi] <= now[:, None])
+        r, k = np.nonzero(hit)
+        rr = rows[r]
+        svc = self.p_svc[rr, k]
+        np.add.at(self.ready, (rr, svc), 1)
+        np.subtract.at(self.starting, (rr, svc), 1)
+        self.p_state[rr, k] = _READY
+        self.p_ready[rr, k] = np.inf
+        self.p_started[rr, k] = now[r]
 
     # ------------------------------------------------------------------ stepping
     def advance(self, desired: np.ndarray | None) -> BatchedFrame:
@@ -593,17 +898,21 @@ class BatchedFluid:
         ta = np.full(n, np.inf)
         if desired is not None:
             desired = np.clip(np.asarray(desired, dtype=np.int64), self.r_min, self.r_max)
-            changed = (desired != self.desired).any(axis=1)
-            self.desired = np.where(changed[:, None], desired, self.desired)
+            # the Scale actions reach the control plane at ta (until then, a fault that
+            # reconciles, such as a node failure, works towards the old counts)
+            self._target = desired
+            self._changed = np.asarray(desired != self.desired, dtype=bool)
+            changed = np.asarray(self._changed.any(axis=1), dtype=bool)
             ta[changed] = t0 + self.delay
         # events in time order, each row on its own; the data plane is integrated up to an
         # event only where it changes serving capacity (as the scalar engine's hooks do)
         tau = np.full(n, t0)
         while True:
-            starting = self.slot_state == _STARTING
-            nxt_ready = np.where(starting, self.slot_ready, np.inf).min(axis=(1, 2))
+            nxt_ready = self.p_ready[:, : max(self._hi, 1)].min(axis=1)  # inf unless starting
+            nxt_restart = self.p_restart[:, : max(self._hi, 1)].min(axis=1)
             nxt_fault = self._next_fault()
             nxt = np.minimum(np.minimum(nxt_ready, ta), np.minimum(self.term_until, nxt_fault))
+            nxt = np.minimum(nxt, nxt_restart)
             todo = nxt < t_end
             if not todo.any():
                 break
@@ -611,12 +920,16 @@ class BatchedFluid:
             is_act = todo & (ta <= nxt)
             is_grace = todo & (self.term_until <= nxt)
             is_fault = todo & (nxt_fault <= nxt)
+            is_restart = todo & (nxt_restart <= nxt)
             now = np.where(todo, nxt, tau)
             # actuation first (data plane integrated only where it deletes a pod)
             rows_act = np.flatnonzero(is_act)
             if rows_act.size:
                 at = float(nxt[rows_act[0]])
-                live = self.ready[rows_act] + (self.slot_state[rows_act] != _EMPTY).sum(axis=2)
+                self.desired[rows_act] = np.where(
+                    self._changed[rows_act], self._target[rows_act], self.desired[rows_act]
+                )
+                live = self._live(rows_act)
                 deleting = rows_act[(self.desired[rows_act] < live).any(axis=1)]
                 if deleting.size:  # before_change: bring the data plane up to now first
                     self._integrate(deleting, np.full(deleting.size, at))
@@ -625,11 +938,14 @@ class BatchedFluid:
             rows_ready = np.flatnonzero(is_ready)
             if rows_ready.size:
                 self._integrate(rows_ready, now[rows_ready])
-                self._become_ready(rows_ready, now[rows_ready][:, None, None])
+                self._become_ready(rows_ready, now[rows_ready])
             rows_fault = np.flatnonzero(is_fault)
             if rows_fault.size:  # the scalar engine's refresh: integrate, then change
                 self._integrate(rows_fault, now[rows_fault])
                 self._apply_faults(rows_fault, now[rows_fault])
+            rows_restart = np.flatnonzero(is_restart)
+            for when in np.unique(now[rows_restart]).tolist():
+                self._restart(rows_restart[now[rows_restart] == when], when)
             rows_grace = np.flatnonzero(is_grace)
             for when in np.unique(now[rows_grace]).tolist():
                 self._grace_over(rows_grace[now[rows_grace] == when], when)
@@ -686,7 +1002,7 @@ class BatchedFluid:
         ready = self.ready[sel].astype(np.float64)
         c = ready * self.concurrency
         qcap = ready * self.qpp
-        m_all = self.m0 * self.slowdown[sel]
+        m_all = self.m0 * self._latency_factor(rows, sel)
         r1 = self.retries + 1.0
         b0 = self.backlog[sel]
         has_pods = c > 0
@@ -852,6 +1168,7 @@ class BatchedFluid:
             self.in_flight[sel] = in_flight1
             served = np.minimum(lam_adm, mu)
             self.own_busy[sel] += served * m_all * dt2
+            self.in_service[sel] = np.minimum(served * m_all, c)
             self.lq[sel] = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog[sel] = np.where(has_pods, b1, 0.0)
             self.f[sel], self.drop[sel], self.lam[sel] = f, drop, lam
@@ -908,9 +1225,9 @@ class BatchedFluid:
         v[..., F["memory_request_mb"]] = ready * self.mem_req
         v[..., F["replicas_desired"]] = self.desired
         v[..., F["replicas_ready"]] = ready
-        v[..., F["replicas_pending"]] = (self.slot_state == _PENDING).sum(axis=2)
-        v[..., F["replicas_starting"]] = (self.slot_state == _STARTING).sum(axis=2)
-        v[..., F["restarts"]] = 0.0
+        v[..., F["replicas_pending"]] = self.pending
+        v[..., F["replicas_starting"]] = self.starting
+        v[..., F["restarts"]] = self.restarts
         v[..., F["oom_kills"]] = 0.0
         v[..., F["backlog"]] = self.lq
         v[..., F["in_flight"]] = self.in_flight
@@ -920,15 +1237,15 @@ class BatchedFluid:
                 bad = (v[..., F["p99"]] > self.slo_p99) | (err > self.slo_err)
             self.violation_s += np.where(bad, dt, 0.0)
         v[..., F["slo_violation_s"]] = np.where(np.isnan(self.slo_p99), np.nan, self.violation_s)
-        pending = (self.slot_state == _PENDING).sum(axis=(1, 2))
-        starting = (self.slot_state == _STARTING).sum(axis=2)
-        bound = self.ready + starting + self.term
+        pending = self.pending.sum(axis=1)
+        bound = self.ready + self.starting + self.term + self.backoff_n
         cl = np.full((n, len(CLUSTER_INDEX)), np.nan)
         C = CLUSTER_INDEX
-        cl[:, C["nodes_ready"]] = self.n_nodes
+        alive = self.node_alive.sum(axis=1)
+        cl[:, C["nodes_ready"]] = alive
         cl[:, C["nodes_provisioning"]] = 0.0
         cl[:, C["pods_unschedulable"]] = pending
-        cl[:, C["cost_rate_per_hour"]] = self.node_cost_rate + bound @ self.pod_cost
+        cl[:, C["cost_rate_per_hour"]] = alive * self.cost_per_node + bound @ self.pod_cost
         cl[:, C["shed_fraction"]] = 0.0
         self._account(np.arange(n), now)
         cl[:, C["allocated_cost_total"]] = self.core_s / 3600.0 * self.core_price + self.pod_cost_s
