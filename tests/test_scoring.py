@@ -380,7 +380,8 @@ def test_telemetry_faults_move_the_time_to_mitigate_only_by_their_onset(
     """An observation-only fault leaves the run as it was (counters bit-identical) and counts
     as a fault: ``T0`` is the first onset of any fault (``docs/scoring.md``). So a gap that
     starts 60 s before the crash adds those 60 s to the time to mitigate; one that starts
-    during the incident changes nothing (90 s from the crash at 420 s either way)."""
+    during the incident changes nothing (120 s from the crash at 420 s either way: the db
+    leaves its retry-sustained overload at 530.8 s, the first scrape after it is 540 s)."""
     tele = {"kind": "telemetry", "at_s": at_s, "mode": mode, "duration_s": 300}
     base = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db()]})
     blind = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db(), tele]})
@@ -392,7 +393,7 @@ def test_telemetry_faults_move_the_time_to_mitigate_only_by_their_onset(
     )
     clean = score_episode(clean_run)
     hidden = score_episode(hidden_run)
-    assert clean.time_to_mitigate_s == 90.0
+    assert clean.time_to_mitigate_s == 120.0
     assert hidden.time_to_mitigate_s == clean.time_to_mitigate_s + shift_s
 
 

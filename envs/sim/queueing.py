@@ -118,3 +118,16 @@ def gamma_mean_min(u: np.ndarray, k: np.ndarray, theta: np.ndarray) -> np.ndarra
     head = k * theta * special.gammainc(k + 1.0, xs)
     tail = np.where(finite, np.maximum(u, 0.0), 0.0) * special.gammaincc(k, xs)
     return np.where(finite, head + tail, k * theta)
+
+
+def gamma_sf_mean_min(
+    u: np.ndarray, k: np.ndarray, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(P(X > u), E[min(X, u)])`` for X ~ gamma(k, theta), finite ``u > 0``.
+
+    :func:`gamma_sf` and :func:`gamma_mean_min` at once, sharing their upper incomplete
+    gamma function (the fluid engine needs both at every caller's timeout).
+    """
+    x = u / theta
+    sf = special.gammaincc(k, x)
+    return sf, k * theta * special.gammainc(k + 1.0, x) + u * sf
