@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from envs.core.telemetry import LATENCY_BUCKETS_S
 from envs.scenarios.schema import Scenario
@@ -166,6 +167,7 @@ class FluidEngine(Engine):
         self._law_value: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         # capacity (refreshed by capacity_changed)
         self.c = np.zeros(n)
+        self._log_c_fact = np.zeros(n)
         self.qcap = np.zeros(n)
         self.m = self.m0.copy()
         self.app_err = np.zeros(n)
@@ -211,6 +213,7 @@ class FluidEngine(Engine):
         ):
             return
         self.c, self.qcap, self.m, self.app_err, self.shed = c, qcap, m, app_err, shed
+        self._log_c_fact = special.gammaln(c + 1.0)
         self.net_loss, self.net_delay = net_loss, net_delay
         self._cap_version += 1
 
@@ -327,7 +330,7 @@ class FluidEngine(Engine):
                 prev_lam, prev_d1 = lam, d1
                 fc = np.minimum(f, 1.0 - 1e-9)
                 attempts = (1.0 - fc**r1) / (1.0 - fc)
-                bo = _backoff_mean(fc, self.retries, self.backoff)
+                bo = _backoff_mean_raw(fc, self.retries, self.backoff)
                 call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
                 call_var = attempts * d2
                 ok_own = (1.0 - drop) * (1.0 - self.app_err)
@@ -364,7 +367,7 @@ class FluidEngine(Engine):
                 # stationary M/G/c part
                 lam_adm = lam * (1.0 - drop)
                 a = np.minimum(lam_adm * m, RHO_MAX * c)
-                cw = q.erlang_c(c, a)
+                cw = q.erlang_c_raw(c, a, self._log_c_fact)
                 # with a fluid backlog present, the backlog delay is the wait (no double count)
                 wq = np.where(
                     has_pods & (a > 0) & (b_avg <= 0),
@@ -617,7 +620,7 @@ class FluidEngine(Engine):
             prev, prev_f = lam, f.copy()
             fc = np.minimum(f, 1.0 - 1e-9)
             attempts = (1.0 - fc**r1) / (1.0 - fc)
-            bo = _backoff_mean(fc, self.retries, self.backoff)
+            bo = _backoff_mean_raw(fc, self.retries, self.backoff)
             call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
             lam = (lam_ext * self.entry_vec + (lam * ok_own) @ self.em) * attempts
             x_mean = c_base_mean + (call_mean @ em_t)[:, cols]
@@ -714,9 +717,14 @@ class FluidEngine(Engine):
 
 def _backoff_mean(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Expected total backoff ``sum_{k=1..r} f^k * base * 2^(k-1)`` of one call."""
-    two_f = 2.0 * f
     with np.errstate(divide="ignore", invalid="ignore"):
-        geo = np.where(np.abs(1.0 - two_f) > 1e-9, (1.0 - two_f**retries) / (1.0 - two_f), retries)
+        return _backoff_mean_raw(f, retries, base)
+
+
+def _backoff_mean_raw(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """:func:`_backoff_mean` for callers already under ``np.errstate`` (the hot path)."""
+    two_f = 2.0 * f
+    geo = np.where(np.abs(1.0 - two_f) > 1e-9, (1.0 - two_f**retries) / (1.0 - two_f), retries)
     return base * f * geo
 
 
