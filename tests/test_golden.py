@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 OPSWORLD = Path(sys.executable).with_name("opsworld")
 ENV = {"WANDB_MODE": "disabled", "PATH": str(Path(sys.executable).parent)}
+# the code under test is whatever this process imports: a worktree on PYTHONPATH included
+if os.environ.get("PYTHONPATH"):
+    ENV["PYTHONPATH"] = os.environ["PYTHONPATH"]
 
 HOLDOUT_POLICIES = ("static", "hpa", "tuned_hpa", "runbook", "tuned_runbook")
 BUILTINS = ("chain3", "boutique", "mesh40")
