@@ -183,6 +183,24 @@ def test_queue_lengths_and_a_second_read_of_an_idle_interval() -> None:
     assert np.isnan(r.p50).all() and np.isnan(r.p95).all() and np.isnan(r.mean_latency).all()
     np.testing.assert_array_equal(r.own_busy_s, [0, 0])
     np.testing.assert_array_equal(r.hist_delta, np.zeros((2, B)))
+    _clients(eng, [1.5])  # a lone client: 1/4 + 3/8 at front, 1/4 at back
+    eng.env.run(until=2.0)
+    r = eng._read_data_plane()
+    np.testing.assert_array_equal(r.counters, [[4, 3, 0, 1], [3, 3, 0, 0]])
+    np.testing.assert_array_equal(r.p50, [0.375, 0.25])
+    np.testing.assert_array_equal(r.p99, [0.375, 0.25])
+    np.testing.assert_array_equal(r.hist_delta, [_hist([0.375]), _hist([0.25])])
+
+
+def test_the_frames_hold_float_counters_and_in_flight() -> None:
+    """As every engine's frames (the fluid level's counters are fractional): float64."""
+    eng = _engine(edge={"probability": 0.0})
+    _clients(eng, [0.0, 0.0, 0.0])
+    frames = eng.advance([])
+    assert frames[-1].counters.dtype == np.float64 and frames[-1].in_flight.dtype == np.float64
+    np.testing.assert_array_equal(frames[-1].counters, [[3, 2, 0, 1], [0, 0, 0, 0]])
+    r = eng._read_data_plane()
+    assert r.counters.dtype == np.float64 and r.in_flight.dtype == np.float64
 
 
 def test_a_full_queue_of_two_pods_drops_the_fifth_client() -> None:
@@ -370,6 +388,9 @@ def test_pods_lost_rounds_a_fractional_share_at_random() -> None:
         eng.pods_lost(FRONT, 1 / 3)
         assert len(eng._doomed) == 1
         eng._doomed.clear()
+        eng.pods_lost(FRONT, 1.0)  # all three, each once (drawn without replacement)
+        assert len(eng._doomed) == 3
+        eng._doomed.clear()
         eng.pods_lost(FRONT, 0.5)
         doomed.append(len(eng._doomed))
         eng.env.run(until=1.0)
@@ -499,6 +520,87 @@ def test_half_the_paths_lose_about_half_the_calls() -> None:
     assert _counters(eng) == [[n, n - lost, lost, 0], [n, n - lost, lost, 0]]
 
 
+def test_a_drop_at_a_callee_with_a_timeout_fails_the_call_at_once() -> None:
+    """back has no queue place and a timeout: the second call at 1/8 is dropped and its
+    caller learns it at once (not at the timeout)."""
+    eng = _engine(front={"concurrency": 2}, back={"queue_per_pod": 0, "timeout_s": 1.0})
+    _clients(eng, [0.0, 0.0])
+    assert _in_flight_at(eng, [0.1875, 2.0]) == [[1, 1], [0, 0]]
+    assert _counters(eng) == [[2, 1, 1, 0], [2, 1, 0, 1]]
+    assert eng._lat == [[0.125, 0.375], [0.25]]
+    assert eng._alive == [0, 0] and eng._abandoned == [0, 0] and not eng._expired
+
+
+@pytest.mark.parametrize("timeout", [None, 1.0])
+def test_a_crash_at_the_callee_fails_the_waiting_callers(timeout: float | None) -> None:
+    """Three front attempts call back (one slot, two queue places) at 1/8; back's pod
+    crashes at 3/16: the two queued fail then (after 1/16 there), the one in service at 3/8;
+    each caller learns it then, with or without a timeout of its own."""
+    eng = _engine(front={"concurrency": 3}, back={"queue_per_pod": 2, "timeout_s": timeout})
+    _clients(eng, [0.0, 0.0, 0.0])
+
+    def crash() -> Generator[simpy.Event, Any, None]:
+        yield eng.env.timeout(0.1875)
+        eng.cp.crash(eng.cp.ready_pods(BACK)[0])
+
+    eng.env.process(crash())
+    assert _in_flight_at(eng, [0.15625, 0.25, 0.5]) == [[3, 3], [1, 1], [0, 0]]
+    assert _counters(eng) == [[3, 0, 3, 0], [3, 0, 3, 0]]
+    assert eng._lat == [[0.1875, 0.1875, 0.375], [0.0625, 0.0625, 0.25]]
+    eng.env.run(until=2.0)
+    assert _counters(eng) == [[3, 0, 3, 0], [3, 0, 3, 0]]
+    assert eng._alive == [0, 0] and eng._abandoned == [0, 0] and not eng._expired
+
+
+def _uniforms(seed: int) -> _Sampler:
+    """The engine's uniform stream: its first draws when nothing else draws (no source
+    traffic, deterministic work)."""
+    data = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[2])
+    return _Sampler(data, lambda r, n: r.random(n))
+
+
+@pytest.mark.parametrize(
+    "edge", [{"calls": 1.5, "probability": 0.75}, {"calls": 2.0}, {"probability": 1.0}]
+)
+def test_calls_and_errors_follow_the_uniform_stream_draw_by_draw(edge: dict[str, Any]) -> None:
+    """A draw for the edge's probability (only below 1), one for a fractional extra call
+    (only with a fraction), one per back attempt for its application error (only with an
+    error rate): the counters follow the stream exactly. A failed call fails front after
+    its other calls."""
+    n = 60
+    eng = _engine(back={"error_rate": 0.5}, edge=edge, horizon_s=1000.0, seed=11)
+    _clients(eng, [2.0 * i for i in range(n)])
+    eng.env.run(until=2.0 * n)
+    u = _uniforms(11)
+    prob, calls = edge.get("probability", 1.0), edge.get("calls", 1.0)
+    front, back, lat = [n, 0, 0, 0], [0, 0, 0, 0], []
+    for _ in range(n):
+        k = 0
+        if prob == 1.0 or u() < prob:
+            k = int(calls) + (1 if calls % 1 and u() < calls % 1 else 0)
+        errs = sum(u() < 0.5 for _ in range(k))
+        back = [back[0] + k, back[1] + k - errs, back[2] + errs, 0]
+        front[2 if errs else 1] += 1
+        lat.append(0.125 + 0.25 * k)
+    assert _counters(eng) == [front, back]
+    assert eng._lat[FRONT] == lat
+    assert 0 < back[2] < back[0]
+
+
+def test_a_skipped_call_does_not_skip_the_next_edge() -> None:
+    """front calls back with probability 1/2, then third always: third sees every client."""
+    raw = _scenario(edge={"probability": 0.5}, horizon_s=1000.0).model_dump()
+    raw["topology"]["services"].append({**raw["topology"]["services"][1], "name": "third"})
+    raw["topology"]["edges"].append({"src": "front", "dst": "third"})
+    eng = RequestEngine(Scenario.model_validate(raw))
+    eng.start()
+    n = 40
+    _clients(eng, [2.0 * i for i in range(n)])
+    eng.env.run(until=2.0 * n)
+    assert _counters(eng)[2] == [n, n, 0, 0]
+    assert 0 < eng._arrived[BACK] < n
+
+
 # ---------------------------------------------------------------- the traffic source
 def _recorded_source(eng: RequestEngine) -> list[float]:
     """Replace the client process by one that records its start time and does nothing."""
@@ -528,9 +630,12 @@ def test_the_source_follows_the_rate_of_each_tick_and_stops_at_the_horizon() -> 
 
 def test_the_source_draws_exponential_gaps_that_restart_at_each_tick() -> None:
     """The arrival times are rebuilt from the engine's own stream: gaps expo()/rate, a gap
-    that crosses the tick's end discarded and the clock restarted there."""
+    that crosses the tick's end discarded and the clock restarted there; ticks of 1/2 s, one
+    of them at 1 request/s (a draw like any other), zero-rate ticks draw nothing."""
     eng = RequestEngine(_scenario(horizon_s=3.0))
-    eng.traffic.rates = np.array([50.0, 0.0, 20.0, 0.0])
+    rates = [50.0, 0.0, 1.0, 40.0, 0.0, 20.0, 0.0]
+    eng.traffic.rates = np.array(rates)
+    eng.traffic.resolution_s = 0.5
     # the engine's data stream (the third child of the seed); the source's exponentials are
     # its first draws here (no shedding, deterministic work: nothing else draws)
     data = np.random.default_rng(np.random.SeedSequence(0).spawn(4)[2])
@@ -539,17 +644,18 @@ def test_the_source_draws_exponential_gaps_that_restart_at_each_tick() -> None:
     eng.start()
     eng.env.run(until=5.0)
     expected = []
-    t = 0.0
-    for tick, rate in enumerate([50.0, 0.0, 20.0]):
-        t = float(tick)
+    for tick, rate in enumerate(rates):
+        t = tick * 0.5
         while rate > 0:
             nxt = t + ref() / rate
-            if nxt >= tick + 1:
+            if nxt >= (tick + 1) * 0.5:
                 break
             t = nxt
             expected.append(t)
-    assert times == expected
-    assert len(times) > 20
+    # (the clock reaches t by timeouts of t - now: equal to the last bit or two)
+    assert len(times) == len(expected)
+    np.testing.assert_allclose(times, expected, rtol=1e-14)
+    assert len(times) > 20 and max(times) > 2.5
 
 
 def test_shed_requests_are_arrived_and_dropped_at_the_entry() -> None:
@@ -653,7 +759,12 @@ def test_the_sampler_hands_out_its_blocks_in_order() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "cv", "skew"),
-    [("gamma", 0.5, 1.0), ("lognormal", 0.5, 3 * 0.5 + 0.5**3), ("gamma", 1.5, 3.0)],
+    [
+        ("gamma", 0.5, 1.0),
+        ("lognormal", 0.5, 3 * 0.5 + 0.5**3),
+        ("gamma", 1.5, 3.0),
+        ("gamma", 2.0, 4.0),
+    ],
 )
 def test_duration_samplers_have_unit_mean_their_cv_and_their_shape(
     kind: Literal["gamma", "lognormal"], cv: float, skew: float
