@@ -601,6 +601,36 @@ def test_a_skipped_call_does_not_skip_the_next_edge() -> None:
     assert 0 < eng._arrived[BACK] < n
 
 
+def _call_at(eng: RequestEngine, t: float, s: int, path: tuple[float, float, float]) -> None:
+    """At ``t``, call ``s`` as a caller would, through ``path`` (share, loss, delay)."""
+
+    def script() -> Generator[simpy.Event, Any, None]:
+        yield eng.env.timeout(t)
+        eng.env.process(eng._call(s, path))
+
+    eng.env.process(script())
+
+
+def test_a_zero_backoff_retry_sees_the_instant_its_attempt_saw() -> None:
+    """An attempt dropped at back at 3/8, the instant back's slot is freed but before the
+    release is processed (a caller started at 3/8 runs first): its retry with no backoff is
+    made in that same step and dropped too (a backoff of 0 is no wait, not a yield)."""
+    eng = _engine(back={"queue_per_pod": 0, "retries": 1, "retry_backoff_s": 0.0})
+    _clients(eng, [0.375], s=BACK)  # scheduled at 0: due before the slot's release at 3/8
+    _clients(eng, [0.0])  # reaches back at 1/8, served 1/8 - 3/8
+    eng.env.run(until=1.0)
+    assert _counters(eng) == [[1, 1, 0, 0], [3, 1, 0, 2]]
+
+
+def test_a_zero_delay_path_calls_in_the_same_step() -> None:
+    """As above through a degraded path with no delay: the call is made in the same step."""
+    eng = _engine(back={"queue_per_pod": 0})
+    _call_at(eng, 0.375, BACK, (1.0, 0.0, 0.0))
+    _clients(eng, [0.0])
+    eng.env.run(until=1.0)
+    assert _counters(eng) == [[1, 1, 0, 0], [2, 1, 0, 1]]
+
+
 # ---------------------------------------------------------------- the traffic source
 def _recorded_source(eng: RequestEngine) -> list[float]:
     """Replace the client process by one that records its start time and does nothing."""
