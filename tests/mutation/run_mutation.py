@@ -66,6 +66,15 @@ MODULES: dict[str, Module] = {
         # its frame list by megabytes a second: stop it after about 20 s, not 100
         timeout_multiplier=3.0,
     ),
+    "request": Module(
+        "envs/sim/request.py",
+        # hand-timed tiny scenarios with exact counters, in-flight counts and latencies, and
+        # the source and samplers against their random stream (about 2 s in all)
+        ("tests/test_request_counts.py",),
+        # a mutant of the source's clock (t moving backwards) spawns clients without end in
+        # one instant, growing memory fast: stop it after about 20 s, not 100
+        timeout_multiplier=3.0,
+    ),
     "hpa": Module("envs/kube/hpa.py", ("tests/test_hpa.py", "tests/test_hpa_boundaries.py")),
     "codec": Module(
         "envs/gym/codec.py",
@@ -80,12 +89,26 @@ MODULES: dict[str, Module] = {
     ),
 }
 NOT_SCORED = (
-    "`envs/sim/request.py` and `envs/sim/fluid.py` need simulation runs of tens of seconds "
-    "per mutant (hours on a shared 2-core machine)."
+    "`envs/sim/fluid.py` needs simulation runs of tens of seconds per mutant (hours on a "
+    "shared 2-core machine)."
+)
+
+# envs/sim/request.py: RequestEngine.__init__'s placeholders for the per-service state
+_REQUEST_INIT_STATE = (
+    r"^self\.(pools = \[SlotPool\(self\.env, \d\) for _ in range\(n\)\]|"
+    r"(_ready|_qcap|_lat_factor|_err|_own_busy) = (None|\[[\d.]+\] \* n)|"
+    r"_shed = (None|[\d.]+)|_edge_fault: .* = None)$"
 )
 
 # Surviving mutants that cannot change a result, recognised by the mutated line.
 EQUIVALENT: list[tuple[str, str]] = [
+    (
+        _REQUEST_INIT_STATE,
+        "placeholders: an engine runs only after Engine.start(), which calls "
+        "capacity_changed() (slots, ready pods, queue places, latency factors, error rates, "
+        "shedding, edge faults) and then scrapes t = 0 (which resets the busy time; that "
+        "first frame has no interval, so its busy time is not read) before any event",
+    ),
     (r"np\.errstate\(", "only decides whether numpy warns; the value is the same"),
     (
         r"np\.asarray\([a-z_]+, (dtype=None)?\)",
@@ -344,6 +367,7 @@ ORIGINAL_MUST_MATCH: dict[str, str] = {
 
 # Patterns of EQUIVALENT that hold only in the function named here (the mutant's name).
 ONLY_IN: dict[str, str] = {
+    _REQUEST_INIT_STATE: r"^envs\.sim\.request\.xǁRequestEngineǁ__init____mutmut_",
     r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$': r"ǁmasks__mutmut_",
     r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$': r"ǁ__init____mutmut_",
     r"^if desired >= current:$|^elif desired <= current:$": r"x_convert_desired_replicas_with_",
@@ -354,6 +378,106 @@ ONLY_IN: dict[str, str] = {
 # Surviving mutants equivalent in one module only: (module path, pattern of an added line,
 # pattern the removed lines must match, reason). For rules that would be too broad elsewhere.
 EQUIVALENT_IN_MODULE: list[tuple[str, str, str, str]] = [
+    (
+        "envs/sim/request.py",
+        r"^super\(\)\.__init__\(env, (capacity=max\(capacity, 2\))?\)$",
+        r"capacity=max\(capacity, 1\)",
+        "simpy keeps a Resource's capacity in `_capacity`, which the next line sets to the "
+        "slots asked for (simpy refuses 0, hence the max; tested: a pool of 0 slots has 0)",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^grew = capacity >= self\._capacity$",
+        r"",
+        "at an unchanged capacity a put trigger admits nobody: a request waits in the queue "
+        "only while every slot is taken",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^self\._i = 1$",
+        r"^self\._i = 0$",
+        "the buffer starts empty, so the first call refills it and sets the index to 0",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^self\._ready\[s\] = None$",
+        r"",
+        "read only by _attempt's drop test, whose other half drops too when no pod is ready "
+        "(0 slots, 0 queue places)",
+    ),
+    (
+        "envs/sim/request.py",
+        r"uniform\(\) <= |uniform\(\) > prob|^if nxt > tick_end:",
+        r"uniform\(\) < |uniform\(\) >= prob|^if nxt >= tick_end:",
+        "differs only when a uniform draw (53 random bits) equals its threshold exactly, or an "
+        "exponential gap ends exactly at a tick's end: probability about 1e-16 per draw",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^if k < 0:$",
+        r"^if k <= 0:$",
+        "k = 0 then draws a choice of no pod and dooms nobody",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^picks = self\.data_rng\.choice\(len\(users\), size=k, replace=None\)$",
+        r"",
+        "numpy reads replace=None as false: without replacement, as asked",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^while t < horizon and tick <= n_ticks:$",
+        r"",
+        "the rates cover ceil(horizon / resolution) + 1 ticks: the clock passes the horizon "
+        "(the first condition) before the tick count reaches their number",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^if t >= env\.now:$",
+        r"^if t > env\.now:$",
+        "t = now only when an exponential gap is 0 or below t's last bit; the timeout of 0 "
+        "then starts the client at the same instant",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^(ok|lost) = None\b|done\.succeed\(None\)$",
+        r"^(ok|lost) = False\b|done\.succeed\(False\)$",
+        "None and False are read alike: every reader tests the value's truth (`if ok`, "
+        "`if lost`, the caller's `ok = yield done` and `ok = yield from`)",
+    ),
+    (
+        "envs/sim/request.py",
+        r"path\[2\] if \(path is not None\) or True else 0\.0|"
+        r"path\[2\] if path is not None else 1\.0",
+        r"path\[2\] if path is not None else 0\.0",
+        "a call is lost only on a degraded path (`lost` starts False): path is never None here",
+    ),
+    (
+        "envs/sim/request.py",
+        r"if \(self\._edge_fault\[s\]\) or True else None$",
+        r"",
+        "without a degraded edge from s, get() on its empty dict gives None too",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^return np\.array\(self\._alive, (dtype=(None|np\.float64))?\) - "
+        r"np\.array\(self\._abandoned, (dtype=(None|np\.float64))?\)$",
+        r"",
+        "one operand is still float64, so the difference is float64 anyway (tested: the "
+        "frames' in_flight is float64)",
+    ),
+    (
+        "envs/sim/request.py",
+        r"^idx = np\.searchsorted\(_BOUNDS, a, \)$",
+        r'side="left"',
+        'searchsorted\'s default side is "left"',
+    ),
+    (
+        "envs/sim/request.py",
+        r"^backlog = np\.array\(\[len\(p\.queue\) for p in self\.pools\], (dtype=None)?\)$",
+        r"",
+        "the backlog is only assigned into the scrape's float gauge array",
+    ),
     (
         "envs/sim/engine.py",
         r"^self\.concurrency = np\.array\(\[s\.pod\.concurrency for s in specs\], "
@@ -544,7 +668,12 @@ def _scored_parts(s: dict[str, object]) -> dict[str, list[str]]:
         for x in surv:
             diff = " / ".join(f"`{d}`" for d in x["diff"])
             why = _explain(x["diff"], x["id"], module) or (
-                "unexplained" if x["diff"] else "not analysed"
+                "loops forever: mutmut's timeout stopped it (detected; counted neither killed "
+                "nor survived)"
+                if x["status"] == "timeout"
+                else "unexplained"
+                if x["diff"]
+                else "not analysed"
             )
             parts["section"].append(f"* `{x['id']}` ({x['status']}): {diff}: {why}")
     return parts
