@@ -85,7 +85,8 @@ type: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/opsworld bench sim
 
-# Mutation testing (mutmut) of queueing, forecast metrics, scoring and the engine's scrape;
+# Mutation testing (mutmut) of queueing, forecast metrics, scoring, the engine's scrape, the HPA
+# and the action codec;
 # writes experiments/results/mutation.md. Not part of `make test`: minutes per module.
 # One module: make mutation MODULES=queueing
 MODULES ?=

@@ -321,8 +321,17 @@ def test_console_script_bench_quick(tmp_path: Path) -> None:
         "request_level_boutique_requests_per_s",
         "bare_simpy_requests_per_s",
         "request_level_vs_bare_ratio",
+        "batched_fluid_varying_n64_steps_per_s",
+        "batched_fluid_varying_n256_steps_per_s",
+        "batched_fluid_varying_n256_random_steps_per_s",
     ):
         assert math.isfinite(figures[name]) and figures[name] > 0, name
+    assert (
+        figures["batched_fluid_varying_steps_per_s"]
+        == figures["batched_fluid_varying_n256_steps_per_s"]
+    )
+    assert report["details"]["batched_fluid_varying_n256"]["sub_env_steps"] == 8 * 256
+    assert report["targets"]["batched_fluid_varying_steps_per_s"] == 20_000
     assert figures["fluid_sim_seconds_per_wall_second"] == pytest.approx(
         15.0 * figures["fluid_steps_per_s"]
     )

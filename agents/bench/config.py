@@ -28,12 +28,14 @@ class SimSizes:
         fluid_wall_budget_s: A fluid repeat stops after this much wall time.
         mmc_customers: Customers in the M/M/c runs (bare SimPy and request level).
         boutique_request_horizon_s: Simulated seconds of boutique at request level.
+        batched_steps: Vector steps per repeat of the batched env (240 = one hour).
     """
 
     fluid_sim_s: float = 86400.0
     fluid_wall_budget_s: float = 10.0
     mmc_customers: int = 500_000
     boutique_request_horizon_s: float = 120.0
+    batched_steps: int = 240
 
 
 @dataclass
@@ -42,6 +44,7 @@ class SimTargets:
 
     fluid_steps_per_s: float = 10_000.0
     request_level_vs_bare_ratio: float = 0.8
+    batched_fluid_varying_steps_per_s: float = 20_000.0
 
 
 @dataclass
@@ -58,6 +61,9 @@ class SimSuiteConfig:
             per-pod concurrency.
         mmc_rho: Utilisation ``lambda / (c mu)``.
         mmc_mean_service_s: ``1 / mu``.
+        batched_envs: Sub-env counts ``N`` of the batched env
+            (:class:`envs.gym.batched.BatchedAutoscaleEnv`) timed on the first fluid scenario
+            with varying traffic; the last gives the headline ``batched_fluid_varying_*``.
         full: Sizes of a full run (``make bench``).
         quick: Sizes with ``quick=true`` (seconds; for tests).
         targets: Pass/miss thresholds.
@@ -70,6 +76,7 @@ class SimSuiteConfig:
     mmc_pods: int = 2
     mmc_rho: float = 0.8
     mmc_mean_service_s: float = 0.02
+    batched_envs: list[int] = field(default_factory=lambda: [64, 256])
     full: SimSizes = field(default_factory=SimSizes)
     quick: SimSizes = field(
         default_factory=lambda: SimSizes(
@@ -77,6 +84,7 @@ class SimSuiteConfig:
             fluid_wall_budget_s=1.0,
             mmc_customers=5_000,
             boutique_request_horizon_s=15.0,
+            batched_steps=8,
         )
     )
     targets: SimTargets = field(default_factory=SimTargets)

@@ -12,6 +12,11 @@ numbers). Figures (rates are the best of ``repeats`` runs of the same seeded wor
 * ``fluid_varying_traffic_steps_per_s``: boutique again with diurnal and noisy traffic, so
   no segment can reuse the previous one's solution (the constant-traffic figure above
   benefits from that reuse);
+* ``batched_fluid_varying_n{N}_steps_per_s`` (``N`` in ``sim.batched_envs``) and
+  ``batched_fluid_varying_steps_per_s`` (the last ``N``): the batched vector env
+  (:class:`envs.gym.batched.BatchedAutoscaleEnv`) on the same varying traffic, sub-env steps
+  per wall second on one thread, no-op actions; ``..._random_steps_per_s``: the last ``N``
+  with uniformly random actions;
 * ``request_level_requests_per_s``: request-level engine on an M/M/c scenario (one service,
   Poisson arrivals, exponential service, no timeouts, retries or drops; ``c = pods x
   concurrency``), requests counted from the telemetry counters of the last frame;

@@ -60,6 +60,36 @@ def time_fluid(scenario: Scenario, wall_budget_s: float) -> tuple[float, float]:
     return float(steps), time.perf_counter() - start
 
 
+def time_batched(
+    scenario: Scenario, n: int, steps: int, actions: str, seed: int
+) -> tuple[float, float]:
+    """Sub-env steps done and wall seconds of the batched vector env on one thread.
+
+    ``reset`` is not timed; then ``steps`` vector steps (auto-resets included) with every
+    sub-env keeping its replicas (``actions="keep"``, the scalar figure's no-op policy) or
+    uniformly random actions (``"random"``: PPO's first rollouts), drawn before the clock
+    starts.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from envs.gym.batched import BatchedAutoscaleEnv
+
+    venv = BatchedAutoscaleEnv(n, scenario)
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    shape = (n, len(venv.services))
+    if actions == "keep":
+        plan = [np.full(shape, 2)] * steps
+    else:
+        plan = [rng.integers(0, 5, size=shape) for _ in range(steps)]
+    with threadpool_limits(limits=1):
+        start = time.perf_counter()
+        for a in plan:
+            venv.step(a)
+        wall = time.perf_counter() - start
+    return float(steps * n), wall
+
+
 def time_request_level(scenario: Scenario) -> tuple[float, float]:
     """Attempts arrived at all services (last frame's counters) and wall seconds."""
     sim = Simulator(scenario)
@@ -195,6 +225,34 @@ def run_sim_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
                 "wall_s": tv.wall_s,
                 "rates": tv.all_rates,
             }
+            # the batched vector env on the same varying traffic (issue 18): no-op actions
+            # at every N, uniformly random ones (PPO's first rollouts) at the headline N
+            batched = varying.model_copy(update={"horizon_s": 3600.0})
+            head = s.batched_envs[-1]
+            runs = [(n_envs, "keep", sizes.batched_steps) for n_envs in s.batched_envs]
+            runs.append((head, "random", max(1, sizes.batched_steps // 6)))
+            for n_envs, mode, steps in runs:
+                log.print(f"batched fluid {name}, N={n_envs}, {mode} actions, {steps} steps")
+                tb_ = best_of(
+                    conf.repeats,
+                    partial(time_batched, batched, n_envs, steps, mode, conf.seed),
+                )
+                key = f"batched_fluid_varying_n{n_envs}" + ("_random" if mode == "random" else "")
+                figures[f"{key}_steps_per_s"] = tb_.rate
+                details[key] = {
+                    "scenario": name,
+                    "traffic": "diurnal amplitude 0.5 + noise cv 0.1, tau 60 s",
+                    "envs": n_envs,
+                    "actions": mode,
+                    "vector_steps": steps,
+                    "sub_env_steps": tb_.units,
+                    "wall_s": tb_.wall_s,
+                    "rates": tb_.all_rates,
+                    "threads": 1,
+                }
+            figures["batched_fluid_varying_steps_per_s"] = figures[
+                f"batched_fluid_varying_n{head}_steps_per_s"
+            ]
 
     n = sizes.mmc_customers
     log.print(f"bare SimPy M/M/{s.mmc_servers}: {n} customers x {conf.repeats}")
@@ -260,4 +318,6 @@ def run_sim_suite(conf: BenchConfig, log: Console) -> dict[str, Any]:
         "fluid_steps_per_s": s.targets.fluid_steps_per_s,
         "request_level_vs_bare_ratio": s.targets.request_level_vs_bare_ratio,
     }
+    if "batched_fluid_varying_steps_per_s" in figures:
+        targets["batched_fluid_varying_steps_per_s"] = s.targets.batched_fluid_varying_steps_per_s
     return {"figures": figures, "targets": targets, "details": details}

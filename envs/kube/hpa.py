@@ -294,7 +294,9 @@ def resource_replicas(
         MetricsUnavailableError: No pods, or no metrics for the pods counted.
     """
     if not pods:
-        raise MetricsUnavailableError("no pods returned by selector while calculating replicas")
+        raise MetricsUnavailableError(
+            "no pods returned by selector while calculating replica count"
+        )
     groups = group_pods(pods, resource, cpu_initialization_period_s, initial_readiness_delay_s)
     metrics = {i: p.usage for i, p in enumerate(pods) if p.usage is not None}
     for i in (*groups.ignored, *groups.unready):
