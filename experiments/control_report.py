@@ -146,11 +146,31 @@ def load_method(label: str, patterns: Sequence[str]) -> Method:
 # statistics
 
 
+def _rliable() -> tuple[Any, Any]:
+    """``rliable``'s ``library`` and ``metrics`` modules, imported so that absl cannot close stderr.
+
+    rliable imports ``absl.logging``, which creates a log handler bound to whatever
+    ``sys.stderr`` is at that moment. When a later ``logging.config.dictConfig`` (Hydra's, in
+    any ``opsworld`` command of the same process) shuts the old handlers down, absl's handler
+    closes that stream unless it is the *current* ``sys.stderr``. Inside pytest the stream is
+    the capture file, so every later write to stderr in the process failed ("I/O operation on
+    closed file", "lost sys.stderr"). Pointing the handler at ``sys.__stderr__``, which absl
+    never closes, removes the hazard; opsworld never logs through absl.
+    """
+    import absl.logging
+    from rliable import library, metrics
+
+    handler = absl.logging.get_absl_handler().python_handler
+    if handler.stream is not sys.__stderr__:
+        handler.stream = sys.__stderr__
+    return library, metrics
+
+
 def interval(
     scores: np.ndarray | list[np.ndarray], func: Any, reps: int, seed: int
 ) -> tuple[float, float, float]:
     """``(point, low, high)`` of ``func`` with a 95 % stratified bootstrap (``rliable``)."""
-    from rliable import library as rly
+    rly, _ = _rliable()
 
     key = "x"
     # rliable's bootstrap (arch) draws from NumPy's global generator despite random_state:
@@ -167,7 +187,7 @@ def interval(
 
 def iqm(scores: np.ndarray) -> float:
     """Interquartile mean over all runs and entries (``rliable``)."""
-    from rliable import metrics
+    _, metrics = _rliable()
 
     return float(metrics.aggregate_iqm(scores))
 
@@ -179,7 +199,7 @@ def mean(scores: np.ndarray) -> float:
 
 def prob_improvement(x: np.ndarray, y: np.ndarray) -> float:
     """P(a run of X has fewer minutes than a run of Y on the same entry), ties 1/2."""
-    from rliable import metrics
+    _, metrics = _rliable()
 
     return float(metrics.probability_of_improvement(-x, -y))
 
@@ -443,7 +463,8 @@ def plot(
 ) -> list[Path]:
     """The performance profiles and the paired differences (two PNG files)."""
     from matplotlib.figure import Figure
-    from rliable import library as rly
+
+    rly, _ = _rliable()
 
     entries = result["entries"]
     scores = {m.label: m.matrix("slo_violation_min", entries) for m in methods}

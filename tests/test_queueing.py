@@ -87,6 +87,31 @@ def test_gamma_mean_min_infinite_cap_is_the_mean() -> None:
     assert got[0] == pytest.approx(1.5)
 
 
+@given(
+    k=st.floats(0.05, 50),
+    theta=st.floats(1e-4, 10),
+    u=st.floats(1e-3, 100),
+)
+def test_gamma_sf_mean_min_is_both_functions_at_once(k: float, theta: float, u: float) -> None:
+    args = (np.array([u]), np.array([k]), np.array([theta]))
+    sf, mean_min = q.gamma_sf_mean_min(*args)
+    # the same floating-point operations as the two functions: equal to the last bit
+    assert sf[0] == q.gamma_sf(*args)[0]
+    assert mean_min[0] == q.gamma_mean_min(*args)[0]
+
+
+@given(
+    c=st.lists(st.integers(0, 400), min_size=1, max_size=6),
+    rho=st.lists(st.floats(0.0, 1.5), min_size=6, max_size=6),
+)
+def test_erlang_c_raw_is_erlang_c_bit_for_bit(c: list[int], rho: list[float]) -> None:
+    cs = np.array(c, dtype=np.float64)
+    a = cs * np.array(rho[: cs.size])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = q.erlang_c_raw(cs, a, special.gammaln(cs + 1.0))
+    np.testing.assert_array_equal(raw, q.erlang_c(cs, a))
+
+
 def test_gamma_sf_is_one_below_zero() -> None:
     out = q.gamma_sf(np.array([-1.0, 0.0, 1.0]), np.array(2.0), np.array(1.0))
     assert out[0] == 1.0 and out[1] == 1.0

@@ -372,22 +372,29 @@ def test_telemetry_faults_do_not_change_the_score_of_the_same_trajectory(mode: s
     assert hidden.unknown_state_rate == expected_unknown
 
 
-_ESCAPE_SEGMENTS = (
-    "known defect (issue 16): the fluid engine's escape from retry-sustained overload "
-    "accumulates its hazard per segment, so the extra segment boundaries of an observation-only "
-    "fault move the escape time (time to mitigate 150 s vs 90 s here; SLO minutes and cost equal)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=_ESCAPE_SEGMENTS)
 @pytest.mark.parametrize("mode", ["gap", "noise"])
-def test_telemetry_faults_do_not_change_the_time_to_mitigate(mode: str) -> None:
-    tele = {"kind": "telemetry", "at_s": 360, "mode": mode, "duration_s": 300}
+@pytest.mark.parametrize(("at_s", "shift_s"), [(360.0, 60.0), (435.0, 0.0)])
+def test_telemetry_faults_move_the_time_to_mitigate_only_by_their_onset(
+    mode: str, at_s: float, shift_s: float
+) -> None:
+    """An observation-only fault leaves the run as it was (counters bit-identical) and counts
+    as a fault: ``T0`` is the first onset of any fault (``docs/scoring.md``). So a gap that
+    starts 60 s before the crash adds those 60 s to the time to mitigate; one that starts
+    during the incident changes nothing (120 s from the crash at 420 s either way: the db
+    leaves its retry-sustained overload at 530.8 s, the first scrape after it is 540 s)."""
+    tele = {"kind": "telemetry", "at_s": at_s, "mode": mode, "duration_s": 300}
     base = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db()]})
     blind = load_scenario("chain3", {"horizon_s": 1200, "faults": [_crash_db(), tele]})
-    clean = score_episode(rollout(Simulator(base, seed=5), StaticPolicy()))
-    hidden = score_episode(rollout(Simulator(blind, seed=5), StaticPolicy()))
-    assert hidden.time_to_mitigate_s == clean.time_to_mitigate_s
+    clean_run = rollout(Simulator(base, seed=5), StaticPolicy())
+    hidden_run = rollout(Simulator(blind, seed=5), StaticPolicy())
+    np.testing.assert_array_equal(
+        np.array([f.counters for f in hidden_run.frames]),
+        np.array([f.counters for f in clean_run.frames]),
+    )
+    clean = score_episode(clean_run)
+    hidden = score_episode(hidden_run)
+    assert clean.time_to_mitigate_s == 120.0
+    assert hidden.time_to_mitigate_s == clean.time_to_mitigate_s + shift_s
 
 
 def test_fault_free_run_and_too_short_result() -> None:

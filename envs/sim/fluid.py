@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from envs.core.telemetry import LATENCY_BUCKETS_S
 from envs.scenarios.schema import Scenario
@@ -42,16 +43,26 @@ FIXED_POINT_RTOL = 1e-3
 (relative); the queueing approximations themselves are good to a few percent."""
 RHO_MAX = 0.97
 """Utilisation at which the stationary (Erlang-C) part is capped; beyond, the backlog rules."""
-ESCAPE_DISPERSION = 0.6
+ESCAPE_DISPERSION = 0.54
 """Index of dispersion of a retry-amplified attempt stream, per unit of amplification
 (``D = ESCAPE_DISPERSION x lambda / lambda_0``) in the escape hazard of a retry-sustained
 overload (``docs/queueing.md``, "Escape"). Calibrated once on the chain3 2x flash crowd of
 ``tests/test_faults.py`` (eight request-level seeds), not on the overload suite."""
-_ESCAPE_GRID = 9
-"""Backlogs (0 to the queue's own, evenly spaced) at which the escape barrier is located."""
-ESCAPE_REFRESH_S = 60.0
-"""A free stuck service's escape hazard is recomputed after this much simulated time, or
-sooner when the capacity or its arrival rate (by more than 5%) change."""
+STUCK_SWEEPS = 2
+"""A segment in which a service gets stuck (see ``_escape_hazard``; it was not in the
+previous segment) may take this many times the usual sweeps to converge: its escape hazard
+is read from the solution, and an unconverged one (a stuck state entered mid-segment) made
+the escape time depend on where segments are cut by seconds."""
+BARRIER_RTOL_NONE = 0.2
+"""The same where the last location found no barrier (no escape: an empty queue would not
+do, or only drops hold the overload), which persists until something else changes; on the
+holdout suite this halves the barrier solves and changed one run's score of 47."""
+_ESCAPE_GRID = np.linspace(0.0, 1.0, 9)
+"""Backlogs (fractions of the queue's own) at which the escape barrier is located."""
+BARRIER_RTOL = 0.05
+"""A stuck service's barrier ``B*`` is located again only when its arrival rate or its
+backlog moved by more than this (relative) since it was last located, or the capacity
+changed; the hazard itself is evaluated from every segment's own state."""
 
 
 @dataclass
@@ -80,6 +91,7 @@ class FluidEngine(Engine):
             [np.inf if s.pod.timeout_s is None else s.pod.timeout_s for s in specs]
         )
         self.finite_timeout = np.isfinite(self.timeout)
+        self._timeout_fin = np.where(self.finite_timeout, self.timeout, 1.0)
         self.retries = np.array([s.pod.retries for s in specs], dtype=np.float64)
         self.backoff = np.array([s.pod.retry_backoff_s for s in specs])
         self.qpp = np.array([s.pod.queue_per_pod for s in specs], dtype=np.float64)
@@ -122,10 +134,13 @@ class FluidEngine(Engine):
         self._esc_need = self._rng.exponential(size=n)
         self._any_hazard = False
         self._stuck = np.zeros(n, dtype=bool)
-        # per service: last hazard computed, when, at which external rate and capacity
-        self._hz_cache = (np.zeros(n), np.full(n, -np.inf), np.zeros(n), np.zeros(n, np.int64))
+        # per service: the barrier B* last located (NaN: no escape), at which arrival
+        # rate, backlog and capacity version
+        self._barrier = (np.zeros(n), np.zeros(n), np.zeros(n), np.full(n, -1, np.int64))
         self._cold = False
         self.escapes = 0
+        self.escape_log: list[tuple[float, str]] = []
+        """``(time, service)`` of every escape, in order."""
         # ingress shedding is a Bernoulli draw per request at the request level: its binomial
         # noise goes into the entry's shed count once per scrape, from a stream of its own
         # (spawn key 4 of the scenario seed; the engine's four streams are keys 0-3), so no
@@ -160,6 +175,7 @@ class FluidEngine(Engine):
         self._law_value: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
         # capacity (refreshed by capacity_changed)
         self.c = np.zeros(n)
+        self._log_c_fact = np.zeros(n)
         self.qcap = np.zeros(n)
         self.m = self.m0.copy()
         self.app_err = np.zeros(n)
@@ -173,23 +189,40 @@ class FluidEngine(Engine):
         self._integrate(float(self.env.now))
 
     def capacity_changed(self) -> None:
-        """Re-read ready slots, versions and shedding."""
+        """Re-read ready slots, versions and shedding.
+
+        When none of them changed (a pod started or was scheduled, a no-op refresh), the
+        capacity version stays, so the cached steady solution and escape barriers stand.
+        """
         cp = self.cp
-        self.c = cp.ready * self.concurrency
-        self.qcap = cp.ready * self.qpp
-        self.m = self.m0 * cp.latency_factor
-        self.app_err = cp.app_error.copy()
-        self.shed = cp.shed_fraction
-        self.net_loss = np.zeros(self.n)
-        self.net_delay = np.zeros(self.n)
+        c = cp.ready * self.concurrency
+        qcap = cp.ready * self.qpp
+        m = self.m0 * cp.latency_factor
+        app_err = cp.app_error.copy()
+        shed = cp.shed_fraction
+        net_loss = np.zeros(self.n)
+        net_delay = np.zeros(self.n)
         if self.edge_faults:
             # share of each callee's calls that take a degraded path, weighted by call rate
             rate = np.maximum(self.lam, 1e-12)[:, None] * self.em
             inflow = rate.sum(axis=0)
             for (src, dst), (loss, delay) in self.edge_faults.items():
                 w = rate[src, dst] * cp.bad_path_fraction[src] / max(inflow[dst], 1e-300)
-                self.net_loss[dst] += w * loss
-                self.net_delay[dst] += w * delay
+                net_loss[dst] += w * loss
+                net_delay[dst] += w * delay
+        if (
+            shed == self.shed
+            and np.array_equal(c, self.c)
+            and np.array_equal(qcap, self.qcap)
+            and np.array_equal(m, self.m)
+            and np.array_equal(app_err, self.app_err)
+            and np.array_equal(net_loss, self.net_loss)
+            and np.array_equal(net_delay, self.net_delay)
+        ):
+            return
+        self.c, self.qcap, self.m, self.app_err, self.shed = c, qcap, m, app_err, shed
+        self._log_c_fact = special.gammaln(c + 1.0)
+        self.net_loss, self.net_delay = net_loss, net_delay
         self._cap_version += 1
 
     def set_call_policy(self, service: int, timeout_s: float | None, retries: int) -> None:
@@ -198,6 +231,7 @@ class FluidEngine(Engine):
         self.timeout = self.timeout.copy()
         self.timeout[service] = np.inf if timeout_s is None else timeout_s
         self.finite_timeout = np.isfinite(self.timeout)
+        self._timeout_fin = np.where(self.finite_timeout, self.timeout, 1.0)
         self.retries = self.retries.copy()
         self.retries[service] = retries
         self._law_key = None
@@ -217,25 +251,15 @@ class FluidEngine(Engine):
     # ------------------------------------------------------------------ the model
     def _integrate(self, t1: float) -> None:
         """Advance the data plane to ``t1``, escaping retry-sustained overload on the way."""
-        while self._any_hazard:
-            t0 = self._t
-            dt = t1 - t0
-            if dt <= 1e-12:
+        while True:
+            ring = self._segment(t1)
+            if ring is None:
                 return
-            h = self.hazard
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t_hit = np.where(h > 0, (self._esc_need - self._esc_acc) / h, np.inf)
-            j = int(np.argmin(t_hit))
-            first = float(t_hit[j])
-            if first >= dt:
-                self._esc_acc += h * dt
-                self._segment(t1)
-                return
-            # the escape clock rings inside the segment: integrate up to it, then escape
-            self._esc_acc += h * first
-            self._segment(t0 + first)
+            # an escape clock rang inside the segment: the data plane up to that moment
+            # (under the segment's hazard), the escape, then the rest of the segment afresh
+            t, j, h = ring
+            self._segment(t, h)
             self._escape(j)
-        self._segment(t1)
 
     def _escape(self, j: int) -> None:
         """Service ``j`` leaves its retry-sustained overload: its queue drains, retries stop.
@@ -248,6 +272,8 @@ class FluidEngine(Engine):
         healed = esc | (self.below[:, esc].any(axis=1) & ~self._stuck)
         self.backlog = np.where(esc, 0.0, self.backlog)
         self._esc_acc = np.where(esc, 0.0, self._esc_acc)
+        # a new threshold for each service that escaped (draws: n per escape, never per
+        # segment, so where segments are cut does not move later escapes)
         self._esc_need = np.where(esc, self._rng.exponential(size=self.n), self._esc_need)
         self.hazard = np.where(esc, 0.0, self.hazard)
         self._any_hazard = bool(self.hazard.any())
@@ -257,20 +283,25 @@ class FluidEngine(Engine):
         self._steady = None
         self._cold = True
         self.escapes += 1
+        self.escape_log.append((self._t, self.names[j]))
 
-    def _segment(self, t1: float) -> None:
+    def _segment(
+        self, t1: float, hazard: np.ndarray | None = None
+    ) -> tuple[float, int, np.ndarray] | None:
+        """Solve the data plane over ``[now, t1]`` and commit it, unless an escape intervenes.
+
+        The escape hazard of the segment is computed from its own solution (it is constant
+        over the segment). If the escape clock of a service rings before ``t1``, nothing is
+        committed and ``(t, service, hazard)`` comes back: the caller solves up to ``t``
+        with that ``hazard`` given (no second check), then lets the service escape. Until a
+        commit, nothing in the engine changes, so the second solve starts from the same
+        state as the first.
+        """
         t0 = self._t
         dt = t1 - t0
         if dt <= 1e-12:
-            return
-        self._t = t1
+            return None
         offered = self.traffic.integral(t0, t1)
-        if self.shed > 0:
-            # shed at the ingress: rejected user requests, counted as dropped at the entry
-            self.arrived[self.entry] += offered * self.shed
-            self.dropped[self.entry] += offered * self.shed
-            self._shed_amt += offered * self.shed
-            self._shed_var += offered * self.shed * (1.0 - self.shed)
         lam_ext = offered / dt * (1.0 - self.shed)
         c = self.c
         m = self.m
@@ -293,23 +324,21 @@ class FluidEngine(Engine):
             # from a cold start arrivals need `depth` sweeps to reach the leaves, then
             # response times need `depth` more to climb back up
             cold = self._lam_ext_prev <= 0 or self._cold
-            self._cold = False
             sweeps = 2 * self.sweeps if cold else self.sweeps
-            self._steady = None
+            steady = None
             if self._lam_ext_prev > 0 and lam_ext > 0:
                 # arrivals are linear in the external rate for given failure probabilities:
                 # start from the previous solution scaled to the new rate
                 lam = lam * (lam_ext / self._lam_ext_prev)
-        self._lam_ext_prev = lam_ext
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             all_pods = bool(has_pods.all())
             converged = False
             fast = False
-            for _ in range(sweeps):
+            for it in range(sweeps * STUCK_SWEEPS):
                 prev_lam, prev_d1 = lam, d1
                 fc = np.minimum(f, 1.0 - 1e-9)
                 attempts = (1.0 - fc**r1) / (1.0 - fc)
-                bo = _backoff_mean(fc, self.retries, self.backoff)
+                bo = _backoff_mean_raw(fc, self.retries, self.backoff)
                 call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
                 call_var = attempts * d2
                 ok_own = (1.0 - drop) * (1.0 - self.app_err)
@@ -346,7 +375,7 @@ class FluidEngine(Engine):
                 # stationary M/G/c part
                 lam_adm = lam * (1.0 - drop)
                 a = np.minimum(lam_adm * m, RHO_MAX * c)
-                cw = q.erlang_c(c, a)
+                cw = q.erlang_c_raw(c, a, self._log_c_fact)
                 # with a fluid backlog present, the backlog delay is the wait (no double count)
                 wq = np.where(
                     has_pods & (a > 0) & (b_avg <= 0),
@@ -357,9 +386,10 @@ class FluidEngine(Engine):
                 x_mean = delay + wq + m + down_mean
                 x_var = delay_var + var_wq + self.scv * m * m + down_var
                 k, theta = q.gamma_shape_scale(x_mean, x_var)
-                p_to = np.where(self.finite_timeout, q.gamma_sf(self.timeout, k, theta), 0.0)
+                p_to, d1 = q.gamma_sf_mean_min(self._timeout_fin, k, theta)
+                p_to = np.where(self.finite_timeout, p_to, 0.0)
                 p_to = np.where(has_pods, p_to, 1.0)
-                d1 = np.where(self.finite_timeout, q.gamma_mean_min(self.timeout, k, theta), x_mean)
+                d1 = np.where(self.finite_timeout, d1, x_mean)
                 d1 = np.where(has_pods, d1, np.where(self.finite_timeout, self.timeout, 0.0))
                 d2 = x_var * (1.0 - p_to)
                 if self.has_edges:
@@ -380,13 +410,50 @@ class FluidEngine(Engine):
                     np.abs(d1 - prev_d1) <= FIXED_POINT_RTOL * np.abs(d1)
                 ).all():
                     break  # converged to well below the model's own error
-            if converged and fast:
-                self._steady = (
-                    lam_ext,
-                    self._cap_version,
-                    (lam_adm, mu, b1, b_avg, delay, dropped_amt, wq, k, theta, f_nd),
+                if it + 1 == sweeps and (
+                    fast
+                    or not (
+                        (b1 > 0)
+                        & ~self._stuck
+                        & self.finite_timeout
+                        & (lam > mu)
+                        & (lam_ext * self.fresh < mu)
+                        & (f * lam >= lam - mu)
+                    ).any()
+                ):
+                    break  # out of sweeps, and no service getting stuck just now
+            # the escape hazard of this segment's state; if a clock rings inside the
+            # segment, stop here (nothing committed) and report when
+            if hazard is None and sweeps > 0 and not fast:
+                b_end = np.where(has_pods, b1, 0.0)
+                hazard = self._escape_hazard(
+                    lam_ext, lam, mu, f, b_end, (delay, delay_var, drop, wq, var_wq, d1, d2)
                 )
+                if hazard.any():
+                    t_hit = np.where(hazard > 0, (self._esc_need - self._esc_acc) / hazard, np.inf)
+                    j = int(np.argmin(t_hit))
+                    if t_hit[j] < dt:
+                        return t0 + float(t_hit[j]), j, hazard
             # commit the segment
+            self._t = t1
+            if self.shed > 0:
+                # shed at the ingress: rejected user requests, counted as dropped at the entry
+                self.arrived[self.entry] += offered * self.shed
+                self.dropped[self.entry] += offered * self.shed
+                self._shed_amt += offered * self.shed
+                self._shed_var += offered * self.shed * (1.0 - self.shed)
+            if sweeps > 0:
+                self._cold = False
+                self._steady = (
+                    (
+                        lam_ext,
+                        self._cap_version,
+                        (lam_adm, mu, b1, b_avg, delay, dropped_amt, wq, k, theta, f_nd),
+                    )
+                    if converged and fast
+                    else None
+                )
+            self._lam_ext_prev = lam_ext
             admitted = lam_adm * dt
             self.arrived += lam * dt
             self.dropped += dropped_amt
@@ -408,19 +475,20 @@ class FluidEngine(Engine):
             self.in_service = np.minimum(served * m, c)
             self.lq = np.where(has_pods, np.minimum(lam_adm * wq, qcap), 0.0) + b1
             self.backlog = np.where(has_pods, b1, 0.0)
-            if sweeps > 0 and not fast:
-                self.hazard = self._escape_hazard(
-                    lam_ext, lam, mu, f, self.backlog, (delay, delay_var, drop, wq, var_wq, d1, d2)
-                )
-                self._any_hazard = bool(self.hazard.any())
-                self._esc_acc = np.where(self.hazard > 0, self._esc_acc, 0.0)
+            if hazard is not None:
+                # the hazard is constant over the segment: its integral grows linearly. It
+                # is kept (not reset) while a service is not stuck: the threshold is
+                # exponential, so going on from there is a fresh Exp(1) for the next episode
+                self._esc_acc = self._esc_acc + hazard * dt
+                self.hazard = hazard
+                self._any_hazard = bool(hazard.any())
             elif self._any_hazard:
                 self.hazard = np.zeros(self.n)
                 self._stuck = np.zeros(self.n, dtype=bool)
                 self._any_hazard = False
-                self._esc_acc = np.zeros(self.n)
         self.f, self.drop, self.lam, self.d1, self.d2 = f, drop, lam, d1, d2
         self._segments.append(_Segment(finished, self._no_shift, k, theta, d1))
+        return None
 
     def _escape_hazard(
         self,
@@ -451,28 +519,55 @@ class FluidEngine(Engine):
         stuck = (b > 0) & self.finite_timeout & (lam0 > 0) & (lam0 < mu) & (lam > mu)
         stuck &= f * lam >= lam - mu
         self._stuck = stuck
+        if not stuck.any():
+            return h
         # a service below an overloaded one (stuck or not) gets that one's retries: it cannot
         # leave before its caller does
         over = (b > 0) & (lam > mu)
         free = stuck & ~(self.below & over[:, None]).any(axis=0)
         if not free.any():
             return h
-        # a service free and stuck at the last computation, in much the same state since:
-        # the same hazard (ESCAPE_REFRESH_S)
-        hz_val, hz_t, hz_lam, hz_ver = self._hz_cache
-        fresh = (
-            (self._t - hz_t < ESCAPE_REFRESH_S)
-            & (hz_ver == self._cap_version)
-            & (np.abs(lam - hz_lam) <= 0.05 * hz_lam)
+        # the barrier B*: located again where the state moved (BARRIER_RTOL), else reused
+        b_star, at_lam, at_b, at_ver = self._barrier
+        tol = np.where(np.isnan(b_star), BARRIER_RTOL_NONE, BARRIER_RTOL)
+        same = (
+            (at_ver == self._cap_version)
+            & (np.abs(lam - at_lam) <= tol * at_lam)
+            & (np.abs(b - at_b) <= tol * at_b)
         )
-        h[free] = hz_val[free]
-        js = np.flatnonzero(free & ~fresh)
-        if js.size == 0:
-            return h
-        # every such service's queue held at a grid of backlogs from 0 to its own, one row
-        # per (service, backlog); the other queues as they are
-        grid = np.linspace(0.0, 1.0, _ESCAPE_GRID)
-        rows = np.repeat(js, _ESCAPE_GRID)
+        js = np.flatnonzero(free & ~same)
+        if js.size:
+            b_star[js] = self._barrier_backlog(js, lam_ext, lam, mu, f, b, seg)
+            at_lam[js], at_b[js], at_ver[js] = lam[js], b[js], self._cap_version
+        # Kramers' rate over the barrier from B to B*, in this segment's state; no escape
+        # where B* is NaN (an empty queue would not do, or only drops hold the overload)
+        i = np.flatnonzero(free & np.isfinite(b_star))
+        if i.size:
+            barrier = (1.0 - mu[i] / lam[i]) * np.maximum(b[i] - b_star[i], 0.0)
+            amp = lam[i] / lam0[i]
+            h[i] = np.exp(-barrier / (ESCAPE_DISPERSION * amp)) / self.timeout[i]
+        return h
+
+    def _barrier_backlog(
+        self,
+        js: np.ndarray,
+        lam_ext: float,
+        lam: np.ndarray,
+        mu: np.ndarray,
+        f: np.ndarray,
+        b: np.ndarray,
+        seg: tuple[np.ndarray, ...],
+    ) -> np.ndarray:
+        """``B*`` of each service ``js``: the backlog below which it would drain (NaN: none).
+
+        Every such service's queue is held at a grid of backlogs from 0 to its own (one
+        row per service and backlog), the other queues as they are, and the graph's
+        arrival rates are solved again; ``B*`` interpolates where the attempts at the held
+        queue fall to its capacity.
+        """
+        grid = _ESCAPE_GRID
+        g = grid.size
+        rows = np.repeat(js, g)
         held = np.tile(grid, js.size) * b[rows]
         k = np.arange(rows.size)
         delay, delay_var, drop, wq, var_wq, d1, d2 = (np.tile(x, (rows.size, 1)) for x in seg)
@@ -485,22 +580,19 @@ class FluidEngine(Engine):
         above[js] = True
         cols = np.flatnonzero(above)
         rates = self._rates_at(lam_ext, delay, delay_var, drop, wq, var_wq, f, lam, d1, d2, cols)
-        excess = (rates[k, rows] - mu[rows]).reshape(js.size, _ESCAPE_GRID)
-        for r, j in enumerate(js):
+        excess = (rates[k, rows] - mu[rows]).reshape(js.size, g)
+        out = np.full(js.size, np.nan)
+        for r in range(js.size):
             # no escape where an empty queue would not do (the failures or the retries come
             # from elsewhere), nor where the queue just below its limit would drain already
             # (drops at the limit alone keep the overload: an edge the mean field rides)
             e = excess[r]
-            hz_val[j], hz_t[j], hz_lam[j], hz_ver[j] = 0.0, self._t, lam[j], self._cap_version
             if e[0] >= 0 or e[-1] <= 0:
                 continue
             u = int(np.argmax(e > 0))  # first grid backlog over capacity; interpolate
             x = grid[u - 1] + (grid[u] - grid[u - 1]) * -e[u - 1] / (e[u] - e[u - 1])
-            b_star = b[j] * x
-            barrier = (1.0 - mu[j] / lam[j]) * (b[j] - b_star)
-            amp = lam[j] / lam0[j]
-            h[j] = hz_val[j] = np.exp(-barrier / (ESCAPE_DISPERSION * amp)) / self.timeout[j]
-        return h
+            out[r] = b[js[r]] * x
+        return out
 
     def _rates_at(
         self,
@@ -523,7 +615,7 @@ class FluidEngine(Engine):
         ``(K, S)``). Only the services ``cols`` update their response times and failure
         probabilities; every service updates its arrivals.
         """
-        c_m, c_scv, c_to = self.m[cols], self.scv[cols], self.timeout[cols]
+        c_m, c_scv, c_to = self.m[cols], self.scv[cols], self._timeout_fin[cols]
         c_fin, c_pods, c_err = self.finite_timeout[cols], self.c[cols] > 0, self.app_err[cols]
         c_loss = self.net_loss[cols]
         r1 = self.retries + 1.0
@@ -538,15 +630,16 @@ class FluidEngine(Engine):
             prev, prev_f = lam, f.copy()
             fc = np.minimum(f, 1.0 - 1e-9)
             attempts = (1.0 - fc**r1) / (1.0 - fc)
-            bo = _backoff_mean(fc, self.retries, self.backoff)
+            bo = _backoff_mean_raw(fc, self.retries, self.backoff)
             call_mean = attempts * ((1.0 - drop) * d1 + self.net_delay) + bo
             lam = (lam_ext * self.entry_vec + (lam * ok_own) @ self.em) * attempts
             x_mean = c_base_mean + (call_mean @ em_t)[:, cols]
             x_var = c_base_var + ((attempts * d2) @ em_t + (call_mean**2) @ self.vm.T)[:, cols]
             k, theta = q.gamma_shape_scale(x_mean, x_var)
-            p_to = np.where(c_fin, q.gamma_sf(c_to, k, theta), 0.0)
+            p_to, dd = q.gamma_sf_mean_min(c_to, k, theta)
+            p_to = np.where(c_fin, p_to, 0.0)
             p_to = np.where(c_pods, p_to, 1.0)
-            dd = np.where(c_fin, q.gamma_mean_min(c_to, k, theta), x_mean)
+            dd = np.where(c_fin, dd, x_mean)
             d1[:, cols] = np.where(c_pods, dd, np.where(c_fin, c_to, 0.0))
             d2[:, cols] = x_var * (1.0 - p_to)
             ds_ok = np.ones_like(f)
@@ -662,9 +755,14 @@ class FluidEngine(Engine):
 
 def _backoff_mean(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Expected total backoff ``sum_{k=1..r} f^k * base * 2^(k-1)`` of one call."""
-    two_f = 2.0 * f
     with np.errstate(divide="ignore", invalid="ignore"):
-        geo = np.where(np.abs(1.0 - two_f) > 1e-9, (1.0 - two_f**retries) / (1.0 - two_f), retries)
+        return _backoff_mean_raw(f, retries, base)
+
+
+def _backoff_mean_raw(f: np.ndarray, retries: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """:func:`_backoff_mean` for callers already under ``np.errstate`` (the hot path)."""
+    two_f = 2.0 * f
+    geo = np.where(np.abs(1.0 - two_f) > 1e-9, (1.0 - two_f**retries) / (1.0 - two_f), retries)
     return base * f * geo
 
 

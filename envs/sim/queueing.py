@@ -38,6 +38,18 @@ def erlang_c(c: np.ndarray, a: np.ndarray) -> np.ndarray:
     return np.where(a >= c, 1.0, np.clip(out, 0.0, 1.0))
 
 
+def erlang_c_raw(c: np.ndarray, a: np.ndarray, log_c_fact: np.ndarray) -> np.ndarray:
+    """:func:`erlang_c` bit for bit, for float arrays and ``gammaln(c + 1)`` given.
+
+    The fluid engine's hot path: ``c`` changes only with the capacity, so its log-factorial
+    is kept; call it under ``np.errstate(divide="ignore", invalid="ignore")``.
+    """
+    b = np.exp(special.xlogy(c, a) - a - log_c_fact) / special.pdtr(c, a)
+    b = np.where(c <= 0, 1.0, np.where(a <= 0, 0.0, b))
+    out = b / (1.0 - a / c * (1.0 - b))
+    return np.where(a >= c, 1.0, np.minimum(np.maximum(out, 0.0), 1.0))
+
+
 def mmc_mean_wait(lam: float, mu: float, c: int) -> float:
     """Mean waiting time in queue ``Wq = C(c, a) / (c mu - lam)`` of M/M/c (stable only)."""
     a = lam / mu
@@ -118,3 +130,16 @@ def gamma_mean_min(u: np.ndarray, k: np.ndarray, theta: np.ndarray) -> np.ndarra
     head = k * theta * special.gammainc(k + 1.0, xs)
     tail = np.where(finite, np.maximum(u, 0.0), 0.0) * special.gammaincc(k, xs)
     return np.where(finite, head + tail, k * theta)
+
+
+def gamma_sf_mean_min(
+    u: np.ndarray, k: np.ndarray, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(P(X > u), E[min(X, u)])`` for X ~ gamma(k, theta), finite ``u > 0``.
+
+    :func:`gamma_sf` and :func:`gamma_mean_min` at once, sharing their upper incomplete
+    gamma function (the fluid engine needs both at every caller's timeout).
+    """
+    x = u / theta
+    sf = special.gammaincc(k, x)
+    return sf, k * theta * special.gammainc(k + 1.0, x) + u * sf
