@@ -16,7 +16,9 @@ there, and writes the table into ``<out>/fidelity.md`` between :data:`TABLE_STAR
 ``--fluid-only`` re-runs only the fluid side of every JSON file there (after a change to the
 fluid engine alone) and keeps its request-level runs, whose command stays recorded in
 ``request_command``: the request level is deterministic per seed, so re-running it would
-reproduce them.
+reproduce them. ``--more-seeds N`` (with ``--fluid-only``) first extends those files to ``N``
+seeds per fidelity, running only the request-level seeds they lack (the recorded ones are
+kept), then re-runs the fluid side of all ``N``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ def main() -> None:
         "--fluid-only",
         action="store_true",
         help="re-run the fluid runs of the JSON files in --results, keep their request runs",
+    )
+    ap.add_argument(
+        "--more-seeds",
+        type=int,
+        default=0,
+        help="with --fluid-only: first extend those files to this many seeds, running only "
+        "the request-level seeds they lack",
     )
     args = ap.parse_args()
     if args.suite is not None:
@@ -175,7 +184,7 @@ def run_overload(args: argparse.Namespace) -> None:
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
     if args.fluid_only:
-        rerun_fluid(results, args.workers, args.only)
+        rerun_fluid(results, args.workers, args.only, args.more_seeds)
     elif not args.table_only:
         suite = load_suite(args.suite)
         entries = [e for e in suite if not args.only or e.id.startswith(tuple(args.only))]
@@ -200,18 +209,22 @@ def run_overload(args: argparse.Namespace) -> None:
     build_overload_outputs(results, args.out)
 
 
-def rerun_fluid(results: Path, workers: int, only: list[str]) -> None:
+def rerun_fluid(results: Path, workers: int, only: list[str], more_seeds: int = 0) -> None:
     """Re-run the fluid side of each ``<entry>__<policy>.json`` in ``results`` in place.
 
     The request-level runs are kept as they are (the request level is deterministic per
     seed; their command moves to ``request_command``); the fluid runs, the agreement rows
-    and the verdict are recomputed with the current fluid engine.
+    and the verdict are recomputed with the current fluid engine. With ``more_seeds`` above
+    a file's seed count, the request-level seeds it lacks are run first and appended (their
+    command is added to ``request_command``).
     """
     suite = {e.id: e for e in load_suite("overload")}
     files = [
         f for f in sorted(results.glob("*__*.json")) if not only or f.name.startswith(tuple(only))
     ]
     olds = [json.loads(f.read_text()) for f in files]
+    if more_seeds:
+        _add_request_seeds(files, olds, suite, more_seeds, workers)
     tasks = []
     for old in olds:
         if old["entry"] not in suite:
@@ -257,6 +270,57 @@ def rerun_fluid(results: Path, workers: int, only: list[str]) -> None:
         path.write_text(json.dumps(data, indent=2))
         print(f"{old['entry']} / {old['policy']}: {old['verdict']} -> {report.verdict}", flush=True)
     print(f"re-ran {len(tasks)} fluid runs in {time.perf_counter() - t0:.0f} s wall")
+
+
+def _add_request_seeds(
+    files: list[Path], olds: list[dict], suite: dict, n: int, workers: int
+) -> None:
+    """Extend each file's request-level runs to ``n`` seeds (in ``olds``, in place)."""
+    tasks, owners = [], []
+    for i, old in enumerate(olds):
+        sc = suite[old["entry"]].scenario
+        spec = resolve_policy(old["policy"])
+        first = old["seeds"][0]
+        if old["seeds"] != list(range(first, first + len(old["seeds"]))):
+            raise SystemExit(f"{files[i]}: seeds {old['seeds']} are not consecutive")
+        for seed in range(first + len(old["seeds"]), first + n):
+            tasks.append(
+                RunTask(
+                    sc.model_copy(update={"fidelity": "request", "seed": seed}),
+                    spec,
+                    old["window_s"],
+                )
+            )
+            owners.append((i, seed))
+    t0 = time.perf_counter()
+    runs = parallel_map(run_task, tasks, workers, on_result=_progress)
+    added = dict.fromkeys(range(len(olds)), 0)
+    for (i, seed), run in zip(owners, runs, strict=True):
+        olds[i]["seeds"].append(seed)
+        # JSON-ready as check_fidelity writes it (NaN as None)
+        olds[i]["request"].append(
+            FidelityReport("", "", [], 0.0, [], "", [], [run]).to_dict()["request"][0]
+        )
+        added[i] += 1
+    cmd = (
+        f"python -m experiments.fidelity_report --suite overload --fluid-only --more-seeds {n} "
+        f"--workers {workers}"
+    )
+    for i, old in enumerate(olds):
+        if not added[i]:
+            continue
+        k = len(old["seeds"]) - added[i]
+        base = old.get("request_command", old["command"])
+        seeds = old["seeds"]
+        old["request_command"] = (
+            f"{base} (seeds {seeds[0]}-{seeds[k - 1]}); {cmd} (seeds {seeds[k]}-{seeds[-1]})"
+        )
+        old["wall_s"] = old["wall_s"] + sum(r["wall_s"] for r in old["request"][k:])
+    print(f"ran {len(tasks)} request-level runs in {time.perf_counter() - t0:.0f} s wall")
+
+
+def _progress(i: int, run: RunMetrics) -> None:
+    print(f"  request run {i}: seed {run.seed}, {run.wall_s:.0f} s", flush=True)
 
 
 def _cell(row: dict) -> str:

@@ -360,3 +360,40 @@ def test_overload_table_is_built_from_the_result_files(tmp_path: Path) -> None:
     assert f"Overall: {int(report.verdict == 'pass')}/1 runs pass" in text
     for name in ("fidelity_overload.png", "fidelity_overload_timelines.png"):
         assert (tmp_path / "docs" / "img" / name).stat().st_size > 0
+
+
+def test_more_seeds_runs_only_the_missing_request_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import experiments.fidelity_report as fr
+
+    # a stored chain3-crowd-2x / hpa result with 2 seeds; request-level runs are replaced by
+    # fluid runs labelled "request" (cheap), and every run the code asks for is recorded
+    old = json.loads((Path(fr.OVERLOAD_RESULTS) / "chain3-crowd-2x__hpa.json").read_text())
+    (tmp_path / "chain3-crowd-2x__hpa.json").write_text(json.dumps(old))
+    asked: list[tuple[str, int]] = []
+    real = fr.run_task
+
+    def fake(task: RunTask) -> RunMetrics:
+        asked.append((task.scenario.fidelity, task.scenario.seed))
+        fluid = task.scenario.model_copy(update={"fidelity": "fluid"})
+        run = real(dataclasses.replace(task, scenario=fluid))
+        return dataclasses.replace(run, fidelity=task.scenario.fidelity)
+
+    monkeypatch.setattr(fr, "run_task", fake)
+    fr.rerun_fluid(tmp_path, 1, [], more_seeds=3)
+    s0 = old["seeds"][0]
+    assert asked == [("request", s0 + 2)] + [("fluid", s0 + k) for k in range(3)]
+    new = json.loads((tmp_path / "chain3-crowd-2x__hpa.json").read_text())
+    assert new["seeds"] == [s0, s0 + 1, s0 + 2]
+    assert new["request"][:2] == old["request"]  # the recorded runs are kept as they were
+    assert new["request"][2]["seed"] == s0 + 2 and len(new["fluid"]) == 3
+    assert f"(seeds {s0}-{s0 + 1}); " in new["request_command"]
+    assert f"--more-seeds 3 --workers 1 (seeds {s0 + 2}-{s0 + 2})" in new["request_command"]
+    assert all(r["request_min"] is not None for r in new["rows"] if r["tolerance"])
+    # already at 3 seeds: nothing more to run at the request level
+    asked.clear()
+    fr.rerun_fluid(tmp_path, 1, [], more_seeds=3)
+    assert [f for f, _ in asked] == ["fluid"] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -220,7 +221,7 @@ def test_an_added_shed_is_lifted_by_the_rules_once_healthy() -> None:
     env.reset(seed=0)
     n = len(env.services)
     shed = []
-    for i in range(20):
+    for i in range(40):
         action = env.noop_action()
         if i == 5:
             action = np.array([NOOP_TARGET] * n + [2 + 2 * n + 2])  # shed 0.5
@@ -228,9 +229,14 @@ def test_an_added_shed_is_lifted_by_the_rules_once_healthy() -> None:
         shed.append(env.frame.cluster_value("shed_fraction"))
         if i == 5:
             assert info["actions"][-1] == repr(ShedLoad(0.5))
-    # healthy chain3: the overload rule lifts it a step of 0.25 per 60 s (4 decisions)
-    assert shed[:5] == [0.0] * 5 and shed[5:9] == [0.5] * 4
-    assert shed[9:15] == [0.25] * 6 and shed[15:] == [0.0] * 5
+    # healthy chain3: the overload rule lifts it in steps of 0.25, each after at least 60 s
+    # (4 decisions) of the entry's error rate net of shedding within 1%; how long that takes
+    # depends on the shed counts' noise (docs/queueing.md, "Shedding noise"): 9 and 6
+    # decisions here
+    assert shed[:5] == [0.0] * 5 and shed[5] == 0.5
+    runs = [(f, len(list(g))) for f, g in itertools.groupby(shed[5:])]
+    assert [f for f, _ in runs] == [0.5, 0.25, 0.0]
+    assert all(k >= 4 for _, k in runs[:2])
 
 
 def test_record_external_makes_the_rules_own_an_action() -> None:

@@ -141,6 +141,14 @@ class FluidEngine(Engine):
         self.escapes = 0
         self.escape_log: list[tuple[float, str]] = []
         """``(time, service)`` of every escape, in order."""
+        # ingress shedding is a Bernoulli draw per request at the request level: its binomial
+        # noise goes into the entry's shed count once per scrape, from a stream of its own
+        # (spawn key 4 of the scenario seed; the engine's four streams are keys 0-3), so no
+        # other draw depends on it and the number of segments does not matter
+        self._shed_rng = np.random.default_rng(np.random.SeedSequence(scenario.seed).spawn(5)[4])
+        self._shed_amt = 0.0  # expected requests shed since the last scrape
+        self._shed_var = 0.0  # and the variance of their number
+        self._entry_done = (0.0, 0.0)  # the entry's completed and failed at the last scrape
         # state
         self._t = 0.0
         self.backlog = np.zeros(n)
@@ -432,6 +440,8 @@ class FluidEngine(Engine):
                 # shed at the ingress: rejected user requests, counted as dropped at the entry
                 self.arrived[self.entry] += offered * self.shed
                 self.dropped[self.entry] += offered * self.shed
+                self._shed_amt += offered * self.shed
+                self._shed_var += offered * self.shed * (1.0 - self.shed)
             if sweeps > 0:
                 self._cold = False
                 self._steady = (
@@ -677,12 +687,40 @@ class FluidEngine(Engine):
             with np.errstate(invalid="ignore", divide="ignore"):
                 vals = np.where(w_tot > 1e-9, acc / w_tot, np.nan)
         p50, p95, p99, mean = vals
+        if self._shed_var > 0:
+            self._shed_noise()
+        self._entry_done = (float(self.completed[self.entry]), float(self.failed[self.entry]))
         counters = np.stack([self.arrived, self.completed, self.failed, self.dropped], axis=1)
         busy = self.own_busy
         self.own_busy = np.zeros(n)
         return DataPlaneReading(
             counters, self.in_flight.copy(), self.lq.copy(), busy, p50, p95, p99, mean, hist
         )
+
+    def _shed_noise(self) -> None:
+        """Give the requests shed since the last scrape their binomial spread.
+
+        The request level sheds each arriving request with probability ``s``, so of ``N``
+        arrivals ``Binomial(N, s)`` are shed; the fluid counters carry the mean ``N s``.
+        One normal draw with the summed variance ``sum N s (1 - s)`` moves that many requests
+        between the entry's shed (dropped) and its finished ones (completed and failed in
+        proportion), within what the interval holds. The data plane below the entry is not
+        touched: the spread is a fraction of a percent of its load. It matters to a policy
+        that reads the entry's error rate net of shedding against a 1% threshold
+        (``docs/queueing.md``, "Shedding noise").
+        """
+        e = self.entry
+        done_c = self.completed[e] - self._entry_done[0]
+        done_f = self.failed[e] - self._entry_done[1]
+        x = float(self._shed_rng.standard_normal()) * float(np.sqrt(self._shed_var))
+        x = min(max(x, -self._shed_amt), done_c + done_f)
+        if done_c + done_f > 0:
+            share = done_c / (done_c + done_f)
+            self.completed[e] -= x * share
+            self.failed[e] -= x * (1.0 - share)
+            self.dropped[e] += x
+        self._shed_amt = 0.0
+        self._shed_var = 0.0
 
     def _law(self, sg: _Segment) -> tuple[np.ndarray, np.ndarray]:
         """Quantiles (p50, p95, p99) and bucket probabilities of ``min(d + X, T)``.
