@@ -29,10 +29,13 @@ samples); services share one set of weights, the global node has its own.
   previous decoded mean while imagining. The decoder predicts ``mean = base + r(feat_i,
   base_i)`` per node; the output layer of ``r`` starts at zero, so an untrained model
   forecasts exactly persistence and training can only add the change persistence misses.
+  With ``dec_stoch=False`` ``r`` reads ``[deter_i, base_i]`` (not the step's latent, which
+  the posterior drew after seeing the value it decodes).
 * **Heads**: reward (two-hot), continue and violation read ``[feat_g, mean_i feat_i,
   max_i feat_i]``.
 * **Loss** (DreamerV3, Hafner et al. 2023, arXiv:2301.04104): decoder ``dec_loss="mse"``:
-  symlog squared error of the mean plus the Gaussian NLL of the std on the detached mean
+  symlog squared error (``dec_loss="mae"``: absolute error) of the mean plus the Gaussian
+  NLL of the std on the detached mean
   (the std only sets the forecast's noise), summed over observed values and divided by the
   number of nodes, so a large topology does not outweigh a small one; KL balancing with free
   bits per node (``dyn`` 1.0, ``rep`` 0.1, ``max(free_nats, KL)`` averaged over the nodes),
@@ -388,8 +391,9 @@ class GraphWorldModel(nn.Module):
         self.svc_cell = NodeCell(cfg, len(ACTION_SERVICE_FEATURES), 3 * d, e)
         self.glob_cell = NodeCell(cfg, len(ACTION_CLUSTER_FEATURES), 2 * d, e)
         self.node_feat = d + cfg.stoch * cfg.classes
-        self.svc_dec = ResidualHead(self.node_feat + nf, nf, cfg.units, cfg.dec_layers)
-        self.glob_dec = ResidualHead(self.node_feat + nc, nc, cfg.units, cfg.dec_layers)
+        dec_in = self.node_feat if cfg.dec_stoch else d
+        self.svc_dec = ResidualHead(dec_in + nf, nf, cfg.units, cfg.dec_layers)
+        self.glob_dec = ResidualHead(dec_in + nc, nc, cfg.units, cfg.dec_layers)
         pooled = 3 * (self.node_feat + max(nf, nc))
         self.reward_head = Head(pooled, cfg.bins, cfg.units, cfg.head_layers, out_scale=0.0)
         self.cont_head = Head(pooled, 1, cfg.units, cfg.head_layers)
@@ -689,6 +693,10 @@ class BoundGraphModel(nn.Module):
         """Mean and raw std of the value vector ``[..., V]`` from per-node features."""
         nf, nc = self.core.n_feat, self.core.n_cluster
         k = self.core.node_feat
+        if not self.cfg.dec_stoch:  # the residual reads [deter, base] only
+            d = self.cfg.deter
+            feat = torch.cat([feat[..., :d], feat[..., k:]], -1)
+            k = d
         svc, glob = feat[..., :-1, :], feat[..., -1, :]
         res_s, raw_s = self.core.svc_dec(svc[..., : k + nf])
         res_g, raw_g = self.core.glob_dec(glob[..., : k + nc])
@@ -733,12 +741,40 @@ class BoundGraphModel(nn.Module):
         return torch.sigmoid(self.core.violation_head(self._pool(feat))[..., 0])
 
     # ------------------------------------------------------------------ loss
-    def _dec_loss(self, target: Tensor, feat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-step decoder loss ``[...]`` (summed over observed values / N) and the mean."""
+    def error_weight(self, obs: Tensor) -> Tensor:
+        """``[B, V]`` weight of each value's decoder error in sequences ``obs [B, T, O]``.
+
+        ``1 / max(dec_mase_floor, mean |one-step change|)`` of the value over the sequence's
+        observed consecutive pairs (the scale of MASE, so a series that barely moves
+        weighs as much, relative to its own changes, as one that moves a lot), divided by
+        its mean over the sequence's values so the loss keeps its size next to the other
+        terms (ones with ``dec_mase_floor = 0``: unweighted).
+        """
+        lay = self.layout
+        values, mask = obs[..., lay.values], obs[..., lay.mask]
+        floor = self.cfg.dec_mase_floor
+        if floor <= 0:
+            return torch.ones_like(values[:, 0])
+        pair = mask[:, 1:] * mask[:, :-1]
+        step = ((values[:, 1:] - values[:, :-1]).abs() * pair).sum(1)
+        scale = step / pair.sum(1).clamp(min=1.0)
+        w = 1.0 / scale.clamp(min=floor)
+        return w / w.mean(-1, keepdim=True)
+
+    def _dec_loss(
+        self, target: Tensor, feat: Tensor, mask: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-step decoder loss ``[...]`` (summed over observed values / N) and the mean.
+
+        ``weight`` (broadcast to ``target``) scales the error of the mean, not the std's NLL.
+        """
         mean, std = self.decode(feat)
         n = self.n_services + 1
+        w = 1.0 if weight is None else weight
         if self.cfg.dec_loss == "mse":
-            per = (mean - target) ** 2 + gaussian_nll(target, mean.detach(), std)
+            per = w * (mean - target) ** 2 + gaussian_nll(target, mean.detach(), std)
+        elif self.cfg.dec_loss == "mae":
+            per = w * (mean - target).abs() + gaussian_nll(target, mean.detach(), std)
         else:
             per = gaussian_nll(target, mean, std)
         return (per * mask).sum(-1) / n, mean
@@ -760,7 +796,8 @@ class BoundGraphModel(nn.Module):
         feat = self.feat(states)
         lay = self.layout
         target, mask = obs[..., lay.values], obs[..., lay.mask]
-        dec, mean = self._dec_loss(target, feat, mask)
+        weight = self.error_weight(obs)  # [B, V]
+        dec, mean = self._dec_loss(target, feat, mask, weight[:, None])
         terms = {
             "dec": dec.mean(),
             "rew": self.twohot.loss(self.reward_logits(feat), batch["reward"]).mean(),
@@ -836,7 +873,7 @@ class BoundGraphModel(nn.Module):
         lay = self.layout
         target = obs[:, idx][..., lay.values]
         mask = obs[:, idx][..., lay.mask] * valid[..., None]
-        per_step, mean = self._dec_loss(target, feat, mask)
+        per_step, mean = self._dec_loss(target, feat, mask, self.error_weight(obs)[:, None, None])
         if cfg.overshoot_heads:
             rew = self.twohot.loss(self.reward_logits(feat), batch["reward"][:, idx])
             viol = bernoulli_nll(
