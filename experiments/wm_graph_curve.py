@@ -16,9 +16,9 @@ after every point and ``checkpoint.pt`` after the last::
     nice -n 15 python -m experiments.wm_graph_curve train --label mae_det --seed 0 \
         --set dec_loss=mae dec_stoch=false --eval-at 0 100 250 500 --out runs/curve/mae_det_s0
 
-``report`` pools the runs of each label (one per training seed) at each evaluation point
-and, with the persistence and LightGBM records of ``forecast_report`` on the same episodes,
-writes the skill at h = 20 per topology and metric with 95 % bootstrap intervals over
+``report`` pools the runs of each label (one per training seed) at each update count
+and, with the persistence and LightGBM records of ``forecast_report`` on the same
+episodes, writes the skill at h = 20 per topology and metric with 95 % bootstrap intervals over
 entries and seeds (:func:`~agents.world_model.evaluation.summary.summarize`)::
 
     python -m experiments.wm_graph_curve report runs/curve/*/curve.json \
@@ -234,7 +234,7 @@ def _brief(records: dict[str, Any]) -> str:
 
 
 def report(args: argparse.Namespace) -> int:
-    """Pool the runs per label and evaluation point; skills with intervals (module docstring)."""
+    """Pool the runs per label and update count; skills with intervals (module docstring)."""
     runs = [json.loads(Path(p).read_text()) for p in args.runs]
     baselines = [
         r
@@ -245,12 +245,13 @@ def report(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for label in labels:
         mine = [r for r in runs if r["meta"]["label"] == label]
-        n_points = min(len(r["points"]) for r in mine)
-        for k in range(n_points):
-            pts = [r["points"][k] for r in mine]
+        counts = sorted({p["updates"] for r in mine for p in r["points"]})
+        for u in counts:
+            have = [(r, p) for r in mine for p in r["points"] if p["updates"] == u]
+            pts = [p for _, p in have]
             row: dict[str, Any] = {
                 "label": label,
-                "seeds": [r["meta"]["seed"] for r in mine],
+                "seeds": [r["meta"]["seed"] for r, _ in have],
                 "updates": [p["updates"] for p in pts],
                 "cpu_s": [p["cpu_s"] for p in pts],
                 "wall_s": [p["wall_s"] for p in pts],
@@ -260,6 +261,8 @@ def report(args: argparse.Namespace) -> int:
             for t in TOPOLOGIES:
                 recs = [p["records"][t] for p in pts] + [b for b in baselines if b["topology"] == t]
                 s = summarize(Table(recs), n_boot=args.n_boot)
+                pers = [b for b in recs if b["forecaster"] != "lightgbm"]
+                sp = summarize(Table(pers), n_boot=args.n_boot)  # persistence the only baseline
                 row["skill"][t] = {}
                 for m in METRICS:
                     sk = s["skill"]["all"][m]["20"]
@@ -270,9 +273,7 @@ def report(args: argparse.Namespace) -> int:
                         "lightgbm": mase["lightgbm"][0],
                         "best": sk["best"],
                         "skill_best": sk[label],
-                        "skill_persistence": [
-                            1.0 - x / mase["persistence"][0] for x in mase[label]
-                        ],
+                        "skill_persistence": sp["skill"]["all"][m]["20"][label],
                     }
             rows.append(row)
     out = Path(args.out)
@@ -319,10 +320,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += [
             f"## {t}",
             "",
-            "| config | updates | CPU s | load | "
+            "| config | seeds | updates | CPU s | load | "
             + " | ".join(f"{m} vs pers | {m} vs best" for m in METRICS)
             + " |",
-            "|---|---:|---:|---:|" + "---:|---:|" * len(METRICS),
+            "|---|---:|---:|---:|---:|" + "---:|---:|" * len(METRICS),
         ]
         for r in rows:
             cells = []
@@ -331,7 +332,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 best = "" if c["best"] == "lightgbm" else f" ({c['best']})"
                 cells += [_cell(c["skill_persistence"]), _cell(c["skill_best"]) + best]
             lines.append(
-                f"| {r['label']} | {np.mean(r['updates']):.0f} | {np.mean(r['cpu_s']):.0f} | "
+                f"| {r['label']} | {len(r['seeds'])} | {np.mean(r['updates']):.0f} | "
+                f"{np.mean(r['cpu_s']):.0f} | "
                 f"{np.mean(r['load1']):.1f} | " + " | ".join(cells) + " |"
             )
         lines.append("")

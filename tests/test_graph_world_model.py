@@ -216,9 +216,14 @@ def test_one_step_forecast_is_what_the_decoder_loss_trains() -> None:
     # prediction): the one-step forecast is the trained one, whatever the latents sampled.
     # With dec_stoch=True (the earlier default) the posterior's decode reads the latent drawn
     # after seeing obs[t + 1] and the forecast cannot match it.
-    for dec_stoch, same in ((False, True), (True, False)):
+    for dec_stoch, scaled, same in (
+        (False, False, True),
+        (False, True, True),
+        (True, False, False),
+    ):
         torch.manual_seed(4)
-        model = GraphWorldModel(_cfg(dec_stoch=dec_stoch)).bind(GRAPHS["chain3"])
+        cfg = _cfg(dec_stoch=dec_stoch, dec_scaled=scaled)
+        model = GraphWorldModel(cfg).bind(GRAPHS["chain3"])
         for head in (model.core.svc_dec, model.core.glob_dec):
             torch.nn.init.normal_(head.out.weight, std=0.3)  # a residual that is not zero
         batch = _batch(model, 2, 9, seed=3)
@@ -258,7 +263,8 @@ def _drift_batch(
     }
 
 
-def test_short_fit_learns_a_drift_persistence_misses() -> None:
+@pytest.mark.parametrize("scaled", [False, True])
+def test_short_fit_learns_a_drift_persistence_misses(scaled: bool) -> None:
     # A known drift of 0.05 (symlog) per step on rps: persistence is off by 0.25 five steps
     # ahead, and stays exact on the values that do not move. 150 updates of the fixed
     # objective (absolute error, residual from the deterministic state) must forecast the
@@ -266,7 +272,13 @@ def test_short_fit_learns_a_drift_persistence_misses() -> None:
     # persistence + 0.02 on the still values.
     torch.manual_seed(0)
     cfg = _cfg(
-        dec_loss="mae", dec_stoch=False, overshoot=5, overshoot_stride=4, seq_len=24, lr=3e-3
+        dec_loss="mae",
+        dec_stoch=False,
+        dec_scaled=scaled,
+        overshoot=5,
+        overshoot_stride=4,
+        seq_len=24,
+        lr=3e-3,
     )
     graph = TopologyGraph(("front", "back"), ((0, 1),), "pair")
     model = GraphWorldModel(cfg).bind(graph)
@@ -288,6 +300,27 @@ def test_short_fit_learns_a_drift_persistence_misses() -> None:
     assert float(err_p[:, rps].mean()) == pytest.approx(0.25, abs=1e-5)
     assert float(err_m[:, rps].mean()) <= float(err_p[:, rps].mean()) / 3
     assert float(err_m[:, still].mean()) <= 0.02
+    if scaled:  # the recent scale: the EMA of |one-step change| reached ~0.05 on rps, 0 else
+        torch.testing.assert_close(post.scale[:, 1:], post.scale_last[:, :-1])
+        sc = post.scale_last[:, 19]
+        assert float(sc[:, rps].min()) > 0.04 and float(sc[:, rps].max()) <= 0.05 + 1e-6
+        assert float(sc[:, still].abs().max()) < 1e-6
+
+
+def test_mase_weight_of_the_decoder_error() -> None:
+    # dec_mase_floor > 0: each value's error is divided by its mean one-step change in the
+    # sequence (floored), then normalised to mean 1; rps moves 0.1 per step, the rest not
+    graph = TopologyGraph(("front", "back"), ((0, 1),), "pair")
+    model = GraphWorldModel(_cfg(dec_mase_floor=0.01)).bind(graph)
+    obs = torch.as_tensor(_drift_batch(model, 2, 10, 0.1, seed=0)["obs"])
+    w = model.error_weight(obs)
+    rps = [model.layout.service_index(i, "rps") for i in range(2)]
+    still = [j for j in range(model.layout.value_size) if j not in rps]
+    torch.testing.assert_close(w.mean(-1), torch.ones(2))
+    torch.testing.assert_close(w[:, rps] / w[:, still[:1]], torch.full((2, 2), 0.1))
+    assert torch.equal(GraphWorldModel(_cfg()).bind(graph).error_weight(obs), torch.ones_like(w))
+    with pytest.raises(ValueError, match="dec_mase_floor"):
+        _cfg(dec_mase_floor=-1.0)
 
 
 def _jump_batch(model: BoundGraphModel, b: int, t_len: int, seed: int) -> dict[str, np.ndarray]:

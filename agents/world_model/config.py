@@ -137,6 +137,12 @@ class WorldModelConfig(BaseModel):
             that divides each value's decoder error: its mean absolute one-step change over
             the training sequence, as MASE scales the forecast errors it scores (LightGBM's
             targets are scaled alike).
+        dec_scaled: ``arch="graph"``: the residual is in units of each value's recent scale
+            (an EMA of its absolute one-step changes, floored at ``dec_scale_floor``), which
+            the decoder also reads as ``log(scale)``, as LightGBM predicts scaled changes
+            from its recent scale: a series that barely moves gets a residual that barely
+            moves.
+        dec_scale_floor: Floor of that scale (symlog units).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -183,6 +189,8 @@ class WorldModelConfig(BaseModel):
     dec_loss: DecLoss = "nll"
     dec_stoch: bool = True
     dec_mase_floor: float = 0.0
+    dec_scaled: bool = False
+    dec_scale_floor: float = 0.003
 
     @model_validator(mode="before")
     @classmethod
@@ -224,6 +232,8 @@ class WorldModelConfig(BaseModel):
             )
         if self.mp_rounds < 0:
             raise ValueError(f"mp_rounds={self.mp_rounds}: must be >= 0")
+        if self.dec_scale_floor <= 0:
+            raise ValueError(f"dec_scale_floor={self.dec_scale_floor}: must be > 0")
         if self.dec_mase_floor < 0:
             raise ValueError(f"dec_mase_floor={self.dec_mase_floor}: must be >= 0 (0: off)")
         if self.overshoot_scale < 0 or self.overshoot_kl < 0:
