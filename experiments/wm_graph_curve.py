@@ -264,6 +264,14 @@ def report(args: argparse.Namespace) -> int:
                 pers = [b for b in recs if b["forecaster"] != "lightgbm"]
                 sp = summarize(Table(pers), n_boot=args.n_boot)  # persistence the only baseline
                 row["skill"][t] = {}
+                row.setdefault("ratio_by_step", {})[t] = {
+                    m: {
+                        st: sp["mase"]["all"][m][st][label][0]
+                        / sp["mase"]["all"][m][st]["persistence"][0]
+                        for st in sp["mase"]["all"][m]
+                    }
+                    for m in METRICS
+                }
                 for m in METRICS:
                     sk = s["skill"]["all"][m]["20"]
                     mase = s["mase"]["all"][m]["20"]
@@ -282,6 +290,7 @@ def report(args: argparse.Namespace) -> int:
         "command": "python -m experiments.wm_graph_curve report " + " ".join(sys.argv[2:]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "runs": {f"{r['meta']['label']}_s{r['meta']['seed']}": r["meta"] for r in runs},
+        "notes": list(args.note),
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     out.with_suffix(".md").write_text(markdown(rows, meta))
@@ -305,6 +314,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for name, m in sorted(meta["runs"].items()):
         lines.append(f"- `{name}`: `{m['command']}` ({m['date']}; {m['machine']})")
+    lines += ["", *meta.get("notes", [])] if meta.get("notes") else []
     lines += [
         "",
         "Raw model (no calibration), median of "
@@ -337,6 +347,23 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{np.mean(r['load1']):.1f} | " + " | ".join(cells) + " |"
             )
         lines.append("")
+    lines += [
+        "## MASE of the raw model / MASE of persistence, by horizon (all windows)",
+        "",
+        "Steps of 15 s; below 1: better than persistence.",
+        "",
+        "| config | updates | topology | "
+        + " | ".join(f"{m} h=1, 4, 10, 20" for m in METRICS)
+        + " |",
+        "|---|---:|---|" + "---|" * len(METRICS),
+    ]
+    for r in rows:
+        for t in TOPOLOGIES:
+            by = r["ratio_by_step"][t]
+            cells = [", ".join(f"{v:.3f}" for v in by[m].values()) for m in METRICS]
+            lines.append(
+                f"| {r['label']} | {np.mean(r['updates']):.0f} | {t} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -359,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--records", default=str(RECORDS))
     r.add_argument("--n-boot", type=int, default=1000)
     r.add_argument("--out", default="experiments/results/wm_graph_curve")
+    r.add_argument("--note", nargs="*", default=[], help="lines of text added under the runs")
     args = p.parse_args(argv)
     return train(args) if args.cmd == "train" else report(args)
 

@@ -574,3 +574,24 @@ def test_docs_quote_the_graph_model_figures(name: str) -> None:
     text = (repo / "docs" / "world_model.md").read_text()
     for topo, row in doc_rows(str(repo / "experiments" / "results" / f"{name}.json")).items():
         assert f"| {topo} | {row}" in text, f"docs/world_model.md should quote {topo}: {row}"
+
+
+def test_docs_quote_the_training_curve() -> None:
+    # docs/world_model.md quotes the last point of the kept configuration as
+    # `python -m experiments.wm_graph_curve report` wrote it
+    import json
+    from pathlib import Path
+
+    from experiments.wm_graph_curve import markdown
+
+    repo = Path(__file__).resolve().parent.parent
+    res = json.loads((repo / "experiments" / "results" / "wm_graph_curve.json").read_text())
+    kept = [r for r in res["rows"] if r["label"] == "mae_det_scaled" and len(r["seeds"]) >= 2]
+    assert kept, "the curve should hold the kept configuration with >= 2 seeds"
+    last = max(kept, key=lambda r: min(r["updates"]))
+    lines = markdown([last], res["meta"]).splitlines()
+    text = (repo / "docs" / "world_model.md").read_text()
+    rows = [ln for ln in lines if ln.startswith("| mae_det_scaled |")]
+    assert len(rows) == 4  # two topology tables, two horizon rows
+    for ln in rows:
+        assert ln in text, f"docs/world_model.md should quote: {ln}"
