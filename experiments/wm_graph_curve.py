@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> int:
     first = graphs[TOPOLOGIES[0]]
     layout = ObsLayout(n_services=first.n_services)
     n_act = len(ACTION_SERVICE_FEATURES) * first.n_services + len(ACTION_CLUSTER_FEATURES)
-    trainer = build_trainer(layout, n_act, cfg, args.seed, graph=first)
+    trainer = build_trainer(layout, n_act, cfg, args.seed, init=args.init, graph=first)
     bound = trainer.model
     assert isinstance(bound, BoundGraphModel), type(bound)
     models = {t: bound.bind(g) for t, g in graphs.items()}
@@ -156,6 +156,11 @@ def train(args: argparse.Namespace) -> int:
     }
     points: list[dict[str, Any]] = []
     cpu, wall, loads = 0.0, 0.0, []
+    if args.init is not None:  # continue an earlier run: its points and its clocks
+        prev = json.loads((Path(args.init) / "curve.json").read_text())
+        points = list(prev["points"])
+        cpu, wall = float(points[-1]["cpu_s"]), float(points[-1]["wall_s"])
+        meta["continues"] = prev["meta"]["command"]
     budget = None if args.max_cpu_minutes is None else 60.0 * args.max_cpu_minutes
     for target in sorted(set(args.eval_at)):
         todo = target - trainer.steps
@@ -381,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--max-cpu-minutes", type=float, default=None)
     t.add_argument("--n-samples", type=int, default=32)
     t.add_argument("--out", required=True)
+    t.add_argument(
+        "--init", default=None, help="a run folder to continue (checkpoint.pt, curve.json)"
+    )
     r = sub.add_parser("report")
     r.add_argument("runs", nargs="+", help="curve.json files")
     r.add_argument("--records", default=str(RECORDS))
