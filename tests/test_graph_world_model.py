@@ -210,6 +210,168 @@ def test_untrained_model_forecasts_exactly_persistence(name: str) -> None:
     assert sf.decoded["rps"].shape == (1, n_svc)
 
 
+def test_one_step_forecast_is_what_the_decoder_loss_trains() -> None:
+    # dec_stoch=False: the residual reads [deter, base], so the first imagined step from the
+    # posterior at t decodes exactly what the posterior decoded at t + 1 (the decoder loss'
+    # prediction): the one-step forecast is the trained one, whatever the latents sampled.
+    # With dec_stoch=True (the earlier default) the posterior's decode reads the latent drawn
+    # after seeing obs[t + 1] and the forecast cannot match it.
+    for dec_stoch, scaled, same in (
+        (False, False, True),
+        (False, True, True),
+        (True, False, False),
+    ):
+        torch.manual_seed(4)
+        cfg = _cfg(dec_stoch=dec_stoch, dec_scaled=scaled)
+        model = GraphWorldModel(cfg).bind(GRAPHS["chain3"])
+        for head in (model.core.svc_dec, model.core.glob_dec):
+            torch.nn.init.normal_(head.out.weight, std=0.3)  # a residual that is not zero
+        batch = _batch(model, 2, 9, seed=3)
+        with torch.no_grad():
+            _, post = model.observe(batch["obs"], batch["action"], batch["is_first"])
+            t = 5
+            roll = model.imagine(post.carry(t), batch["action"][:, t + 1 : t + 2])
+            one_step, _ = model.decode(model.feat(roll))
+            trained, _ = model.decode(model.feat(post))
+        assert torch.equal(roll.base[:, 0], post.base[:, t + 1])
+        assert torch.allclose(one_step[:, 0], trained[:, t + 1], atol=1e-6) == same
+
+
+def _drift_batch(
+    model: BoundGraphModel, b: int, t_len: int, slope: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Episodes whose values stay put except every service's rps, which rises by ``slope``
+    (symlog units) per step from a random level; no actions."""
+    g = np.random.default_rng(seed)
+    lay = model.layout
+    obs = np.zeros((b, t_len, lay.obs_size), np.float32)
+    values = np.repeat(g.uniform(0.5, 3.0, (b, 1, lay.value_size)), t_len, 1)
+    rps = [lay.service_index(i, "rps") for i in range(lay.n_services)]
+    start = g.uniform(0, 40, (b, 1, 1))
+    values[..., rps] += slope * (start + np.arange(t_len)[None, :, None])
+    obs[..., lay.values] = values
+    obs[..., lay.mask] = 1.0
+    first = np.zeros((b, t_len), np.float32)
+    first[:, 0] = 1.0
+    return {
+        "obs": obs,
+        "action": np.zeros((b, t_len, model.action_size), np.float32),
+        "reward": np.zeros((b, t_len), np.float32),
+        "cont": np.ones((b, t_len), np.float32),
+        "is_first": first,
+        "violation": np.zeros((b, t_len), np.float32),
+    }
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_short_fit_learns_a_drift_persistence_misses(scaled: bool) -> None:
+    # A known drift of 0.05 (symlog) per step on rps: persistence is off by 0.25 five steps
+    # ahead, and stays exact on the values that do not move. 150 updates of the fixed
+    # objective (absolute error, residual from the deterministic state) must forecast the
+    # drift: 5-step error at most a third of persistence's on rps, and no worse than
+    # persistence + 0.02 on the still values.
+    torch.manual_seed(0)
+    cfg = _cfg(
+        dec_loss="mae",
+        dec_stoch=False,
+        dec_scaled=scaled,
+        overshoot=5,
+        overshoot_stride=4,
+        seq_len=24,
+        lr=3e-3,
+    )
+    graph = TopologyGraph(("front", "back"), ((0, 1),), "pair")
+    model = GraphWorldModel(cfg).bind(graph)
+    trainer = WorldModelTrainer(model, seed=0)
+    lay = model.layout
+    for i in range(150):
+        trainer.step(_drift_batch(model, 8, 24, 0.05, seed=i))
+    model.eval()
+    test = {k: torch.as_tensor(v) for k, v in _drift_batch(model, 16, 30, 0.05, seed=999).items()}
+    with torch.no_grad():
+        _, post = model.observe(test["obs"], test["action"], test["is_first"])
+        roll = model.imagine(post.carry(19), test["action"][:, 20:25], sample=True)
+        mean, _ = model.decode(model.feat(roll))
+    truth = test["obs"][:, 24, lay.values]
+    pers = test["obs"][:, 19, lay.values]
+    rps = [lay.service_index(i, "rps") for i in range(2)]
+    still = [j for j in range(lay.value_size) if j not in rps]
+    err_m, err_p = (mean[:, -1] - truth).abs(), (pers - truth).abs()
+    assert float(err_p[:, rps].mean()) == pytest.approx(0.25, abs=1e-5)
+    assert float(err_m[:, rps].mean()) <= float(err_p[:, rps].mean()) / 3
+    assert float(err_m[:, still].mean()) <= 0.02
+    if scaled:  # the recent scale: the EMA of |one-step change| reached ~0.05 on rps, 0 else
+        torch.testing.assert_close(post.scale[:, 1:], post.scale_last[:, :-1])
+        sc = post.scale_last[:, 19]
+        assert float(sc[:, rps].min()) > 0.04 and float(sc[:, rps].max()) <= 0.05 + 1e-6
+        assert float(sc[:, still].abs().max()) < 1e-6
+
+
+def test_mase_weight_of_the_decoder_error() -> None:
+    # dec_mase_floor > 0: each value's error is divided by its mean one-step change in the
+    # sequence (floored), then normalised to mean 1; rps moves 0.1 per step, the rest not
+    graph = TopologyGraph(("front", "back"), ((0, 1),), "pair")
+    model = GraphWorldModel(_cfg(dec_mase_floor=0.01)).bind(graph)
+    obs = torch.as_tensor(_drift_batch(model, 2, 10, 0.1, seed=0)["obs"])
+    w = model.error_weight(obs)
+    rps = [model.layout.service_index(i, "rps") for i in range(2)]
+    still = [j for j in range(model.layout.value_size) if j not in rps]
+    torch.testing.assert_close(w.mean(-1), torch.ones(2))
+    torch.testing.assert_close(w[:, rps] / w[:, still[:1]], torch.full((2, 2), 0.1))
+    assert torch.equal(GraphWorldModel(_cfg()).bind(graph).error_weight(obs), torch.ones_like(w))
+    with pytest.raises(ValueError, match="dec_mase_floor"):
+        _cfg(dec_mase_floor=-1.0)
+
+
+def _jump_batch(model: BoundGraphModel, b: int, t_len: int, seed: int) -> dict[str, np.ndarray]:
+    """Step-like series: every value jumps up by 0.5 (symlog) at random steps (p = 0.15)
+    and stays there; nothing tells when (no actions, no trend)."""
+    batch = _drift_batch(model, b, t_len, 0.0, seed)
+    g = np.random.default_rng(seed + 10_000)
+    lay = model.layout
+    jumps = 0.5 * (g.random((b, t_len, lay.value_size)) < 0.15)
+    batch["obs"][..., lay.values] += np.cumsum(jumps, 1).astype(np.float32)
+    return batch
+
+
+def _one_step_ratio(dec_loss: str, dec_stoch: bool) -> float:
+    torch.manual_seed(0)
+    cfg = _cfg(
+        dec_loss=dec_loss,
+        dec_stoch=dec_stoch,
+        overshoot=3,
+        overshoot_stride=4,
+        seq_len=16,
+        lr=3e-3,
+    )
+    model = GraphWorldModel(cfg).bind(TopologyGraph(("only",), (), "one"))
+    trainer = WorldModelTrainer(model, seed=0)
+    for i in range(120):
+        trainer.step(_jump_batch(model, 8, 16, seed=i))
+    model.eval()
+    test = {k: torch.as_tensor(v) for k, v in _jump_batch(model, 64, 24, seed=999).items()}
+    lay = model.layout
+    with torch.no_grad():
+        _, post = model.observe(
+            test["obs"][:, :20], test["action"][:, :20], test["is_first"][:, :20]
+        )
+        roll = model.imagine(post.carry(19), test["action"][:, 20:21])
+        mean, _ = model.decode(model.feat(roll))
+    truth = test["obs"][:, 20, lay.values]
+    err_m = (mean[:, 0] - truth).abs().mean()
+    err_p = (test["obs"][:, 19, lay.values] - truth).abs().mean()
+    return float(err_m / err_p)
+
+
+def test_unpredictable_jumps_keep_the_forecast_at_persistence() -> None:
+    # Where the change cannot be predicted, the best median forecast is persistence. The
+    # absolute-error objective (dec_loss=mae, what MASE scores) stays there; the squared
+    # error trains the mean, which spreads the expected jump (0.15 x 0.5) over every step
+    # and loses to persistence in absolute error by ~1.7x: the issue-17 fits' failure.
+    assert _one_step_ratio("mae", False) <= 1.1
+    assert _one_step_ratio("mse", True) >= 1.3
+
+
 def test_determinism_by_seed_and_checkpoint_round_trip(tmp_path) -> None:
     def build(seed: int) -> WorldModelTrainer:
         torch.manual_seed(seed)
@@ -412,3 +574,24 @@ def test_docs_quote_the_graph_model_figures(name: str) -> None:
     text = (repo / "docs" / "world_model.md").read_text()
     for topo, row in doc_rows(str(repo / "experiments" / "results" / f"{name}.json")).items():
         assert f"| {topo} | {row}" in text, f"docs/world_model.md should quote {topo}: {row}"
+
+
+def test_docs_quote_the_training_curve() -> None:
+    # docs/world_model.md quotes the last point of the kept configuration as
+    # `python -m experiments.wm_graph_curve report` wrote it
+    import json
+    from pathlib import Path
+
+    from experiments.wm_graph_curve import markdown
+
+    repo = Path(__file__).resolve().parent.parent
+    res = json.loads((repo / "experiments" / "results" / "wm_graph_curve.json").read_text())
+    kept = [r for r in res["rows"] if r["label"] == "mae_det_scaled" and len(r["seeds"]) >= 2]
+    assert kept, "the curve should hold the kept configuration with >= 2 seeds"
+    last = max(kept, key=lambda r: min(r["updates"]))
+    lines = markdown([last], res["meta"]).splitlines()
+    text = (repo / "docs" / "world_model.md").read_text()
+    rows = [ln for ln in lines if ln.startswith("| mae_det_scaled |")]
+    assert len(rows) == 4  # two topology tables, two horizon rows
+    for ln in rows:
+        assert ln in text, f"docs/world_model.md should quote: {ln}"

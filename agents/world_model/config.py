@@ -19,7 +19,7 @@ from envs.gym.encoder import CLUSTER_FEATURES, SERVICE_FEATURES, TIME_FEATURES, 
 
 Size = Literal["tiny", "small"]
 Arch = Literal["flat", "graph"]
-DecLoss = Literal["nll", "mse"]
+DecLoss = Literal["nll", "mse", "mae"]
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {
@@ -124,8 +124,25 @@ class WorldModelConfig(BaseModel):
             ``max(free_nats, KL(sg(post) || rollout prior))`` at the rollout's steps (0: off).
         mp_rounds: ``arch="graph"``: message-passing rounds of the observation encoder.
         dec_loss: ``arch="graph"``: ``mse`` (DreamerV3's symlog squared error for the mean,
-            plus a Gaussian NLL that trains only the std, on the detached mean) or ``nll``
-            (the Gaussian NLL for both).
+            plus a Gaussian NLL that trains only the std, on the detached mean), ``mae``
+            (the absolute error instead: the mean becomes the conditional median, the point
+            forecast MASE scores; on step-like series whose jumps cannot be foreseen the
+            squared error's mean is worse than persistence in absolute error, issue 17) or
+            ``nll`` (the Gaussian NLL for both).
+        dec_stoch: ``arch="graph"``: the decoder's residual reads the step's stochastic
+            latent (``True``, DreamerV3) or only ``[deter, base]`` (``False``): the latent of
+            the posterior has seen the value being decoded, the prior's has not, so with
+            ``False`` the first imagined step decodes exactly what the decoder loss trained.
+        dec_mase_floor: ``arch="graph"``: 0 (off) or the floor (symlog units) of the scale
+            that divides each value's decoder error: its mean absolute one-step change over
+            the training sequence, as MASE scales the forecast errors it scores (LightGBM's
+            targets are scaled alike).
+        dec_scaled: ``arch="graph"``: the residual is in units of each value's recent scale
+            (an EMA of its absolute one-step changes, floored at ``dec_scale_floor``), which
+            the decoder also reads as ``log(scale)``, as LightGBM predicts scaled changes
+            from its recent scale: a series that barely moves gets a residual that barely
+            moves.
+        dec_scale_floor: Floor of that scale (symlog units).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -170,6 +187,10 @@ class WorldModelConfig(BaseModel):
     overshoot_kl: float = 0.0
     mp_rounds: int = 2
     dec_loss: DecLoss = "nll"
+    dec_stoch: bool = True
+    dec_mase_floor: float = 0.0
+    dec_scaled: bool = False
+    dec_scale_floor: float = 0.003
 
     @model_validator(mode="before")
     @classmethod
@@ -211,6 +232,10 @@ class WorldModelConfig(BaseModel):
             )
         if self.mp_rounds < 0:
             raise ValueError(f"mp_rounds={self.mp_rounds}: must be >= 0")
+        if self.dec_scale_floor <= 0:
+            raise ValueError(f"dec_scale_floor={self.dec_scale_floor}: must be > 0")
+        if self.dec_mase_floor < 0:
+            raise ValueError(f"dec_mase_floor={self.dec_mase_floor}: must be >= 0 (0: off)")
         if self.overshoot_scale < 0 or self.overshoot_kl < 0:
             raise ValueError("overshoot_scale and overshoot_kl must be >= 0")
         return self

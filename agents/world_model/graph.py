@@ -29,10 +29,13 @@ samples); services share one set of weights, the global node has its own.
   previous decoded mean while imagining. The decoder predicts ``mean = base + r(feat_i,
   base_i)`` per node; the output layer of ``r`` starts at zero, so an untrained model
   forecasts exactly persistence and training can only add the change persistence misses.
+  With ``dec_stoch=False`` ``r`` reads ``[deter_i, base_i]`` (not the step's latent, which
+  the posterior drew after seeing the value it decodes).
 * **Heads**: reward (two-hot), continue and violation read ``[feat_g, mean_i feat_i,
   max_i feat_i]``.
 * **Loss** (DreamerV3, Hafner et al. 2023, arXiv:2301.04104): decoder ``dec_loss="mse"``:
-  symlog squared error of the mean plus the Gaussian NLL of the std on the detached mean
+  symlog squared error (``dec_loss="mae"``: absolute error) of the mean plus the Gaussian
+  NLL of the std on the detached mean
   (the std only sets the forecast's noise), summed over observed values and divided by the
   number of nodes, so a large topology does not outweigh a small one; KL balancing with free
   bits per node (``dyn`` 1.0, ``rep`` 0.1, ``max(free_nats, KL)`` averaged over the nodes),
@@ -177,17 +180,27 @@ class GraphCarry:
         stoch: ``[B, N, K, C]`` one-hot samples.
         base: ``[B, V]`` the value vector (symlog) this state's step starts from.
         last: ``[B, V]`` the value vector the next step starts from.
+        scale: ``[B, V]`` each value's recent mean absolute one-step change (symlog) known
+            before this step (``dec_scaled``; zeros otherwise).
+        scale_last: ``[B, V]`` the same after this step (the next step's ``scale``).
     """
 
     deter: Tensor
     stoch: Tensor
     base: Tensor
     last: Tensor
+    scale: Tensor
+    scale_last: Tensor
 
     def detach(self) -> GraphCarry:
         """Without gradient history."""
         return GraphCarry(
-            self.deter.detach(), self.stoch.detach(), self.base.detach(), self.last.detach()
+            self.deter.detach(),
+            self.stoch.detach(),
+            self.base.detach(),
+            self.last.detach(),
+            self.scale.detach(),
+            self.scale_last.detach(),
         )
 
     def __len__(self) -> int:
@@ -206,12 +219,21 @@ class GraphStates:
     stoch: Tensor
     base: Tensor
     last: Tensor
+    scale: Tensor
+    scale_last: Tensor
     logits: Tensor
     prior_logits: Tensor | None = None
 
     def carry(self, t: int) -> GraphCarry:
         """The carry after step ``t``."""
-        return GraphCarry(self.deter[:, t], self.stoch[:, t], self.base[:, t], self.last[:, t])
+        return GraphCarry(
+            self.deter[:, t],
+            self.stoch[:, t],
+            self.base[:, t],
+            self.last[:, t],
+            self.scale[:, t],
+            self.scale_last[:, t],
+        )
 
     def flatten(self) -> GraphCarry:
         """All ``B * T`` states as one carry."""
@@ -219,7 +241,14 @@ class GraphStates:
         def f(x: Tensor) -> Tensor:
             return x.reshape(-1, *x.shape[2:])
 
-        return GraphCarry(f(self.deter), f(self.stoch), f(self.base), f(self.last))
+        return GraphCarry(
+            f(self.deter),
+            f(self.stoch),
+            f(self.base),
+            f(self.last),
+            f(self.scale),
+            f(self.scale_last),
+        )
 
     def detach(self) -> GraphStates:
         """Without gradient history."""
@@ -229,6 +258,8 @@ class GraphStates:
             self.stoch.detach(),
             self.base.detach(),
             self.last.detach(),
+            self.scale.detach(),
+            self.scale_last.detach(),
             self.logits.detach(),
             None if p is None else p.detach(),
         )
@@ -336,6 +367,10 @@ class GraphEncoder(nn.Module):
         return h, g
 
 
+SCALE_RATE = 0.1
+"""Rate of the exponential moving average of ``|one-step change|`` (``dec_scaled``): about
+the last 10-20 steps, as LightGBM's recent scale (20 steps)."""
+
 RESIDUAL_SCALE = 0.1
 """Multiplier of the residual head's output. One-step changes are small in symlog units
 (persistence is off by ~0.035 on average), while Adam moves every output weight by about
@@ -349,15 +384,18 @@ class ResidualHead(nn.Module):
     The output layer starts at zero: the residual is 0 (persistence) before training.
     """
 
-    def __init__(self, inp: int, out: int, units: int, layers: int) -> None:
+    def __init__(
+        self, inp: int, out: int, units: int, layers: int, factor: float = RESIDUAL_SCALE
+    ) -> None:
         super().__init__()
         self.mlp = MLP(inp, units, layers)
         self.out = Linear(self.mlp.out_size, 2 * out, scale=0.0)
+        self.factor = factor
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(residual, raw std)``."""
         res, raw = self.out(self.mlp(x)).chunk(2, -1)
-        return RESIDUAL_SCALE * res, raw
+        return self.factor * res, raw
 
 
 # ------------------------------------------------------------------------------ model
@@ -388,9 +426,12 @@ class GraphWorldModel(nn.Module):
         self.svc_cell = NodeCell(cfg, len(ACTION_SERVICE_FEATURES), 3 * d, e)
         self.glob_cell = NodeCell(cfg, len(ACTION_CLUSTER_FEATURES), 2 * d, e)
         self.node_feat = d + cfg.stoch * cfg.classes
-        self.svc_dec = ResidualHead(self.node_feat + nf, nf, cfg.units, cfg.dec_layers)
-        self.glob_dec = ResidualHead(self.node_feat + nc, nc, cfg.units, cfg.dec_layers)
-        pooled = 3 * (self.node_feat + max(nf, nc))
+        dec_in = self.node_feat if cfg.dec_stoch else d
+        per_value = 2 if cfg.dec_scaled else 1  # base (and log scale) of every value
+        factor = 1.0 if cfg.dec_scaled else RESIDUAL_SCALE
+        self.svc_dec = ResidualHead(dec_in + per_value * nf, nf, cfg.units, cfg.dec_layers, factor)
+        self.glob_dec = ResidualHead(dec_in + per_value * nc, nc, cfg.units, cfg.dec_layers, factor)
+        pooled = 3 * (self.node_feat + per_value * max(nf, nc))
         self.reward_head = Head(pooled, cfg.bins, cfg.units, cfg.head_layers, out_scale=0.0)
         self.cont_head = Head(pooled, 1, cfg.units, cfg.head_layers)
         self.violation_head = Head(pooled, 1, cfg.units, cfg.head_layers)
@@ -525,6 +566,8 @@ class BoundGraphModel(nn.Module):
             p.new_zeros(batch, n, c.stoch, c.classes),
             p.new_zeros(batch, v),
             p.new_zeros(batch, v),
+            p.new_zeros(batch, v),
+            p.new_zeros(batch, v),
         )
 
     def _obs_step(
@@ -551,8 +594,12 @@ class BoundGraphModel(nn.Module):
         first = (is_first if new_base is None else new_base).to(values.dtype)[:, None]
         base = first * values + (1.0 - first) * carry.last
         last = mask * values + (1.0 - mask) * base
+        # recent mean |one-step change|: an EMA over the observed steps, reset on a new base
+        scale = (1.0 - first) * carry.scale_last
+        rate = SCALE_RATE * mask * (1.0 - first)
+        scale_last = scale + rate * ((values - base).abs() - scale)
         return (
-            GraphCarry(deter, stoch, base, last),
+            GraphCarry(deter, stoch, base, last, scale, scale_last),
             logits,
             (self._prior_logits(deter) if prior else None),
         )
@@ -604,6 +651,8 @@ class BoundGraphModel(nn.Module):
             torch.stack([o[0].stoch for o in outs], 1),
             torch.stack([o[0].base for o in outs], 1),
             torch.stack([o[0].last for o in outs], 1),
+            torch.stack([o[0].scale for o in outs], 1),
+            torch.stack([o[0].scale_last for o in outs], 1),
             torch.stack([o[1] for o in outs], 1),
             self._prior_logits(deter),  # all steps at once, after the recurrence
         )
@@ -637,9 +686,9 @@ class BoundGraphModel(nn.Module):
         deter = self._core(carry.deter, carry.stoch, action)
         logits = self._prior_logits(deter)
         stoch = self._sample(logits, sample, generator)
-        base = carry.last
-        mean, _ = self._decode_parts(deter, stoch, base)
-        return GraphCarry(deter, stoch, base, mean), logits
+        base, scale = carry.last, carry.scale_last
+        mean, _ = self._decode_parts(deter, stoch, base, scale)
+        return GraphCarry(deter, stoch, base, mean, scale, scale), logits
 
     def img_step(
         self,
@@ -668,42 +717,71 @@ class BoundGraphModel(nn.Module):
             torch.stack([c.stoch for c, _ in steps], 1),
             torch.stack([c.base for c, _ in steps], 1),
             torch.stack([c.last for c, _ in steps], 1),
+            torch.stack([c.scale for c, _ in steps], 1),
+            torch.stack([c.scale_last for c, _ in steps], 1),
             torch.stack([lg for _, lg in steps], 1),
         )
 
     # ------------------------------------------------------------------ heads
-    def feat(self, states: GraphStates | GraphCarry) -> Tensor:
-        """Per-node features ``[..., N, D + K C + W]``: the state and the node's base values.
-
-        ``W = max(F, C)``; the global node's ``C`` values are padded with zeros.
-        """
-        svc_b, glob_b = self._split_values(states.base)
+    def _per_node(self, v: Tensor) -> Tensor:
+        """Value vector ``[..., V]`` -> ``[..., N, W]`` (``W = max(F, C)``, zero padded)."""
+        svc_b, glob_b = self._split_values(v)
         nf, nc = self.core.n_feat, self.core.n_cluster
         width = max(nf, nc)
         glob_pad = F.pad(glob_b, (0, width - nc)).unsqueeze(-2)
         svc_pad = F.pad(svc_b, (0, width - nf))
-        base = torch.cat([svc_pad, glob_pad], -2)  # [..., N, W]
-        return torch.cat([states.deter, states.stoch.flatten(-2), base], -1)
+        return torch.cat([svc_pad, glob_pad], -2)
+
+    def log_scale(self, scale: Tensor) -> Tensor:
+        """``log(max(scale, dec_scale_floor))``: the decoder's scale input."""
+        return torch.log(scale.clamp(min=self.cfg.dec_scale_floor))
+
+    def feat(self, states: GraphStates | GraphCarry) -> Tensor:
+        """Per-node features ``[..., N, D + K C + W]``: the state and the node's base values.
+
+        ``W = max(F, C)``; the global node's ``C`` values are padded with zeros. With
+        ``dec_scaled`` the node's log scales (:meth:`log_scale`) follow (``+ W``).
+        """
+        parts = [states.deter, states.stoch.flatten(-2), self._per_node(states.base)]
+        if self.cfg.dec_scaled:
+            parts.append(self._per_node(self.log_scale(states.scale)))
+        return torch.cat(parts, -1)
 
     def _decode_nodes(self, feat: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and raw std of the value vector ``[..., V]`` from per-node features."""
         nf, nc = self.core.n_feat, self.core.n_cluster
-        k = self.core.node_feat
-        svc, glob = feat[..., :-1, :], feat[..., -1, :]
-        res_s, raw_s = self.core.svc_dec(svc[..., : k + nf])
-        res_g, raw_g = self.core.glob_dec(glob[..., : k + nc])
+        k, width = self.core.node_feat, max(nf, nc)
+        state = feat[..., :k] if self.cfg.dec_stoch else feat[..., : self.cfg.deter]
+        base = feat[..., k : k + width]
+        log_s = feat[..., k + width : k + 2 * width] if self.cfg.dec_scaled else None
+
+        def inputs(node: slice, n: int) -> Tensor:
+            parts = [state[..., node, :], base[..., node, :n]]
+            if log_s is not None:
+                parts.append(log_s[..., node, :n])
+            return torch.cat(parts, -1)
+
+        svc, glob = slice(0, -1), slice(-1, None)
+        res_s, raw_s = self.core.svc_dec(inputs(svc, nf))  # [..., S, F]
+        res_g, raw_g = self.core.glob_dec(inputs(glob, nc))  # [..., 1, C]
+        if log_s is not None:  # the residual in units of the value's recent change
+            res_s = res_s * torch.exp(log_s[..., svc, :nf])
+            res_g = res_g * torch.exp(log_s[..., glob, :nc])
         mean = torch.cat(
-            [(svc[..., k : k + nf] + res_s).flatten(-2), glob[..., k : k + nc] + res_g], -1
+            [(base[..., svc, :nf] + res_s).flatten(-2), (base[..., glob, :nc] + res_g).flatten(-2)],
+            -1,
         )
-        raw = torch.cat([raw_s.flatten(-2), raw_g], -1)
+        raw = torch.cat([raw_s.flatten(-2), raw_g.flatten(-2)], -1)
         return mean, raw
 
     def _std(self, raw: Tensor) -> Tensor:
         lo, hi = self.cfg.min_std, self.cfg.max_std
         return lo + (hi - lo) * torch.sigmoid(raw - 2.0)
 
-    def _decode_parts(self, deter: Tensor, stoch: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
-        carry = GraphCarry(deter, stoch, base, base)
+    def _decode_parts(
+        self, deter: Tensor, stoch: Tensor, base: Tensor, scale: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        carry = GraphCarry(deter, stoch, base, base, scale, scale)
         mean, raw = self._decode_nodes(self.feat(carry))
         return mean, self._std(raw)
 
@@ -733,12 +811,40 @@ class BoundGraphModel(nn.Module):
         return torch.sigmoid(self.core.violation_head(self._pool(feat))[..., 0])
 
     # ------------------------------------------------------------------ loss
-    def _dec_loss(self, target: Tensor, feat: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-step decoder loss ``[...]`` (summed over observed values / N) and the mean."""
+    def error_weight(self, obs: Tensor) -> Tensor:
+        """``[B, V]`` weight of each value's decoder error in sequences ``obs [B, T, O]``.
+
+        ``1 / max(dec_mase_floor, mean |one-step change|)`` of the value over the sequence's
+        observed consecutive pairs (the scale of MASE, so a series that barely moves
+        weighs as much, relative to its own changes, as one that moves a lot), divided by
+        its mean over the sequence's values so the loss keeps its size next to the other
+        terms (ones with ``dec_mase_floor = 0``: unweighted).
+        """
+        lay = self.layout
+        values, mask = obs[..., lay.values], obs[..., lay.mask]
+        floor = self.cfg.dec_mase_floor
+        if floor <= 0:
+            return torch.ones_like(values[:, 0])
+        pair = mask[:, 1:] * mask[:, :-1]
+        step = ((values[:, 1:] - values[:, :-1]).abs() * pair).sum(1)
+        scale = step / pair.sum(1).clamp(min=1.0)
+        w = 1.0 / scale.clamp(min=floor)
+        return w / w.mean(-1, keepdim=True)
+
+    def _dec_loss(
+        self, target: Tensor, feat: Tensor, mask: Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Per-step decoder loss ``[...]`` (summed over observed values / N) and the mean.
+
+        ``weight`` (broadcast to ``target``) scales the error of the mean, not the std's NLL.
+        """
         mean, std = self.decode(feat)
         n = self.n_services + 1
+        w = 1.0 if weight is None else weight
         if self.cfg.dec_loss == "mse":
-            per = (mean - target) ** 2 + gaussian_nll(target, mean.detach(), std)
+            per = w * (mean - target) ** 2 + gaussian_nll(target, mean.detach(), std)
+        elif self.cfg.dec_loss == "mae":
+            per = w * (mean - target).abs() + gaussian_nll(target, mean.detach(), std)
         else:
             per = gaussian_nll(target, mean, std)
         return (per * mask).sum(-1) / n, mean
@@ -760,7 +866,8 @@ class BoundGraphModel(nn.Module):
         feat = self.feat(states)
         lay = self.layout
         target, mask = obs[..., lay.values], obs[..., lay.mask]
-        dec, mean = self._dec_loss(target, feat, mask)
+        weight = self.error_weight(obs)  # [B, V]
+        dec, mean = self._dec_loss(target, feat, mask, weight[:, None])
         terms = {
             "dec": dec.mean(),
             "rew": self.twohot.loss(self.reward_logits(feat), batch["reward"]).mean(),
@@ -823,6 +930,8 @@ class BoundGraphModel(nn.Module):
             states.stoch[:, starts],
             states.base[:, starts],
             states.last[:, starts],
+            states.scale[:, starts],
+            states.scale_last[:, starts],
         ]
         if cfg.overshoot_detach:
             pick = [x.detach() for x in pick]
@@ -836,7 +945,7 @@ class BoundGraphModel(nn.Module):
         lay = self.layout
         target = obs[:, idx][..., lay.values]
         mask = obs[:, idx][..., lay.mask] * valid[..., None]
-        per_step, mean = self._dec_loss(target, feat, mask)
+        per_step, mean = self._dec_loss(target, feat, mask, self.error_weight(obs)[:, None, None])
         if cfg.overshoot_heads:
             rew = self.twohot.loss(self.reward_logits(feat), batch["reward"][:, idx])
             viol = bernoulli_nll(

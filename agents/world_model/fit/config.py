@@ -70,6 +70,10 @@ class WorldModelOverrides:
     arch: str | None = None
     mp_rounds: int | None = None
     dec_loss: str | None = None
+    dec_stoch: bool | None = None
+    dec_mase_floor: float | None = None
+    dec_scaled: bool | None = None
+    dec_scale_floor: float | None = None
 
     def given(self) -> dict[str, Any]:
         """The fields that were set."""

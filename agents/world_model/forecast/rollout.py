@@ -4,7 +4,8 @@
 world model's posterior over the history (``model.observe``), then rolls the prior forward
 under the planned action features ``n_samples`` times in one batch (``model.imagine``),
 decodes each imagined state into the Gaussian of the value vector in symlog space, adds
-observation noise drawn from that Gaussian, maps the draws to raw units (``symexp``, then
+observation noise drawn from that Gaussian (stratified over the samples:
+:func:`stratified_normal`), maps the draws to raw units (``symexp``, then
 clipped to each metric's support) and returns per-service quantiles of :data:`METRICS`
 (``[H, S, Q]``) plus the probability of an SLO violation within the horizon::
 
@@ -66,6 +67,24 @@ def _value_index(layout: Any, n_services: int, metric: str) -> list[int]:
     return [layout.service_index(i, metric) for i in range(n_services)]
 
 
+def stratified_normal(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Standard normal draws ``[B, N, ...]``, stratified along axis 1.
+
+    For every ``(b, ...)`` the N values are the normal quantiles at ``(k + 0.5) / N``, in a
+    random order (Latin hypercube sampling, McKay et al. 1979): each draw is still
+    N(0, 1), but the N draws of a value are exactly symmetric about 0, so the observation
+    noise adds no Monte-Carlo error to the draws' median (with iid noise the median of 32
+    draws wanders by ~0.2 standard deviations, more than a one-step change of most series).
+    """
+    n = shape[1]
+    levels = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    z = (torch.special.ndtri(levels)).to(dtype)
+    order = torch.rand(shape, generator=generator).argsort(dim=1)
+    return z[order]
+
+
 @torch.no_grad()
 def sample_futures(
     model: ForecastModel,
@@ -86,7 +105,8 @@ def sample_futures(
     states = model.imagine(start, planned[rows], generator=generator)
     feat = model.feat(states)  # [B*N, H, F]
     mean, std = model.decode(feat)  # [B*N, H, V] symlog
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    noise = stratified_normal((b, n_samples, *mean.shape[1:]), generator, mean.dtype)
+    noise = noise.reshape(mean.shape)
     z_all = (mean + std * noise).double().numpy().reshape(b, n_samples, h, -1)
     vp = model.violation_prob(feat).double()
     if vp.dim() == 3:
