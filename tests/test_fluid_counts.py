@@ -13,6 +13,7 @@ simulated seconds.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from envs.core.telemetry import LATENCY_BUCKETS_S
 from envs.scenarios.schema import Scenario
 from envs.sim import queueing as q
 from envs.sim.engine import DataPlaneReading
-from envs.sim.fluid import FluidEngine, _Segment
+from envs.sim.fluid import FluidEngine, _mean_backlog, _Segment
 
 BOUNDS = np.array(LATENCY_BUCKETS_S)
 B = len(BOUNDS)
@@ -252,6 +253,7 @@ def _seg(weight: float, delay: float, k: float, theta: float, mean: float) -> _S
         (0.3, 0.7, 0.2, None),
         (0.01, 5.0, 0.01, 0.12),
         (0.2, 3.0, 0.1, 0.25),
+        (8.0, 2.0, 2.0, None),  # a quarter of the mass between 10 s and +Inf
     ],
 )
 def test_law_quantiles_and_buckets_by_value(
@@ -275,7 +277,21 @@ def test_law_quantiles_and_buckets_by_value(
     assert pmf[0].sum() == pytest.approx(1.0, rel=1e-12)
     assert (pmf >= 0.0).all()
     if delay > 0:  # nothing finishes before the fixed delay
-        assert pmf[0][BOUNDS <= delay].sum() == 0.0
+        assert pmf[0][delay >= BOUNDS].sum() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("k", "theta", "quantile"), [(2.0, math.inf, math.inf), (math.nan, 0.05, math.nan)]
+)
+def test_a_law_without_finite_scale_puts_everything_in_the_inf_bucket(
+    k: float, theta: float, quantile: float
+) -> None:
+    eng = FluidEngine(_scenario(LAM))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inf / inf and NaN are read as no probability, silently
+        quants, pmf = eng._law(_seg(1.0, 0.0, k, theta, 1.0))
+    assert quants[:, 0] == pytest.approx([quantile] * 3, nan_ok=True)
+    assert pmf[0].tolist() == [0.0] * (B - 1) + [1.0]
 
 
 def test_law_is_cached_only_for_the_same_law() -> None:
@@ -302,21 +318,32 @@ def test_several_segments_average_by_finished_weight() -> None:
     r = eng._read_data_plane()
     assert _counters(r) == pytest.approx(base, rel=0)
     got = [r.p50[0], r.p95[0], r.p99[0], r.mean_latency[0]]
-    want = [(3.0 * q1[i, 0] + 1.0 * q2[i, 0]) / 4.0 for i in range(3)] + [
-        (3.0 * 0.1 + 0.28) / 4.0
-    ]
+    want = [(3.0 * q1[i, 0] + 1.0 * q2[i, 0]) / 4.0 for i in range(3)] + [(3.0 * 0.1 + 0.28) / 4.0]
     assert got == pytest.approx(want, rel=1e-12)
     assert r.hist_delta[0] == pytest.approx(3.0 * h1[0] + 1.0 * h2[0], rel=1e-12, abs=1e-15)
     assert eng._segments == []
 
 
-def test_several_segments_with_no_finished_weight_give_nan() -> None:
+@pytest.mark.parametrize("weights", [[0.0, 0.0], [0.0, 1e-10], [1e-9, 0.0]])
+def test_several_segments_with_no_finished_weight_give_nan(weights: list[float]) -> None:
     eng = _engine(_scenario(LAM))
     _read_at(eng, 1.0)
-    eng._segments = [_seg(0.0, 0.0, 2.0, 0.05, 0.1), _seg(1e-10, 0.0, 3.0, 0.05, 0.15)]
-    r = eng._read_data_plane()
+    eng._segments = [_seg(weights[0], 0.0, 2.0, 0.05, 0.1), _seg(weights[1], 0.0, 3.0, 0.05, 0.15)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 / 0 is read as no value, silently
+        r = eng._read_data_plane()
     assert np.isnan([r.p50[0], r.p95[0], r.p99[0], r.mean_latency[0]]).all()
-    assert r.hist_delta[0].sum() == pytest.approx(1e-10, rel=1e-9)
+    assert r.hist_delta[0].sum() == pytest.approx(sum(weights), rel=1e-9)
+
+
+def test_several_segments_with_small_weights_are_averaged() -> None:
+    eng = _engine(_scenario(LAM))
+    _read_at(eng, 1.0)
+    eng._segments = [_seg(0.3, 0.0, 2.0, 0.05, 0.1), _seg(0.2, 0.0, 2.0, 0.05, 0.2)]
+    r = eng._read_data_plane()
+    assert r.mean_latency[0] == pytest.approx((0.3 * 0.1 + 0.2 * 0.2) / 0.5, rel=1e-12)
+    quants, _ = eng._law(_seg(1.0, 0.0, 2.0, 0.05, 0.1))
+    assert [r.p50[0], r.p95[0], r.p99[0]] == pytest.approx(quants[:, 0], rel=1e-12)
 
 
 @pytest.mark.parametrize("weight", [0.0, 1e-9, 2e-9, np.inf])
@@ -338,3 +365,33 @@ def test_one_segment_below_the_weight_threshold_gives_nan(weight: float) -> None
             assert r.hist_delta[0] == pytest.approx(w * pmf[0], rel=1e-12)
         else:
             assert (r.hist_delta[0] == 0.0).all()
+
+
+# ---------------------------------------------------------------- the backlog gauge's mean
+@pytest.mark.parametrize(
+    ("b0", "net", "cap", "dt", "want"),
+    [
+        (2.0, 3.0, 100.0, 4.0, 8.0),  # growing, never full: 2 + 3 x 4 / 2
+        (2.0, 3.0, math.inf, 4.0, 8.0),  # no queue limit
+        (2.0, 4.0, 10.0, 4.0, 8.0),  # full after 2 s: (6 x 2 + 10 x 2) / 4
+        (2.0, 2.0, 10.0, 4.0, 6.0),  # full exactly at the end
+        (0.0, 8.0, 4.0, 1.0, 3.0),  # full after 0.5 s: (2 x 0.5 + 4 x 0.5) / 1
+        (10.0, -1.0, 100.0, 4.0, 8.0),  # draining, never empty: 10 - 1 x 4 / 2
+        (4.0, -2.0, 100.0, 4.0, 1.0),  # empty after 2 s: 4 / 2 x 2 / 4
+        (4.0, -1.0, 100.0, 4.0, 2.0),  # empty exactly at the end
+        (0.0, -3.0, 100.0, 2.0, 0.0),  # nothing to drain
+        (5.0, 0.0, 100.0, 3.0, 5.0),  # flat
+        (0.0, 0.0, 0.0, 3.0, 0.0),
+    ],
+)
+def test_mean_backlog_by_value(b0: float, net: float, cap: float, dt: float, want: float) -> None:
+    got = _mean_backlog(np.array([b0]), np.array([net]), np.array([cap]), dt)
+    assert got.shape == (1,)
+    assert got[0] == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_mean_backlog_is_vectorised_per_service() -> None:
+    b0 = np.array([2.0, 10.0, 5.0, 2.0])
+    net = np.array([4.0, -1.0, 0.0, 3.0])
+    cap = np.array([10.0, 100.0, 100.0, math.inf])
+    assert _mean_backlog(b0, net, cap, 4.0) == pytest.approx([8.0, 8.0, 5.0, 8.0], rel=1e-12)

@@ -85,11 +85,13 @@ MODULES: dict[str, Module] = {
         "envs/sim/fluid.py",
         # single-service cases and hand-made segments by exact values (about 2 s in all)
         ("tests/test_fluid_counts.py",),
-        # the counters, quantiles and histogram of a scrape only: the rest of the file (the
-        # segment solver, the escape) needs runs of tens of seconds per mutant
+        # the counters, quantiles and histogram of a scrape, and the backlog's time average,
+        # only: the rest of the file (the segment solver, the escape) needs runs of tens of
+        # seconds per mutant
         only=(
             "envs.sim.fluid.xǁFluidEngineǁ_read_data_plane*",
             "envs.sim.fluid.xǁFluidEngineǁ_law*",
+            "envs.sim.fluid.x__mean_backlog*",
         ),
     ),
     "codec": Module(
@@ -126,6 +128,12 @@ EQUIVALENT: list[tuple[str, str]] = [
         "first frame has no interval, so its busy time is not read) before any event",
     ),
     (r"np\.errstate\(", "only decides whether numpy warns; the value is the same"),
+    # envs/sim/fluid.py
+    (
+        r"^cdf = np\.nan_to_num\(cdf, \)$",
+        "nan_to_num's default nan is 0.0; a CDF holds no infinities for it to change",
+    ),
+    (r"^pmf = np\.diff\(cdf, prepend=0\.0, \)$", "np.diff's default axis is -1, axis 1 here"),
     (
         r"np\.asarray\([a-z_]+, (dtype=None)?\)",
         "dropping dtype=float64: every caller passes floats or ints that numpy promotes",
