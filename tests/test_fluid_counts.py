@@ -375,6 +375,8 @@ def test_one_segment_below_the_weight_threshold_gives_nan(weight: float) -> None
         (2.0, 3.0, math.inf, 4.0, 8.0),  # no queue limit
         (2.0, 4.0, 10.0, 4.0, 8.0),  # full after 2 s: (6 x 2 + 10 x 2) / 4
         (2.0, 2.0, 10.0, 4.0, 6.0),  # full exactly at the end
+        (9.0, 0.5, 10.0, 4.0, 9.75),  # slow growth, full after 2 s: (9.5 x 2 + 10 x 2) / 4
+        (1.0, 0.5, 100.0, 2.0, 1.5),  # slow growth, never full: 1 + 0.5 x 2 / 2
         (0.0, 8.0, 4.0, 1.0, 3.0),  # full after 0.5 s: (2 x 0.5 + 4 x 0.5) / 1
         (10.0, -1.0, 100.0, 4.0, 8.0),  # draining, never empty: 10 - 1 x 4 / 2
         (4.0, -2.0, 100.0, 4.0, 1.0),  # empty after 2 s: 4 / 2 x 2 / 4
@@ -395,3 +397,14 @@ def test_mean_backlog_is_vectorised_per_service() -> None:
     net = np.array([4.0, -1.0, 0.0, 3.0])
     cap = np.array([10.0, 100.0, 100.0, math.inf])
     assert _mean_backlog(b0, net, cap, 4.0) == pytest.approx([8.0, 8.0, 5.0, 8.0], rel=1e-12)
+
+
+def test_mean_backlog_of_a_flat_or_empty_queue_is_silent() -> None:
+    # net = 0 divides by zero in the branches that are not taken: no warning comes out
+    b0 = np.array([3.0, 0.0, 10.0])
+    net = np.zeros(3)
+    cap = np.array([10.0, 10.0, 10.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _mean_backlog(b0, net, cap, 2.0)
+    assert got.tolist() == [3.0, 0.0, 10.0]

@@ -107,8 +107,10 @@ MODULES: dict[str, Module] = {
     ),
 }
 NOT_SCORED = (
-    "`envs/sim/fluid.py` needs simulation runs of tens of seconds per mutant (hours on a "
-    "shared 2-core machine)."
+    "`envs/sim/fluid.py` outside FluidEngine._read_data_plane, FluidEngine._law and "
+    "_mean_backlog (the segment solver, the escape from retry-sustained overload, the "
+    "barrier): its mutants need simulation runs of tens of seconds each (hours on a shared "
+    "2-core machine)."
 )
 
 # envs/sim/request.py: RequestEngine.__init__'s placeholders for the per-service state
@@ -117,6 +119,11 @@ _REQUEST_INIT_STATE = (
     r"(_ready|_qcap|_lat_factor|_err|_own_busy) = (None|\[[\d.]+\] \* n)|"
     r"_shed = (None|[\d.]+)|_edge_fault: .* = None)$"
 )
+
+# envs/sim/fluid.py: _mean_backlog's branch tests that cannot change the value returned
+_FILL_AT_ZERO = r"^t_fill = np\.where\(net >= 0, \(cap - b0\) / net, np\.inf\)$"
+_EMPTY_OFF_BRANCH = r"^t_empty = np\.where\(net (<= 0|< 1), b0 / -net, np\.inf\)$"
+_AT_THE_BOUNDARY = r"^t_fill > dt,$|^drain_avg = np\.where\(t_empty > dt, "
 
 # Surviving mutants that cannot change a result, recognised by the mutated line.
 EQUIVALENT: list[tuple[str, str]] = [
@@ -134,6 +141,28 @@ EQUIVALENT: list[tuple[str, str]] = [
         "nan_to_num's default nan is 0.0; a CDF holds no infinities for it to change",
     ),
     (r"^pmf = np\.diff\(cdf, prepend=0\.0, \)$", "np.diff's default axis is -1, axis 1 here"),
+    (
+        _FILL_AT_ZERO,
+        "at net = 0 the growth branch is not taken (the final where gives b0 unless net > 0)",
+    ),
+    (
+        _EMPTY_OFF_BRANCH,
+        "the drain branch is taken only for net < 0, where this test is unchanged",
+    ),
+    (
+        _AT_THE_BOUNDARY,
+        "full (empty) exactly at dt: both branches give the same mean, (b0 + cap) / 2 = "
+        "b0 + net dt / 2 (b0 / 2 = b0 + net dt / 2)",
+    ),
+    (
+        r"^return np\.maximum\(np\.where\(net >= 0, grow_avg, ",
+        "at net = 0 the growth branch gives b0 (its t_fill is inf by its own net > 0 test)",
+    ),
+    (
+        r"np\.where\(net (<= 0|< 1), drain_avg, b0\)\), 0\.0\)$",
+        "reached only for net <= 0, and at net = 0 the drain branch gives b0 (its t_empty is "
+        "inf by its own net < 0 test)",
+    ),
     (
         r"np\.asarray\([a-z_]+, (dtype=None)?\)",
         "dropping dtype=float64: every caller passes floats or ints that numpy promotes",
@@ -391,6 +420,11 @@ ORIGINAL_MUST_MATCH: dict[str, str] = {
 
 # Patterns of EQUIVALENT that hold only in the function named here (the mutant's name).
 ONLY_IN: dict[str, str] = {
+    _FILL_AT_ZERO: r"^envs\.sim\.fluid\.x__mean_backlog__mutmut_",
+    _EMPTY_OFF_BRANCH: r"^envs\.sim\.fluid\.x__mean_backlog__mutmut_",
+    _AT_THE_BOUNDARY: r"^envs\.sim\.fluid\.x__mean_backlog__mutmut_",
+    r"^return np\.maximum\(np\.where\(net >= 0, grow_avg, ": r"^envs\.sim\.fluid\.x__mean_backlog",
+    r"np\.where\(net (<= 0|< 1), drain_avg, b0\)\), 0\.0\)$": r"^envs\.sim\.fluid\.x__mean_backlog",
     _REQUEST_INIT_STATE: r"^envs\.sim\.request\.xǁRequestEngineǁ__init____mutmut_",
     r'^if self\.layout == "(XXremediateXX|REMEDIATE)":$': r"ǁmasks__mutmut_",
     r'^elif layout (!=|==) "(XXcluster_opsXX|CLUSTER_OPS|cluster_ops)":$': r"ǁ__init____mutmut_",
