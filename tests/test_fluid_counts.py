@@ -116,10 +116,11 @@ def test_mmc_steady_state_mean_and_quantiles_match_erlang_c() -> None:
     want = [float(q.gamma_quantile(z, np.array(k), np.array(theta))) for z in Z]
     got = [r.p50[0], r.p95[0], r.p99[0]]
     assert got == pytest.approx(want, rel=1e-9)
-    # and close to the exact M/M/c quantiles (the gamma law is an approximation)
+    # and close to the exact M/M/c quantiles (the gamma law is an approximation: +0.3%, -0.6%
+    # and +1.2% at p50, p95, p99 here)
     for z, v in zip(Z, got, strict=True):
         exact = optimize.brentq(lambda t, z=z: q.mmc_response_cdf(t, LAM, MU, C) - z, 0.0, 5.0)
-        assert v == pytest.approx(exact, rel=0.06)
+        assert v == pytest.approx(exact, rel=0.02)
     assert r.p50[0] < r.p95[0] < r.p99[0]
     # Little: in flight = lambda x mean response; queue length = lambda x mean wait
     assert r.in_flight[0] == pytest.approx(LAM * mean, rel=1e-9)
