@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from envs.scenarios.schema import Scenario
 from envs.sim import queueing as q
+from envs.sim.request import RequestEngine
 from envs.sim.simulator import Simulator
 from envs.sim.validation import (
     at_utilisation,
@@ -151,19 +152,29 @@ def test_conservation_holds_at_every_scrape(fidelity: str, sc: Scenario, crash: 
 
 
 def test_request_level_counts_each_attempt_once() -> None:
-    """In flight from the counters equals the attempts actually alive in the simulation."""
+    """The counters' balance equals the attempts actually alive in the simulation.
+
+    A frame's ``in_flight`` is the live count (attempt processes started and not ended whose
+    caller still waits), not derived from the counters, so arrived - completed - failed -
+    dropped = in_flight checks the counting. Every attempt in a pool's queue or holding a slot
+    is alive (the others wait on a callee or a backoff).
+    """
     sc = _small_chain("request", horizon=30.0)
     sim = Simulator(sc)
     sim.reset()
     eng = sim.engine
-    alive: list[int] = []
+    assert isinstance(eng, RequestEngine)
+    seen = 0.0
     while not sim.done:
         frames = sim.step([])
-        queued = sum(len(p.queue) for p in eng.pools)
-        busy = sum(len(p.users) for p in eng.pools)
-        alive.append(queued + busy)
-        assert (frames[-1].in_flight >= 0).all()
-    assert max(alive) > 0
+        f = frames[-1]
+        np.testing.assert_array_equal(f.in_flight, eng.live_in_flight())
+        balance = f.counter("arrived") - f.counter("completed") - f.counter("failed")
+        np.testing.assert_array_equal(balance - f.counter("dropped"), f.in_flight)
+        in_pools = np.array([len(p.queue) + len(p.users) for p in eng.pools], dtype=float)
+        assert (in_pools <= frames[-1].in_flight).all()
+        seen = max(seen, float(frames[-1].in_flight.sum()))
+    assert seen > 0
 
 
 # ---------------------------------------------------------------- analytic M/M/c
