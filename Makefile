@@ -86,7 +86,8 @@ bench: $(STAMP)
 	$(BIN)/opsworld bench sim
 
 # Mutation testing (mutmut) of queueing, forecast metrics, scoring, the engine's scrape, the
-# request-level engine, the HPA and the action codec;
+# request-level engine, the fluid engine's scrape (counters, quantiles), the HPA and the action
+# codec;
 # writes experiments/results/mutation.md. Not part of `make test`: minutes per module.
 # One module: make mutation MODULES=queueing
 MODULES ?=
