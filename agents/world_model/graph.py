@@ -64,7 +64,7 @@ from agents.world_model.math import (
     unimix_logits,
     unimix_probs,
 )
-from agents.world_model.model import Head, loss_scales, overshoot_starts, total_loss
+from agents.world_model.model import Head, kl_terms, loss_scales, overshoot_starts, total_loss
 from agents.world_model.nets import MLP, BlockGRU, Dense, Linear
 from envs.gym.encoder import (
     ACTION_CLUSTER_FEATURES,
@@ -878,13 +878,9 @@ class BoundGraphModel(nn.Module):
                 self.core.violation_head(self._pool(feat))[..., 0], batch["violation"]
             ).mean(),
         }
-        post = unimix_logits(states.logits, self.cfg.unimix)
-        prior = unimix_logits(states.prior_logits, self.cfg.unimix)
-        free = self.cfg.free_nats
-        kl_dyn = kl_categorical(post.detach(), prior)  # [B, T, N]
-        kl_rep = kl_categorical(post, prior.detach())
-        terms["dyn"] = torch.clamp(kl_dyn, min=free).mean()
-        terms["rep"] = torch.clamp(kl_rep, min=free).mean()
+        terms["dyn"], terms["rep"], kl_dyn, _, _ = kl_terms(  # kl_dyn: [B, T, N]
+            self.cfg, states.logits, states.prior_logits
+        )
         with torch.no_grad():
             observed = mask.sum().clamp(min=1.0)
             base_err = ((target - states.base).abs() * mask).sum() / observed

@@ -96,6 +96,24 @@ def overshoot_starts(cfg: WorldModelConfig, t_len: int) -> Tensor:
     return torch.arange(t_len - 1 - cfg.overshoot, -1, -cfg.overshoot_stride).flip(0)
 
 
+def kl_terms(
+    cfg: WorldModelConfig, logits: Tensor, prior_logits: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DreamerV3's dynamics and representation terms with free bits, from raw logits.
+
+    Returns ``(dyn, rep, kl_dyn, post, prior)``: the two clamped means, the unclamped
+    dynamics KL (for metrics) and the unimix log-probabilities of posterior and prior.
+    Shared by the flat and the graph world model.
+    """
+    post = unimix_logits(logits, cfg.unimix)
+    prior = unimix_logits(prior_logits, cfg.unimix)
+    kl_dyn = kl_categorical(post.detach(), prior)
+    kl_rep = kl_categorical(post, prior.detach())
+    dyn = torch.clamp(kl_dyn, min=cfg.free_nats).mean()
+    rep = torch.clamp(kl_rep, min=cfg.free_nats).mean()
+    return dyn, rep, kl_dyn, post, prior
+
+
 def total_loss(
     terms: dict[str, Tensor], metrics: dict[str, float], scales: dict[str, float]
 ) -> tuple[Tensor, dict[str, float]]:
@@ -259,13 +277,9 @@ class WorldModel(nn.Module):
             "cont": bernoulli_nll(self.cont_head(feat)[..., 0], batch["cont"]).mean(),
             "viol": bernoulli_nll(self.violation_head(feat)[..., 0], batch["violation"]).mean(),
         }
-        post = unimix_logits(states.logits, self.cfg.unimix)
-        prior = unimix_logits(states.prior_logits, self.cfg.unimix)
-        free = self.cfg.free_nats
-        kl_dyn = kl_categorical(post.detach(), prior)
-        kl_rep = kl_categorical(post, prior.detach())
-        terms["dyn"] = torch.clamp(kl_dyn, min=free).mean()
-        terms["rep"] = torch.clamp(kl_rep, min=free).mean()
+        terms["dyn"], terms["rep"], kl_dyn, post, prior = kl_terms(
+            self.cfg, states.logits, states.prior_logits
+        )
 
         with torch.no_grad():
             observed = mask.sum().clamp(min=1.0)
