@@ -75,43 +75,33 @@ def features(episode: EpisodeHistory, origins: np.ndarray) -> tuple[np.ndarray, 
     return svc.astype(np.float64), cluster.astype(np.float64)
 
 
+def _lgb_params(seed: int, n_estimators: int) -> dict[str, Any]:
+    """Settings both LightGBM models share: bagging, one thread, deterministic, quiet."""
+    return {
+        "n_estimators": n_estimators,
+        "learning_rate": 0.05,
+        "min_child_samples": 40,
+        "subsample": 0.8,
+        "subsample_freq": 1,
+        "colsample_bytree": 0.8,
+        "random_state": seed,
+        "n_jobs": 1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbose": -1,
+    }
+
+
 def _regressor(seed: int, n_estimators: int) -> Any:
     import lightgbm as lgb
 
-    return lgb.LGBMRegressor(
-        objective="l1",
-        n_estimators=n_estimators,
-        learning_rate=0.05,
-        num_leaves=31,
-        min_child_samples=40,
-        subsample=0.8,
-        subsample_freq=1,
-        colsample_bytree=0.8,
-        random_state=seed,
-        n_jobs=1,
-        deterministic=True,
-        force_row_wise=True,
-        verbose=-1,
-    )
+    return lgb.LGBMRegressor(objective="l1", num_leaves=31, **_lgb_params(seed, n_estimators))
 
 
 def _classifier(seed: int, n_estimators: int) -> Any:
     import lightgbm as lgb
 
-    return lgb.LGBMClassifier(
-        n_estimators=n_estimators,
-        learning_rate=0.05,
-        num_leaves=15,
-        min_child_samples=40,
-        subsample=0.8,
-        subsample_freq=1,
-        colsample_bytree=0.8,
-        random_state=seed,
-        n_jobs=1,
-        deterministic=True,
-        force_row_wise=True,
-        verbose=-1,
-    )
+    return lgb.LGBMClassifier(num_leaves=15, **_lgb_params(seed, n_estimators))
 
 
 @dataclass
